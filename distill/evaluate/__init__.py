@@ -1,0 +1,1 @@
+"""The evaluate stage: base student, trained student and teacher on held-out real data."""

@@ -1,0 +1,1 @@
+"""The filter stage: each filter flags rows with a reason; nothing is deleted."""

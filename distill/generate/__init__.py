@@ -1,0 +1,1 @@
+"""The generate stage: the teacher writes completions for seed inputs through vLLM."""

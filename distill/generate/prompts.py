@@ -1,0 +1,48 @@
+"""Prompt templates: Jinja rendered in a sandbox (templates may come from untrusted recipes), few-shot draws."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from distill.errors import RecipeError, UserError
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+def template_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class PromptTemplate:
+    """A compiled template; `where` names the recipe key it came from, for error messages."""
+
+    def __init__(self, text: str, where: str):
+        self.text, self.where, self.sha256 = text, where, template_hash(text)
+        try:
+            self._template = _ENV.from_string(text)
+        except TemplateError as e:
+            raise RecipeError(f"{where}: bad template: {e}") from None
+
+    def render(self, **variables) -> str:
+        try:
+            return self._template.render(**variables)
+        except TemplateError as e:
+            raise UserError(f"{self.where}: template failed to render: {e}") from None
+
+
+def draw_examples(pool: list[dict], k: int, seed: int, exclude_id: str | None = None) -> list[dict]:
+    """k examples from `pool`, reproducibly; never the row itself."""
+    if k == 0:
+        return []
+    candidates = [r for r in pool if r["id"] != exclude_id]
+    if len(candidates) < k:
+        raise UserError(f"generate.few_shot.k = {k} but only {len(candidates)} seed rows can serve as examples")
+    return random.Random(seed).sample(candidates, k)
+
+
+def row_seed(seed: int, row_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()[:8], 16)

@@ -1,0 +1,24 @@
+"""Column names of the tables that stages exchange, named once.
+
+generate writes: id, input, reference, slice, prompt, completion, sample_index, finish_reason, provenance
+filter adds:     kept, rejected_by, reason
+evaluate writes: set, model, item_id, input, reference, slice, prompt, prediction, score
+"""
+
+ID = "id"
+INPUT = "input"
+REFERENCE = "reference"
+REFERENCES = "references"  # every acceptable answer of a real item
+SLICE = "slice"
+PROMPT = "prompt"
+COMPLETION = "completion"
+SAMPLE_INDEX = "sample_index"
+FINISH_REASON = "finish_reason"
+PROVENANCE = "provenance"
+
+KEPT = "kept"
+REJECTED_BY = "rejected_by"
+REASON = "reason"
+
+GENERATED_COLUMNS = (ID, INPUT, REFERENCE, SLICE, PROMPT, COMPLETION, SAMPLE_INDEX, FINISH_REASON, PROVENANCE)
+FILTER_COLUMNS = (KEPT, REJECTED_BY, REASON)

@@ -1,0 +1,25 @@
+"""The loss curve as a PNG, for people who would rather look than read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.run_dir import atomic_path
+
+
+def plot_loss(steps: list[int], losses: list[float], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, marker="o" if len(steps) < 40 else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,110 @@
+"""train: LoRA on the student with TRL's SFTTrainer, loss on the completion only.
+
+Runs unchanged under `accelerate launch` (one process per device); only the main process
+writes files. The adapter is saved beside a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from distill import rows as C
+from distill.errors import UserError
+from distill.models.context import resolved_model
+from distill.recipe import Recipe
+from distill.run_dir import RunDir, hash_file, write_json
+from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
+from distill.train.plots import plot_loss
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, "auto")
+
+
+def run_train(recipe: Recipe, run: RunDir) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.time()
+    t = recipe.train
+    check_eval_agreement(recipe)
+    student_dir, student = resolved_model(recipe, "student")
+    rows = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
+    if not rows:
+        raise UserError(f"no kept rows to train on in {run.filtered}")
+    examples = training_examples(recipe, rows)
+
+    spec = recipe.models.student
+    tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code)
+    on_gpu = torch.cuda.is_available()
+    stage_dir = run.stage("train")
+    checkpoints = stage_dir / "checkpoints"
+    config = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        max_length=t.max_length,
+        completion_only_loss=True,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and spec.dtype == "bfloat16",
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                      target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
+                             processing_class=tokenizer, peft_config=lora)
+    except ValueError as e:
+        if "target modules" in str(e).lower() or "target_modules" in str(e):
+            raise UserError(f"train.lora.target_modules: {e}") from None
+        raise
+    format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop)
+
+    resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
+    tmp = stage_dir / "adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # adapter_config.json + adapter_model.safetensors
+    tokenizer.save_pretrained(str(tmp))
+    # The adapter carries what it was trained on: which rows and which model.
+    write_json(tmp / "training_data.json", {
+        "rows_file": str(run.filtered), "rows_sha256": hash_file(run.filtered), "rows_used": len(rows),
+        "base_model": student, "recipe_name": recipe.name,
+    })
+    shutil.rmtree(run.adapter, ignore_errors=True)
+    os.replace(tmp, run.adapter)
+    write_json(stage_dir / "log.json", {"steps": steps, "losses": losses, "log_history": trainer.state.log_history})
+    if steps:
+        plot_loss(steps, losses, stage_dir / "loss.png", f"{recipe.name}: LoRA r={t.lora.r} on {len(rows)} rows")
+    return {
+        "rows": len(rows), "steps": trainer.state.global_step, "first_loss": round(losses[0], 4) if losses else None,
+        "last_loss": round(losses[-1], 4) if losses else None, "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
+        "resumed": resume, "format_check": format_check, "seconds": round(time.time() - started, 1),
+    }

@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny model built locally, a tiny recipe over the vendored plural data, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+PLURAL = ROOT / "recipes" / "quickstart" / "data" / "plural_json.json"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ.setdefault("DISTILL_CACHE", str(tmp_path_factory.mktemp("distill-cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from distill.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2")
+
+
+TINY_RECIPE = """\
+name: tiny
+seed: 0
+models:
+  teacher: {{path: {model}}}
+  student: {{path: {model}}}
+data:
+  path: {data}
+  slice_field: comment
+  heldout: {{size: 24, min_per_slice: 4}}
+  max_seeds: 40
+generate:
+  template: |-
+    {{% for ex in examples %}}Q: plural of '{{{{ ex.input }}}}'? A: {{{{ ex.target }}}}
+    {{% endfor %}}Q: plural of '{{{{ input }}}}'? A:
+  few_shot: {{k: 2}}
+  sampling: {{max_tokens: 6, stop: ["\\n"]}}
+  chunk_size: 16
+filter:
+  steps:
+    - {{type: length, min_chars: 1, max_chars: 60}}
+    - {{type: exact_dedup, fields: [input]}}
+train:
+  prompt_template: "Plural of {{{{ input }}}}:"
+  lora: {{r: 4, alpha: 8}}
+  batch_size: 8
+  max_length: 48
+evaluate:
+  sets:
+    - {{name: plural, data: heldout}}
+  max_tokens: 6
+"""
+
+
+def write_recipe(folder: Path, model: Path, text: str = TINY_RECIPE, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(text.format(model=model, data=PLURAL))
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model) -> Path:
+    return write_recipe(tmp_path, tiny_model)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real command line, in a subprocess, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,140 @@
+"""`distill run` end to end through the CLI on a tiny model, with the real vLLM engine and real LoRA training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli, write_recipe
+from distill.models.identity import weights_hash
+from distill.run_dir import RunDir
+
+
+CHANGED = "filter.steps.0.max_chars=20"  # the tests after the one that makes this change keep it
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model):
+    """One complete run that the tests below inspect (and some re-run)."""
+    folder = tmp_path_factory.mktemp("e2e")
+    recipe = write_recipe(folder, tiny_model)
+    result = run_cli("run", recipe, cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder, recipe, RunDir(folder / "runs" / "tiny"), result
+
+
+def test_run_writes_every_stage_output(finished_run):
+    _, _, run, result = finished_run
+    for path in (run.recipe, run.heldout, run.seeds, run.generated, run.filtered, run.adapter / "adapter_config.json",
+                 run.stage("train") / "loss.png", run.stage("train") / "log.json", run.eval_report,
+                 run.stage("evaluate") / "report.md", run.predictions, run.report, run.logs / "train.log"):
+        assert path.exists(), path
+    report = json.loads(run.report.read_text())
+    assert all(s["complete"] for s in report["stages"].values())
+    assert "[evaluate] done" in result.stdout
+
+
+def test_outputs_load_with_datasets(finished_run):
+    from datasets import Dataset
+
+    _, _, run, _ = finished_run
+    generated = Dataset.from_parquet(str(run.generated))
+    filtered = Dataset.from_parquet(str(run.filtered))
+    assert len(generated) == 40 and len(filtered) == 40
+    assert {"kept", "rejected_by", "reason"} <= set(filtered.column_names)
+
+
+def test_heldout_items_are_never_seeds(finished_run):
+    _, _, run, _ = finished_run
+    held = {json.loads(line)["input"] for line in run.heldout.read_text().splitlines()}
+    seeds = {json.loads(line)["input"] for line in run.seeds.read_text().splitlines()}
+    assert len(held) == 24 and not held & seeds
+    few_shot_prompts = pq.read_table(run.generated).column("prompt").to_pylist()
+    assert not any(f"'{word}'" in prompt for word in held for prompt in few_shot_prompts)
+
+
+def test_every_generated_row_has_its_provenance(finished_run, tiny_model):
+    _, recipe_path, run, _ = finished_run
+    rows = pq.read_table(run.generated).to_pylist()
+    expected_weights = weights_hash(tiny_model)
+    import hashlib
+
+    from distill.recipe import load_recipe
+
+    template = load_recipe(recipe_path).generate.template
+    for i, row in enumerate(rows):
+        p = row["provenance"]
+        assert p["teacher"]["path"] == str(tiny_model.resolve())
+        assert p["teacher"]["weights_sha256"] == expected_weights
+        assert p["teacher"]["family"] == "qwen2"
+        assert p["template_sha256"] == hashlib.sha256(template.encode()).hexdigest()
+        assert p["sampling"]["max_tokens"] == 6 and p["sampling"]["stop"] == ["\n"]
+        assert p["seed"] == i  # seed + index: each request is reproducible alone
+        assert p["shard"] == "0/1" and p["chunk"] == i // 16 and p["created_at"]
+        assert row["prompt"].endswith(f"Q: plural of '{row['input']}'? A:")
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_evaluation_report_has_all_models_and_slices(finished_run):
+    _, _, run, _ = finished_run
+    report = json.loads(run.eval_report.read_text())
+    entry = report["sets"]["plural"]
+    assert set(entry["models"]) == {"base", "student", "teacher"}
+    for m in entry["models"].values():
+        assert m["n"] == 24 and set(m["slices"]) == {"regular", "irregular"}
+        assert m["slices"]["irregular"]["n"] >= 4
+    cmp = entry["vs_base"]["student"]["overall"]
+    assert cmp["low"] <= cmp["delta"] <= cmp["high"]
+    assert "| irregular |" in (run.stage("evaluate") / "report.md").read_text()
+
+
+def test_student_learned_to_stop(finished_run):
+    _, _, run, _ = finished_run
+    summary = json.loads(run.marker("train").read_text())["summary"]
+    assert summary["format_check"]["eos_token"] == "<|im_end|>"
+    assert summary["steps"] == 5  # 40 rows / batch 8
+    assert summary["last_loss"] < summary["first_loss"]
+
+
+def test_second_run_skips_everything(finished_run):
+    folder, recipe, run, _ = finished_run
+    result = run_cli("run", recipe, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("up to date, skipped") == 4
+
+
+def test_changed_setting_reruns_that_stage_and_later_ones(finished_run):
+    folder, recipe, run, _ = finished_run
+    before = {s: run.read_marker(s)["fingerprint"] for s in ("generate", "filter", "train", "evaluate")}
+    result = run_cli("run", recipe, CHANGED, cwd=folder)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "[generate] up to date, skipped" in result.stdout
+    for stage in ("filter", "train", "evaluate"):
+        assert f"[{stage}] done" in result.stdout
+        assert run.read_marker(stage)["fingerprint"] != before[stage]
+
+
+def test_force_redoes_one_stage(finished_run):
+    folder, recipe, run, _ = finished_run
+    result = run_cli("run", recipe, CHANGED, "--force", "evaluate", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("up to date, skipped") == 3 and "[evaluate] done" in result.stdout
+
+
+def test_half_written_output_is_not_taken_as_complete(finished_run):
+    folder, recipe, run, _ = finished_run
+    # A stage whose output changed after its marker was written (e.g. a killed rewrite) is redone.
+    report = run.stage("evaluate") / "report.md"
+    report.write_text("truncated")
+    result = run_cli("run", recipe, CHANGED, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert "[evaluate] done" in result.stdout and report.read_text() != "truncated"
+
+
+def test_stage_alone_needs_its_inputs(tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model)
+    result = run_cli("train", recipe, cwd=tmp_path)
+    assert result.returncode == 2 and "stage filter has not completed" in result.stderr

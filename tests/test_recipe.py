@@ -1,0 +1,104 @@
+"""A bad recipe fails before any work starts, naming the file, the line, the key and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli, write_recipe
+from distill.errors import RecipeError
+from distill.recipe import load_recipe
+
+
+def error_of(path, *overrides) -> str:
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, overrides)
+    return str(e.value)
+
+
+def edited(tiny_recipe, old: str, new: str):
+    text = tiny_recipe.read_text()
+    assert old in text
+    tiny_recipe.write_text(text.replace(old, new, 1))
+    return tiny_recipe
+
+
+def test_valid_recipe_loads_with_paths_resolved(tiny_recipe, tiny_model):
+    recipe = load_recipe(tiny_recipe)
+    assert recipe.models.teacher.path == str(tiny_model.resolve())
+    assert recipe.data.heldout.size == 24
+    assert recipe.models.teacher.trust_remote_code is False  # safe by default
+
+
+def test_unknown_key_names_file_line_and_key(tiny_recipe):
+    edited(tiny_recipe, "  batch_size: 8", "  batch_size: 8\n  learning_rat: 0.1")
+    msg = error_of(tiny_recipe)
+    line = tiny_recipe.read_text().splitlines().index("  learning_rat: 0.1") + 1
+    assert msg == f"{tiny_recipe}:{line}: train.learning_rat: unknown key"
+
+
+def test_wrong_type_says_what_was_expected(tiny_recipe):
+    edited(tiny_recipe, "  batch_size: 8", "  batch_size: eight")
+    msg = error_of(tiny_recipe)
+    assert "train.batch_size" in msg and "valid integer" in msg and "'eight'" in msg
+    assert msg.startswith(f"{tiny_recipe}:")
+
+
+def test_missing_required_section(tiny_recipe):
+    text = tiny_recipe.read_text()
+    tiny_recipe.write_text(text[: text.index("evaluate:")])
+    assert "evaluate: required key is missing" in error_of(tiny_recipe)
+
+
+def test_missing_data_file(tiny_recipe):
+    edited(tiny_recipe, "plural_json.json", "no_such_file.json")
+    msg = error_of(tiny_recipe)
+    assert "data.path: file does not exist" in msg and "no_such_file.json" in msg
+
+
+def test_missing_model_folder(tiny_recipe, tiny_model):
+    text = tiny_recipe.read_text().replace(f"student: {{path: {tiny_model}}}", "student: {path: ./no/such/model}")
+    tiny_recipe.write_text(text)
+    msg = error_of(tiny_recipe)
+    assert "models.student.path: folder does not exist" in msg
+
+
+def test_model_needs_exactly_one_source(tiny_recipe, tiny_model):
+    edited(tiny_recipe, f"student: {{path: {tiny_model}}}", f"student: {{path: {tiny_model}, hub: org/model}}")
+    assert "models.student: give exactly one of path, hub, packaged (got path, hub)" in error_of(tiny_recipe)
+
+
+def test_filter_step_errors_point_into_the_list(tiny_recipe):
+    edited(tiny_recipe, "{type: length, min_chars: 1, max_chars: 60}", "{type: length, min_chars: -1}")
+    msg = error_of(tiny_recipe)
+    assert "filter.steps.0.min_chars" in msg and "greater than or equal to 0" in msg
+    edited(tiny_recipe, "{type: length, min_chars: -1}", "{type: lenght}")
+    assert "filter.steps.0" in error_of(tiny_recipe)
+
+
+def test_overrides_set_fields_and_are_named_in_errors(tiny_recipe):
+    recipe = load_recipe(tiny_recipe, ["train.epochs=2", "generate.sampling.stop=['.']", "evaluate.sets.0.limit=5"])
+    assert recipe.train.epochs == 2 and recipe.generate.sampling.stop == ["."] and recipe.evaluate.sets[0].limit == 5
+    msg = error_of(tiny_recipe, "train.epochs=many")
+    assert msg.startswith("override 'train.epochs=many': train.epochs:")
+    assert "expected key.path=value" in error_of(tiny_recipe, "train.epochs")
+
+
+def test_not_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodels: [unclosed\n")
+    assert error_of(bad).startswith(f"{bad}:")
+
+
+def test_cli_gives_one_line_and_exit_code_2(tiny_recipe):
+    edited(tiny_recipe, "  batch_size: 8", "  batch_size: eight")
+    result = run_cli("run", tiny_recipe)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "train.batch_size" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_validate_prints_resolved_recipe(tiny_recipe):
+    result = run_cli("validate", tiny_recipe, "train.epochs=3")
+    assert result.returncode == 0, result.stderr
+    assert "epochs: 3.0" in result.stdout
