@@ -9,6 +9,9 @@ from pathlib import Path
 from distill.recipe import ModelSpec
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 def _on_gpu() -> bool:
     import torch
 
@@ -58,7 +61,9 @@ class VLLMEngine:
         else:
             options["kv_cache_memory_bytes"] = int(spec.engine.kv_cache_gb * 1024**3)
         if max_lora_rank:
-            options.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+            # vLLM accepts only some ranks as the maximum; any adapter up to it is served.
+            allowed = [r for r in VLLM_LORA_RANKS if r >= max_lora_rank]
+            options.update(enable_lora=True, max_lora_rank=allowed[0] if allowed else max_lora_rank, max_loras=1)
         self.llm = LLM(**options)
         self.tokenizer = self.llm.get_tokenizer()
 
