@@ -10,6 +10,7 @@ INPUT = "input"
 REFERENCE = "reference"
 REFERENCES = "references"  # every acceptable answer of a real item
 SLICE = "slice"
+CELL = "cell"  # attribute values of a generation grid cell
 PROMPT = "prompt"
 COMPLETION = "completion"
 SAMPLE_INDEX = "sample_index"

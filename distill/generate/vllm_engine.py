@@ -53,6 +53,8 @@ class VLLMEngine:
             tensor_parallel_size=spec.engine.tensor_parallel_size,
             quantization=spec.engine.quantization,
             seed=seed,
+            # Whitespace is a per-engine setting: the per-request flag is ignored by this vLLM.
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         if spec.engine.max_num_seqs:
             options["max_num_seqs"] = spec.engine.max_num_seqs
@@ -83,13 +85,20 @@ class VLLMEngine:
         stop: list[str] | None = None,
         adapter: Path | None = None,
         adapter_name: str = "adapter",
+        structured: dict | None = None,
     ) -> list[list[Completion]]:
-        """Completions for each prompt, in order. Each prompt's seed makes it reproducible on its own."""
+        """Completions for each prompt, in order. Each prompt's seed makes it reproducible on its own.
+
+        `structured` constrains the output: {"choice": [...]}, {"json": schema} or {"regex": pattern}.
+        """
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import StructuredOutputsParams
 
+        constraint = StructuredOutputsParams(**structured) if structured else None
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop or None, seed=s)
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop or None, seed=s,
+                           structured_outputs=constraint)
             for s in seeds
         ]
         lora = LoRARequest(adapter_name, 1, str(adapter)) if adapter else None
