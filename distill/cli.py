@@ -13,8 +13,14 @@ STAGE_HELP = {
     "generate": "the teacher writes completions for the seed inputs (vLLM)",
     "filter": "flag generated rows with the recipe's filters",
     "train": "LoRA fine-tuning of the student on the kept rows",
-    "evaluate": "score base student, trained student and teacher on held-out real data",
+    "evaluate": "score base student, trained student and teacher on held-out real data (RECIPE or a run directory)",
+    "document": "write the run's manifest, dataset card and model card (lineage, coverage, synthetic vs real)",
 }
+
+
+DEGRADED_EXIT = 3
+FAIL_ON_DEGRADATION_HELP = ("exit with code 3 when any set, slice or guard set is degraded: the upper end of the interval "
+                            "of its difference from the baseline lies below minus evaluate.tolerance (for CI gates)")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -28,7 +34,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("recipe", help="recipe YAML file, or a run directory (its resolved recipe.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override single recipe fields")
     p.add_argument("--run-dir", help="run directory (default: the recipe's run_dir or runs/<name>)")
 
@@ -39,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage of a recipe, skipping stages that are up to date")
     _add_recipe_args(p)
-    p.add_argument("--force", action="append", default=[], choices=["generate", "filter", "train", "evaluate"],
+    p.add_argument("--force", action="append", default=[], choices=list(STAGE_HELP),
                    help="redo this stage even if it is up to date (repeatable)")
 
     for stage, text in STAGE_HELP.items():
@@ -49,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "generate":
             p.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N",
                            help="process only shard i of N (chunks c with c %% N == i); the last shard to finish merges")
+        if stage == "evaluate":
+            p.add_argument("--fail-on-degradation", action="store_true", help=FAIL_ON_DEGRADATION_HELP)
 
     p = sub.add_parser("validate", help="check a recipe and print it resolved, without running anything")
     _add_recipe_args(p)
@@ -56,13 +64,86 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="build a tiny random-init model and tokenizer (for tests and demos)")
     p.add_argument("out", help="output folder")
     p.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2")
+
+    p = sub.add_parser("compare", help="evaluate runs, adapter folders or model folders on the same held-out real items, "
+                       "each against the first (or --baseline), with intervals")
+    p.add_argument("targets", nargs="+", metavar="A", help="run directory, adapter folder, model folder, 'base' or 'teacher'")
+    p.add_argument("--recipe", help="recipe whose evaluate sets and settings to use (default: the first run's)")
+    p.add_argument("--run-dir", help="run holding the held-out split (default: the first run among the targets)")
+    p.add_argument("--baseline", help="name of the model the others are measured against (default: the first)")
+    p.add_argument("--out", default="compare", help="folder for report.md/.json/.png/.html and predictions (default: compare)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.path=value",
+                   help="override a recipe field, e.g. --set evaluate.tolerance=0.02 (repeatable)")
+    p.add_argument("--fail-on-degradation", action="store_true", help=FAIL_ON_DEGRADATION_HELP)
+
+    p = sub.add_parser("slurm", help="run a recipe as Slurm jobs (submit) and follow them (status)")
+    slurm = p.add_subparsers(dest="slurm_command", required=True, metavar="SLURM_COMMAND")
+    q = slurm.add_parser("submit", help="render one sbatch script per stage and submit them chained with afterok")
+    _add_recipe_args(q)
+    q.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
+    q.add_argument("--profile", help="cluster profile: a name in configs/clusters/ or a YAML file (default: the recipe's slurm.profile)")
+    q = slurm.add_parser("status", help="each stage's job id and state, read from Slurm")
+    q.add_argument("run_dir", metavar="RUN", help="the run directory")
+
+    p = sub.add_parser("review", help="export filtered rows for people to check (export) and read their verdicts back (import)")
+    review = p.add_subparsers(dest="review_command", required=True, metavar="REVIEW_COMMAND")
+    q = review.add_parser("export", help="write a stratified sample (filter outcome x cell) to review/queue.csv")
+    q.add_argument("target", metavar="RUN_OR_RECIPE", help="a run directory or its recipe file")
+    q.add_argument("--size", type=int, default=100, help="rows to sample (default 100)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    q.add_argument("--out", help="output CSV (default RUN/review/queue.csv)")
+    q.add_argument("--run-dir", help="run directory, when RUN_OR_RECIPE is a recipe with another run_dir")
+    q = review.add_parser("import", help="read reviewed verdicts (id, verdict = keep|reject) and measure filters against them")
+    q.add_argument("target", metavar="RUN_OR_RECIPE", help="a run directory or its recipe file")
+    q.add_argument("file", help="the reviewed CSV or JSONL file")
+    q.add_argument("--run-dir", help="run directory, when RUN_OR_RECIPE is a recipe with another run_dir")
     return parser
+
+
+def _review(args) -> int:
+    from distill.filters.review import export_queue, import_verdicts
+
+    if args.review_command == "export":
+        if args.size < 1:
+            raise UserError(f"--size must be at least 1 (got {args.size})")
+        export_queue(args.target, args.size, args.seed, args.out, args.run_dir)
+    else:
+        import_verdicts(args.target, args.file, args.run_dir)
+    return 0
+
+
+def _slurm(args) -> int:
+    from distill.run_dir import RunDir
+
+    if args.slurm_command == "status":
+        from distill.slurm.status import format_status, run_status
+
+        print(format_status(run_status(RunDir(args.run_dir))))
+        return 0
+    from distill.slurm.submit import dry_run, submit
+
+    recipe, run = _load(args)
+    if args.dry_run:
+        print(dry_run(recipe, run, args.profile))
+    else:
+        submit(recipe, run, args.profile)
+    return 0
+
+
+def _compare(args) -> int:
+    from distill.evaluate.compare import run_compare
+
+    report = run_compare(args.targets, args.out, args.recipe, args.run_dir, args.baseline, args.overrides)
+    return DEGRADED_EXIT if args.fail_on_degradation and report["any_degraded"] else 0
 
 
 def _load(args):
     from distill.recipe import load_recipe
     from distill.run_dir import RunDir
 
+    target = Path(args.recipe)
+    if target.is_dir() and (target / "recipe.yaml").is_file():  # a run directory: its resolved recipe
+        args.recipe, args.run_dir = str(target / "recipe.yaml"), args.run_dir or str(target)
     recipe = load_recipe(args.recipe, args.overrides)
     return recipe, RunDir(Path(args.run_dir) if args.run_dir else recipe.resolved_run_dir())
 
@@ -76,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(build_tiny_model(args.out, args.arch))
             return 0
+        if args.command == "slurm":
+            return _slurm(args)
+        if args.command == "review":
+            return _review(args)
+        if args.command == "compare":
+            return _compare(args)
         recipe, run = _load(args)
         if args.command == "validate":
             import yaml
@@ -89,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if Path(args.recipe).resolve() != run.recipe.resolve():
                 pipeline.save_resolved_recipe(recipe, run)
-            pipeline.execute_stage(recipe, run, args.command, force=args.force, shard=getattr(args, "shard", (0, 1)))
+            summary = pipeline.execute_stage(recipe, run, args.command, force=args.force, shard=getattr(args, "shard", (0, 1)))
+            if getattr(args, "fail_on_degradation", False) and summary and summary.get("degraded"):
+                print(f"degraded: {summary['degraded']} finding(s), see {run.stage('evaluate') / 'report.md'}", file=sys.stderr)
+                return DEGRADED_EXIT
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,10 +22,11 @@ from distill.errors import StageError, UserError
 from distill.models.context import resolved_model
 from distill.progress import print_summary
 from distill.recipe import Recipe
-from distill.run_dir import STAGES, RunDir, hash_file, hash_json, write_json, write_text
+from distill.run_dir import STAGES, RunDir, hash_file, hash_json, hash_tree, write_json, write_text
 
 STARTED = "_STARTED.json"
-UPSTREAM = {"generate": (), "filter": ("generate",), "train": ("filter",), "evaluate": ("generate", "train")}
+UPSTREAM = {"generate": (), "filter": ("generate",), "train": ("filter",), "evaluate": ("generate", "train"),
+            "document": ("generate", "filter", "train", "evaluate")}
 
 
 def _upstream_hash(run: RunDir, stage: str) -> str:
@@ -43,8 +44,18 @@ def stage_settings(recipe: Recipe, stage: str) -> dict:
                 "data_sha256": hash_file(Path(r.data.path))}
     if stage == "filter":
         files = [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
-        return {"filter": r.filter.model_dump(mode="json"),
-                "verifier_files": {f: hash_file(Path(f)) for f in files if f.endswith(".py")}}
+        settings = {"filter": r.filter.model_dump(mode="json"),
+                    "verifier_files": {f: hash_file(Path(f)) for f in files if f.endswith(".py")}}
+        # the judge's weights, the eval sets decontamination reads and the gold set also shape the output
+        for step in r.filter.steps:
+            if step.type == "judge" and getattr(r.models, step.model) is not None:
+                settings[f"judge_{step.model}"] = resolved_model(r, step.model)[1]["weights_sha256"]
+            if step.type == "decontaminate":
+                settings["eval_sets"] = [s.model_dump(mode="json") for s in r.evaluate.sets]
+                settings["eval_files"] = {s.path: (hash_tree if Path(s.path).is_dir() else hash_file)(Path(s.path)) for s in r.evaluate.sets if s.path}
+        if r.filter.calibration.gold:
+            settings["gold_sha256"] = hash_file(Path(r.filter.calibration.gold))
+        return settings
     if stage == "train":
         return {"train": r.train.model_dump(mode="json")}
     if stage == "evaluate":
@@ -52,11 +63,14 @@ def stage_settings(recipe: Recipe, stage: str) -> dict:
                 "student_format": {"prompt_template": r.train.prompt_template, "chat": r.train.chat},
                 "teacher_prompt": {"template": r.generate.template, "few_shot": r.generate.few_shot.model_dump(),
                                    "chat": r.generate.chat, "system_prompt": r.generate.system_prompt},
-                "eval_files": {s.path: hash_file(Path(s.path)) for s in r.evaluate.sets if s.path}}
+                "eval_files": {s.path: (hash_tree if Path(s.path).is_dir() else hash_file)(Path(s.path)) for s in r.evaluate.sets if s.path}}
+    if stage == "document":  # the manifest records the whole recipe, so any change redoes it
+        return {"recipe": r.model_dump(mode="json"), "data_sha256": hash_file(Path(r.data.path))}
     raise KeyError(stage)
 
 
-STAGE_MODELS = {"generate": ("teacher",), "filter": (), "train": ("student",), "evaluate": ("student", "teacher")}
+STAGE_MODELS = {"generate": ("teacher",), "filter": (), "train": ("student",), "evaluate": ("student", "teacher"),
+                "document": ("teacher", "student")}
 
 
 def fingerprint(recipe: Recipe, run: RunDir, stage: str) -> str:
@@ -82,13 +96,20 @@ def _is_main_process() -> bool:
 
 def execute_stage(recipe: Recipe, run: RunDir, stage: str, force: bool = False, shard: tuple[int, int] = (0, 1)) -> dict | None:
     """Run one stage in this process unless it is complete; return its summary."""
+    from distill.provenance.lineage import enforce_chaining_policy
+
+    enforce_chaining_policy(recipe)  # allow_chaining: false stops even a single stage before any work
     fp = fingerprint(recipe, run, stage)
     if not force and run.is_complete(stage, fp):
         summary = run.read_marker(stage)["summary"]
         print(f"[{stage}] up to date, skipped ({run.stage(stage)})", flush=True)
         return summary
     if _is_main_process():
-        begin_stage(run, stage, fp, force and shard == (0, 1))
+        from filelock import FileLock
+
+        run.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(run.root / f".{stage}.lock")):  # shards started together must not wipe each other's work
+            begin_stage(run, stage, fp, force and shard == (0, 1))
     from distill.filters.stage import run_filter
     from distill.generate.stage import run_generate
     from distill.train.stage import run_train
@@ -101,7 +122,10 @@ def execute_stage(recipe: Recipe, run: RunDir, stage: str, force: bool = False, 
             print(f"[generate] shard {shard[0]}/{shard[1]} finished; other shards are still missing", flush=True)
             return None
     else:
-        summary = {"filter": run_filter, "train": run_train, "evaluate": run_evaluate}[stage](recipe, run)
+        from distill.provenance.stage import run_document
+
+        summary = {"filter": run_filter, "train": run_train, "evaluate": run_evaluate,
+                   "document": run_document}[stage](recipe, run)
     if not _is_main_process():
         return None
     run.mark_complete(stage, fp, summary)
@@ -130,6 +154,10 @@ def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stage
     """Each stage in its own process (a clean engine and memory per stage), logs teed to run/logs/."""
     for role in ("teacher", "student"):  # convert / locate models before any work starts
         resolved_model(recipe, role)
+    from distill.provenance.lineage import enforce_chaining_policy
+
+    for warning in enforce_chaining_policy(recipe):  # raises instead when the recipe forbids chaining
+        print(f"warning: {warning}", flush=True)
     recipe_file = save_resolved_recipe(recipe, run)
     started = time.time()
     for stage in stages:

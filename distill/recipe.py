@@ -103,7 +103,7 @@ class DataSettings(Section):
     target_field: str | None = Field("target", description="Column holding the reference answer, if any.")
     slice_field: str | None = Field(None, description="Column naming each row's slice for per-slice results.")
     heldout: HeldoutSplit = Field(description="The held-out evaluation split of this data.")
-    max_seeds: int | None = Field(None, gt=0, description="Use at most this many non-held-out rows as seeds.")
+    max_seeds: int | None = Field(None, gt=0, description="Use at most this many non-held-out rows as seeds (a reproducible sample, in file order).")
 
     @field_validator("path")
     @classmethod
@@ -123,6 +123,71 @@ class SamplingSettings(Section):
     seed: int = Field(0, description="Sampling seed; each request gets seed + its index for reproducibility.")
 
 
+class GridSettings(Section):
+    """synthesize mode: one prompt per cell of the attribute grid, `per_cell` times, so rare cells are never left to chance."""
+
+    attributes: dict[str, list[str]] = Field(
+        min_length=1,
+        description="Attribute name -> its values, e.g. {topic: [...], difficulty: [easy, hard]}; "
+        "every combination is a cell, passed to the template as `cell` (and each attribute by name).",
+    )
+    per_cell: int = Field(1, gt=0, description="Prompts per cell (the quota); each gets its own index and seed.")
+
+    @field_validator("attributes")
+    @classmethod
+    def _values_given(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in v.items():
+            if not values:
+                raise ValueError(f"attribute {name!r} has no values")
+            if len(set(values)) != len(values):
+                raise ValueError(f"attribute {name!r} repeats a value")
+        return v
+
+
+class LabelSettings(Section):
+    """label mode: the teacher's answer is constrained (vLLM structured outputs) and checked; failures are kept with a reason."""
+
+    choice: list[str] | None = Field(None, min_length=2, description="The label set: the answer is exactly one of these.")
+    json_schema: dict[str, Any] | None = Field(None, description="The answer is a JSON document valid under this schema.")
+    regex: str | None = Field(None, description="The answer matches this regular expression in full.")
+    retries: int = Field(2, ge=0, description="Requests again for rows whose answer does not parse, up to this many times.")
+    retry_temperature: float = Field(
+        0.7, gt=0, description="Temperature of the retries when sampling is greedy (a greedy retry would repeat itself)."
+    )
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> "LabelSettings":
+        given = [k for k in ("choice", "json_schema", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice, json_schema, regex (got {', '.join(given) or 'none'})")
+        if self.regex is not None:
+            import re
+
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ValueError(f"bad regular expression {self.regex!r}: {e}") from None
+        if self.json_schema is not None:
+            from jsonschema import Draft202012Validator, SchemaError
+
+            try:
+                Draft202012Validator.check_schema(self.json_schema)
+            except SchemaError as e:
+                raise ValueError(f"json_schema is not a valid JSON schema: {e.message}") from None
+        return self
+
+
+class EndpointSettings(Section):
+    """An OpenAI-compatible server (e.g. `vllm serve` on other nodes) that serves the teacher."""
+
+    url: str = Field(description="Base URL of the API, e.g. http://node17:8000/v1.")
+    model: str | None = Field(None, description="Served model name; default: the only model the server lists.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (never the key itself).")
+    concurrency: int = Field(16, gt=0, description="Requests in flight at once.")
+    timeout_s: float = Field(600, gt=0, description="Seconds to wait for one response.")
+    max_retries: int = Field(3, ge=0, description="Retries of a request that failed on the network or with a 5xx status.")
+
+
 class FewShotSettings(Section):
     k: int = Field(0, ge=0, description="Examples per prompt, drawn from the seeds (never from held-out rows).")
     seed: int = Field(0, description="Seed of the reproducible draw.")
@@ -137,7 +202,29 @@ class GenerateSettings(Section):
     system_prompt: str | None = Field(None, description="System message when chat is true.")
     few_shot: FewShotSettings = Field(default_factory=FewShotSettings, description="Few-shot examples.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling parameters.")
-    chunk_size: int = Field(256, gt=0, description="Rows per atomically written chunk; a killed run resumes by chunk.")
+    chunk_size: int = Field(256, gt=0, description="Prompts per atomically written chunk; a killed run resumes by chunk.")
+    mode: Literal["complete", "synthesize", "label"] = Field(
+        "complete",
+        description="complete: the teacher answers each real seed input. synthesize: one prompt per cell of `grid` "
+        "(quota per cell), no seed input. label: the teacher labels each seed input under the `label` constraint. "
+        "In every mode sampling.n > 1 keeps n candidates per prompt side by side (sample_index).",
+    )
+    grid: GridSettings | None = Field(None, description="The attribute grid of synthesize mode.")
+    label: LabelSettings | None = Field(None, description="The label constraint of label mode.")
+    backend: Literal["vllm", "openai"] = Field(
+        "vllm", description="vllm: an in-process engine on this machine. openai: the server named in `endpoint`."
+    )
+    endpoint: EndpointSettings | None = Field(None, description="The OpenAI-compatible server when backend is openai.")
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> "GenerateSettings":
+        if (self.mode == "synthesize") != (self.grid is not None):
+            raise ValueError("grid is needed by, and only by, mode: synthesize")
+        if (self.mode == "label") != (self.label is not None):
+            raise ValueError("label is needed by, and only by, mode: label")
+        if (self.backend == "openai") != (self.endpoint is not None):
+            raise ValueError("endpoint is needed by, and only by, backend: openai")
+        return self
 
 
 # --------------------------------------------------------------------------- filter
@@ -195,12 +282,138 @@ class VerifierFilter(Section):
         return v
 
 
-FilterStep = Annotated[Union[LengthFilter, ExactDedupFilter, RegexFilter, VerifierFilter], Field(discriminator="type")]
+class NearDedupFilter(Section):
+    type: Literal["near_dedup"] = Field(description="MinHash LSH near-duplicates: keep the first row of each cluster.")
+    fields: list[str] = Field(["completion"], min_length=1, description="Columns whose words form the shingles.")
+    shingle: int = Field(5, gt=0, description="Words per shingle.")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Estimated Jaccard similarity at which rows are duplicates.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: slower, more precise).")
+    seed: int = Field(1, description="Seed of the MinHash permutations.")
+
+
+class SemanticDedupFilter(Section):
+    type: Literal["semantic_dedup"] = Field(description="Sentence-embedding near-duplicates: keep the first of each group.")
+    field: str = Field("completion", description="Column to embed.")
+    threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity at which rows are duplicates.")
+    embedder: str = Field("all-minilm-l6-v2", description="Sentence-transformers model folder, or the offline default.")
+
+
+class DecontaminateFilter(Section):
+    type: Literal["decontaminate"] = Field(
+        description="Drop rows that leak items of any evaluation set of the recipe (held-out split and evaluate.sets)."
+    )
+    fields: list[str] = Field(["input", "completion"], min_length=1, description="Row columns checked for leaks.")
+    ngram: int = Field(13, gt=0, description="Word n-gram size for long texts; a shared n-gram is a leak.")
+    check_references: bool = Field(True, description="Also match the eval items' reference answers, not just inputs.")
+    embedding_threshold: float | None = Field(
+        0.9, gt=0, le=1, description="Cosine similarity to an eval input that counts as a paraphrased leak; null turns it off."
+    )
+    embedding_min_words: int = Field(
+        5, ge=1, description="Texts shorter than this (row or eval input) skip the embedding check: short texts are alike by chance."
+    )
+    embedder: str = Field("all-minilm-l6-v2", description="Sentence-transformers model folder, or the offline default.")
+
+
+class RepetitionFilter(Section):
+    type: Literal["repetition"] = Field(description="Drop degenerate text that repeats the same word n-grams.")
+    field: str = Field("completion", description="Column to test.")
+    ngram: int = Field(3, gt=0, description="Word n-gram size.")
+    max_ratio: float = Field(0.3, ge=0, le=1, description="Largest allowed share of n-grams that repeat an earlier one.")
+
+
+class JsonSchemaFilter(Section):
+    type: Literal["json_schema"] = Field(description="Require the column to be JSON valid against a schema.")
+    field: str = Field("completion", description="Column to parse.")
+    json_schema: dict[str, Any] = Field(default_factory=dict, description="JSON schema the parsed value must satisfy.")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, v: dict) -> dict:
+        import jsonschema
+
+        try:
+            jsonschema.validators.validator_for(v).check_schema(v)
+        except jsonschema.SchemaError as e:
+            raise ValueError(f"not a valid JSON schema: {e.message}") from None
+        return v
+
+
+class RefusalFilter(Section):
+    type: Literal["refusal"] = Field(description="Drop answers that refuse (case-insensitive phrase match).")
+    field: str = Field("completion", description="Column to test.")
+    phrases: list[str] = Field(
+        ["i'm sorry", "i am sorry", "i cannot", "i can't", "as an ai", "i'm unable", "i am unable", "i won't"],
+        min_length=1, description="Phrases that mark a refusal.",
+    )
+
+
+class ReferenceMatchFilter(Section):
+    type: Literal["reference_match"] = Field(description="Compare the answer with the row's reference, when it has one.")
+    field: str = Field("completion", description="Column holding the answer.")
+    reference_field: str = Field("reference", description="Column holding the reference; rows without one are kept.")
+    mode: Literal["normalized", "numeric"] = Field(
+        "normalized", description="'normalized': case, space and punctuation folded; 'numeric': the first number, within tolerance."
+    )
+    tolerance: float = Field(1e-6, ge=0, description="Relative tolerance of numeric comparison.")
+
+
+class MajorityVoteFilter(Section):
+    type: Literal["majority_vote"] = Field(
+        description="Agreement across the n completions of a prompt: keep those that give the majority answer."
+    )
+    field: str = Field("completion", description="Column holding the answer (normalised before voting).")
+    group_field: str = Field("input", description="Column that identifies the prompt the candidates answer.")
+    min_margin: float = Field(0.0, ge=0, le=1, description="Reject the whole group if the top answer's vote share minus the runner-up's is lower.")
+
+
+class JudgeFilter(Section):
+    type: Literal["judge"] = Field(description="An LLM judge scores each row against a rubric (structured JSON output).")
+    model: Literal["judge", "teacher"] = Field("judge", description="Which model of the recipe judges; models.judge by default.")
+    rubric: str = Field(description="What a good sample is, told to the judge. Jinja; variables: input, completion, row.")
+    min_score: int = Field(3, description="Rows scored below this are rejected.")
+    scale: tuple[int, int] = Field((1, 5), description="Lowest and highest score the judge may give.")
+    chat: bool = Field(True, description="Send the prompt through the judge's chat template.")
+    max_tokens: int = Field(96, gt=0, description="Most tokens of the judge's JSON answer.")
+    on_failure: Literal["keep", "drop", "flag"] = Field(
+        "flag", description="When the answer cannot be read: keep the row, drop it, or keep it flagged for review."
+    )
+    seed: int = Field(0, description="Sampling seed (the judge samples greedily).")
+
+    @model_validator(mode="after")
+    def _scale(self) -> "JudgeFilter":
+        lo, hi = self.scale
+        if not lo < hi or hi - lo > 100:
+            raise ValueError(f"scale must be (low, high) with low < high and at most 100 apart (got {self.scale})")
+        return self
+
+
+class CalibrationSettings(Section):
+    gold: str | None = Field(
+        None, description="Human verdicts (CSV or JSONL with columns id, verdict = keep|reject) to measure filters against."
+    )
+    min_kappa: float = Field(0.4, ge=-1, le=1, description="Warn when a filter's Cohen's kappa with the humans is lower.")
+
+    @field_validator("gold")
+    @classmethod
+    def _gold_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _resolve_existing(v, info, folder=False)
+
+
+FilterStep = Annotated[
+    Union[LengthFilter, ExactDedupFilter, RegexFilter, VerifierFilter, NearDedupFilter, SemanticDedupFilter,
+          DecontaminateFilter, RepetitionFilter, JsonSchemaFilter, RefusalFilter, ReferenceMatchFilter,
+          MajorityVoteFilter, JudgeFilter],
+    Field(discriminator="type"),
+]
 
 
 class FilterSettings(Section):
     steps: list[FilterStep] = Field(default_factory=list, description="Filters applied in order; rows are flagged, not deleted.")
     min_kept: int = Field(1, ge=0, description="Fail the stage if fewer rows survive.")
+    num_proc: int = Field(1, ge=1, description="Processes for the per-row checks (length, regex, ...); dedup and judge run in one.")
+    calibration: CalibrationSettings = Field(
+        default_factory=CalibrationSettings, description="Agreement of the filters with human verdicts."
+    )
 
 
 # --------------------------------------------------------------------------- train
@@ -239,27 +452,58 @@ class TrainSettings(Section):
 # --------------------------------------------------------------------------- evaluate
 
 
+MetricName = Literal["exact_match", "exact_match_normalized", "accuracy", "multi_ref_match", "token_f1", "nll"]
+
+
 class EvalSet(Section):
     name: str = Field(description="Name used in reports.")
     data: Literal["heldout"] | None = Field(None, description="'heldout': the held-out split of the recipe's data.")
-    path: str | None = Field(None, description="Or a separate real data file (relative to the recipe).")
-    format: Literal["auto", "jsonl", "csv", "parquet", "bigbench"] = Field("auto", description="Format of `path`.")
+    path: str | None = Field(
+        None, description="Or separate real data (relative to the recipe): a JSONL, CSV or Parquet file, a BIG-bench "
+        "task.json, or a folder saved by `datasets` (save_to_disk)."
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet", "bigbench", "datasets"] = Field(
+        "auto", description="Format of `path`; 'auto' decides from the file name (a folder is a `datasets` folder)."
+    )
+    split: str | None = Field(None, description="Split of a `datasets` folder holding several (default: test, validation, then the only one).")
     input_field: str = Field("input", description="Input column of `path`.")
-    target_field: str = Field("target", description="Reference column of `path`.")
+    target_field: str = Field("target", description="Reference column of `path` (a string or a list of acceptable answers).")
     slice_field: str | None = Field(None, description="Slice column (defaults to the data's slice_field for heldout).")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N items (deterministic).")
     prompt_template: str | None = Field(None, description="Student prompt; defaults to train.prompt_template.")
-    metric: Literal["exact_match"] = Field("exact_match", description="Per-item metric.")
+    teacher_template: str | None = Field(
+        None, description="Teacher prompt for this set; defaults to evaluate.teacher_template, or for a `path` set to prompt_template."
+    )
+    metrics: list[MetricName] = Field(
+        ["exact_match"], min_length=1,
+        description="Per-item metrics; the first is the headline. exact_match (whitespace-folded), exact_match_normalized "
+        "(also case, punctuation, articles), accuracy (the answer is the first reference, case-folded), multi_ref_match "
+        "(any reference appears in the answer), token_f1, nll (mean negative log-likelihood per token of the reference; "
+        "lower is better; perplexity alongside).",
+    )
+    guard: bool = Field(
+        False, description="A guard set: general ability beside the target task, evaluated so that forgetting shows up."
+    )
+    tolerance: float | None = Field(None, ge=0, description="Degradation tolerance for this set (default evaluate.tolerance).")
+    max_tokens: int | None = Field(None, gt=0, description="Most new tokens per answer on this set (default evaluate.max_tokens).")
+    stop: list[str] | None = Field(None, description="Strings that end an answer on this set (default evaluate.stop).")
 
     @field_validator("path")
     @classmethod
     def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        base = Path((info.context or {}).get("base_dir", "."))
+        if (base / Path(v).expanduser()).is_dir():
+            return _resolve_existing(v, info, folder=True)
         return _resolve_existing(v, info, folder=False)
 
     @model_validator(mode="after")
     def _one_source(self) -> "EvalSet":
         if (self.data is None) == (self.path is None):
             raise ValueError("give exactly one of data: heldout or path")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"metrics: each metric once (got {self.metrics})")
         return self
 
 
@@ -267,12 +511,131 @@ class EvaluateSettings(Section):
     models: list[Literal["base", "student", "teacher"]] = Field(
         ["base", "student", "teacher"], min_length=1, description="Who is evaluated, on the same items."
     )
-    sets: list[EvalSet] = Field(min_length=1, description="Held-out real evaluation sets (never synthetic).")
+    sets: list[EvalSet] = Field(min_length=1, description="Held-out real evaluation sets and guard sets (never synthetic).")
     teacher_template: str | None = Field(
         None, description="Prompt for the teacher; defaults to the generate template with its few-shot examples."
     )
     max_tokens: int = Field(32, gt=0, description="Most new tokens per answer.")
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="Strings that end an answer.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of answers; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of answers.")
+    seed: int | None = Field(None, description="Sampling seed (item i gets seed + i); defaults to the recipe's seed.")
+    baseline: Literal["base", "student", "teacher"] = Field(
+        "base", description="Every other model's difference is measured from this one (it must be among `models`)."
+    )
+    checkpoints: bool = Field(
+        False, description="Also evaluate every checkpoint saved during training (train.save_steps): a curve over steps."
+    )
+    tolerance: float = Field(
+        0.0, ge=0, description="A set, slice or guard set is degraded when the upper end of the interval of its "
+        "difference from the baseline lies below minus this (in the metric's units; for nll, when the lower end lies above it)."
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired bootstrap intervals.")
+    bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples per interval.")
+    min_items: int = Field(
+        5, ge=1, description="Slices with fewer items get an interval but no degraded verdict (too few to decide)."
+    )
+
+    @model_validator(mode="after")
+    def _baseline_evaluated(self) -> "EvaluateSettings":
+        if self.baseline not in self.models:
+            raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
+        names = [s.name for s in self.sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"set names must be unique (got {names})")
+        return self
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+class SyntheticVsRealSettings(Section):
+    """Can a classifier tell the synthetic inputs from real held-out inputs? (MiniLM embeddings)"""
+
+    enabled: bool = Field(True, description="Run the check in the document stage (needs the offline MiniLM embedder).")
+    max_rows: int = Field(500, ge=10, description="Compare at most this many inputs from each side (a reproducible sample).")
+    permutations: int = Field(200, ge=20, description="Label permutations behind the MMD p-value.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the permutation test.")
+    warn_auc: float = Field(
+        0.75, gt=0.5, le=1, description="Warn when the difference is significant and the classifier AUC is at least this."
+    )
+
+    @model_validator(mode="after")
+    def _enough_permutations(self) -> "SyntheticVsRealSettings":
+        if 1 / (self.permutations + 1) >= self.alpha:  # the smallest p-value a permutation test can give
+            raise ValueError(f"{self.permutations} permutations cannot reach p < alpha = {self.alpha}; use at least "
+                             f"{int(1 / self.alpha)}")
+        return self
+
+
+class CoverageSettings(Section):
+    """Attribute cells: kept rows per cell against target shares and the real data, after filtering."""
+
+    column: Literal["auto", "cell", "slice"] = Field(
+        "auto", description="What a cell is: 'cell' (the generation grid's attribute values), 'slice' (the real data's "
+        "slice column), or 'auto' (cell when the rows have one, else slice)."
+    )
+    targets: dict[str, float] = Field(
+        default_factory=dict, description="Target share of kept rows per cell, e.g. {irregular: 0.2}; a grid cell is named "
+        "'attr=value, attr=value' in the grid's attribute order. Default: the real data's share for slices, the "
+        "generated share for grid cells."
+    )
+    tolerance: float = Field(
+        0.5, ge=0, lt=1, description="A cell is under-represented when its kept share is below target share x (1 - tolerance)."
+    )
+    synthetic_vs_real: SyntheticVsRealSettings = Field(
+        default_factory=SyntheticVsRealSettings, description="Embedding two-sample check of synthetic against real inputs."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(not 0 <= share <= 1 for share in v.values()):
+            raise ValueError("every target share must be between 0 and 1")
+        if sum(v.values()) > 1 + 1e-6:
+            raise ValueError(f"target shares add up to {sum(v.values()):.3f}, more than 1")
+        return v
+
+
+# --------------------------------------------------------------------------- slurm
+
+
+class StageResources(Section):
+    """What one stage's Slurm job asks for. Checked against the cluster profile before submitting."""
+
+    partition: str | None = Field(None, description="Partition; unset: the first partition of the cluster profile that fits (CPU ones first when no GPUs are asked).")
+    nodes: int = Field(1, ge=1, description="Nodes (more than one only makes sense for train).")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node; train starts one process per GPU.")
+    cpus_per_task: int = Field(1, ge=1, description="CPU cores per node.")
+    mem_gb: float = Field(8, gt=0, description="Memory per node in GiB.")
+    time: str = Field("01:00:00", description="Wall-clock limit in Slurm's format: M, H:M:S or D-H:M:S.")
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, v: str) -> str:
+        from distill.slurm.profile import slurm_minutes
+
+        if slurm_minutes(v) is None:
+            raise ValueError("give a finite time limit")
+        return v
+
+
+class TrainResources(StageResources):
+    accelerate_config: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp", description="configs/accelerate/NAME.yaml used when training spans more than one process."
+    )
+
+
+class SlurmSettings(Section):
+    """How `distill slurm submit` runs this recipe: one job per stage, chained with afterok."""
+
+    profile: str = Field("local", description="Cluster profile: a name in configs/clusters/ or a YAML file.")
+    shards: int = Field(1, ge=1, description="Generation runs as a job array of this many tasks (`--shard i/N`).")
+    requeue: bool = Field(True, description="Let Slurm requeue preempted jobs; a requeued stage resumes its own work.")
+    generate: StageResources = Field(default_factory=StageResources, description="Resources of each generation array task.")
+    filter: StageResources = Field(default_factory=StageResources, description="Resources of the merge + filter job.")
+    train: TrainResources = Field(default_factory=TrainResources, description="Resources of the training job.")
+    evaluate: StageResources = Field(default_factory=StageResources, description="Resources of the evaluation job.")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -288,6 +651,19 @@ class Recipe(Section):
     filter: FilterSettings = Field(default_factory=FilterSettings, description="Filters over generated rows.")
     train: TrainSettings = Field(description="LoRA fine-tuning of the student.")
     evaluate: EvaluateSettings = Field(description="Evaluation on held-out real data.")
+    allow_chaining: bool = Field(
+        True, description="Allow one model family in two roles that should be independent (generator and judge, teacher "
+        "and student): shown as a warning. false makes it an error before anything runs."
+    )
+    coverage: CoverageSettings = Field(default_factory=CoverageSettings, description="Coverage audit of attribute cells.")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="Slurm jobs for `distill slurm submit`.")
+
+    @model_validator(mode="after")
+    def _judge_models_exist(self) -> "Recipe":
+        for i, step in enumerate(self.filter.steps):
+            if step.type == "judge" and getattr(self.models, step.model) is None:
+                raise ValueError(f"filter.steps.{i} judges with models.{step.model}, which the recipe does not define")
+        return self
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
@@ -364,7 +740,8 @@ def _friendly_loc(loc: tuple) -> tuple:
     return tuple(part for i, part in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and isinstance(part, str) and part in _FILTER_TAGS))
 
 
-_FILTER_TAGS = {"length", "exact_dedup", "regex", "verifier"}
+_FILTER_TAGS = {"length", "exact_dedup", "regex", "verifier", "near_dedup", "semantic_dedup", "decontaminate",
+                "repetition", "json_schema", "refusal", "reference_match", "majority_vote", "judge"}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -1,6 +1,6 @@
 """Column names of the tables that stages exchange, named once.
 
-generate writes: id, input, reference, slice, prompt, completion, sample_index, finish_reason, provenance
+generate writes: id, input, reference, slice, cell, prompt, completion, sample_index, finish_reason, failure, provenance
 filter adds:     kept, rejected_by, reason
 evaluate writes: set, model, item_id, input, reference, slice, prompt, prediction, score
 """
@@ -15,11 +15,12 @@ PROMPT = "prompt"
 COMPLETION = "completion"
 SAMPLE_INDEX = "sample_index"
 FINISH_REASON = "finish_reason"
+FAILURE = "failure"  # why a generated row is unusable (e.g. a label that did not parse), else null
 PROVENANCE = "provenance"
 
 KEPT = "kept"
 REJECTED_BY = "rejected_by"
 REASON = "reason"
 
-GENERATED_COLUMNS = (ID, INPUT, REFERENCE, SLICE, PROMPT, COMPLETION, SAMPLE_INDEX, FINISH_REASON, PROVENANCE)
+GENERATED_COLUMNS = (ID, INPUT, REFERENCE, SLICE, CELL, PROMPT, COMPLETION, SAMPLE_INDEX, FINISH_REASON, FAILURE, PROVENANCE)
 FILTER_COLUMNS = (KEPT, REJECTED_BY, REASON)

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-STAGES = ("generate", "filter", "train", "evaluate")
+STAGES = ("generate", "filter", "train", "evaluate", "document")
 MARKER = "_COMPLETE.json"
+# Written into the adapter folder by the document stage after train completed: not part of train's output hash.
+DATA_MANIFEST = "data_manifest.json"
 
 
 @contextmanager
@@ -58,7 +60,7 @@ def hash_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def hash_tree(root: Path, skip: tuple[str, ...] = (MARKER,)) -> str:
+def hash_tree(root: Path, skip: tuple[str, ...] = (MARKER, DATA_MANIFEST)) -> str:
     """Content hash of every file under `root` (names and bytes), in a stable order."""
     root = Path(root)
     h = hashlib.sha256()

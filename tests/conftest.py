@@ -66,9 +66,9 @@ evaluate:
 """
 
 
-def write_recipe(folder: Path, model: Path, text: str = TINY_RECIPE, name: str = "recipe.yaml") -> Path:
+def write_recipe(folder: Path, model: Path, text: str = TINY_RECIPE, name: str = "recipe.yaml", data: Path = PLURAL) -> Path:
     path = folder / name
-    path.write_text(text.format(model=model, data=PLURAL))
+    path.write_text(text.format(model=model, data=data))
     return path
 
 

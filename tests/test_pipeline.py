@@ -99,11 +99,31 @@ def test_student_learned_to_stop(finished_run):
     assert summary["last_loss"] < summary["first_loss"]
 
 
+def test_document_stage_writes_manifest_and_cards(finished_run):
+    _, _, run, result = finished_run
+    # Teacher and student are the same model: a warning before any work starts, and in both cards.
+    assert result.stdout.index("warning: chaining: generator/labeller (teacher) and student") < result.stdout.index("[generate]")
+    manifest = json.loads((run.root / "manifest.json").read_text())
+    assert manifest["outputs"]["train"]["output_hash"] == run.read_marker("train")["output_hash"]
+    assert manifest["filter"]["kept"] == 40 and manifest["models"]["student"]["family"] == "qwen2"
+    assert json.loads((run.adapter / "data_manifest.json").read_text()) == manifest  # the student carries its data's record
+    for card in ("dataset_card.md", "model_card.md"):
+        text = (run.root / card).read_text()
+        assert text.startswith("---\n") and "chaining: generator/labeller (teacher) and student are the same model" in text
+    # coverage per slice: every seed of a slice generated one row and kept it
+    seeds = [json.loads(line) for line in run.seeds.read_text().splitlines()]
+    card = (run.root / "dataset_card.md").read_text()
+    for slice_name in ("regular", "irregular"):
+        n = sum(s["slice"] == slice_name for s in seeds)
+        if n:
+            assert f"| {slice_name} | {n} | {n} | 0.0% |" in card
+
+
 def test_second_run_skips_everything(finished_run):
     folder, recipe, run, _ = finished_run
     result = run_cli("run", recipe, cwd=folder)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("up to date, skipped") == 4
+    assert result.stdout.count("up to date, skipped") == 5
 
 
 def test_changed_setting_reruns_that_stage_and_later_ones(finished_run):

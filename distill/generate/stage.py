@@ -1,13 +1,15 @@
-"""generate: split the real data, prompt the teacher for every seed, write rows in atomic chunks.
+"""generate: split the real data, prompt the teacher for every work item, write rows in atomic chunks.
 
-Work is cut into fixed chunks of seeds. Chunk c belongs to shard c % N, so `--shard i/N`
-processes split the work without talking to each other, and a killed run redoes only the
-chunks that were never renamed into place.
+Work items (seeds, or grid cells in synthesize mode) are cut into fixed chunks. Chunk c
+belongs to shard c % N, so `--shard i/N` processes split the work without talking to each
+other, and a killed run redoes only the chunks that were never renamed into place. The last
+shard to finish merges the chunks in chunk order: the same rows whatever the sharding.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from datetime import datetime, timezone
@@ -15,12 +17,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock
 
 from distill import rows as C
 from distill.data.loaders import read_rows
 from distill.data.split import row_id, split_heldout
 from distill.errors import UserError
+from distill.generate.labels import check_answer, structured_request
 from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
+from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
 from distill.progress import progress
 from distill.recipe import Recipe
@@ -69,8 +74,10 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     held_inputs = {r[C.INPUT] for r in heldout_rows}
     # The same input may appear twice in real data: a seed must never equal a held-out item.
     seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
-    if d.max_seeds:
-        seed_rows = seed_rows[: d.max_seeds]
+    if d.max_seeds and d.max_seeds < len(seed_rows):
+        # A reproducible sample in file order: the first N rows of a sorted file would all start with 'a'.
+        keep = sorted(random.Random(d.heldout.seed).sample(range(len(seed_rows)), d.max_seeds))
+        seed_rows = [seed_rows[i] for i in keep]
     _write_jsonl(run.heldout, heldout_rows)
     _write_jsonl(run.seeds, seed_rows)
     return heldout_rows, seed_rows
@@ -84,7 +91,7 @@ def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict],
     for item in items:
         examples = fixed if fixed is not None else draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
         examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]
-        text = template.render(input=item[C.INPUT], examples=examples, row=item)
+        text = template.render(**template_variables(item, examples))
         prompts.append(render_chat(text, g.system_prompt) if g.chat else text)
     return prompts
 
@@ -93,82 +100,179 @@ def fingerprint_settings(recipe: Recipe) -> dict:
     return {"data": recipe.data.model_dump(mode="json"), "generate": recipe.generate.model_dump(mode="json")}
 
 
-def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1)) -> dict:
+def open_teacher(recipe: Recipe, teacher_dir: Path):
+    """The engine that serves the teacher: in-process vLLM, or an OpenAI-compatible server."""
+    g = recipe.generate
+    if g.backend == "openai":
+        from distill.generate.openai_backend import OpenAIEndpoint
+
+        return OpenAIEndpoint(teacher_dir, g.endpoint)
+    from distill.generate.vllm_engine import VLLMEngine
+
+    return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed)
+
+
+def _shard_lock(run: RunDir) -> FileLock:
+    """Held while a shard checks or clears shared files, so concurrently started shards never wipe each other's chunks."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(run.root / ".generate.lock"))
+
+
+class _Stats:
+    def __init__(self):
+        self.rows = self.failures = self.tokens = self.retried = 0
+
+
+def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperature: float, structured: dict | None):
+    return engine.generate(prompts, seeds=seeds, n=n, temperature=temperature, top_p=g.sampling.top_p,
+                           max_tokens=g.sampling.max_tokens, stop=g.sampling.stop, structured=structured)
+
+
+def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stats: _Stats) -> list[list[dict]]:
+    """Per prompt, its n samples: text, finish reason, tokens, failure (None or why) and attempts.
+
+    In label mode an answer that fails its check is requested again (alone, with its own
+    seed) up to `label.retries` times; one that still fails is kept with the reason.
+    """
+    structured = structured_request(g.label) if g.mode == "label" else None
+    outputs = _sample(engine, g, prompts, request_seeds, n=g.sampling.n, temperature=g.sampling.temperature, structured=structured)
+    samples = []
+    for completions in outputs:
+        row = []
+        for comp in completions:
+            stats.tokens += comp.num_tokens
+            failure = None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"
+            row.append({"text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
+                        "failure": failure, "attempts": 1})
+        samples.append(row)
+    if g.mode != "label":
+        return samples
+    for sample_list in samples:
+        for s in sample_list:
+            s["text_raw"] = s["text"]
+    retry_temperature = g.sampling.temperature or g.label.retry_temperature
+    for attempt in range(1, g.label.retries + 2):
+        bad = []
+        for p, sample_list in enumerate(samples):
+            for k, s in enumerate(sample_list):
+                if s["attempts"] == attempt:
+                    answer, why = check_answer(g.label, s["text_raw"], s["finish_reason"])
+                    s["text"], s["failure"] = (answer, None) if why is None else (s["text_raw"], why)
+                    if why is not None:
+                        bad.append((p, k))
+        if not bad or attempt > g.label.retries:
+            break
+        stats.retried += len(bad)
+        retry_seeds = [row_seed(request_seeds[p], f"retry{attempt}:{k}") for p, k in bad]
+        again = _sample(engine, g, [prompts[p] for p, _ in bad], retry_seeds, n=1, temperature=retry_temperature,
+                        structured=structured)
+        for (p, k), retry_seed, completions in zip(bad, retry_seeds, again):
+            comp = completions[0]
+            stats.tokens += comp.num_tokens
+            samples[p][k].update(text_raw=comp.text, finish_reason=comp.finish_reason, tokens=comp.num_tokens,
+                                 attempts=attempt + 1, retry_seed=retry_seed)
+    for sample_list in samples:
+        for s in sample_list:
+            s.pop("text_raw")
+    return samples
+
+
+def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), engine=None) -> dict:
+    """Generate this shard's missing chunks; merge when every chunk exists. `engine`: an open teacher engine to
+    reuse (left open), else one is opened for the run and closed after it."""
     started = time.time()
     g = recipe.generate
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     _, seeds = prepare_data(recipe, run)
+    items = work_items(g, seeds)
     chunk_size = g.chunk_size
-    n_chunks = (len(seeds) + chunk_size - 1) // chunk_size
+    n_chunks = (len(items) + chunk_size - 1) // chunk_size
     shard_index, shard_count = shard
 
     # Chunks written under other settings are stale: drop them all rather than mix.
-    key = hash_json({"settings": fingerprint_settings(recipe), "teacher": teacher["weights_sha256"], "seeds": [r[C.ID] for r in seeds]})
+    key = hash_json({"settings": fingerprint_settings(recipe), "teacher": teacher["weights_sha256"], "items": [r[C.ID] for r in items]})
     stamp = run.chunks / "_settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") != key:
-        shutil.rmtree(run.chunks)
-    write_json(stamp, {"key": key})
+    with _shard_lock(run):
+        if stamp.is_file() and json.loads(stamp.read_text()).get("key") != key:
+            shutil.rmtree(run.chunks)
+        if not stamp.is_file():
+            write_json(stamp, {"key": key})
+
+    def size(c: int) -> int:
+        return min(chunk_size, len(items) - c * chunk_size)
 
     mine = [c for c in range(n_chunks) if c % shard_count == shard_index]
     todo = [c for c in mine if not _chunk_path(run, c).is_file()]
-    done_rows = sum(min(chunk_size, len(seeds) - c * chunk_size) for c in mine if c not in todo)
-    tokens = failures = 0
+    stats = _Stats()
+    generating = 0.0
     template = PromptTemplate(g.template, "generate.template")
     sampling = g.sampling.model_dump(mode="json")
 
     if todo:
-        from distill.generate.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed)
-        bar = progress(total=sum(min(chunk_size, len(seeds) - c * chunk_size) for c in mine), desc="generate", unit="row", initial=done_rows)
+        own_engine = engine is None
+        engine = open_teacher(recipe, teacher_dir) if own_engine else engine
+        backend = engine.describe()
+        bar = progress(total=sum(size(c) for c in mine), desc=f"generate ({g.mode})", unit="prompt",
+                       initial=sum(size(c) for c in mine if c not in todo))
         t0 = time.time()
         for c in todo:
-            items = seeds[c * chunk_size:(c + 1) * chunk_size]
-            prompts = teacher_prompts(recipe, template, items, seeds, engine.apply_chat_template)
-            request_seeds = [g.sampling.seed + c * chunk_size + i for i in range(len(items))]
-            outputs = engine.generate(
-                prompts, seeds=request_seeds, n=g.sampling.n, temperature=g.sampling.temperature,
-                top_p=g.sampling.top_p, max_tokens=g.sampling.max_tokens, stop=g.sampling.stop,
-            )
+            chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
+            prompts = teacher_prompts(recipe, template, chunk_items, seeds, engine.apply_chat_template)
+            request_seeds = [g.sampling.seed + c * chunk_size + i for i in range(len(chunk_items))]
+            samples = generate_chunk(engine, g, prompts, request_seeds, stats)
             now = datetime.now(timezone.utc).isoformat()
             out_rows = []
-            for item, prompt, seed, completions in zip(items, prompts, request_seeds, outputs):
-                for k, comp in enumerate(completions):
-                    tokens += comp.num_tokens
-                    failures += comp.finish_reason not in ("stop", "length")
+            for item, prompt, seed, sample_list in zip(chunk_items, prompts, request_seeds, samples):
+                for k, s in enumerate(sample_list):
+                    stats.failures += s["failure"] is not None
                     out_rows.append({
                         C.ID: row_id(item[C.ID], k),
                         C.INPUT: item[C.INPUT],
                         C.REFERENCE: item[C.REFERENCE],
                         C.SLICE: item[C.SLICE],
+                        C.CELL: item[C.CELL],
                         C.PROMPT: prompt,
-                        C.COMPLETION: comp.text,
+                        C.COMPLETION: s["text"],
                         C.SAMPLE_INDEX: k,
-                        C.FINISH_REASON: comp.finish_reason,
+                        C.FINISH_REASON: s["finish_reason"],
+                        C.FAILURE: s["failure"],
                         C.PROVENANCE: {
+                            "mode": g.mode,
                             "teacher": teacher,
+                            "backend": backend,
                             "template_sha256": template.sha256,
                             "sampling": sampling,
                             "seed": seed,
+                            "attempts": s["attempts"],
+                            "retry_seed": s.get("retry_seed"),
+                            "completion_tokens": s["tokens"],
                             "shard": f"{shard_index}/{shard_count}",
                             "chunk": c,
                             "created_at": now,
                         },
                     })
             write_parquet(_chunk_path(run, c), out_rows)
-            bar.update(len(items))
+            stats.rows += len(out_rows)
+            bar.update(len(chunk_items))
             elapsed = max(time.time() - t0, 1e-9)
-            bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}")
+            bar.set_postfix(rows_s=f"{stats.rows / elapsed:.1f}", tok_s=f"{stats.tokens / elapsed:.0f}", failed=stats.failures)
         bar.close()
-        engine.close()
+        generating = time.time() - t0
+        if own_engine:
+            engine.close()
 
-    summary = {"seeds": len(seeds), "chunks": n_chunks, "shard": f"{shard_index}/{shard_count}",
-               "chunks_this_run": len(todo), "new_tokens": tokens, "seconds": round(time.time() - started, 1)}
-    if all(_chunk_path(run, c).is_file() for c in range(n_chunks)):
-        merged = merge_chunks(run, n_chunks)
-        summary.update(rows=merged, merged=True)
-    else:
-        summary.update(merged=False)
+    seconds = time.time() - started
+    summary = {"mode": g.mode, "prompts": len(items), "chunks": n_chunks, "shard": f"{shard_index}/{shard_count}",
+               "chunks_this_run": len(todo), "rows_this_run": stats.rows, "failures_this_run": stats.failures,
+               "retried": stats.retried, "new_tokens": stats.tokens,
+               "tokens_per_s": round(stats.tokens / generating, 1) if generating else 0.0,
+               "generating_seconds": round(generating, 1), "seconds": round(seconds, 1)}
+    with _shard_lock(run):
+        if all(_chunk_path(run, c).is_file() for c in range(n_chunks)):
+            merged, failures = merge_chunks(run, n_chunks)
+            summary.update(rows=merged, failures=failures, merged=True)
+        else:
+            summary.update(merged=False)
     return summary
 
 
@@ -176,9 +280,9 @@ def _chunk_path(run: RunDir, c: int) -> Path:
     return run.chunks / f"chunk-{c:05d}.parquet"
 
 
-def merge_chunks(run: RunDir, n_chunks: int) -> int:
-    """All chunks in chunk order, one file: the same bytes whatever the sharding was."""
+def merge_chunks(run: RunDir, n_chunks: int) -> tuple[int, int]:
+    """All chunks in chunk order, one file: the same rows whatever the sharding. Returns (rows, failures)."""
     tables = [pq.read_table(_chunk_path(run, c)) for c in range(n_chunks)]
     rows = [row for t in tables for row in t.to_pylist()]
     write_parquet(run.generated, rows)
-    return len(rows)
+    return len(rows), sum(r.get(C.FAILURE) is not None for r in rows)

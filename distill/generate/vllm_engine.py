@@ -67,7 +67,14 @@ class VLLMEngine:
             allowed = [r for r in VLLM_LORA_RANKS if r >= max_lora_rank]
             options.update(enable_lora=True, max_lora_rank=allowed[0] if allowed else max_lora_rank, max_loras=1)
         self.llm = LLM(**options)
+        self._lora_ids: dict[str, int] = {}
         self.tokenizer = self.llm.get_tokenizer()
+
+    def describe(self) -> dict:
+        """What served the rows, for their provenance."""
+        import vllm
+
+        return {"backend": "vllm", "vllm_version": vllm.__version__}
 
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -101,7 +108,11 @@ class VLLMEngine:
                            structured_outputs=constraint)
             for s in seeds
         ]
-        lora = LoRARequest(adapter_name, 1, str(adapter)) if adapter else None
+        lora = None
+        if adapter:
+            # vLLM caches adapters by id: each distinct adapter folder needs an id of its own.
+            lora_id = self._lora_ids.setdefault(str(adapter), len(self._lora_ids) + 1)
+            lora = LoRARequest(f"{adapter_name}-{lora_id}", lora_id, str(adapter))
         outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         return [
             [Completion(c.text, c.finish_reason, len(c.token_ids)) for c in out.outputs] for out in outputs

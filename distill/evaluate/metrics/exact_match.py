@@ -1,22 +1,16 @@
 """Normalised exact match with one or several acceptable references, scored per item."""
 
-import re
-
 import datasets
 import evaluate
 
-_SPACE = re.compile(r"\s+")
-
-
-def _norm(text: str, ignore_case: bool) -> str:
-    text = _SPACE.sub(" ", text.strip())
-    return text.lower() if ignore_case else text
+from distill.evaluate.metrics.normalize import normalize
 
 
 class ExactMatch(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
-            description="1 when the prediction equals any reference after whitespace folding (and optional lower-casing).",
+            description="1 when the prediction equals any reference after whitespace folding "
+            "(and optionally case, punctuation and article folding).",
             citation="",
             inputs_description="predictions: list of str; references: list of lists of acceptable str",
             features=datasets.Features(
@@ -24,9 +18,10 @@ class ExactMatch(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, ignore_case=False):
+    def _compute(self, predictions, references, ignore_case=False, ignore_punctuation=False, ignore_articles=False):
+        options = dict(ignore_case=ignore_case, ignore_punctuation=ignore_punctuation, ignore_articles=ignore_articles)
         scores = [
-            float(any(_norm(p, ignore_case) == _norm(r, ignore_case) for r in refs))
+            float(any(normalize(p, **options) == normalize(r, **options) for r in refs))
             for p, refs in zip(predictions, references)
         ]
         return {"exact_match": sum(scores) / max(len(scores), 1), "scores": scores}

@@ -1,0 +1,85 @@
+"""Charts of a report: each model's difference from the baseline with its interval, and a curve over checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.run_dir import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def plot_differences(report: dict, out: Path) -> None:
+    """One panel per set (headline metric): a row per model and slice, the interval as a bar, red when degraded."""
+    plt = _plt()
+    sets = list(report["sets"].items())
+    heights = [max(1, sum(1 + len(c["slices"]) for c in e["vs_base"].values())) for _, e in sets]
+    fig, axes = plt.subplots(len(sets), 1, figsize=(7, 1.2 + 0.35 * sum(heights) + 0.6 * len(sets)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (set_name, entry) in zip(axes[:, 0], sets):
+        metric = entry["metrics"][0]
+        info = entry["metric_info"][metric]
+        rows = [(f"{m} · {where}", c) for m, cmp in entry["vs_base"].items()
+                for where, c in [("all", cmp["overall"]), *cmp["slices"].items()]]
+        for y, (label, c) in enumerate(reversed(rows)):
+            if c["delta"] is None:
+                continue
+            color = "tab:red" if c["degraded"] else ("tab:green" if c["verdict"] == "improved" else "tab:gray")
+            ax.errorbar(c["delta"], y, xerr=[[c["delta"] - c["low"]], [c["high"] - c["delta"]]], fmt="o", color=color, capsize=3)
+            ax.text(1.01, y, f"n={c['n']}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+        ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=8)
+        ax.axvline(0, color="black", lw=0.8)
+        tol = entry["tolerance"]
+        if tol:
+            ax.axvline(-tol if info["higher_is_better"] else tol, color="tab:red", lw=0.8, ls="--")
+        better = "higher is better" if info["higher_is_better"] else "lower is better"
+        kind = "guard set " if entry["guard"] else ""
+        ax.set_title(f"{kind}{set_name}: {info['label']} minus {report['baseline']} ({better})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if not rows:
+            ax.text(0.5, 0.5, "no comparison", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+
+
+def plot_curve(report: dict, out: Path) -> bool:
+    """Headline metric against training step for checkpoints (the baseline's score plus the interval of the difference)."""
+    steps = {m: s for m, s in report["steps"].items() if s is not None}
+    if len(steps) < 2:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for set_name, entry in report["sets"].items():
+        metric = entry["metrics"][0]
+        ordered = sorted((s, m) for m, s in steps.items() if m in entry["models"])
+        xs = [s for s, _ in ordered]
+        ys = [entry["models"][m]["metrics"][metric]["score"] for _, m in ordered]
+        base = entry["models"].get(report["baseline"], {}).get("metrics", {}).get(metric, {}).get("score")
+        line = ax.plot(xs, ys, marker="o", label=f"{set_name} ({entry['metric_info'][metric]['label']})")[0]
+        if base is not None:
+            lows = [base + entry["vs_base"][m]["metrics"][metric]["overall"]["low"] if m in entry["vs_base"] else y for (_, m), y in zip(ordered, ys)]
+            highs = [base + entry["vs_base"][m]["metrics"][metric]["overall"]["high"] if m in entry["vs_base"] else y for (_, m), y in zip(ordered, ys)]
+            ax.fill_between(xs, lows, highs, alpha=0.2, color=line.get_color())
+            ax.axhline(base, color=line.get_color(), ls=":", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("score")
+    ax.set_title(f"checkpoints (dotted: {report['baseline']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+    return True

@@ -1,0 +1,49 @@
+"""`distill compare A B C ...`: runs, adapter folders or model folders on the same real items,
+each measured against the first (or --baseline) with paired bootstrap intervals."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.evaluate.candidates import resolve_candidates
+from distill.evaluate.outputs import write_outputs
+from distill.evaluate.report import build_report
+from distill.evaluate.scoring import score_candidates
+from distill.evaluate.sets import load_items
+from distill.evaluate.stage import seed_pool
+from distill.recipe import load_recipe
+from distill.run_dir import RunDir
+
+
+def _recipe_and_run(targets: list[str], recipe_path: str | None, run_dir: str | None, overrides: list[str]):
+    """The recipe says which sets and metrics; the run (if any) holds the held-out split and seeds."""
+    runs = [Path(t) for t in targets if (Path(t) / "recipe.yaml").is_file()]
+    if recipe_path is None:
+        if not runs:
+            raise UserError("compare needs --recipe RECIPE when no run directory is among the targets")
+        recipe_path = str(runs[0] / "recipe.yaml")
+    recipe = load_recipe(recipe_path, overrides)
+    root = Path(run_dir) if run_dir else (runs[0] if runs else recipe.resolved_run_dir())
+    return recipe, RunDir(root)
+
+
+def run_compare(targets: list[str], out: str, recipe_path: str | None = None, run_dir: str | None = None,
+                baseline: str | None = None, overrides: list[str] | None = None) -> dict:
+    started = time.time()
+    recipe, run = _recipe_and_run(targets, recipe_path, run_dir, overrides or [])
+    candidates = resolve_candidates(targets, recipe)
+    names = [c.name for c in candidates]
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise UserError(f"--baseline {baseline!r} is not among the compared models ({', '.join(names)})")
+    sets = {s.name: (s, load_items(s, run.heldout)) for s in recipe.evaluate.sets}
+    predictions = score_candidates(recipe, candidates, sets, seed_pool(run))
+    report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed)
+    report["targets"] = {c.name: {"model": str(c.model_dir), "adapter": str(c.adapter) if c.adapter else None, "role": c.role}
+                         for c in candidates}
+    paths = write_outputs(Path(out), report, predictions, f"compare: {', '.join(names)} (baseline {baseline})")
+    print(f"[compare] {len(candidates)} models, {len(sets)} sets, {len(report['degraded'])} degraded, "
+          f"{time.time() - started:.0f}s: {paths['report.html']}", flush=True)
+    return report

@@ -1,0 +1,181 @@
+"""Score candidates on evaluation sets: generate answers (vLLM, LoRA adapters per request) and/or
+read the log-probabilities of the references (transformers + PEFT), then apply the set's metrics per item.
+
+Every candidate sees the same items with the same generation settings; item i is sampled
+with seed + i, so any answer can be reproduced on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from distill import rows as C
+from distill.errors import DataError
+from distill.evaluate import metrics as M
+from distill.evaluate.candidates import Candidate, adapter_rank
+from distill.generate.prompts import PromptTemplate
+from distill.generate.stage import teacher_prompts
+from distill.progress import progress
+from distill.recipe import EvalSet, Recipe
+from distill.train.formats import student_prompt
+
+
+def build_prompts(recipe: Recipe, cand: Candidate, s: EvalSet, items: list[dict], seed_pool: list[dict], engine) -> list[str]:
+    """The exact prompt each candidate gets: the student's trained format, or the teacher's own."""
+    if cand.role == "student":
+        template = PromptTemplate(s.prompt_template or recipe.train.prompt_template, f"evaluate.sets.{s.name}.prompt_template")
+        return [student_prompt(recipe, template, item, engine.tokenizer) for item in items]
+    own = s.teacher_template or (s.prompt_template if s.path else None)
+    if own is not None:
+        template = PromptTemplate(own, f"evaluate.sets.{s.name}.teacher_template")
+        return [template.render(input=item[C.INPUT], row=item) for item in items]
+    template = PromptTemplate(recipe.evaluate.teacher_template or recipe.generate.template, "evaluate.teacher_template")
+    return teacher_prompts(recipe, template, items, seed_pool, engine.apply_chat_template)
+
+
+def reference_text(recipe: Recipe, cand: Candidate, reference: str) -> str:
+    """The reference as the model would write it after its prompt (the trained completion format)."""
+    if cand.role == "student" and recipe.train.chat:
+        return reference.strip()
+    if cand.role == "student":
+        return PromptTemplate(recipe.train.completion_template, "train.completion_template").render(
+            completion=reference.strip(), row={})
+    return " " + reference.strip()
+
+
+class Scorer:
+    """One vLLM engine per model folder; adapters are served on it per request."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.settings = recipe.evaluate
+        self.seed = recipe.evaluate.seed if recipe.evaluate.seed is not None else recipe.seed
+        self._lora_ids: dict[str, int] = {}
+        self._hf_key: tuple | None = None
+        self._hf_model = None
+        self.nll_batch = 16
+
+    def _lora(self, cand: Candidate):
+        from vllm.lora.request import LoRARequest
+
+        if cand.adapter is None:
+            return None
+        key = str(Path(cand.adapter).resolve())
+        lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)  # one id per adapter: vLLM caches by id
+        return LoRARequest(f"adapter-{lora_id}", lora_id, key)
+
+    def _generate(self, engine, cand: Candidate, s: EvalSet, prompts: list[str]):
+        from vllm import SamplingParams
+
+        e = self.settings
+        stop = s.stop if s.stop is not None else e.stop
+        params = [SamplingParams(temperature=e.temperature, top_p=e.top_p, max_tokens=s.max_tokens or e.max_tokens,
+                                 stop=stop or None, seed=self.seed + i) for i in range(len(prompts))]
+        outs = engine.llm.generate(prompts, params, lora_request=self._lora(cand), use_tqdm=False)
+        return [o.outputs[0] for o in outs]
+
+    def _reference_logprobs(self, engine, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str]) -> list[list[float]]:
+        """Log-probability of each reference token after its prompt, from transformers (PEFT for adapters).
+
+        A plain forward pass: exact, and independent of the serving engine's batching.
+        """
+        import torch
+
+        tok = engine.tokenizer
+        sequences, starts = [], []
+        for item, prompt in zip(items, prompts):
+            full = tok(prompt + reference_text(self.recipe, cand, item[C.REFERENCE])).input_ids
+            head = tok(prompt).input_ids
+            start = 0
+            while start < min(len(head), len(full)) and head[start] == full[start]:
+                start += 1
+            if start >= len(full):
+                raise DataError(f"evaluate set {s.name}: reference {item[C.REFERENCE]!r} adds no tokens to its prompt")
+            sequences.append(full)
+            starts.append(max(start, 1))  # the first token of a sequence has no log-probability
+        model = self._forward_model(cand)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        result: list[list[float]] = []
+        with torch.no_grad():
+            for k in range(0, len(sequences), self.nll_batch):
+                batch = sequences[k:k + self.nll_batch]
+                width = max(len(x) for x in batch)
+                ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch])
+                mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch])
+                logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+                for row, (x, start) in enumerate(zip(batch, starts[k:k + self.nll_batch])):
+                    positions = torch.arange(start, len(x))
+                    result.append(logprobs[row, positions - 1, torch.tensor(x[start:])].tolist())
+        return result
+
+    def _forward_model(self, cand: Candidate):
+        """The candidate as a transformers model (base weights plus its LoRA adapter), kept for its sets."""
+        key = (str(cand.model_dir), str(cand.adapter))
+        if self._hf_key != key:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cand.spec.dtype, "auto")
+            model = AutoModelForCausalLM.from_pretrained(cand.model_dir, dtype=dtype, trust_remote_code=cand.spec.trust_remote_code)
+            if cand.adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(cand.adapter))
+            self._hf_key, self._hf_model = key, model.eval()
+        return self._hf_model
+
+    def score(self, cand: Candidate, engine, sets: dict[str, tuple[EvalSet, list[dict]]], seed_pool: list[dict]) -> list[dict]:
+        rows: list[dict] = []
+        for name, (s, items) in sets.items():
+            t0 = time.time()
+            prompts = build_prompts(self.recipe, cand, s, items, seed_pool, engine)
+            text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
+            answers = self._generate(engine, cand, s, prompts) if text_metrics else [None] * len(items)
+            texts = [a.text.strip() if a is not None else None for a in answers]
+            per_item: dict[str, list[float]] = {}
+            extra: dict[str, float] = {}
+            for m in s.metrics:
+                if M.METRICS[m].needs_logprobs:
+                    result = M.compute(m, self._reference_logprobs(engine, cand, s, items, prompts), [it[C.REFERENCE] for it in items])
+                    extra["perplexity"] = result["perplexity"]
+                else:
+                    result = M.compute(m, texts, [it[C.REFERENCES] for it in items])
+                per_item[m] = result["scores"]
+            headline = s.metrics[0]
+            mean = sum(per_item[headline]) / max(len(items), 1)
+            print(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s)", flush=True)
+            for i, (item, prompt) in enumerate(zip(items, prompts)):
+                rows.append({
+                    "set": name, "model": cand.name, "step": cand.step, "item_id": item[C.ID], C.INPUT: item[C.INPUT],
+                    C.REFERENCE: item[C.REFERENCE], C.REFERENCES: list(item[C.REFERENCES]), C.SLICE: item[C.SLICE],
+                    C.PROMPT: prompt, "prediction": texts[i],
+                    "finish_reason": answers[i].finish_reason if answers[i] is not None else None,
+                    "score": per_item[headline][i], "scores": {m: per_item[m][i] for m in s.metrics},
+                })
+        return rows
+
+
+def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str, tuple[EvalSet, list[dict]]],
+                     seed_pool: list[dict]) -> list[dict]:
+    """Every candidate on every set; one engine per model folder, candidates in the order given."""
+    from distill.generate.vllm_engine import VLLMEngine
+
+    groups: dict[Path, list[Candidate]] = defaultdict(list)
+    for cand in candidates:
+        groups[Path(cand.model_dir).resolve()].append(cand)
+    scorer = Scorer(recipe)
+    by_name: dict[str, list[dict]] = {}
+    bar = progress(len(candidates), "evaluate", unit="model")
+    for folder, group in groups.items():
+        ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None]
+        engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None)
+        try:
+            for cand in group:
+                by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool)
+                bar.update(1)
+        finally:
+            engine.close()
+    bar.close()
+    return [row for cand in candidates for row in by_name[cand.name]]

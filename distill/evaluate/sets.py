@@ -1,0 +1,68 @@
+"""Evaluation items: the recipe's held-out split, or separate real data (JSONL, CSV, Parquet,
+BIG-bench task.json, a `datasets` folder). Never synthetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill import rows as C
+from distill.data.loaders import read_rows
+from distill.data.split import row_id
+from distill.errors import DataError, UserError
+from distill.recipe import EvalSet
+
+
+def _read_datasets_folder(s: EvalSet) -> list[dict]:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        data = load_from_disk(s.path)
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"{s.path}: not a folder saved by datasets' save_to_disk ({e})") from None
+    if isinstance(data, DatasetDict):
+        split = s.split or next((k for k in ("test", "validation") if k in data), None)
+        if split is None and len(data) == 1:
+            split = next(iter(data))
+        if split not in data:
+            raise DataError(f"{s.path}: split {split!r} not found; set evaluate.sets.{s.name}.split to one of {', '.join(data)}")
+        data = data[split]
+    assert isinstance(data, Dataset)
+    rows = data.to_list()
+    for i, row in enumerate(rows):
+        row["_line"] = i + 1
+        for field in (s.input_field, s.target_field):
+            if row.get(field) in (None, ""):
+                raise DataError(f"{s.path}: row number {i + 1} has no '{field}' field (has: {', '.join(k for k in row if k != '_line')})")
+    return rows
+
+
+def _references(target, where: str) -> list[str]:
+    refs = [str(t) for t in target] if isinstance(target, (list, tuple)) else [str(target)]
+    if not refs:
+        raise DataError(f"{where}: empty list of references")
+    return refs
+
+
+def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
+    """Items with id, input, reference (the first), references (all acceptable) and slice."""
+    if s.data == "heldout":
+        if heldout is None or not heldout.is_file():
+            raise UserError(f"evaluate set {s.name!r} uses the held-out split, but {heldout} does not exist: run generate first")
+        with open(heldout) as f:
+            items = [json.loads(line) for line in f if line.strip()]
+        for it in items:
+            it.setdefault(C.REFERENCES, [it[C.REFERENCE]])
+    else:
+        path = Path(s.path)
+        if s.format == "datasets" or (s.format == "auto" and path.is_dir()):
+            rows = _read_datasets_folder(s)
+        else:
+            rows = read_rows(path, s.format, required=(s.input_field, s.target_field))
+        items = []
+        for r in rows:
+            refs = _references(r[s.target_field], f"{path}:{r['_line']}")
+            slice_value = r.get(s.slice_field) if s.slice_field else None
+            items.append({C.ID: row_id(r[s.input_field], r["_line"]), C.INPUT: str(r[s.input_field]), C.REFERENCE: refs[0],
+                          C.REFERENCES: refs, C.SLICE: None if slice_value is None else str(slice_value)})
+    return items[: s.limit] if s.limit else items

@@ -1,0 +1,43 @@
+"""What the teacher is asked, per mode: one work item per prompt, in a fixed order that chunks and shards cut.
+
+complete and label: one item per real seed row. synthesize: one item per (cell, index) of
+the attribute grid, `per_cell` per cell, so every cell gets its quota however rare.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from distill import rows as C
+from distill.data.split import row_id
+from distill.errors import RecipeError
+from distill.recipe import GenerateSettings, GridSettings
+
+RESERVED_VARIABLES = ("input", "examples", "row", "cell", "index")
+
+
+def grid_cells(grid: GridSettings) -> list[dict[str, str]]:
+    """Every combination of attribute values, in the order the recipe declares them."""
+    names = list(grid.attributes)
+    clash = [n for n in names if n in RESERVED_VARIABLES]
+    if clash:
+        raise RecipeError(f"generate.grid.attributes: {clash[0]!r} is a template variable already; rename the attribute")
+    return [dict(zip(names, values)) for values in itertools.product(*(grid.attributes[n] for n in names))]
+
+
+def work_items(g: GenerateSettings, seeds: list[dict]) -> list[dict]:
+    """The prompts to make, each with its id and what the template sees."""
+    if g.mode != "synthesize":
+        return [{**s, C.CELL: None, "index": 0} for s in seeds]
+    items = []
+    for cell in grid_cells(g.grid):
+        for index in range(g.grid.per_cell):
+            items.append({C.ID: row_id("cell", *(f"{k}={v}" for k, v in cell.items()), index), C.INPUT: None,
+                          C.REFERENCE: None, C.REFERENCES: [], C.SLICE: None, C.CELL: cell, "index": index})
+    return items
+
+
+def template_variables(item: dict, examples: list[dict]) -> dict:
+    cell = item.get(C.CELL)
+    return {**(cell or {}), "input": item[C.INPUT], "examples": examples, "row": item, "cell": cell,
+            "index": item.get("index", 0)}

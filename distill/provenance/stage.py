@@ -1,0 +1,183 @@
+"""document: the run's manifest, dataset card and model card, written after evaluation.
+
+Writes document/{manifest.json, coverage.json, synthetic_vs_real.json, dataset_card.md,
+model_card.md}, copies the manifest and both cards to the run root, and the manifest into
+the student's adapter folder, so the adapter carries the record of the data it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from distill import rows as C
+from distill.data.loaders import read_rows
+from distill.generate.prompts import template_hash
+from distill.provenance.cards import dataset_card, model_card
+from distill.provenance.coverage import audit_coverage, cell_column, link_eval_slices, real_slice_counts
+from distill.provenance.lineage import chaining_findings, lineage
+from distill.provenance.manifest import build_manifest, model_identities
+from distill.provenance.two_sample import synthetic_vs_real
+from distill.recipe import Recipe
+from distill.run_dir import DATA_MANIFEST, RunDir, hash_file, write_json, write_text
+
+ROOT_COPIES = ("manifest.json", "dataset_card.md", "model_card.md")
+MODE_TEXT = {"complete": "answered real seed inputs",
+             "synthesize": "wrote inputs and answers for every cell of an attribute grid",
+             "label": "labelled real inputs under a structured-output constraint"}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def decontamination(run: RunDir) -> dict | None:
+    """What the decontamination filter found, when one ran (filter/contaminat*.json[l])."""
+    items = _read_json(run.stage("filter") / "contaminated_items.json")
+    leaks = run.stage("filter") / "contamination.jsonl"
+    if items is None and not leaks.is_file():
+        return None
+    return {"leaked_items": {s: len(ids) for s, ids in (items or {}).items()}, "leak_records": len(_read_jsonl(leaks))}
+
+
+def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None) -> dict:
+    """The audit, compared with the real data's distribution when the cells are its slices."""
+    real_counts = None
+    if cell_column(rows, recipe.coverage.column) == C.SLICE and recipe.data.slice_field:
+        real = read_rows(recipe.data.path, recipe.data.format, required=(recipe.data.input_field,))
+        real_counts = real_slice_counts(real, recipe.data.slice_field)
+    return link_eval_slices(audit_coverage(rows, recipe.coverage, real_counts), eval_report)
+
+
+def synthetic_inputs(rows: list[dict]) -> list[str]:
+    """What the student will be prompted with in training: the input, or the completion when the teacher wrote the input."""
+    return [str(r[C.INPUT] if r.get(C.INPUT) is not None else r.get(C.COMPLETION) or "") for r in rows if r[C.KEPT]]
+
+
+def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
+    """Per set: each model's score with its difference from the baseline, then the same per slice."""
+    if not report:
+        return []
+    guards = {s.name for s in recipe.evaluate.sets if getattr(s, "guard", False)}
+    tables = []
+    order = [s.name for s in recipe.evaluate.sets]  # report.json has its keys sorted: show sets as the recipe lists them
+    sets = sorted(report.get("sets", {}).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    model_order = report.get("models") or []
+    for name, entry in sets:
+        models = dict(sorted(entry.get("models", {}).items(),
+                             key=lambda kv: model_order.index(kv[0]) if kv[0] in model_order else len(model_order)))
+        diffs = entry.get("vs_base", {})
+        slices = sorted({s for m in models.values() for s in m.get("slices", {})})
+        metrics = entry.get("metrics") or [report.get("metric", "exact_match")]
+        tables.append({
+            "name": name, "guard": bool(entry.get("guard")) or name in guards, "metric": metrics[0],
+            "baseline": report.get("baseline", "base"), "level": round(100 * report.get("confidence", 0.95)),
+            "models": [{"model": m, "score": r.get("score"), "n": r.get("n"), "diff": (diffs.get(m) or {}).get("overall")}
+                       for m, r in models.items()],
+            "slices": [{"slice": s, "n": max(r["slices"][s]["n"] for r in models.values() if s in r.get("slices", {})),
+                        "scores": {m: r["slices"][s]["score"] for m, r in models.items() if s in r.get("slices", {})},
+                        "diff": (diffs.get("student") or {}).get("slices", {}).get(s)} for s in slices],
+        })
+    return tables
+
+
+def limitations(recipe: Recipe, coverage: dict, two_sample: dict, decontam: dict | None, tables: list[dict]) -> list[str]:
+    out = []
+    if not any(step.type in ("verifier", "reference_match", "majority_vote", "judge") for step in recipe.filter.steps):
+        out.append("No filter checks that the teacher's answers are correct: its mistakes are in the data "
+                   "unless evaluation shows otherwise.")
+    if decontam is None:
+        out.append("Not checked for overlap with the evaluation items (no decontamination filter).")
+    small = [f"{t['name']}/{s['slice']} (n={s['n']})" for t in tables for s in t["slices"] if s["n"] < 30]
+    if small:
+        out.append("Small evaluation slices have wide intervals: " + ", ".join(small) + ".")
+    if coverage["flagged"]:
+        out.append("Under-represented cells after filtering: " + ", ".join(coverage["flagged"]) + ".")
+    if two_sample.get("flagged"):
+        out.append("The synthetic inputs are easy to tell apart from real ones (see Synthetic vs real).")
+    out.append("The data inherits the teacher's biases and the licence terms of the real data and of the teacher model.")
+    return out
+
+
+def warnings_of(chaining: list[dict], coverage: dict, two_sample: dict) -> list[str]:
+    out = [f["message"] for f in chaining]
+    for c in coverage["cells"]:
+        if c["status"] == "ok":
+            continue
+        made = (f"{c['kept']} of {c['generated']} generated rows kept (drop rate {100 * c['drop_rate']:.0f}%)" if c["generated"]
+                else "no rows were generated for it")
+        out.append(f"coverage: cell {c['cell']!r} is {c['status']} after filtering: {made}; kept share "
+                   f"{100 * (c['kept_share'] or 0):.1f}% against a target of {100 * (c['target_share'] or 0):.1f}%")
+    if two_sample.get("flagged"):
+        out.append(f"synthetic vs real: a classifier tells synthetic from real inputs apart with AUC {two_sample['auc']:.2f} "
+                   f"(MMD permutation p = {two_sample['p_value']:.4f})")
+    return out
+
+
+def run_document(recipe: Recipe, run: RunDir) -> dict:
+    started = time.time()
+    out = run.stage("document")
+    wanted = (C.INPUT, C.COMPLETION, C.SLICE, C.CELL, C.KEPT)  # not the prompts and provenance of every row
+    rows = pq.read_table(run.filtered, columns=[c for c in wanted if c in pq.read_schema(run.filtered).names]).to_pylist()
+    eval_report = _read_json(run.eval_report)
+    chaining = chaining_findings(recipe)
+    coverage = coverage_audit(recipe, rows, eval_report)
+    heldout = [r[C.INPUT] for r in _read_jsonl(run.heldout)]
+    settings = recipe.coverage.synthetic_vs_real
+    two_sample = (synthetic_vs_real(synthetic_inputs(rows), heldout, settings, recipe.seed) if settings.enabled
+                  else {"skipped": "turned off (coverage.synthetic_vs_real.enabled: false)", "flagged": False})
+    decontam = decontamination(run)
+    warnings = warnings_of(chaining, coverage, two_sample)
+
+    checks = {"coverage_flagged": coverage["flagged"], "synthetic_vs_real": two_sample, "warnings": warnings}
+    manifest = build_manifest(recipe, run, checks)
+    write_json(out / "manifest.json", manifest)
+    write_json(out / "coverage.json", coverage)
+    write_json(out / "synthetic_vs_real.json", two_sample)
+
+    ctx = card_context(recipe, run, manifest, chaining, coverage, two_sample, decontam, eval_report)
+    write_text(out / "dataset_card.md", dataset_card(ctx))
+    write_text(out / "model_card.md", model_card(ctx))
+    for name in ROOT_COPIES:
+        write_text(run.root / name, (out / name).read_text())
+    if run.adapter.is_dir():
+        write_text(run.adapter / DATA_MANIFEST, (out / "manifest.json").read_text())
+
+    for w in warnings:
+        print(f"[document] warning: {w}", flush=True)
+    return {"manifest_sha256": manifest["content_sha256"][:12], "chaining_warnings": len(chaining),
+            "flagged_cells": len(coverage["flagged"]),
+            "synthetic_vs_real_auc": round(two_sample["auc"], 3) if "auc" in two_sample else None,
+            "synthetic_vs_real_flagged": two_sample["flagged"], "seconds": round(time.time() - started, 1)}
+
+
+def card_context(recipe: Recipe, run: RunDir, manifest: dict, chaining: list[dict], coverage: dict, two_sample: dict,
+                 decontam: dict | None, eval_report: dict | None) -> dict:
+    """Everything the two card templates show."""
+    tables = eval_tables(recipe, eval_report)
+    filter_marker = run.read_marker("filter")
+    train_marker = run.read_marker("train")
+    mode = getattr(recipe.generate, "mode", "complete")
+    return {
+        "name": recipe.name, "created_at": manifest["created_at"], "manifest_sha": manifest["content_sha256"],
+        "mode": mode, "mode_text": MODE_TEXT.get(mode, "answered real seed inputs"),
+        "generate": recipe.generate.model_dump(mode="json"), "template_sha": template_hash(recipe.generate.template),
+        "data": {"path": recipe.data.path, "sha256": hash_file(Path(recipe.data.path)), "heldout": recipe.data.heldout.size},
+        "models": model_identities(recipe), "lineage": lineage(recipe), "chaining": chaining,
+        "allow_chaining": recipe.allow_chaining, "warnings": manifest["checks"]["warnings"],
+        "funnel": filter_marker["summary"] if filter_marker else None, "decontamination": decontam,
+        "coverage": coverage, "eval_set": next((c["eval"]["set"] for c in coverage["cells"] if "eval" in c), None),
+        "eval_baseline": (eval_report or {}).get("baseline", "base"),
+        "two_sample": two_sample, "train": recipe.train.model_dump(mode="json"),
+        "train_summary": train_marker["summary"] if train_marker else None,
+        "training_data": _read_json(run.adapter / "training_data.json"),
+        "eval_tables": tables, "degraded": (eval_report or {}).get("degraded", []), "adapter_path": str(run.adapter.resolve()),
+        "limitations": limitations(recipe, coverage, two_sample, decontam, tables),
+    }

@@ -1,0 +1,143 @@
+"""Cluster profiles (configs/clusters/NAME.yaml) and the check that a stage's request fits one.
+
+A profile names the partitions a user may submit to with what each node offers, plus the
+account, QOS, environment setup lines and container options every job gets. Requests that
+no partition can satisfy are refused before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from distill.errors import UserError
+from distill.recipe import Section, StageResources
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_DIR = REPO_ROOT / "configs" / "clusters"
+UNLIMITED = ("UNLIMITED", "INFINITE")
+
+
+def slurm_minutes(text: str) -> int | None:
+    """Minutes in a Slurm time string (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None if unlimited."""
+    text = str(text).strip()
+    if text.upper() in UNLIMITED:
+        return None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not m:
+        raise ValueError(f"not a Slurm time (M, H:M:S or D-H:M:S): {text!r}")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        h, mi, s = int(a), int(b or 0), int(c or 0)
+        seconds = ((int(days) * 24 + h) * 60 + mi) * 60 + s
+    elif c is not None:  # H:M:S
+        seconds = (int(a) * 60 + int(b)) * 60 + int(c)
+    elif b is not None:  # M:S
+        seconds = int(a) * 60 + int(b)
+    else:  # M
+        seconds = int(a) * 60
+    return -(-seconds // 60)
+
+
+class Partition(Section):
+    """One partition and what one of its nodes offers."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Partition name as Slurm knows it.")
+    nodes: int = Field(1, ge=1, description="Nodes a job may use at most.")
+    cpus_per_node: int = Field(ge=1, description="CPU cores per node.")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (0: a CPU partition).")
+    gpu_type: str | None = Field(None, description="GRES type of the GPUs (gpu:TYPE:N), or unset for plain gpu:N.")
+    mem_gb: float = Field(gt=0, description="Memory per node a job may ask for, in GiB.")
+    max_time: str = Field("UNLIMITED", description="Longest wall-clock time a job may ask for (Slurm format).")
+
+    @field_validator("max_time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        slurm_minutes(v)
+        return v
+
+
+class Container(Section):
+    """Run each job step in a container through the pyxis srun options."""
+
+    image: str = Field(description="Container image (srun --container-image).")
+    mounts: list[str] = Field(default_factory=list, description="SRC:DST mounts (srun --container-mounts).")
+    workdir: str | None = Field(None, description="Working directory inside the container (srun --container-workdir).")
+
+
+class ClusterProfile(Section):
+    name: str = Field(description="Profile name, shown in job names and status.")
+    description: str = Field("", description="What cluster this is.")
+    partitions: list[Partition] = Field(min_length=1, description="Partitions this profile may submit to, tried in order.")
+    account: str | None = Field(None, description="Slurm account charged (sbatch --account).")
+    qos: str | None = Field(None, description="Quality of service (sbatch --qos).")
+    python: str | None = Field(
+        None, description="Interpreter on the compute nodes; unset: the interpreter that submits (its venv)."
+    )
+    setup: list[str] = Field(default_factory=list, description="Shell lines run first in every job (module load, env vars).")
+    container: Container | None = Field(None, description="Run job steps in this container (pyxis/enroot).")
+    sbatch_options: list[str] = Field(default_factory=list, description="Extra sbatch options, e.g. '--constraint=a100'.")
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A profile by name (configs/clusters/NAME.yaml) or by file path."""
+    as_path = Path(name_or_path).expanduser()
+    if as_path.suffix in (".yaml", ".yml") or as_path.is_file():
+        return as_path
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def load_profile(name_or_path: str) -> ClusterProfile:
+    path = profile_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))) or "none"
+        raise UserError(f"cluster profile {name_or_path!r} not found ({path}); known profiles: {known}")
+    try:
+        data = yaml.safe_load(path.read_text())
+        return ClusterProfile.model_validate(data)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise UserError(f"{path}: {where}: {err['msg']}") from None
+
+
+def why_not(partition: Partition, res: StageResources) -> str | None:
+    """Why this partition cannot run the request, or None if it can."""
+    problems = []
+    if res.nodes > partition.nodes:
+        problems.append(f"{res.nodes} nodes asked, {partition.nodes} allowed")
+    if res.gpus_per_node > partition.gpus_per_node:
+        problems.append(f"{res.gpus_per_node} GPUs per node asked, {partition.gpus_per_node} available")
+    if res.cpus_per_task > partition.cpus_per_node:
+        problems.append(f"{res.cpus_per_task} CPUs asked, {partition.cpus_per_node} per node")
+    if res.mem_gb > partition.mem_gb:
+        problems.append(f"{res.mem_gb:g} GiB memory asked, {partition.mem_gb:g} GiB per node")
+    asked, limit = slurm_minutes(res.time), slurm_minutes(partition.max_time)
+    if limit is not None and (asked is None or asked > limit):
+        problems.append(f"time {res.time} asked, at most {partition.max_time}")
+    return "; ".join(problems) or None
+
+
+def choose_partition(profile: ClusterProfile, stage: str, res: StageResources) -> Partition:
+    """The requested partition if it fits, else the first of the profile that does; else refuse with every reason."""
+    by_name = {p.name: p for p in profile.partitions}
+    if res.partition is not None:
+        if res.partition not in by_name:
+            raise UserError(f"slurm.{stage}.partition: {res.partition!r} is not a partition of cluster profile "
+                            f"{profile.name!r} (it has {', '.join(by_name)})")
+        candidates = [by_name[res.partition]]
+    else:  # a request without GPUs goes to a CPU partition first, leaving GPU nodes to GPU work
+        candidates = sorted(profile.partitions, key=lambda p: res.gpus_per_node == 0 and p.gpus_per_node > 0)
+    reasons = []
+    for partition in candidates:
+        reason = why_not(partition, res)
+        if reason is None:
+            return partition
+        reasons.append(f"{partition.name}: {reason}")
+    raise UserError(f"slurm.{stage}: no partition of cluster profile {profile.name!r} can run this request "
+                    f"({' | '.join(reasons)})")

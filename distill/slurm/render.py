@@ -1,0 +1,109 @@
+"""Render one sbatch script per stage from the templates in the top-level slurm/ folder.
+
+Templates are Jinja, rendered in a sandbox with every value shell-quoted by the `q` filter,
+so a recipe or profile can put no shell code in a job that it did not write as a setup line.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from distill.recipe import Recipe, StageResources
+from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
+
+TEMPLATES_DIR = REPO_ROOT / "slurm"
+ACCELERATE_DIR = REPO_ROOT / "configs" / "accelerate"
+SLURM_STAGES = ("generate", "filter", "train", "evaluate")
+# afterok on the stage before; evaluate also reads generate's held-out split, done long before.
+DEPENDS_ON = {"generate": None, "filter": "generate", "train": "filter", "evaluate": "train"}
+
+
+@dataclass
+class StageJob:
+    """One stage's job: its rendered script and where it goes."""
+
+    stage: str
+    partition: str
+    script: str
+    array: str | None = None
+    depends_on: str | None = None
+    resources: dict = field(default_factory=dict)
+
+
+def _environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(loader=FileSystemLoader(str(TEMPLATES_DIR)), undefined=StrictUndefined,
+                               keep_trailing_newline=True, autoescape=False)
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def _gres(res: StageResources, gpu_type: str | None) -> str | None:
+    if not res.gpus_per_node:
+        return None
+    return f"gpu:{gpu_type}:{res.gpus_per_node}" if gpu_type else f"gpu:{res.gpus_per_node}"
+
+
+def _srun_args(profile: ClusterProfile) -> str:
+    """pyxis options that put each job step in the profile's container."""
+    c = profile.container
+    if c is None:
+        return ""
+    args = [f"--container-image={c.image}"]
+    if c.mounts:
+        args.append(f"--container-mounts={','.join(c.mounts)}")
+    if c.workdir:
+        args.append(f"--container-workdir={c.workdir}")
+    return " ".join(shlex.quote(a) for a in args) + " "
+
+
+def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_file: Path,
+                workdir: Path | None = None) -> list[StageJob]:
+    """Every stage's script, in submission order. Refuses (UserError) before rendering anything
+    if some stage's request fits no partition of the profile."""
+    s = recipe.slurm
+    run_dir, recipe_file = Path(run_dir).resolve(), Path(recipe_file).resolve()
+    chosen = {stage: choose_partition(profile, stage, getattr(s, stage)) for stage in SLURM_STAGES}
+    env = _environment()
+    jobs = []
+    for stage in SLURM_STAGES:
+        res: StageResources = getattr(s, stage)
+        partition = chosen[stage]
+        array = f"0-{s.shards - 1}" if stage == "generate" else None
+        processes = res.nodes * max(res.gpus_per_node, 1) if stage == "train" else 1
+        log_name = "%x-%A_%a.out" if array else "%x-%j.out"
+        context = {
+            "stage": stage,
+            "job_name": f"distill-{recipe.name}-{stage}",
+            "partition": partition.name,
+            "account": profile.account,
+            "qos": profile.qos,
+            "nodes": res.nodes,
+            "cpus_per_task": res.cpus_per_task,
+            "mem_mb": int(res.mem_gb * 1024),
+            "time": res.time,
+            "gres": _gres(res, partition.gpu_type),
+            "array": array,
+            "output": str(run_dir / "logs" / "slurm" / log_name),
+            "requeue": s.requeue,
+            "sbatch_options": profile.sbatch_options,
+            "setup": profile.setup,
+            "workdir": str(Path(workdir or Path.cwd()).resolve()),
+            "python": profile.python or sys.executable,
+            "srun_args": _srun_args(profile),
+            "recipe": str(recipe_file),
+            "run_dir": str(run_dir),
+            "shards": s.shards,
+            "processes": processes,
+            "threads_per_process": max(res.cpus_per_task * res.nodes // processes, 1),
+            "accelerate_config": str(ACCELERATE_DIR / f"{s.train.accelerate_config}.yaml"),
+        }
+        script = env.get_template(f"{stage}.sbatch.j2").render(**context)
+        jobs.append(StageJob(stage=stage, partition=partition.name, script=script, array=array,
+                             depends_on=DEPENDS_ON[stage], resources=res.model_dump(mode="json")))
+    return jobs

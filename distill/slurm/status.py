@@ -1,0 +1,129 @@
+"""The state of each stage's job, read from Slurm, beside what the run directory holds.
+
+Job ids live in RUN/slurm/jobs.json (written by submit). States come from sacct when the
+cluster keeps accounting, else from squeue, which knows finished jobs for MinJobAge seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.run_dir import RunDir
+
+STAGE_ORDER = ("generate", "filter", "train", "evaluate")
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+          "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
+# How an array's task states sum up into one stage state: the first that any task is in.
+ARRAY_PRECEDENCE = ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED", "BOOT_FAIL",
+                    "DEADLINE", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "PENDING", "COMPLETED")
+
+
+def jobs_file(run: RunDir) -> Path:
+    return run.root / "slurm" / "jobs.json"
+
+
+def read_jobs(run: RunDir) -> dict:
+    path = jobs_file(run)
+    if not path.is_file():
+        raise UserError(f"{path}: no Slurm jobs recorded for this run (submit it with `distill slurm submit`)")
+    return json.loads(path.read_text())
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def accounting_enabled() -> bool:
+    if not shutil.which("sacct"):
+        return False
+    out = _run(["scontrol", "show", "config"]).stdout
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "AccountingStorageType":
+            return value.strip() not in ("", "accounting_storage/none", "(null)")
+    return False
+
+
+def _from_squeue(job_id: str) -> list[dict]:
+    """One record per task (array tasks expanded); [] if the controller no longer knows the job."""
+    proc = _run(["squeue", "-h", "-r", "--states=all", "-j", job_id, "-o", "%i|%T|%r"])
+    if proc.returncode != 0:
+        return []
+    tasks = []
+    for line in proc.stdout.splitlines():
+        task, state, reason = (line.split("|") + ["", ""])[:3]
+        tasks.append({"job": task.strip(), "state": state.strip(), "reason": "" if reason.strip() == "None" else reason.strip()})
+    return tasks
+
+
+def _from_sacct(job_id: str) -> list[dict]:
+    proc = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,Reason"])
+    if proc.returncode != 0:
+        return []
+    tasks = []
+    for line in proc.stdout.splitlines():
+        task, state, reason = (line.split("|") + ["", ""])[:3]
+        tasks.append({"job": task, "state": state.split()[0] if state else "", "reason": "" if reason == "None" else reason})
+    return tasks
+
+
+def job_states(job_id: str, accounting: bool | None = None) -> list[dict]:
+    accounting = accounting_enabled() if accounting is None else accounting
+    return (_from_sacct(job_id) if accounting else []) or _from_squeue(job_id)
+
+
+def summarize(tasks: list[dict]) -> str:
+    if not tasks:
+        return "UNKNOWN"
+    states = {t["state"] for t in tasks}
+    if len(states) == 1:
+        return states.pop()
+    for state in ARRAY_PRECEDENCE:
+        if state in states:
+            return state
+    return sorted(states)[0]
+
+
+def run_status(run: RunDir) -> dict:
+    """Every stage's job id, its Slurm state (and per task for arrays), and whether its output is complete."""
+    recorded = read_jobs(run)
+    if not shutil.which("squeue"):
+        raise UserError("squeue not found: run `distill slurm status` where the Slurm client commands are installed")
+    accounting = accounting_enabled()
+    stages = {}
+    for stage in sorted(recorded["stages"], key=STAGE_ORDER.index):
+        job = recorded["stages"][stage]
+        tasks = sorted(job_states(str(job["job_id"]), accounting), key=lambda t: t["job"])
+        stages[stage] = {"job_id": job["job_id"], "state": summarize(tasks), "tasks": tasks,
+                         "reason": next((t["reason"] for t in tasks if t["reason"]), ""),
+                         "output_complete": run.read_marker(stage) is not None}
+    return {"run_dir": str(run.root.resolve()), "profile": recorded.get("profile"), "accounting": accounting,
+            "stages": stages}
+
+
+def active_jobs(run: RunDir) -> list[str]:
+    """Job ids of this run's previous submission that are still queued or running."""
+    if not jobs_file(run).is_file():
+        return []
+    recorded = read_jobs(run)
+    return [t["job"] for job in recorded["stages"].values() for t in job_states(str(job["job_id"]))
+            if t["state"] in ACTIVE]
+
+
+def format_status(status: dict) -> str:
+    lines = [f"run {status['run_dir']} (profile {status['profile']}; states from "
+             f"{'sacct' if status['accounting'] else 'squeue'})",
+             f"{'stage':<9} {'job':<10} {'state':<12} {'output':<9} reason"]
+    for stage, s in status["stages"].items():
+        output = "complete" if s["output_complete"] else "-"
+        lines.append(f"{stage:<9} {s['job_id']:<10} {s['state']:<12} {output:<9} {s['reason']}")
+        if len(s["tasks"]) > 1:
+            for t in s["tasks"]:
+                lines.append(f"  {t['job']:<16} {t['state']:<12} {t['reason']}")
+    if not status["accounting"] and any(s["state"] == "UNKNOWN" for s in status["stages"].values()):
+        lines.append("UNKNOWN: the controller has forgotten the job (MinJobAge) and the cluster keeps no accounting")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Submit a recipe as a chain of Slurm jobs: generation array -> merge/filter -> train -> evaluate.
+
+Each job depends on the one before with afterok, so a failed stage cancels the stages after
+it (with the controller's kill_invalid_depend) instead of leaving them pending. Scripts and
+job ids are kept in RUN/slurm/ for `distill slurm status` and for reading what ran.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from distill.errors import StageError, UserError
+from distill.recipe import Recipe
+from distill.run_dir import RunDir, write_json, write_text
+from distill.slurm.profile import load_profile
+from distill.slurm.render import render_jobs
+from distill.slurm.status import active_jobs, jobs_file
+
+
+def sbatch_command(script: Path, dependency_id: str | None) -> list[str]:
+    cmd = ["sbatch", "--parsable"]
+    if dependency_id is not None:
+        cmd.append(f"--dependency=afterok:{dependency_id}")
+    return cmd + [str(script)]
+
+
+def _sbatch(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise UserError(f"sbatch refused {cmd[-1]}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
+
+
+def dry_run(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> str:
+    """The scripts and the sbatch commands that submit would run, as text; nothing is written."""
+    profile = load_profile(profile_name or recipe.slurm.profile)
+    jobs = render_jobs(recipe, profile, run.root, run.recipe)
+    out = []
+    for job in jobs:
+        script = run.root.resolve() / "slurm" / f"{job.stage}.sbatch"
+        out.append(f"# ---- {job.stage}: {script}\n{job.script}")
+    out.append("# ---- submit")
+    for job in jobs:
+        script = run.root.resolve() / "slurm" / f"{job.stage}.sbatch"
+        dep = f"${job.depends_on.upper()}_JOB" if job.depends_on else None
+        out.append(f"{job.stage.upper()}_JOB=$(" + " ".join(shlex.quote(c) if not c.startswith("--dependency") else c
+                                                          for c in sbatch_command(script, dep)) + ")")
+    return "\n".join(out)
+
+
+def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict:
+    """Render, check and submit every stage; record the job ids in RUN/slurm/jobs.json."""
+    from distill.models.context import resolved_model
+    from distill.pipeline import save_resolved_recipe
+
+    profile = load_profile(profile_name or recipe.slurm.profile)
+    if not shutil.which("sbatch"):
+        raise UserError("sbatch not found: submit from a machine with the Slurm client commands, or use --dry-run")
+    still_active = active_jobs(run)
+    if still_active:
+        raise UserError(f"{run.root}: jobs of an earlier submission are still queued or running "
+                        f"({', '.join(still_active)}); wait for them or scancel them first")
+    jobs = render_jobs(recipe, profile, run.root, run.recipe)  # refuses requests that fit no partition
+    for role in ("teacher", "student"):  # convert / locate models once, here, not in every job
+        resolved_model(recipe, role)
+    save_resolved_recipe(recipe, run)
+    slurm_dir = run.root / "slurm"
+    (run.logs / "slurm").mkdir(parents=True, exist_ok=True)  # sbatch --output needs the folder
+
+    record = {"profile": profile.name, "recipe": str(run.recipe.resolve()), "submitted_at": time.time(), "stages": {}}
+    submitted: dict[str, str] = {}
+    try:
+        for job in jobs:
+            script = slurm_dir / f"{job.stage}.sbatch"
+            write_text(script, job.script)
+            cmd = sbatch_command(script.resolve(), submitted.get(job.depends_on) if job.depends_on else None)
+            job_id = _sbatch(cmd)
+            submitted[job.stage] = job_id
+            record["stages"][job.stage] = {"job_id": job_id, "array": job.array, "partition": job.partition,
+                                           "depends_on": job.depends_on, "script": str(script.resolve()),
+                                           "command": cmd, "resources": job.resources}
+            write_json(jobs_file(run), record)
+            print(f"[slurm] {job.stage:<9} job {job_id}" + (f" (array {job.array})" if job.array else "")
+                  + f" on {job.partition}" + (f", after {job.depends_on}" if job.depends_on else ""), flush=True)
+    except (UserError, subprocess.SubprocessError) as e:
+        if submitted:  # do not leave half a chain behind
+            subprocess.run(["scancel", *submitted.values()], capture_output=True, timeout=60)
+        if isinstance(e, UserError):
+            raise
+        raise StageError(f"sbatch failed: {e}") from None
+    print(f"[slurm] submitted {len(submitted)} jobs; follow with: distill slurm status {run.root}", flush=True)
+    return record

@@ -1,0 +1,143 @@
+"""Dataset and model cards, written by the document stage over a run's files, readable on their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import PLURAL, write_recipe
+from distill import rows as C
+from distill.generate.stage import write_parquet
+from distill.provenance.stage import run_document
+from distill.recipe import load_recipe
+from distill.run_dir import DATA_MANIFEST, RunDir, write_json, write_text
+
+TEMPLATE_WITH_JINJA = "Answer {{ 7 * 7 }} for {{ input }}"  # recipe text is shown, never evaluated
+
+
+def _report() -> dict:
+    """evaluate/report.json as the evaluate stage writes it (the fields the cards read)."""
+    diff = {"delta": 0.45, "low": 0.25, "high": 0.65, "n": 20}
+    slices = {"regular": {"score": 0.5, "n": 16}, "irregular": {"score": 0.25, "n": 4}}
+    return {
+        "baseline": "base", "confidence": 0.95, "metric": "exact_match", "degraded": [],
+        "sets": {
+            "plural": {"guard": False, "metrics": ["exact_match"], "models": {
+                "base": {"score": 0.0, "n": 20, "slices": {"regular": {"score": 0.0, "n": 16}, "irregular": {"score": 0.0, "n": 4}}},
+                "student": {"score": 0.45, "n": 20, "slices": slices}},
+                "vs_base": {"student": {"overall": diff, "slices": {
+                    "regular": {"delta": 0.5, "low": 0.25, "high": 0.75, "n": 16},
+                    "irregular": {"delta": 0.25, "low": 0.0, "high": 0.75, "n": 4}}}}},
+            "general": {"guard": True, "metrics": ["exact_match"], "models": {
+                "base": {"score": 0.6, "n": 10, "slices": {}}, "student": {"score": 0.5, "n": 10, "slices": {}}},
+                "vs_base": {"student": {"overall": {"delta": -0.1, "low": -0.3, "high": 0.1, "n": 10}, "slices": {}}}},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def documented(tmp_path_factory, tiny_model):
+    """A run whose upstream files are written by hand, then documented by the real document stage."""
+    folder = tmp_path_factory.mktemp("cards")
+    recipe = load_recipe(write_recipe(folder, tiny_model), [f"generate.template={TEMPLATE_WITH_JINJA}",
+                                                             "coverage.targets={irregular: 0.1, regular: 0.9}"])
+    run = RunDir(folder / "runs" / "tiny")
+    words = [e["input"] for e in json.loads(PLURAL.read_text())["examples"]]
+    rows = [{C.ID: f"r{i}", C.INPUT: w, C.SLICE: "irregular" if i % 10 == 0 else "regular", C.COMPLETION: w + "s",
+             C.KEPT: i % 10 != 0 or i < 10, C.REJECTED_BY: None, C.REASON: None} for i, w in enumerate(words[:400:4])]
+    for r in rows:
+        if not r[C.KEPT]:
+            r[C.REJECTED_BY], r[C.REASON] = "regex", "does not match the pattern"
+    write_parquet(run.filtered, rows)
+    kept = sum(r[C.KEPT] for r in rows)
+    funnel = [{"filter": "regex", "in": len(rows), "rejected": len(rows) - kept, "out": kept,
+               "top_reasons": [{"reason": "does not match the pattern", "count": len(rows) - kept}]}]
+    run.mark_complete("filter", "fp", {"rows": len(rows), "kept": kept, "rejected": len(rows) - kept, "funnel": funnel})
+    write_text(run.heldout, "".join(json.dumps({C.INPUT: w}) + "\n" for w in words[1:400:8]))
+    write_json(run.eval_report, _report())
+    write_json(run.adapter / "adapter_config.json", {"r": 4})
+    train = run.mark_complete("train", "fp", {"rows": kept, "steps": 5, "first_loss": 6.1, "last_loss": 0.4})
+    summary = run_document(recipe, run)
+    return run, summary, train
+
+
+def _split(card: str) -> tuple[dict, str]:
+    assert card.startswith("---\n")
+    header, body = card[4:].split("\n---\n", 1)
+    return yaml.safe_load(header), body
+
+
+def test_dataset_card_has_a_hub_header_and_reads_alone(documented):
+    run, _, _ = documented
+    header, body = _split((run.root / "dataset_card.md").read_text())
+    assert header["pretty_name"] == "tiny: synthetic training data" and "synthetic" in header["tags"]
+    assert header["configs"][0]["data_files"][0]["path"] == "filter/rows.parquet"
+    for section in ("## How it was generated", "## Models and lineage", "## Filter funnel", "## Decontamination",
+                    "## Coverage", "## Synthetic vs real", "## Known limitations"):
+        assert section in body
+    assert "| regex | 100 | 9 | 91 | does not match the pattern |" in body
+    assert "| generator | " in body and "| student | " in body and "| evaluator | metric: exact_match |" in body
+    assert TEMPLATE_WITH_JINJA in body and "Answer 49" not in body
+    assert "No decontamination filter ran" in body and "[model card](model_card.md)" in body
+
+
+def test_dataset_card_puts_thin_cells_beside_their_evaluation(documented):
+    run, summary, _ = documented
+    body = (run.root / "dataset_card.md").read_text()
+    # 10 irregular rows generated, 1 kept: 1.1% of kept rows against a 10% target; drop rate and real share shown.
+    line = next(x for x in body.splitlines() if x.startswith("| irregular |"))
+    assert "| 10 | 1 | 90.0% | 1.1% | 10.0% | 1.9% | **under-represented** |" in line
+    assert line.endswith("| 4 | 0.250 | 0.000 | +0.250 [+0.000, +0.750] |")
+    assert "coverage: cell 'irregular' is under-represented after filtering: 1 of 10 generated rows kept" in body
+    assert summary["flagged_cells"] == 1
+
+
+def test_cards_show_the_chaining_warning(documented):
+    run, summary, _ = documented
+    expected = "chaining: generator/labeller (teacher) and student are the same model"
+    assert summary["chaining_warnings"] == 1
+    assert expected in (run.root / "dataset_card.md").read_text() and expected in (run.root / "model_card.md").read_text()
+
+
+def test_synthetic_inputs_from_the_real_task_are_not_flagged(documented):
+    run, summary, _ = documented
+    check = json.loads((run.stage("document") / "synthetic_vs_real.json").read_text())
+    assert check["n_synthetic"] == 91 and check["n_real"] == 50 and not check["flagged"]
+    assert summary["synthetic_vs_real_auc"] == pytest.approx(check["auc"], abs=1e-3)
+    assert f"AUC {check['auc']:.3f}" in (run.root / "dataset_card.md").read_text()
+
+
+def test_model_card_reports_base_adapter_data_link_and_intervals(documented, tiny_model):
+    run, _, _ = documented
+    header, body = _split((run.root / "model_card.md").read_text())
+    assert header["base_model"] == str(tiny_model.resolve()) and header["library_name"] == "peft"
+    results = header["model-index"][0]["results"]
+    assert [(r["dataset"]["name"], r["metrics"][0]["value"]) for r in results] == [("plural", 0.45), ("general", 0.5)]
+    assert "[dataset card](dataset_card.md)" in body and "| LoRA rank / alpha / dropout | 4 / 8 / 0.0 |" in body
+    assert "| student | 0.450 | 20 | +0.450 [+0.250, +0.650] |" in body
+    assert "| irregular | 4 | 0.000 | 0.250 | +0.250 [+0.000, +0.750] |" in body
+    assert "### general (guard set)" in body and "| student | 0.500 | 10 | -0.100 [-0.300, +0.100] |" in body
+
+
+def test_manifest_lands_at_the_run_root_and_in_the_adapter_without_staling_train(documented):
+    run, summary, train_marker = documented
+    manifest = json.loads((run.root / "manifest.json").read_text())
+    assert manifest == json.loads((run.adapter / DATA_MANIFEST).read_text())
+    assert manifest["content_sha256"].startswith(summary["manifest_sha256"])
+    assert manifest["filter"]["kept"] == 91 and manifest["checks"]["coverage_flagged"] == ["irregular"]
+    assert manifest["outputs"]["filter"]["files"]["filter/rows.parquet"]
+    assert run.is_complete("train", train_marker["fingerprint"])  # the copy does not change train's output hash
+
+
+def test_decontamination_results_are_shown_when_the_filter_ran(documented, tmp_path):
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    write_json(run.stage("filter") / "contaminated_items.json", {"plural": ["a", "b"]})
+    write_text(run.stage("filter") / "contamination.jsonl", '{"set": "plural", "item_id": "a"}\n' * 3)
+    recipe = load_recipe(documented[0].root.parent.parent / "recipe.yaml", ["coverage.synthetic_vs_real.enabled=false"])
+    run_document(recipe, run)
+    body = (run.root / "dataset_card.md").read_text()
+    assert "3 leak(s) recorded" in body and "| plural | 2 |" in body
+    assert "turned off" in body

@@ -1,0 +1,230 @@
+"""`distill slurm submit|status` against a real one-node Slurm (slurmctld + slurmd + munge on
+loopback), started by scripts/slurm/start.sh in a temporary folder and stopped at the end.
+
+One tiny recipe is submitted end to end: a 2-task generation array (one task is requeued while
+it runs), merge/filter, train as 2 DDP processes under `srun` + `accelerate launch` (the node
+declares 2 GPUs that are not there: training falls back to CPU and gloo), evaluate, chained
+with afterok.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, TINY_RECIPE, write_recipe
+
+SCRIPTS = ROOT / "scripts" / "slurm"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+# Every job asks for both cores of the test node, so jobs run one at a time, as on a busy node.
+SLURM_SECTION = """\
+slurm:
+  profile: local
+  shards: 2
+  generate:
+    cpus_per_task: 2
+    mem_gb: 4
+    time: "15:00"
+  filter:
+    cpus_per_task: 2
+    mem_gb: 4
+    time: "15:00"
+  train:
+    gpus_per_node: 2
+    cpus_per_task: 2
+    mem_gb: 4
+    time: "15:00"
+  evaluate:
+    cpus_per_task: 2
+    mem_gb: 4
+    time: "15:00"
+"""
+# Small chunks so that the requeued task has chunks written before and after the requeue.
+RECIPE = (TINY_RECIPE.replace("chunk_size: 16", "chunk_size: 8").replace("batch_size: 8", "batch_size: 4")
+          .replace("evaluate:\n  sets:", "evaluate:\n  models: [base, student]\n  sets:") + SLURM_SECTION)
+CHUNKS, SHARD0_CHUNKS = 5, [0, 2, 4]
+assert "chunk_size: 8" in RECIPE and "models: [base, student]" in RECIPE and "batch_size: 4" in RECIPE
+PROFILE = """\
+name: test-node
+description: the one-node test cluster; its node declares 2 GPUs (fake devices) so that training runs 2 processes
+partitions:
+  - {name: debug, cpus_per_node: 2, gpus_per_node: 2, mem_gb: 16, max_time: "1:00:00"}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    """Environment in which sbatch/squeue/scontrol talk to a fresh one-node cluster."""
+    if os.geteuid() != 0:
+        pytest.skip("the one-node Slurm test cluster runs slurmd as root (CI runs as root)")
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURM_CONF=str(state / "etc" / "slurm.conf"))
+    # the start script's settings stay out of the jobs' environment (srun reads SLURM_* variables)
+    cluster = dict(env, SLURM_TEST_DIR=str(state), SLURM_LINK_CONF="0", NODE_GPUS="2",
+                   SLURM_CTLD_PORT=str(_free_port()), SLURM_D_PORT=str(_free_port()))
+    start = subprocess.run(["bash", str(SCRIPTS / "start.sh")], env=cluster, capture_output=True, text=True, timeout=600)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]  # for run_status called in this process
+    try:
+        assert start.returncode == 0, f"test cluster did not start:\n{start.stdout}\n{start.stderr}"
+        yield env
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop.sh")], env=cluster, capture_output=True, text=True, timeout=120)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+
+
+def distill(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def slurm(env: dict, *args: str) -> str:
+    proc = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{args}: {proc.stderr}"
+    return proc.stdout
+
+
+def job_ids(run: Path) -> dict[str, str]:
+    return {stage: job["job_id"] for stage, job in json.loads((run / "slurm" / "jobs.json").read_text())["stages"].items()}
+
+
+def task_state(env: dict, task: str) -> str:
+    return slurm(env, "squeue", "-h", "--states=all", "-j", task, "-o", "%T").strip()
+
+
+def wait_until_finished(env: dict, run: Path, timeout: float = 480) -> dict:
+    """Poll the run's status (what `distill slurm status` shows) until every job has ended; cancel on timeout."""
+    from distill.run_dir import RunDir
+    from distill.slurm.status import run_status
+
+    deadline = time.time() + timeout
+    while True:
+        status = run_status(RunDir(run))
+        if all(s["state"] in TERMINAL for s in status["stages"].values()):
+            return status
+        if time.time() > deadline:
+            subprocess.run(["scancel", *job_ids(run).values()], env=env)
+            logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted((run / "logs" / "slurm").glob("*")))
+            pytest.fail(f"jobs still not finished after {timeout:.0f}s: {status}\n{logs}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def finished_run(slurm_env, tiny_model, tmp_path_factory):
+    """Submit the tiny recipe; requeue generation task 0 once it has written a chunk; wait for the end."""
+    folder = tmp_path_factory.mktemp("slurm-run")
+    recipe = write_recipe(folder, tiny_model, RECIPE)
+    profile = folder / "test-node.yaml"
+    profile.write_text(PROFILE)
+    run = folder / "run"
+    env = dict(slurm_env)
+    submitted = distill(env, "slurm", "submit", recipe, "--run-dir", run, "--profile", profile)
+    assert submitted.returncode == 0, submitted.stderr
+    gen = job_ids(run)["generate"]
+
+    chunks = run / "generate" / "chunks"
+    deadline = time.time() + 240
+    while not (chunks / "chunk-00000.parquet").is_file():
+        if time.time() > deadline or task_state(env, f"{gen}_0") in TERMINAL:
+            log = "".join(p.read_text()[-3000:] for p in (run / "logs" / "slurm").glob("*_0.out"))
+            pytest.fail(f"generation task {gen}_0 wrote no chunk ({task_state(env, gen + '_0')}):\n{log}")
+        time.sleep(0.1)
+    slurm(env, "scontrol", "requeue", f"{gen}_0")
+    for _ in range(300):  # killed and back in the queue
+        if task_state(env, f"{gen}_0") == "PENDING":
+            break
+        time.sleep(0.2)
+    kept = {c: (chunks / f"chunk-{c:05d}.parquet").stat().st_mtime_ns
+            for c in SHARD0_CHUNKS if (chunks / f"chunk-{c:05d}.parquet").is_file()}
+    # A requeued job waits two minutes (BeginTime) by default; let it start now.
+    slurm(env, "scontrol", "update", f"jobid={gen}_0", "starttime=now")
+    status = wait_until_finished(env, run)
+    return {"env": env, "run": run, "recipe": recipe, "status": status, "kept_at_requeue": kept, "generate_job": gen}
+
+
+def test_submitted_chain_runs_through_evaluation(finished_run):
+    run, status = finished_run["run"], finished_run["status"]
+    states = {stage: s["state"] for stage, s in status["stages"].items()}
+    assert states == {"generate": "COMPLETED", "filter": "COMPLETED", "train": "COMPLETED", "evaluate": "COMPLETED"}
+    gen = status["stages"]["generate"]
+    assert sorted(t["job"] for t in gen["tasks"]) == [f"{gen['job_id']}_0", f"{gen['job_id']}_1"]
+    # each job depends on the one before it
+    recorded = json.loads((run / "slurm" / "jobs.json").read_text())["stages"]
+    assert recorded["train"]["command"][2] == f"--dependency=afterok:{recorded['filter']['job_id']}"
+    assert recorded["evaluate"]["command"][2] == f"--dependency=afterok:{recorded['train']['job_id']}"
+    # the run's report: every stage complete, the evaluation report written
+    report = json.loads((run / "report.json").read_text())
+    assert all(stage["complete"] for stage in report["stages"].values()), report["stages"].keys()
+    assert (run / "evaluate" / "report.md").is_file()
+    assert (run / "document" / "_COMPLETE.json").is_file()  # manifest and cards, written by the evaluate job
+    assert (run / "train" / "adapter" / "adapter_config.json").is_file()
+    # training ran as 2 processes: 4 rows each per step, so half the steps one process would take
+    assert "--num_processes 2" in (run / "slurm" / "train.sbatch").read_text()
+    train = json.loads((run / "train" / "_COMPLETE.json").read_text())["summary"]
+    assert train["steps"] == math.ceil(train["rows"] / 8)
+
+    shown = distill(finished_run["env"], "slurm", "status", run)
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[0]: line.split() for line in shown.stdout.splitlines()[2:] if not line.startswith(" ")}
+    assert lines["evaluate"][1:4] == [recorded["evaluate"]["job_id"], "COMPLETED", "complete"]
+
+
+def test_requeued_generation_task_resumes_without_duplicates(finished_run):
+    run, gen = finished_run["run"], finished_run["generate_job"]
+    kept = finished_run["kept_at_requeue"]
+    assert 0 in kept
+    chunks = run / "generate" / "chunks"
+    # chunks written before the requeue were kept, not written again
+    assert {c: (chunks / f"chunk-{c:05d}.parquet").stat().st_mtime_ns for c in kept} == kept
+    log = (run / "logs" / "slurm" / f"distill-tiny-generate-{gen}_0.out").read_text()
+    assert "restart 0" in log and "restart 1" in log
+    rerun = log[log.index("restart 1"):]
+    if len(kept) < len(SHARD0_CHUNKS):  # requeued mid-shard: only the missing chunks are made
+        assert f"chunks_this_run={len(SHARD0_CHUNKS) - len(kept)}," in rerun
+    else:  # on a fast machine the task may have finished its chunks before the requeue landed
+        assert "chunks_this_run=0," in rerun or "[generate] up to date, skipped" in rerun
+    rows = pq.read_table(run / "generate" / "rows.parquet").to_pylist()
+    assert len(rows) == 40 and len({r["id"] for r in rows}) == 40
+    assert sorted({r["provenance"]["chunk"] for r in rows}) == list(range(CHUNKS))
+
+
+def test_failed_stage_cancels_the_stages_after_it(finished_run, tmp_path):
+    """Filter fails (it keeps fewer rows than filter.min_kept): train and evaluate never run."""
+    env = finished_run["env"]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run["run"], run, ignore=shutil.ignore_patterns("slurm", "logs"))
+    submitted = distill(env, "slurm", "submit", run / "recipe.yaml", "filter.min_kept=100000", "--run-dir", run,
+                        "--profile", finished_run["recipe"].parent / "test-node.yaml")
+    assert submitted.returncode == 0, submitted.stderr
+    status = wait_until_finished(env, run, timeout=240)
+    states = {stage: (s["state"], s["reason"]) for stage, s in status["stages"].items()}
+    assert states["generate"][0] == "COMPLETED"  # up to date: both tasks skipped their work
+    assert states["filter"] == ("FAILED", "NonZeroExitCode")
+    assert states["train"] == ("CANCELLED", "DependencyNeverSatisfied")
+    assert states["evaluate"] == ("CANCELLED", "DependencyNeverSatisfied")
+    log = next((run / "logs" / "slurm").glob("distill-tiny-filter-*.out")).read_text()
+    assert "fewer than filter.min_kept = 100000" in log
+
+    shown = distill(env, "slurm", "status", run)
+    assert shown.returncode == 0, shown.stderr
+    assert "FAILED" in shown.stdout and shown.stdout.count("DependencyNeverSatisfied") == 2
