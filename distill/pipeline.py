@@ -36,6 +36,11 @@ def _upstream_hash(run: RunDir, stage: str) -> str:
     return marker["output_hash"]
 
 
+def _eval_file_hashes(recipe: Recipe) -> dict[str, str]:
+    """Content hashes of the evaluation files (a `datasets` folder is hashed as a tree)."""
+    return {s.path: (hash_tree if Path(s.path).is_dir() else hash_file)(Path(s.path)) for s in recipe.evaluate.sets if s.path}
+
+
 def stage_settings(recipe: Recipe, stage: str) -> dict:
     """Everything in the recipe that can change a stage's output."""
     r = recipe
@@ -52,7 +57,7 @@ def stage_settings(recipe: Recipe, stage: str) -> dict:
                 settings[f"judge_{step.model}"] = resolved_model(r, step.model)[1]["weights_sha256"]
             if step.type == "decontaminate":
                 settings["eval_sets"] = [s.model_dump(mode="json") for s in r.evaluate.sets]
-                settings["eval_files"] = {s.path: (hash_tree if Path(s.path).is_dir() else hash_file)(Path(s.path)) for s in r.evaluate.sets if s.path}
+                settings["eval_files"] = _eval_file_hashes(r)
         if r.filter.calibration.gold:
             settings["gold_sha256"] = hash_file(Path(r.filter.calibration.gold))
         return settings
@@ -63,7 +68,7 @@ def stage_settings(recipe: Recipe, stage: str) -> dict:
                 "student_format": {"prompt_template": r.train.prompt_template, "chat": r.train.chat},
                 "teacher_prompt": {"template": r.generate.template, "few_shot": r.generate.few_shot.model_dump(),
                                    "chat": r.generate.chat, "system_prompt": r.generate.system_prompt},
-                "eval_files": {s.path: (hash_tree if Path(s.path).is_dir() else hash_file)(Path(s.path)) for s in r.evaluate.sets if s.path}}
+                "eval_files": _eval_file_hashes(r)}
     if stage == "document":  # the manifest records the whole recipe, so any change redoes it
         return {"recipe": r.model_dump(mode="json"), "data_sha256": hash_file(Path(r.data.path))}
     raise KeyError(stage)
