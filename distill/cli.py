@@ -167,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             import yaml
 
+            from distill.provenance.lineage import enforce_chaining_policy
+
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
+            for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
+                print(f"warning: {warning}", file=sys.stderr)
             return 0
         from distill import pipeline
 

@@ -25,7 +25,7 @@ from distill.recipe import Recipe
 from distill.run_dir import STAGES, RunDir, hash_file, hash_json, hash_tree, write_json, write_text
 
 STARTED = "_STARTED.json"
-UPSTREAM = {"generate": (), "filter": ("generate",), "train": ("filter",), "evaluate": ("generate", "train"),
+UPSTREAM = {"generate": (), "filter": ("generate",), "train": ("filter",), "evaluate": ("generate", "filter", "train"),
             "document": ("generate", "filter", "train", "evaluate")}
 
 

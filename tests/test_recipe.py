@@ -102,3 +102,4 @@ def test_cli_validate_prints_resolved_recipe(tiny_recipe):
     result = run_cli("validate", tiny_recipe, "train.epochs=3")
     assert result.returncode == 0, result.stderr
     assert "epochs: 3.0" in result.stdout
+    assert "warning: chaining: generator/labeller (teacher) and student are the same model" in result.stderr

@@ -29,9 +29,20 @@ def _summary(items: dict, metric: str) -> dict:
     return out
 
 
+def _clean_part(by_model: dict, leaked: set[str], metric: str) -> dict | None:
+    """Headline score of each model on the items that no training row leaked."""
+    items = next(iter(by_model.values()), {})
+    hit = leaked & set(items)
+    if not hit:
+        return None
+    return {"n": len(items) - len(hit), "contaminated": len(hit),
+            "models": {m: _mean([p["scores"][metric] for i, p in rows.items() if i not in hit]) for m, rows in by_model.items()}}
+
+
 def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: str, models: list[str],
-                 set_configs: dict, seed: int = 0) -> dict:
-    """`predictions` are Scorer rows; `set_configs` maps each set name to its EvalSet."""
+                 set_configs: dict, seed: int = 0, contaminated: dict[str, list[str]] | None = None) -> dict:
+    """`predictions` are Scorer rows; `set_configs` maps each set name to its EvalSet; `contaminated` maps a
+    set name to the ids of its items that decontamination found in the training data."""
     grouped: dict = defaultdict(lambda: defaultdict(dict))  # set -> model -> item_id -> row
     steps: dict = {}
     for p in predictions:
@@ -79,6 +90,9 @@ def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: 
                         report["degraded"].append({"set": set_name, "guard": s.guard, "model": model, "metric": m, "where": where,
                                                    "n": c["n"], "delta": c["delta"], "low": c["low"], "high": c["high"]})
             entry["vs_base"][model] = {**per_metric[s.metrics[0]], "metrics": per_metric}
+        clean = _clean_part(by_model, set((contaminated or {}).get(set_name, ())), s.metrics[0])
+        if clean:
+            entry["clean"] = clean
         report["sets"][set_name] = entry
     report["any_degraded"] = bool(report["degraded"])
     return report
@@ -116,6 +130,11 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
         for m in models:
             cells = [_fmt(entry["models"][m]["metrics"][k]["score"], signed=False) for k in metrics]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {entry['models'][m]['n']} |")
+        if entry.get("clean"):
+            c = entry["clean"]
+            lines += ["", f"{c['contaminated']} item(s) leaked into the training data (see filter/contamination.jsonl); "
+                      f"{labels[0]} on the {c['n']} clean items: "
+                      + ", ".join(f"{m} {_fmt(v, signed=False)}" for m, v in c["models"].items()) + "."]
         slices = sorted({s for m in models for s in entry["models"][m]["slices"]})
         if slices:
             lines += ["", f"Per slice ({labels[0]}):", "", "| slice | n | " + " | ".join(models) + " |", "|---|---:|" + "---:|" * len(models)]

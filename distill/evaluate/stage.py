@@ -61,8 +61,10 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     sets = {s.name: (s, load_items(recipe, run, s)) for s in e.sets}
     candidates = stage_candidates(recipe, run)
     predictions = score_candidates(recipe, candidates, sets, seed_pool(run))
+    leaks = run.stage("filter") / "contaminated_items.json"  # written by the decontaminate filter
+    contaminated = json.loads(leaks.read_text()) if leaks.is_file() else None
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
-                          seed=recipe.seed)
+                          seed=recipe.seed, contaminated=contaminated)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}
     return {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline,
