@@ -8,6 +8,7 @@ and resumed only while the fingerprint is unchanged.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -95,6 +96,10 @@ def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> None:
     write_json(started, {"fingerprint": fp, "started_at": time.time()})
 
 
+STAGE_FUNCTIONS = {"filter": "distill.filters.stage:run_filter", "train": "distill.train.stage:run_train",
+                   "evaluate": "distill.evaluate.stage:run_evaluate", "document": "distill.provenance.stage:run_document"}
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -115,22 +120,18 @@ def execute_stage(recipe: Recipe, run: RunDir, stage: str, force: bool = False, 
         run.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(run.root / f".{stage}.lock")):  # shards started together must not wipe each other's work
             begin_stage(run, stage, fp, force and shard == (0, 1))
-    from distill.filters.stage import run_filter
-    from distill.generate.stage import run_generate
-    from distill.train.stage import run_train
-    from distill.evaluate.stage import run_evaluate
-
     if stage == "generate":
+        from distill.generate.stage import run_generate
+
         summary = run_generate(recipe, run, shard)
         if not summary.get("merged"):
             print_summary(stage, summary)
             print(f"[generate] shard {shard[0]}/{shard[1]} finished; other shards are still missing", flush=True)
             return None
     else:
-        from distill.provenance.stage import run_document
-
-        summary = {"filter": run_filter, "train": run_train, "evaluate": run_evaluate,
-                   "document": run_document}[stage](recipe, run)
+        # import only this stage's module: each stage process pays for its own libraries alone
+        module, function = STAGE_FUNCTIONS[stage].split(":")
+        summary = getattr(importlib.import_module(module), function)(recipe, run)
     if not _is_main_process():
         return None
     run.mark_complete(stage, fp, summary)
