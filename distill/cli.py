@@ -19,8 +19,10 @@ STAGE_HELP = {
 
 
 DEGRADED_EXIT = 3
-FAIL_ON_DEGRADATION_HELP = ("exit with code 3 when any set, slice or guard set is degraded: the upper end of the interval "
-                            "of its difference from the baseline lies below minus evaluate.tolerance (for CI gates)")
+FAIL_ON_DEGRADATION_HELP = ("exit with code 3 when a gated model is degraded on any set, slice or guard set: its drop from "
+                            "the baseline is shown to exceed the metric's tolerance, corrected across the gated tests "
+                            "(evaluate.gate; evaluate gates the models in evaluate.gate.models, compare every model but the "
+                            "baseline; the others are reported only)")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="name of the model the others are measured against (default: the first)")
     p.add_argument("--out", default="compare", help="folder for report.md/.json/.png/.html and predictions (default: compare)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.path=value",
-                   help="override a recipe field, e.g. --set evaluate.tolerance=0.02 (repeatable)")
+                   help="override a recipe field, e.g. --set evaluate.gate.tolerance.nll=0.2 (repeatable)")
     p.add_argument("--fail-on-degradation", action="store_true", help=FAIL_ON_DEGRADATION_HELP)
 
     p = sub.add_parser("slurm", help="run a recipe as Slurm jobs (submit) and follow them (status)")

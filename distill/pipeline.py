@@ -1,9 +1,10 @@
 """Stage order, skip / force logic, logs and the run's report.
 
-A stage is skipped when its completion marker records the same fingerprint: a hash of its
-settings, the identities of the models it uses, and the content of its inputs (real data
-files and the outputs of the stages before it). Partial work left by a killed run is kept
-and resumed only while the fingerprint is unchanged.
+A stage is skipped when its completion marker records the same fingerprint: a hash of what
+its own declaration says shapes its output (settings, the models it runs, by content and run
+settings, and the content, never the path, of its input files) and of the outputs of the
+stages before it. Partial work left by a killed run is kept and resumed only while the
+fingerprint is unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import yaml
 
 from distill.errors import StageError, UserError
-from distill.models.context import resolved_model
+from distill.models.context import model_fingerprint, resolved_model
+from distill.models.identity import folder_hash
 from distill.progress import print_summary
 from distill.recipe import Recipe
 from distill.run_dir import STAGES, RunDir, hash_file, hash_json, hash_tree, write_json, write_text
@@ -37,52 +39,129 @@ def _upstream_hash(run: RunDir, stage: str) -> str:
     return marker["output_hash"]
 
 
-def _eval_file_hashes(recipe: Recipe) -> dict[str, str]:
-    """Content hashes of the evaluation files (a `datasets` folder is hashed as a tree)."""
-    return {s.path: (hash_tree if Path(s.path).is_dir() else hash_file)(Path(s.path)) for s in recipe.evaluate.sets if s.path}
+# --------------------------------------------------------------------------- what shapes each stage's output
+#
+# Each stage declares what shapes its output (STAGE_SETTINGS, STAGE_MODELS); its fingerprint hashes exactly that,
+# with the output hashes of the stages before it. Settings count by value and every field of a section counts
+# unless excluded here as cosmetic, so a new recipe field redoes its stage until someone decides otherwise.
+# Files count by content, never by path: the same bytes moved elsewhere change nothing. Models count by
+# content and the settings they run with (model_fingerprint).
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file, or of every file under a folder (a `datasets` folder)."""
+    path = Path(path)
+    return hash_tree(path) if path.is_dir() else hash_file(path)
+
+
+def _file(path: str) -> dict:
+    """A data file by content, with its suffix: `format: auto` reads the format from it."""
+    return {"sha256": content_hash(path), "suffix": Path(path).suffix.lower()}
+
+
+def _data(r: Recipe) -> dict:
+    return {**r.data.model_dump(mode="json", exclude={"path"}), "file": _file(r.data.path)}
+
+
+# What decontamination reads of an eval set: its items (evaluate reads the rest: metrics, tolerances, prompts).
+DECONTAMINATION_FIELDS = {"name", "data", "path", "format", "split", "input_field", "target_field", "limit"}
+
+
+def _eval_set(s, fields: set[str] | None = None) -> dict:
+    out = s.model_dump(mode="json", include=fields)
+    if s.path:
+        out["path"] = _file(s.path)
+    return out
+
+
+def _generate_settings(r: Recipe) -> dict:
+    g = r.generate.model_dump(mode="json")
+    if g.get("endpoint"):  # the server and the model it serves count; how requests travel does not
+        g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k not in ("concurrency", "timeout_s", "max_retries", "api_key_env")}
+    return {"data": _data(r), "generate": g}
+
+
+def _filter_settings(r: Recipe) -> dict:
+    f = r.filter.model_dump(mode="json", exclude={"num_proc"})  # processes for per-row checks: the same rows either way
+    for step in f["steps"]:
+        if step["type"] == "verifier":
+            target, _, name = step["function"].rpartition(":")
+            if target.endswith(".py"):
+                step["function"] = {"file": content_hash(target), "name": name}
+        if step.get("embedder") and Path(step["embedder"]).is_dir():
+            step["embedder"] = folder_hash(Path(step["embedder"]))
+    if f["calibration"]["gold"]:
+        f["calibration"]["gold"] = _file(f["calibration"]["gold"])
+    settings = {"filter": f}
+    if any(step.type == "decontaminate" for step in r.filter.steps):  # the held-out split comes in as generate's output
+        settings["eval_sets"] = [_eval_set(s, DECONTAMINATION_FIELDS) for s in r.evaluate.sets]
+    return settings
+
+
+def _train_settings(r: Recipe) -> dict:
+    # logging_steps only says how often the loss is logged: the same adapter and checkpoints. save_steps counts:
+    # it decides which checkpoints are written (and evaluated with evaluate.checkpoints).
+    # The name is written into the adapter's training_data.json.
+    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps"}), "name": r.name}
+
+
+def _evaluate_settings(r: Recipe) -> dict:
+    e = r.evaluate.model_dump(mode="json")
+    e["sets"] = [_eval_set(s) for s in r.evaluate.sets]
+    return {"evaluate": e, "seed": r.seed, "name": r.name,
+            "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
+                               "chat": r.train.chat},
+            "teacher_prompt": {"template": r.generate.template, "few_shot": r.generate.few_shot.model_dump(),
+                               "chat": r.generate.chat, "system_prompt": r.generate.system_prompt}}
+
+
+def _input_paths(r: Recipe) -> list[str]:
+    paths = [r.data.path] + [s.path for s in r.evaluate.sets if s.path]
+    paths += [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
+    return paths + ([r.filter.calibration.gold] if r.filter.calibration.gold else [])
+
+
+def _document_settings(r: Recipe) -> dict:
+    # The manifest and cards record the whole recipe, the input files by path and content and the models'
+    # full identities (paths included): any change to what they record redoes the stage.
+    return {"recipe": r.model_dump(mode="json"),
+            "inputs": {p: content_hash(p) for p in sorted(set(_input_paths(r))) if Path(p).exists()},
+            "identities": {role: resolved_model(r, role)[1] for role in _all_roles(r)}}
+
+
+def _judges(r: Recipe) -> tuple[str, ...]:
+    return tuple(sorted({step.model for step in r.filter.steps if step.type == "judge"}))
+
+
+def _evaluated(r: Recipe) -> tuple[str, ...]:
+    return (("student",) if {"base", "student"} & set(r.evaluate.models) else ()) + (("teacher",) if "teacher" in r.evaluate.models else ())
+
+
+def _all_roles(r: Recipe) -> tuple[str, ...]:
+    return ("teacher", "student") + (("judge",) if r.models.judge is not None else ())
+
+
+STAGE_SETTINGS = {"generate": _generate_settings, "filter": _filter_settings, "train": _train_settings,
+                  "evaluate": _evaluate_settings, "document": _document_settings}
+# The roles whose model each stage runs (see model_fingerprint for what of a model counts).
+STAGE_MODELS = {"generate": lambda r: ("teacher",), "filter": _judges, "train": lambda r: ("student",),
+                "evaluate": _evaluated, "document": _all_roles}
 
 
 def stage_settings(recipe: Recipe, stage: str) -> dict:
-    """Everything in the recipe that can change a stage's output."""
-    r = recipe
-    if stage == "generate":
-        return {"data": r.data.model_dump(mode="json"), "generate": r.generate.model_dump(mode="json"),
-                "data_sha256": hash_file(Path(r.data.path))}
-    if stage == "filter":
-        files = [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
-        settings = {"filter": r.filter.model_dump(mode="json"),
-                    "verifier_files": {f: hash_file(Path(f)) for f in files if f.endswith(".py")}}
-        # the judge's weights, the eval sets decontamination reads and the gold set also shape the output
-        for step in r.filter.steps:
-            if step.type == "judge" and getattr(r.models, step.model) is not None:
-                settings[f"judge_{step.model}"] = resolved_model(r, step.model)[1]["weights_sha256"]
-            if step.type == "decontaminate":
-                settings["eval_sets"] = [s.model_dump(mode="json") for s in r.evaluate.sets]
-                settings["eval_files"] = _eval_file_hashes(r)
-        if r.filter.calibration.gold:
-            settings["gold_sha256"] = hash_file(Path(r.filter.calibration.gold))
-        return settings
-    if stage == "train":
-        return {"train": r.train.model_dump(mode="json")}
-    if stage == "evaluate":
-        return {"evaluate": r.evaluate.model_dump(mode="json"), "seed": r.seed,
-                "student_format": {"prompt_template": r.train.prompt_template, "chat": r.train.chat},
-                "teacher_prompt": {"template": r.generate.template, "few_shot": r.generate.few_shot.model_dump(),
-                                   "chat": r.generate.chat, "system_prompt": r.generate.system_prompt},
-                "eval_files": _eval_file_hashes(r)}
-    if stage == "document":  # the manifest records the whole recipe, so any change redoes it
-        return {"recipe": r.model_dump(mode="json"), "data_sha256": hash_file(Path(r.data.path))}
-    raise KeyError(stage)
+    """Everything in the recipe that can change a stage's output: settings by value, files by content."""
+    return STAGE_SETTINGS[stage](recipe)
 
 
-STAGE_MODELS = {"generate": ("teacher",), "filter": (), "train": ("student",), "evaluate": ("student", "teacher"),
-                "document": ("teacher", "student")}
+def stage_inputs(recipe: Recipe, stage: str) -> dict:
+    """A stage's settings and the models it runs, as its fingerprint hashes them (without upstream outputs)."""
+    return {"stage": stage, "settings": stage_settings(recipe, stage),
+            "models": {role: model_fingerprint(recipe, role) for role in STAGE_MODELS[stage](recipe)}}
 
 
 def fingerprint(recipe: Recipe, run: RunDir, stage: str) -> str:
-    models = {role: resolved_model(recipe, role)[1]["weights_sha256"] for role in STAGE_MODELS[stage]}
     upstream = {u: _upstream_hash(run, u) for u in UPSTREAM[stage]}
-    return hash_json({"stage": stage, "settings": stage_settings(recipe, stage), "models": models, "upstream": upstream})
+    return hash_json({**stage_inputs(recipe, stage), "upstream": upstream})
 
 
 def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> None:

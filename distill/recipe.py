@@ -89,7 +89,9 @@ class Models(Section):
 class HeldoutSplit(Section):
     size: int = Field(gt=0, description="Rows held out for evaluation; never used as seeds or few-shot examples.")
     min_per_slice: int = Field(
-        0, ge=0, description="Hold out at least this many rows of every slice, so rare slices can be measured."
+        0, ge=0, description="Hold out at least this many rows of every slice, so rare slices can be measured. The "
+        "split stays `size` rows: if the slices need more, generate stops with the numbers. A slice with no more rows "
+        "than this is held out whole (a console warning says so) and leaves no seeds."
     )
     seed: int = Field(0, description="Seed of the deterministic split.")
 
@@ -132,6 +134,24 @@ class GridSettings(Section):
         "every combination is a cell, passed to the template as `cell` (and each attribute by name).",
     )
     per_cell: int = Field(1, gt=0, description="Prompts per cell (the quota); each gets its own index and seed.")
+    input_key: str = Field(
+        "input", min_length=1,
+        description="The teacher answers with a JSON object (vLLM structured outputs); this key holds the input it "
+        "wrote, which becomes the row's `input` (what the student is prompted with).",
+    )
+    output_key: str = Field(
+        "output", min_length=1,
+        description="The key holding the answer to that input, the row's `completion`. Not asked for when "
+        "generate.answer_template answers each input in a second pass.",
+    )
+    max_chars: int | None = Field(
+        None, gt=0, description="Longest string allowed for the input and the output (JSON maxLength), so that the "
+        "object fits sampling.max_tokens.",
+    )
+    retries: int = Field(2, ge=0, description="Requests again for prompts whose JSON does not parse, up to this many times.")
+    retry_temperature: float = Field(
+        0.7, gt=0, description="Temperature of the retries when sampling is greedy (a greedy retry would repeat itself)."
+    )
 
     @field_validator("attributes")
     @classmethod
@@ -142,6 +162,12 @@ class GridSettings(Section):
             if len(set(values)) != len(values):
                 raise ValueError(f"attribute {name!r} repeats a value")
         return v
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> "GridSettings":
+        if self.input_key == self.output_key:
+            raise ValueError(f"input_key and output_key are both {self.input_key!r}: the input and its answer need keys of their own")
+        return self
 
 
 class LabelSettings(Section):
@@ -194,9 +220,20 @@ class FewShotSettings(Section):
     per_row: bool = Field(False, description="Draw new examples for every row instead of one fixed set.")
 
 
+def _template_variables(text: str, key: str) -> set[str]:
+    """The variables a Jinja template reads (parsed only, never rendered)."""
+    from jinja2 import Environment, TemplateSyntaxError, meta
+
+    try:
+        return meta.find_undeclared_variables(Environment().parse(text))
+    except TemplateSyntaxError as e:
+        raise ValueError(f"{key}: bad template: {e}") from None
+
+
 class GenerateSettings(Section):
     template: str = Field(
-        description="Jinja template of the teacher prompt, rendered in a sandbox. Variables: input, examples, row."
+        description="Jinja template of the teacher prompt, rendered in a sandbox. Variables: input, examples, row; "
+        "in synthesize mode cell, index and each attribute instead of input."
     )
     chat: bool = Field(False, description="Send the rendered template as a user message through the chat template.")
     system_prompt: str | None = Field(None, description="System message when chat is true.")
@@ -206,11 +243,17 @@ class GenerateSettings(Section):
     mode: Literal["complete", "synthesize", "label"] = Field(
         "complete",
         description="complete: the teacher answers each real seed input. synthesize: one prompt per cell of `grid` "
-        "(quota per cell), no seed input. label: the teacher labels each seed input under the `label` constraint. "
+        "(quota per cell), no seed input: the teacher writes an input and its answer as one JSON object. label: the teacher labels each seed input under the `label` constraint. "
         "In every mode sampling.n > 1 keeps n candidates per prompt side by side (sample_index).",
     )
     grid: GridSettings | None = Field(None, description="The attribute grid of synthesize mode.")
     label: LabelSettings | None = Field(None, description="The label constraint of label mode.")
+    answer_template: str | None = Field(
+        None,
+        description="synthesize mode, optional: a second pass. The teacher writes only the input (grid.input_key), then "
+        "answers it prompted with this Jinja template (variables: input, cell, index and each attribute); sampling.n "
+        "applies to this pass, so its candidates share one prompt.",
+    )
     backend: Literal["vllm", "openai"] = Field(
         "vllm", description="vllm: an in-process engine on this machine. openai: the server named in `endpoint`."
     )
@@ -222,6 +265,15 @@ class GenerateSettings(Section):
             raise ValueError("grid is needed by, and only by, mode: synthesize")
         if (self.mode == "label") != (self.label is not None):
             raise ValueError("label is needed by, and only by, mode: label")
+        if self.answer_template is not None and self.mode != "synthesize":
+            raise ValueError("answer_template is used by, and only by, mode: synthesize")
+        if self.mode == "synthesize":
+            # The teacher writes the input: a template that reads one would render it as None.
+            if "input" in _template_variables(self.template, "template"):
+                raise ValueError("template uses `input`, but in synthesize mode there is none: the teacher writes it "
+                                 "(under grid.input_key); use cell, index, examples or the attributes")
+            if self.answer_template is not None and "input" not in _template_variables(self.answer_template, "answer_template"):
+                raise ValueError("answer_template never uses `input`: the teacher would answer without seeing the input it wrote")
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ValueError("endpoint is needed by, and only by, backend: openai")
         return self
@@ -303,8 +355,14 @@ class DecontaminateFilter(Section):
         description="Drop rows that leak items of any evaluation set of the recipe (held-out split and evaluate.sets)."
     )
     fields: list[str] = Field(["input", "completion"], min_length=1, description="Row columns checked for leaks.")
-    ngram: int = Field(13, gt=0, description="Word n-gram size for long texts; a shared n-gram is a leak.")
-    check_references: bool = Field(True, description="Also match the eval items' reference answers, not just inputs.")
+    ngram: int = Field(
+        13, gt=0, description="An eval text of at least this many words leaks when a row shares one of its word n-grams; "
+                              "a shorter eval input leaks when a row contains it whole, at word boundaries."
+    )
+    check_references: bool = Field(
+        True, description="Also match each eval input and reference read as one text, and a reference alone when it has "
+                          "at least `ngram` words (shorter answers, such as labels and numbers, repeat across items by nature)."
+    )
     embedding_threshold: float | None = Field(
         0.9, gt=0, le=1, description="Cosine similarity to an eval input that counts as a paraphrased leak; null turns it off."
     )
@@ -362,14 +420,20 @@ class MajorityVoteFilter(Section):
         description="Agreement across the n completions of a prompt: keep those that give the majority answer."
     )
     field: str = Field("completion", description="Column holding the answer (normalised before voting).")
-    group_field: str = Field("input", description="Column that identifies the prompt the candidates answer.")
+    group_field: str = Field(
+        "prompt", description="Column that identifies the prompt the candidates answer (the n samples of one prompt share it)."
+    )
     min_margin: float = Field(0.0, ge=0, le=1, description="Reject the whole group if the top answer's vote share minus the runner-up's is lower.")
 
 
 class JudgeFilter(Section):
     type: Literal["judge"] = Field(description="An LLM judge scores each row against a rubric (structured JSON output).")
     model: Literal["judge", "teacher"] = Field("judge", description="Which model of the recipe judges; models.judge by default.")
-    rubric: str = Field(description="What a good sample is, told to the judge. Jinja; variables: input, completion, row.")
+    rubric: str = Field(
+        description="What a good sample is, told to the judge. Jinja; variables: input, completion, row (row.x names a "
+        "field). They render as names ('the Input', 'the Response', 'the field \"x\"'), never as values: the values "
+        "reach the judge only inside the fenced sample, so conditions on them do not work here."
+    )
     min_score: int = Field(3, description="Rows scored below this are rejected.")
     scale: tuple[int, int] = Field((1, 5), description="Lowest and highest score the judge may give.")
     chat: bool = Field(True, description="Send the prompt through the judge's chat template.")
@@ -410,6 +474,11 @@ FilterStep = Annotated[
 class FilterSettings(Section):
     steps: list[FilterStep] = Field(default_factory=list, description="Filters applied in order; rows are flagged, not deleted.")
     min_kept: int = Field(1, ge=0, description="Fail the stage if fewer rows survive.")
+    keep_truncated: bool = Field(
+        False, description="Keep rows whose answer the teacher did not finish (cut at generate.sampling.max_tokens, "
+        "finish_reason 'length'). By default they are rejected as 'truncated' before any other step: trained with EOS "
+        "appended, they would teach the student to stop mid-answer. Label mode checks and retries its own answers instead.",
+    )
     num_proc: int = Field(1, ge=1, description="Processes for the per-row checks (length, regex, ...); dedup and judge run in one.")
     calibration: CalibrationSettings = Field(
         default_factory=CalibrationSettings, description="Agreement of the filters with human verdicts."
@@ -443,7 +512,15 @@ class TrainSettings(Section):
         "constant", description="Learning-rate schedule."
     )
     warmup_steps: float = Field(0, ge=0, description="Warm-up: a whole number of steps, or a share of all steps if below 1.")
-    max_length: int = Field(128, gt=0, description="Longest training sequence in tokens; longer rows are truncated.")
+    max_length: int = Field(
+        128, gt=0, description="Longest training sequence in tokens; longer rows are cut and lose their EOS label "
+        "(counted before training, see max_truncated_share)."
+    )
+    max_truncated_share: float = Field(
+        0.01, ge=0, le=1, description="Most rows (a share of the training rows) that may lose their EOS label to "
+        "max_length before training is refused; each such row teaches the student to run on instead of stopping. "
+        "The count is in the train summary (format_check)."
+    )
     seed: int = Field(0, description="Training seed.")
     logging_steps: int = Field(1, gt=0, description="Log the loss every this many steps.")
     save_steps: int | None = Field(None, gt=0, description="Also save a checkpoint every this many steps.")
@@ -484,7 +561,10 @@ class EvalSet(Section):
     guard: bool = Field(
         False, description="A guard set: general ability beside the target task, evaluated so that forgetting shows up."
     )
-    tolerance: float | None = Field(None, ge=0, description="Degradation tolerance for this set (default evaluate.tolerance).")
+    tolerance: dict[MetricName, Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="Degradation tolerance per metric for this set, in the metric's unit, e.g. {nll: 0.2} "
+        "(default evaluate.gate.tolerance)."
+    )
     max_tokens: int | None = Field(None, gt=0, description="Most new tokens per answer on this set (default evaluate.max_tokens).")
     stop: list[str] | None = Field(None, description="Strings that end an answer on this set (default evaluate.stop).")
 
@@ -507,6 +587,46 @@ class EvalSet(Section):
         return self
 
 
+def _default_tolerances() -> str:
+    from distill.evaluate.metrics import DEFAULT_TOLERANCES
+
+    return ", ".join(f"{name} {value:g}" for name, value in DEFAULT_TOLERANCES.items())
+
+
+class GateSettings(Section):
+    """Which comparisons decide "degraded" (and exit code 3 with --fail-on-degradation), and how strictly."""
+
+    models: list[Literal["student", "last_checkpoint", "checkpoints", "teacher"]] = Field(
+        ["student"], description="Models whose differences from the baseline are gated, on every set, slice and guard set: "
+        "'student' (the trained student), 'last_checkpoint' (the last checkpoint saved in training), 'checkpoints' (every "
+        "checkpoint), 'teacher'. Every other model is reported with intervals but gets no verdict. `distill compare` gates "
+        "every compared model other than the baseline."
+    )
+    correction: Literal["holm", "bh", "none"] = Field(
+        "holm", description="Correction across the gated tests: 'holm' holds the chance of any false 'degraded' at alpha "
+        "(family-wise), 'bh' (Benjamini-Hochberg) holds the expected share of false ones among the flagged at alpha, "
+        "'none' tests each row at alpha."
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Family-wise error rate (holm) or false discovery rate (bh) of the gate; "
+                         "with correction none, each row's level.")
+    min_items: int = Field(
+        30, ge=2, description="Sets and slices with fewer items get an interval but no verdict and do not count in the family."
+    )
+    tolerance: dict[MetricName, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, validate_default=True,
+        description="Per metric, in the metric's unit: a row is degraded only when the drop is "
+        "shown to exceed this. Defaults: " + _default_tolerances() + " (shares of items; nll in nats per token, "
+        "0.1 = perplexity x1.105)."
+    )
+
+    @field_validator("tolerance")
+    @classmethod
+    def _over_defaults(cls, v: dict) -> dict:
+        from distill.evaluate.metrics import DEFAULT_TOLERANCES
+
+        return {**DEFAULT_TOLERANCES, **v}  # resolved: `distill validate` shows every metric's tolerance
+
+
 class EvaluateSettings(Section):
     models: list[Literal["base", "student", "teacher"]] = Field(
         ["base", "student", "teacher"], min_length=1, description="Who is evaluated, on the same items."
@@ -526,20 +646,30 @@ class EvaluateSettings(Section):
     checkpoints: bool = Field(
         False, description="Also evaluate every checkpoint saved during training (train.save_steps): a curve over steps."
     )
-    tolerance: float = Field(
-        0.0, ge=0, description="A set, slice or guard set is degraded when the upper end of the interval of its "
-        "difference from the baseline lies below minus this (in the metric's units; for nll, when the lower end lies above it)."
-    )
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired bootstrap intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired bootstrap intervals reported for every model.")
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples per interval.")
-    min_items: int = Field(
-        5, ge=1, description="Slices with fewer items get an interval but no degraded verdict (too few to decide)."
-    )
+    gate: GateSettings = Field(default_factory=GateSettings, description="The degradation gate: gated models, correction, "
+                               "minimum items, tolerances per metric.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_gate(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "tolerance" in data:
+                raise ValueError("tolerance moved to evaluate.gate.tolerance, one value per metric in its unit, "
+                                 "e.g. {exact_match: 0.02, nll: 0.1}")
+            if "min_items" in data:
+                raise ValueError("min_items moved to evaluate.gate.min_items")
+        return data
 
     @model_validator(mode="after")
     def _baseline_evaluated(self) -> "EvaluateSettings":
         if self.baseline not in self.models:
             raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
+        if "teacher" in self.gate.models and "teacher" not in self.models:
+            raise ValueError("gate.models names 'teacher', which is not among models")
+        if {"checkpoints", "last_checkpoint"} & set(self.gate.models) and not self.checkpoints:
+            raise ValueError("gate.models names checkpoints, which are evaluated only with checkpoints: true")
         names = [s.name for s in self.sets]
         if len(set(names)) != len(names):
             raise ValueError(f"set names must be unique (got {names})")
@@ -550,14 +680,24 @@ class EvaluateSettings(Section):
 
 
 class SyntheticVsRealSettings(Section):
-    """Can a classifier tell the synthetic inputs from real held-out inputs? (MiniLM embeddings)"""
+    """Does what the teacher wrote differ from what the real data holds at the same place? Complete and label
+    modes: the teacher's answers against the held-out references; synthesize mode: the teacher's inputs against
+    the held-out inputs. Categories get a total-variation test, free text MiniLM embeddings (MMD and a classifier)."""
 
-    enabled: bool = Field(True, description="Run the check in the document stage (needs the offline MiniLM embedder).")
-    max_rows: int = Field(500, ge=10, description="Compare at most this many inputs from each side (a reproducible sample).")
-    permutations: int = Field(200, ge=20, description="Label permutations behind the MMD p-value.")
+    enabled: bool = Field(True, description="Run the check in the document stage (free text needs the offline MiniLM embedder).")
+    max_rows: int = Field(500, ge=10, description="Compare at most this many texts from each side (a reproducible sample).")
+    permutations: int = Field(200, ge=20, description="Permutations behind the p-value (MMD, or total variation for categories).")
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the permutation test.")
     warn_auc: float = Field(
-        0.75, gt=0.5, le=1, description="Warn when the difference is significant and the classifier AUC is at least this."
+        0.75, gt=0.5, le=1, description="Free text: warn when the difference is significant and the classifier AUC is at least this."
+    )
+    warn_tv: float = Field(
+        0.2, gt=0, le=1, description="Categories: warn when the difference is significant and the total variation distance "
+        "between the two value distributions (the share of one side that would have to change value) is at least this."
+    )
+    categorical_max_values: int = Field(
+        20, ge=2, description="Complete mode: answers are compared as categories when the held-out references take at "
+        "most this many distinct values, each seen twice on average or more (label mode with `choice` always is)."
     )
 
     @model_validator(mode="after")
@@ -584,7 +724,7 @@ class CoverageSettings(Section):
         0.5, ge=0, lt=1, description="A cell is under-represented when its kept share is below target share x (1 - tolerance)."
     )
     synthetic_vs_real: SyntheticVsRealSettings = Field(
-        default_factory=SyntheticVsRealSettings, description="Embedding two-sample check of synthetic against real inputs."
+        default_factory=SyntheticVsRealSettings, description="Two-sample check of what the teacher wrote against the real held-out data."
     )
 
     @field_validator("targets")
@@ -663,6 +803,19 @@ class Recipe(Section):
         for i, step in enumerate(self.filter.steps):
             if step.type == "judge" and getattr(self.models, step.model) is None:
                 raise ValueError(f"filter.steps.{i} judges with models.{step.model}, which the recipe does not define")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_prompt_for_synthesize(self) -> "Recipe":
+        # The teacher is scored with generate.template by default, which in synthesize mode asks for new pairs.
+        e = self.evaluate
+        if self.generate.mode != "synthesize" or "teacher" not in e.models or e.teacher_template is not None:
+            return self
+        for s in e.sets:
+            if s.teacher_template is None and not (s.path and s.prompt_template):
+                raise ValueError(f"evaluate.sets: {s.name!r} would prompt the teacher with generate.template, which in "
+                                 "synthesize mode writes new pairs instead of answering an input: set "
+                                 "evaluate.teacher_template (e.g. your generate.answer_template), or leave teacher out of evaluate.models")
         return self
 
     def resolved_run_dir(self) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import tempfile
 from contextlib import contextmanager
@@ -44,8 +46,25 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (a mean of no items, say) replaced by None, so it is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, numbers.Integral):  # numpy's integer types too
+        return int(obj)
+    if isinstance(obj, numbers.Real):  # float, and numpy's floating types
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
 def write_json(target: Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (no NaN or Infinity, which many parsers refuse): non-finite floats are written as null."""
+    write_text(target, json.dumps(finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def hash_json(obj: Any) -> str:

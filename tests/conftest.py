@@ -54,6 +54,7 @@ filter:
   steps:
     - {{type: length, min_chars: 1, max_chars: 60}}
     - {{type: exact_dedup, fields: [input]}}
+  keep_truncated: true  # the tiny random model rarely stops by itself: nearly every answer runs to max_tokens
 train:
   prompt_template: "Plural of {{{{ input }}}}:"
   lora: {{r: 4, alpha: 8}}

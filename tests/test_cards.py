@@ -45,7 +45,8 @@ def documented(tmp_path_factory, tiny_model):
     recipe = load_recipe(write_recipe(folder, tiny_model), [f"generate.template={TEMPLATE_WITH_JINJA}",
                                                              "coverage.targets={irregular: 0.1, regular: 0.9}"])
     run = RunDir(folder / "runs" / "tiny")
-    words = [e["input"] for e in json.loads(PLURAL.read_text())["examples"]]
+    examples = json.loads(PLURAL.read_text())["examples"]
+    words = [e["input"] for e in examples]
     rows = [{C.ID: f"r{i}", C.INPUT: w, C.SLICE: "irregular" if i % 10 == 0 else "regular", C.COMPLETION: w + "s",
              C.KEPT: i % 10 != 0 or i < 10, C.REJECTED_BY: None, C.REASON: None} for i, w in enumerate(words[:400:4])]
     for r in rows:
@@ -56,7 +57,8 @@ def documented(tmp_path_factory, tiny_model):
     funnel = [{"filter": "regex", "in": len(rows), "rejected": len(rows) - kept, "out": kept,
                "top_reasons": [{"reason": "does not match the pattern", "count": len(rows) - kept}]}]
     run.mark_complete("filter", "fp", {"rows": len(rows), "kept": kept, "rejected": len(rows) - kept, "funnel": funnel})
-    write_text(run.heldout, "".join(json.dumps({C.INPUT: w}) + "\n" for w in words[1:400:8]))
+    write_text(run.heldout, "".join(json.dumps({C.INPUT: e["input"], C.REFERENCE: e["target"], C.REFERENCES: [e["target"]]})
+                                    + "\n" for e in examples[1:400:8]))
     write_json(run.eval_report, _report())
     write_json(run.adapter / "adapter_config.json", {"r": 4})
     train = run.mark_complete("train", "fp", {"rows": kept, "steps": 5, "first_loss": 6.1, "last_loss": 0.4})
@@ -100,14 +102,59 @@ def test_cards_show_the_chaining_warning(documented):
     expected = "chaining: generator/labeller (teacher) and student are the same model"
     assert summary["chaining_warnings"] == 1
     assert expected in (run.root / "dataset_card.md").read_text() and expected in (run.root / "model_card.md").read_text()
+    body = (run.root / "dataset_card.md").read_text()
+    assert "Chaining: 1 pair(s) of roles that should be independent share a lineage" in body
+    assert "- generator/labeller (teacher) and student: the same weights (sha256 " in body  # which evidence matched
+    student = next(x for x in body.splitlines() if x.startswith("| student | "))
+    assert "| qwen2 (Qwen2ForCausalLM) |" in student and "(1024) |" in student  # model type, vocabulary size
 
 
-def test_synthetic_inputs_from_the_real_task_are_not_flagged(documented):
+def test_teacher_answers_like_the_real_references_are_not_flagged(documented):
     run, summary, _ = documented
     check = json.loads((run.stage("document") / "synthetic_vs_real.json").read_text())
     assert check["n_synthetic"] == 91 and check["n_real"] == 50 and not check["flagged"]
-    assert summary["synthetic_vs_real_auc"] == pytest.approx(check["auc"], abs=1e-3)
-    assert f"AUC {check['auc']:.3f}" in (run.root / "dataset_card.md").read_text()
+    assert check["test"] == "embedding" and summary["synthetic_vs_real_auc"] == pytest.approx(check["auc"], abs=1e-3)
+    body = (run.root / "dataset_card.md").read_text()
+    assert ("Compared: 91 teacher answers of the kept rows (91 distinct) against 50 reference answers of the held-out "
+            "real split (50 distinct).") in body  # which texts, and how many
+    assert f"AUC {check['auc']:.3f}" in body
+
+
+def test_answers_are_not_compared_when_the_heldout_split_has_no_references(documented, tmp_path):
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    write_text(run.heldout, "".join(json.dumps({C.INPUT: f"word{i}", C.REFERENCE: None, C.REFERENCES: []}) + "\n"
+                                    for i in range(50)))
+    summary = run_document(load_recipe(documented[0].root.parent.parent / "recipe.yaml"), run)
+    assert not summary["synthetic_vs_real_flagged"] and summary["synthetic_vs_real_auc"] is None
+    assert ("Not measured (teacher answers of the kept rows against reference answers of the held-out real split): "
+            "the held-out split has no references") in (run.root / "dataset_card.md").read_text()
+
+
+INTENTS = ["add_to_playlist", "book_restaurant", "get_weather", "play_music", "search_screening_event",
+           "search_creative_work", "rate_book"]
+
+
+def test_a_label_run_whose_teacher_gives_one_label_to_nearly_every_row_is_warned_about(documented, tmp_path):
+    """recipes/intent's SmolLM2 teacher put 285 of 300 rows under one intent; the real labels are spread out."""
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    examples = json.loads((PLURAL.parents[2] / "intent" / "data" / "intent_recognition.json").read_text())["examples"]
+    items = [(e["input"], max(e["target_scores"], key=e["target_scores"].get)) for e in examples]
+    labels = ["play_music"] * 285 + INTENTS * 2 + ["rate_book"]  # 287 of 300 play_music
+    write_parquet(run.filtered, [{C.ID: f"r{i}", C.INPUT: text, C.SLICE: "regular", C.COMPLETION: label, C.KEPT: True,
+                                  C.REJECTED_BY: None, C.REASON: None}
+                                 for i, ((text, _), label) in enumerate(zip(items[0::2], labels))])
+    write_text(run.heldout, "".join(json.dumps({C.INPUT: text, C.REFERENCE: label, C.REFERENCES: [label]}) + "\n"
+                                    for text, label in items[1::4][:150]))
+    recipe = load_recipe(documented[0].root.parent.parent / "recipe.yaml",
+                         ["generate.mode=label", f"generate.label={{choice: [{', '.join(INTENTS)}]}}"])
+    summary = run_document(recipe, run)
+    check = json.loads((run.stage("document") / "synthetic_vs_real.json").read_text())
+    assert check["test"] == "categorical" and check["flagged"] and summary["synthetic_vs_real_flagged"]
+    assert summary["synthetic_vs_real_tv"] == pytest.approx(check["tv_distance"], abs=1e-3) and check["tv_distance"] > 0.7
+    body = (run.root / "dataset_card.md").read_text()
+    assert "Compared: 300 teacher labels of the kept rows (7 distinct) against 150 reference labels of the held-out" in body
+    assert "| play_music | 95.7% | " in body and "synthetic vs real: teacher labels of the kept rows against reference" in body
+    assert "The teacher labels of the kept rows differ clearly from the reference labels of the held-out real split" in body
 
 
 def test_model_card_reports_base_adapter_data_link_and_intervals(documented, tiny_model):

@@ -57,7 +57,7 @@ evaluate:
       prompt_template: "{{{{ input }}}}"
       metrics: [nll]
   max_tokens: 6
-  tolerance: 0.05
+  gate: {{tolerance: {{nll: 0.05}}}}
   checkpoints: true
   bootstrap_samples: 1000
 """
@@ -134,6 +134,10 @@ def test_corrupted_labels_are_flagged_as_degraded(compared):
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
     nll = report["sets"]["plural"]["vs_base"]["corrupted"]["metrics"]["nll"]["overall"]
     assert nll["verdict"] == "degraded" and nll["low"] > 0.05, nll  # the true plurals became less likely
+    assert nll["gate_low"] > nll["tolerance"] == 0.05 and nll["p_adjusted"] <= 0.05
+    # compare gates every target but the baseline: 4 models x plural (nll, exact match) x (all 40, regular 30)
+    assert report["gate"]["models"] == ["checkpoint-4", "checkpoint-8", "corrupted", "base#2"]
+    assert report["gate"]["tests"] == 16 and report["gate"]["correction"] == "holm"
     assert report["sets"]["plural"]["models"]["base"]["metrics"]["nll"]["score"] < 6.0  # it had learned something (uniform: 6.9)
     assert any(d["model"] == "corrupted" and d["set"] == "plural" and d["where"] == "all" for d in report["degraded"])
     assert "degraded" in (compared[3] / "report.md").read_text()
@@ -145,7 +149,8 @@ def test_the_same_model_is_not_flagged_against_itself(compared):
     for set_name, entry in report["sets"].items():
         for metric, cmp in entry["vs_base"]["base#2"]["metrics"].items():
             assert cmp["overall"]["delta"] == pytest.approx(0.0, abs=1e-6), (set_name, metric)
-            assert cmp["overall"]["verdict"] == "no clear change"
+            # the 12-item guard set is under evaluate.gate.min_items (30): an interval, no verdict
+            assert cmp["overall"]["verdict"] == ("no clear change" if set_name == "plural" else "too few items")
     assert not any(d["model"] == "base#2" for d in report["degraded"])
 
 
@@ -217,6 +222,11 @@ def test_evaluate_a_run_directory_gates_on_degradation_with_exit_code_3(evaluate
     report = json.loads(run.eval_report.read_text())
     assert report["baseline"] == "base" and report["any_degraded"]
     assert report["sets"]["plural"]["vs_base"]["student"]["metrics"]["nll"]["overall"]["verdict"] == "degraded"
+    # evaluate gates the trained student only; its checkpoints are reported with intervals, not judged
+    assert report["gate"]["models"] == ["student"] and {d["model"] for d in report["degraded"]} == {"student"}
+    early = report["sets"]["plural"]["vs_base"]["student@4"]["metrics"]["nll"]["overall"]
+    assert early["verdict"] == "reported only" and early["low"] is not None
+    assert "reported only" in (run.stage("evaluate") / "report.md").read_text()
     again = run_cli("evaluate", run.root, cwd=run.root.parent)  # up to date: no gate without the flag
     assert again.returncode == 0 and "up to date, skipped" in again.stdout
 

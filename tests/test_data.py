@@ -63,3 +63,79 @@ def test_heldout_split_is_deterministic_disjoint_and_covers_rare_slices():
     assert len(held) == 200 and len(held) + len(rest) == len(rows)
     assert not {r["_line"] for r in held} & {r["_line"] for r in rest}
     assert sum(r["comment"] == "irregular" for r in held) >= 15
+
+
+# --------------------------------------------------------------------------- the held-out split, as generate makes it
+
+
+def words(n: int, slice_of=lambda i: "regular") -> list[dict]:
+    return [{"input": f"word{i}", "target": f"word{i}s", "comment": slice_of(i), "_line": i + 1} for i in range(n)]
+
+
+def test_min_per_slice_never_makes_the_split_larger_than_its_size():
+    from distill.errors import UserError
+
+    rows = words(60, lambda i: f"s{i % 6}")  # six slices of ten rows
+    held, rest = split_heldout(rows, 12, seed=1, slice_field="comment", min_per_slice=2)
+    assert len(held) == 12 and len(rest) == 48
+    assert all(sum(r["comment"] == f"s{k}" for r in held) >= 2 for k in range(6))
+    with pytest.raises(UserError, match=r"data.heldout.min_per_slice = 3 over the 6 slices of data.slice_field 'comment' "
+                                        r"needs 18 held-out rows, more than data.heldout.size = 12"):
+        split_heldout(rows, 12, seed=1, slice_field="comment", min_per_slice=3)
+
+
+def prepared(tmp_path, tiny_model, rows: list[dict], heldout: dict, **data):
+    from distill.generate.stage import prepare_data
+    from distill.recipe import Recipe
+    from distill.run_dir import RunDir
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "_line"}) + "\n" for r in rows))
+    recipe = Recipe.model_validate({
+        "name": "split", "models": {"teacher": {"path": str(tiny_model)}, "student": {"path": str(tiny_model)}},
+        "data": {"path": str(path), "slice_field": "comment", "heldout": heldout, **data},
+        "generate": {"template": "{{ input }}"}, "train": {"prompt_template": "{{ input }}"},
+        "evaluate": {"sets": [{"name": "plural", "data": "heldout"}]},
+    })
+    run = RunDir(tmp_path / "run")
+    return prepare_data(recipe, run), run
+
+
+def test_a_slice_too_small_to_be_held_out_and_seeded_gets_one_warning(tmp_path, tiny_model, capsys):
+    rows = words(40, lambda i: "irregular" if i in (3, 17) else "zero" if i == 30 else "regular")
+    (held, seeds), _ = prepared(tmp_path, tiny_model, rows, {"size": 10, "min_per_slice": 2})
+    lines = [x for x in capsys.readouterr().out.splitlines() if "warning" in x]
+    assert lines == ["[generate] warning: 2 slice(s) of 'comment' have no more rows than data.heldout.min_per_slice = 2, "
+                     "so all are held out and none is a seed: irregular (2), zero (1)"]
+    assert {r["slice"] for r in held} == {"irregular", "zero", "regular"} and len(held) == 10
+    assert not {r["slice"] for r in seeds} & {"irregular", "zero"}
+
+
+def test_a_repeated_input_stays_two_heldout_items_and_never_becomes_a_seed(tmp_path, tiny_model):
+    rows = words(30)
+    rows += [{**r, "_line": 31 + k} for k, r in enumerate(rows[:30])]  # every input twice, on two lines
+    (held, seeds), run = prepared(tmp_path, tiny_model, rows, {"size": 20, "seed": 3})
+    assert len(held) == 20 and len({r["id"] for r in held}) == 20
+    assert any(a["input"] == b["input"] for a in held for b in held if a is not b)  # some input is held out twice
+    assert not {r["input"] for r in held} & {r["input"] for r in seeds}
+    from distill.evaluate.sets import load_items
+    from distill.recipe import EvalSet
+
+    items = load_items(EvalSet(name="plural", data="heldout"), run.heldout)  # what evaluate and decontamination read
+    assert [it["id"] for it in items] == [r["id"] for r in held]
+
+
+def test_an_unlabelled_heldout_split_is_refused_before_any_model_is_scored(tmp_path, tiny_model):
+    from distill.errors import UserError
+    from distill.evaluate.sets import load_items
+    from distill.recipe import EvalSet
+
+    with pytest.raises(UserError, match=r"evaluate.sets.0 \('plural'\) scores the held-out split, but data.target_field is null"):
+        prepared(tmp_path, tiny_model, words(20), {"size": 5}, target_field=None)
+    rows = [{**r, "target": "" if i else r["target"]} for i, r in enumerate(words(20))]  # only the first is labelled
+    with pytest.raises(UserError, match=r"data.jsonl:\d+: held-out row has no 'target' value \(\d+ of the 5 held-out rows"):
+        prepared(tmp_path, tiny_model, rows, {"size": 5})
+    heldout = tmp_path / "heldout.jsonl"  # a split written without references: evaluate stops on it too
+    heldout.write_text("".join(json.dumps({"id": f"i{i}", "input": f"w{i}", "reference": None, "references": []}) + "\n" for i in range(4)))
+    with pytest.raises(UserError, match=r"evaluate set 'plural' scores the held-out split, but 4 of its 4 items .* no reference"):
+        load_items(EvalSet(name="plural", data="heldout"), heldout)

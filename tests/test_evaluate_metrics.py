@@ -84,7 +84,7 @@ def test_missing_target_names_file_and_row(tmp_path):
     ("    - {name: p, data: heldout, metrics: [bleu]}", "", "evaluate.sets.0.metrics.0: Input should be"),
     ("    - {name: p, data: heldout, metrics: [nll, nll]}", "", "each metric once"),
     ("    - {name: p, data: heldout}", "  baseline: teacher\n  models: [base, student]\n", "baseline 'teacher' is not among models"),
-    ("    - {name: p, data: heldout}", "  tolerance: -0.1\n", "evaluate.tolerance: Input should be greater than or equal to 0"),
+    ("    - {name: p, data: heldout}", "  gate:\n    tolerance:\n      nll: -0.1\n", "evaluate.gate.tolerance.nll: Input should be greater than or equal to 0"),
 ])
 def test_bad_evaluate_settings_fail_before_any_work(tmp_path, sets, extra, message):
     with pytest.raises(RecipeError, match=message):

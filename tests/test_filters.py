@@ -119,6 +119,7 @@ def test_semantic_dedup_catches_a_paraphrase(tiny_model):
 
 LONG_EVAL = ("the committee approved the new budget after a long debate about funding for public schools "
              "and the repair of old bridges across the northern district")
+INTENT = Path(__file__).resolve().parents[1] / "recipes" / "intent" / "data" / "intent_recognition.json"
 
 
 def eval_items() -> list[EvalItem]:
@@ -127,25 +128,119 @@ def eval_items() -> list[EvalItem]:
             EvalItem("qa", "item-boil", ["What is the boiling point of water at sea level in degrees Celsius?", "100"])]
 
 
-def test_decontamination_finds_exact_normalised_and_paraphrased_leaks():
+def decontaminate(items: list[EvalItem], **settings) -> Decontaminate:
+    f = Decontaminate(DecontaminateFilter(type="decontaminate", **settings), items=items)
+    f.label = "decontaminate"
+    return f
+
+
+def intent_examples() -> list[dict]:
+    """Real BIG-bench intent utterances with their intent label."""
+    examples = json.loads(INTENT.read_text())["examples"]
+    return [{"input": e["input"], "label": next(k for k, v in e["target_scores"].items() if v == 1)} for e in examples]
+
+
+def test_decontamination_finds_exact_embedded_and_paraphrased_leaks():
     leaked_13gram = "Summary: " + " ".join(LONG_EVAL.split()[3:18]).upper() + " and then some unrelated words follow here"
     rows = [row("r-ngram", leaked_13gram, inp="summarise the news"),
             row("r-exact", "ok", inp="what is the capital city of   FRANCE"),
+            row("r-inside", "Paris, of course.", inp="Quiz night! What is the capital city of France? One word please."),
             row("r-para", "hot", inp="At sea level, water boils at what temperature in Celsius?"),
-            row("r-short-answer", "paris.", inp="name a city"),
             row("r-clean", "Photosynthesis turns light into chemical energy in plants.", inp="explain photosynthesis"),
-            row("r-12gram", " ".join(LONG_EVAL.split()[:12]), inp="other")]
-    f = Decontaminate(DecontaminateFilter(type="decontaminate"), items=eval_items())
-    f.label = "decontaminate"
+            row("r-12gram", " ".join(LONG_EVAL.split()[:12]), inp="other"),
+            row("r-part", "the capital city of France is lovely", inp="tell me about Paris")]
+    f = decontaminate(eval_items())
     out = {r["id"]: r for r in apply_filters(rows, [f])}
     assert not out["r-ngram"]["kept"] and "item-long" in out["r-ngram"]["reason"] and "13-gram" in out["r-ngram"]["reason"]
     assert not out["r-exact"]["kept"] and "item-capital (exact)" in out["r-exact"]["reason"]
+    # a 7-word question inside a longer row: no 13-gram to share, found by containment
+    assert not out["r-inside"]["kept"] and "item-capital (contained)" in out["r-inside"]["reason"]
     assert not out["r-para"]["kept"] and "item-boil (embedding)" in out["r-para"]["reason"]
-    assert not out["r-short-answer"]["kept"] and "item-capital" in out["r-short-answer"]["reason"]
     assert out["r-clean"]["kept"] and out["r-12gram"]["kept"]  # 12 shared words are not a 13-gram
+    assert out["r-part"]["kept"]  # part of a short question is not the question
     assert f.contaminated_items() == {"qa": ["item-boil", "item-capital", "item-long"]}
     methods = {(r["row_id"], r["method"]) for r in f.records}
-    assert ("r-para", "embedding") in methods and ("r-ngram", "13-gram") in methods
+    assert {("r-para", "embedding"), ("r-ngram", "13-gram"), ("r-inside", "contained")} <= methods
+
+
+PARAPHRASES = {  # real held-out utterance -> the same request reworded
+    "Utterance: I want a table for five at a restaurant with Latin food in Arkansas for 1 hour from now.":
+        "Utterance: In one hour, I'd like a table for five at a Latin food restaurant in Arkansas.",
+    "Utterance: How will the weather be different 5 years from now in Waconia?":
+        "Utterance: In Waconia, how will the weather differ five years from now?",
+    "Utterance: Which is the nearest movie house playing “The Diary of Anne Frank”?":
+        "Utterance: Which closest cinema is showing “The Diary of Anne Frank”?",
+    "Utterance: Find me a table for 8 people at a nearby restaurant in Alabama one minute from now.":
+        "Utterance: One minute from now, find a table for 8 people at a restaurant near me in Alabama.",
+    "Utterance: Add Cecil Womack to my 50 great female voices playlist.":
+        "Utterance: Put Cecil Womack on my 50 great female voices playlist.",
+    "Utterance: Please play me a popular track from 1984.": "Utterance: Play a popular song from 1984 for me, please.",
+    "Utterance: Book a Mediterranean restaurant for my sister and me.":
+        "Utterance: Reserve a Mediterranean restaurant for me and my sister.",
+}
+
+
+def test_planted_leaks_of_each_kind_are_all_found_and_clean_rows_kept():
+    """Held-out intent utterances planted in otherwise clean rows: copied, embedded in a longer row, reworded."""
+    examples = intent_examples()
+    heldout = examples[300:400]
+    items = [EvalItem("intent", f"e{i}", [e["input"], e["label"]]) for i, e in enumerate(heldout)]
+    rng = random.Random(3)
+    rows = [row(f"clean{i}", sentence(rng, 30), inp=sentence(rng, 8)) for i in range(200)]
+    rows += [row(f"label{i}", e["label"], inp=sentence(rng, 8)) for i, e in enumerate(heldout[:20])]  # same answers
+    planted = {"exact": [], "embedded": [], "paraphrased": []}
+    for i, e in enumerate(heldout[:10]):
+        rows.append(row(f"exact{i}", e["label"], inp="  " + e["input"].upper().rstrip(".?") + " "))
+        planted["exact"].append(f"exact{i}")
+    long_and_short = [i for i, e in enumerate(heldout) if len(e["input"].split()) >= 14][:5]
+    long_and_short += [i for i, e in enumerate(heldout) if len(e["input"].split()) < 13][:5]
+    for i in long_and_short:
+        rows.append(row(f"embedded{i}", f"{sentence(rng, 6)} {heldout[i]['input']} {sentence(rng, 6)}", inp=sentence(rng, 8)))
+        planted["embedded"].append(f"embedded{i}")
+    inputs = [e["input"] for e in heldout]
+    for k, (original, reworded) in enumerate(PARAPHRASES.items()):
+        assert original in inputs
+        rows.append(row(f"para{k}", "book_restaurant", inp=reworded))
+        planted["paraphrased"].append(f"para{k}")
+    out = {r["id"]: r for r in apply_filters(rows, [decontaminate(items)])}
+    found = {kind: sum(not out[i]["kept"] for i in ids) for kind, ids in planted.items()}
+    print("found / planted:", {kind: f"{found[kind]}/{len(ids)}" for kind, ids in planted.items()})
+    assert found == {kind: len(ids) for kind, ids in planted.items()}
+    assert sum(len(e["input"].split()) >= 13 for e in (heldout[i] for i in long_and_short)) == 5  # both detectors ran
+    assert all(out[i]["kept"] for i in out if i.startswith(("clean", "label")))
+
+
+def test_a_one_word_answer_equal_to_another_items_answer_is_no_leak():
+    items = [EvalItem("qa", "q1", ["Which city is the capital of France?", "Paris"]),
+             EvalItem("qa", "q2", ["What is 6 times 7?", "42"]),
+             EvalItem("qa", "q3", ["Name the author of Hamlet.", "William Shakespeare wrote Hamlet around 1600 for the Lord "
+                                                             "Chamberlain's Men, his company of actors"])]
+    rows = [row("wrong-but-equal", "Paris", inp="Which city is the capital of Italy?"),
+            row("number", "42", inp="What is 40 plus 2?"),
+            row("long-answer", "Well: William Shakespeare wrote Hamlet around 1600 for the Lord Chamberlain's Men, his company.",
+                inp="who?"),
+            row("question-and-answer", "Name the author of Hamlet. William Shakespeare", inp="quiz")]
+    out = {r["id"]: r for r in apply_filters(rows, [decontaminate(items, embedding_threshold=None)])}
+    assert out["wrong-but-equal"]["kept"] and out["number"]["kept"]
+    assert not out["long-answer"]["kept"] and "13-gram of its reference" in out["long-answer"]["reason"]
+    assert not out["question-and-answer"]["kept"] and "q3 (contained)" in out["question-and-answer"]["reason"]
+
+
+def test_a_label_mode_run_keeps_its_rows(tmp_path, tiny_model):
+    """Every label equals some held-out item's label: that is the task, not a leak."""
+    examples = intent_examples()
+    heldout = [{"id": row_id(e["input"]), "input": e["input"], "reference": e["label"], "references": [e["label"]], "slice": None}
+               for e in examples[:150]]
+    rows = [row(f"g{i}", e["label"], inp=e["input"]) for i, e in enumerate(examples[150:450])]
+    rows.append(row("copied", examples[0]["label"], inp=examples[0]["input"]))  # a held-out item among the seeds
+    recipe, run = prepared_run(tmp_path, tiny_model, rows, [{"type": "decontaminate", "embedding_threshold": None}], heldout)
+    result = run_cli("filter", recipe)
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = dict(zip(*pq.read_table(run.filtered, columns=["id", "kept"]).to_pydict().values()))
+    assert not kept.pop("copied")
+    # the one other row rejected holds a held-out question whole: "Show me movie schedules" + " for today"
+    inputs = {r["id"]: r["input"] for r in rows}
+    assert [inputs[r] for r, k in kept.items() if not k] == ["Utterance: Show me movie schedules for today."]
 
 
 def test_decontamination_in_the_stage_reads_the_heldout_split_and_writes_the_leaks(tmp_path, tiny_model):
@@ -187,8 +282,8 @@ def test_reference_match_compares_normalised_text_or_numbers(tiny_model):
 
 
 def test_majority_vote_keeps_the_majority_and_records_its_margin(tiny_model):
-    rows = [row(f"a{k}", ans, inp="2+2") for k, ans in enumerate(["4", "4", " 4.", "5"])]
-    rows += [row(f"b{k}", ans, inp="3+3") for k, ans in enumerate(["6", "7"])]
+    rows = [row(f"a{k}", ans, inp="2+2", prompt="Q: 2+2 A:") for k, ans in enumerate(["4", "4", " 4.", "5"])]
+    rows += [row(f"b{k}", ans, inp="3+3", prompt="Q: 3+3 A:") for k, ans in enumerate(["6", "7"])]
     out = apply_filters(rows, filters_for(tiny_model, [{"type": "majority_vote"}]))
     assert [r["kept"] for r in out] == [True, True, True, False, False, False]
     assert out[0]["scores"]["majority_vote"] == 0.5  # 3 of 4 minus 1 of 4

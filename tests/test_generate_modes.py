@@ -39,7 +39,7 @@ generate:
   sampling: {{max_tokens: 24}}  # the tiny model's byte-level tokens: the longest label is 20 of them
   chunk_size: 10
 train: {{prompt_template: "{{{{ input }}}}"}}
-evaluate: {{sets: [{{name: intent, data: heldout}}]}}
+evaluate: {{sets: [{{name: intent, path: {data}, limit: 20}}]}}  # the held-out split is unlabelled here: a labelled file scores
 """ % json.dumps(INTENTS)
 
 
@@ -83,7 +83,8 @@ def test_synthesize_fills_every_cell_to_its_quota(tmp_path, tiny_model, teacher)
     rows = generate(
         tmp_path, tiny_model, "generate.mode=synthesize", f"generate.template={template}",
         "generate.grid={attributes: {topic: [volcanoes, tides, glaciers], difficulty: [easy, hard]}, per_cell: 3}",
-        "generate.sampling.n=2", "generate.sampling.temperature=0.8", "generate.few_shot.k=0", engine=teacher,
+        "generate.sampling.n=2", "generate.sampling.temperature=0.8", "generate.few_shot.k=0",
+        "generate.sampling.max_tokens=40", "generate.grid.max_chars=8", NO_TEACHER_EVAL, engine=teacher,
     )
     # 3 topics x 2 difficulties x 3 per cell x 2 candidates, each cell recorded on its rows
     assert len(rows) == 36
@@ -92,7 +93,10 @@ def test_synthesize_fills_every_cell_to_its_quota(tmp_path, tiny_model, teacher)
         key = (r["cell"]["topic"], r["cell"]["difficulty"])
         per_cell[key] = per_cell.get(key, 0) + 1
         assert r["prompt"].startswith(f"Write a {key[1]} question about {key[0]} (number ")
-        assert r["prompt"].endswith(f"cell {key[0]}):") and r["input"] is None
+        assert r["prompt"].endswith(f"cell {key[0]}):")
+        # the teacher wrote the input and its answer as one JSON object: the row holds both, the object stays in provenance
+        assert r["failure"] is None and r["input"].strip() and r["completion"].strip()
+        assert json.loads(r["provenance"]["synthesis"]["raw"], strict=False) == {"input": r["input"], "output": r["completion"]}
     assert per_cell == {(t, d): 6 for t in ("volcanoes", "tides", "glaciers") for d in ("easy", "hard")}
     # candidates: the n samples of one prompt sit side by side, with their own ids and sample_index
     assert [r["sample_index"] for r in rows[:4]] == [0, 1, 0, 1]
@@ -137,13 +141,55 @@ def test_regex_label_and_chat_prompts(tmp_path, tiny_model, teacher):
     assert first["prompt"] == expected
 
 
+NO_TEACHER_EVAL = "evaluate.models=[base, student]"  # the grid prompt cannot answer a held-out input
+SYNTH = ("generate.mode=synthesize", "generate.grid={attributes: {topic: [tides]}}", "generate.few_shot.k=0", NO_TEACHER_EVAL)
+
+
+def test_unparseable_pairs_are_retried_then_kept_with_the_reason(tmp_path, tiny_model, teacher):
+    # six tokens cannot hold {"input":...,"output":...}: every object is cut off, retried once, then recorded
+    rows = generate(tmp_path, tiny_model, *SYNTH, "generate.template=Write one.", "generate.grid.per_cell=4",
+                    "generate.grid.retries=1", "generate.sampling.max_tokens=6", engine=teacher)
+    assert len(rows) == 4  # nothing dropped
+    for r in rows:
+        assert r["failure"].startswith("not valid JSON") and "cut off at max_tokens" in r["failure"]
+        assert r["input"] is None and r["provenance"]["attempts"] == 2
+        assert r["provenance"]["synthesis"]["raw"].startswith('{"')  # what the teacher wrote, for inspection
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failures"] == 4 and summary["retried"] == 4
+
+
+def test_answer_template_answers_each_written_input_n_times(tmp_path, tiny_model, teacher):
+    rows = generate(tmp_path, tiny_model, *SYNTH, "generate.template='Write a question about {{ topic }}:'",
+                    "generate.grid.per_cell=3", "generate.grid.max_chars=8", "generate.sampling.max_tokens=24",
+                    "generate.answer_template='Answer: {{ input }} ->'", "generate.sampling.n=2",
+                    "generate.sampling.temperature=0.8", engine=teacher)
+    # 3 written inputs, each answered twice: the two candidates share the answer prompt, which holds the input
+    assert len(rows) == 6 and all(r["failure"] is None for r in rows)
+    for first, second in zip(rows[::2], rows[1::2]):
+        assert first["input"] == second["input"] and first["input"].strip()
+        assert first["prompt"] == second["prompt"] == f"Answer: {first['input']} ->"
+        assert [first["sample_index"], second["sample_index"]] == [0, 1]
+        synthesis = first["provenance"]["synthesis"]
+        assert synthesis["input_prompt"] == "Write a question about tides:"
+        assert json.loads(synthesis["raw"], strict=False) == {"input": first["input"]}  # the first pass asks for the input only
+    assert len({r["prompt"] for r in rows}) == 3
+
+
 @pytest.mark.parametrize("override, message", [
     ("generate.mode=synthesize", "generate: grid is needed by, and only by, mode: synthesize"),
+    # synthesize has no input until the teacher writes one: a template that reads it would say "None"
+    (SYNTH, "generate: template uses `input`, but in synthesize mode there is none"),
+    (SYNTH + ("generate.template=Write one.", "generate.answer_template=Answer this."),
+     "generate: answer_template never uses `input`"),
+    ("generate.answer_template={{ input }}", "generate: answer_template is used by, and only by, mode: synthesize"),
+    (SYNTH + ("generate.template=Write one.", "generate.grid.output_key=input"),
+     "generate.grid: input_key and output_key are both 'input'"),
     ("generate.mode=label", "generate: label is needed by, and only by, mode: label"),
     ("generate.backend=openai", "generate: endpoint is needed by, and only by, backend: openai"),
     ("generate.label={choice: [a, b], regex: x}", "give exactly one of choice, json_schema, regex"),
 ])
 def test_mode_settings_are_checked_before_any_work(tmp_path, tiny_model, override, message):
     recipe = write_recipe(tmp_path, tiny_model)
-    result = run_cli("validate", recipe, override, "generate.mode=label" if "label=" in override else "generate.chunk_size=8")
+    overrides = override if isinstance(override, tuple) else (override,)
+    result = run_cli("validate", recipe, *overrides, "generate.mode=label" if "label=" in override else "generate.chunk_size=8")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

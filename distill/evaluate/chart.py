@@ -22,7 +22,8 @@ def _save(fig, out: Path) -> None:
 
 
 def plot_differences(report: dict, out: Path) -> None:
-    """One panel per set (headline metric): a row per model and slice, the interval as a bar, red when degraded."""
+    """One panel per set (headline metric): a row per model and slice, the bootstrap interval as a bar, red when the
+    gate found it degraded, green when improved, grey otherwise (and for models that are reported only)."""
     plt = _plt()
     sets = list(report["sets"].items())
     heights = [max(1, sum(1 + len(c["slices"]) for c in e["vs_base"].values())) for _, e in sets]
@@ -31,7 +32,7 @@ def plot_differences(report: dict, out: Path) -> None:
     for ax, (set_name, entry) in zip(axes[:, 0], sets):
         metric = entry["metrics"][0]
         info = entry["metric_info"][metric]
-        rows = [(f"{m} · {where}", c) for m, cmp in entry["vs_base"].items()
+        rows = [(f"{m} · {where}" + ("" if c.get("gated") else " (reported only)"), c) for m, cmp in entry["vs_base"].items()
                 for where, c in [("all", cmp["overall"]), *cmp["slices"].items()]]
         for y, (label, c) in enumerate(reversed(rows)):
             if c["delta"] is None:
@@ -41,7 +42,7 @@ def plot_differences(report: dict, out: Path) -> None:
             ax.text(1.01, y, f"n={c['n']}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
         ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=8)
         ax.axvline(0, color="black", lw=0.8)
-        tol = entry["tolerance"]
+        tol = entry["tolerance"].get(metric) if isinstance(entry["tolerance"], dict) else entry["tolerance"]
         if tol:
             ax.axvline(-tol if info["higher_is_better"] else tol, color="tab:red", lw=0.8, ls="--")
         better = "higher is better" if info["higher_is_better"] else "lower is better"

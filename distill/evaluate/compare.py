@@ -1,5 +1,6 @@
 """`distill compare A B C ...`: runs, adapter folders or model folders on the same real items,
-each measured against the first (or --baseline) with paired bootstrap intervals."""
+each measured against the first (or --baseline) with paired bootstrap intervals. The gate's family is
+every compared model other than the baseline: each was named on purpose, so each one's drop counts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from distill.errors import UserError
 from distill.evaluate.candidates import resolve_candidates
+from distill.evaluate.contamination import attach, measure
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
@@ -39,8 +41,12 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
     if baseline not in names:
         raise UserError(f"--baseline {baseline!r} is not among the compared models ({', '.join(names)})")
     sets = {s.name: (s, load_items(s, run.heldout)) for s in recipe.evaluate.sets}
+    # true leaks: items in the rows any compared adapter was trained on (where its training_data.json names them)
+    measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, [c.adapter for c in candidates if c.adapter])
     predictions = score_candidates(recipe, candidates, sets, seed_pool(run))
-    report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed)
+    report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed,
+                          gated=[n for n in names if n != baseline], contaminated=measured["sets"] if measured else None)
+    attach(report, measured, None)
     report["targets"] = {c.name: {"model": str(c.model_dir), "adapter": str(c.adapter) if c.adapter else None, "role": c.role}
                          for c in candidates}
     paths = write_outputs(Path(out), report, predictions, f"compare: {', '.join(names)} (baseline {baseline})")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
+from distill.evaluate.report import gate_cells, gate_description
+
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
@@ -21,11 +23,12 @@ tr.degraded td { background: #fde2e2; } tr.improved td { background: #e3f6e3; } 
 img { max-width: 100%; }
 </style></head><body>
 <h1>{{ title }}</h1>
-{% if report.degraded %}<div class="alarm"><b>Degraded</b> against <code>{{ report.baseline }}</code>:<ul>
-{% for d in report.degraded %}<li><code>{{ d.model }}</code> on {{ "guard set " if d.guard }}<code>{{ d.set }}</code> ({{ d.where }}, n={{ d.n }}), {{ d.metric }}: {{ f(d.delta) }} [{{ f(d.low) }}, {{ f(d.high) }}]</li>
+{% if report.degraded %}<div class="alarm"><b>Degraded</b> against <code>{{ report.baseline }}</code> (gate interval wholly beyond the metric's tolerance on the worse side):<ul>
+{% for d in report.degraded %}<li><code>{{ d.model }}</code> on {{ "guard set " if d.guard }}<code>{{ d.set }}</code> ({{ d.where }}, n={{ d.n }}), {{ d.metric }}: {{ f(d.delta) }} [{{ f(d.low) }}, {{ f(d.high) }}] at {{ "%.2f" | format(d.level * 100) }}%, tolerance {{ d.tolerance }}, adjusted p {{ "%.2g" | format(d.p_adjusted) }}</li>
 {% endfor %}</ul></div>
-{% else %}<div class="ok">Nothing degraded against <code>{{ report.baseline }}</code>.</div>{% endif %}
-<p>Paired bootstrap, {{ (report.confidence * 100) | round | int }}% intervals, {{ report.bootstrap_samples }} resamples; slices under {{ report.min_items }} items get no verdict.</p>
+{% elif report.gate.models %}<div class="ok">Nothing gated degraded against <code>{{ report.baseline }}</code>.</div>{% endif %}
+<p>{{ gate_text }}</p>
+<p>Every model: paired bootstrap, {{ (report.confidence * 100) | round | int }}% intervals, {{ report.bootstrap_samples }} resamples.</p>
 {% for png in images %}<img alt="chart" src="data:image/png;base64,{{ png }}">{% endfor %}
 {% for set_name, e in report.sets.items() %}
 <h2>{{ set_name }}{{ " (guard set)" if e.guard }}</h2>
@@ -36,10 +39,10 @@ img { max-width: 100%; }
 {% if rows %}<table><tr><th>slice</th><th>n</th>{% for model in e.models %}<th>{{ model }}</th>{% endfor %}</tr>
 {% for sl, n, cells in rows %}<tr><td>{{ sl }}</td><td>{{ n }}</td>{% for c in cells %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
 </table>{% endif %}
-{% if e.vs_base %}<table><tr><th>model</th><th>metric</th><th>where</th><th>n</th><th>difference</th><th>interval</th><th>verdict</th></tr>
+{% if e.vs_base %}<table><tr><th>model</th><th>metric</th><th>where</th><th>n</th><th>difference</th><th>{{ (report.confidence * 100) | round | int }}% interval</th><th>tolerance</th><th>gate interval (level)</th><th>adjusted p</th><th>MDE</th><th>verdict</th></tr>
 {% for model, cmp in e.vs_base.items() %}{% for m in e.metrics %}{% set c = cmp.metrics[m] %}
 {% for where, x in [("all", c.overall)] + (c.slices | dictsort) %}
-<tr class="{{ 'degraded' if x.degraded else ('improved' if x.verdict == 'improved' else ('few' if x.verdict == 'too few items' else '')) }}"><td>{{ model }}</td><td>{{ e.metric_info[m].label }}</td><td>{{ where }}</td><td>{{ x.n }}</td><td>{{ f(x.delta) }}</td><td>[{{ f(x.low) }}, {{ f(x.high) }}]</td><td>{{ x.verdict }}</td></tr>
+<tr class="{{ 'degraded' if x.degraded else ('improved' if x.verdict == 'improved' else ('few' if x.verdict in ('too few items', 'reported only') else '')) }}"><td>{{ model }}</td><td>{{ e.metric_info[m].label }}</td><td>{{ where }}</td><td>{{ x.n }}</td><td>{{ f(x.delta) }}</td><td>[{{ f(x.low) }}, {{ f(x.high) }}]</td>{% for cell in gate_cells(x) %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}{% endfor %}{% endfor %}</table>{% endif %}
 {% endfor %}
 </body></html>
@@ -62,4 +65,5 @@ def _slice_rows(entry: dict) -> list[tuple]:
 def render_html(report: dict, images: list[Path], title: str) -> str:
     env = Environment(autoescape=select_autoescape(default=True))
     pngs = [base64.b64encode(Path(p).read_bytes()).decode() for p in images if Path(p).is_file()]
-    return env.from_string(_TEMPLATE).render(report=report, images=pngs, title=title, f=_f, slice_rows=_slice_rows)
+    return env.from_string(_TEMPLATE).render(report=report, images=pngs, title=title, f=_f, slice_rows=_slice_rows,
+                                             gate_text=gate_description(report).replace("`", ""), gate_cells=gate_cells)

@@ -1,6 +1,6 @@
 """Evaluation figures: per model, per metric, per slice, and each model's difference from the
-baseline with a paired bootstrap interval and a degradation verdict. Written as report.json
-(every figure) and report.md (tables)."""
+baseline with a paired bootstrap interval; for the gate's models, a corrected degradation verdict.
+Written as report.json (every figure) and report.md (tables)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from collections import defaultdict
 
 from distill.evaluate.metrics import METRICS
-from distill.evaluate.stats import compare_scores
+from distill.evaluate.stats import degradation_test, gate, paired_bootstrap
 from distill.recipe import EvaluateSettings
 
 
@@ -30,34 +30,66 @@ def _summary(items: dict, metric: str) -> dict:
 
 
 def _clean_part(by_model: dict, leaked: set[str], metric: str) -> dict | None:
-    """Headline score of each model on the items that no training row leaked."""
+    """Headline score of each model on the items that are not in the rows the student was trained on."""
     items = next(iter(by_model.values()), {})
     hit = leaked & set(items)
     if not hit:
         return None
-    return {"n": len(items) - len(hit), "contaminated": len(hit),
+    return {"n": len(items) - len(hit), "reached_training": len(hit),
             "models": {m: _mean([p["scores"][metric] for i, p in rows.items() if i not in hit]) for m, rows in by_model.items()}}
 
 
+GATE_KEYS = ("tolerance", "sd", "p", "p_adjusted", "gate_low", "gate_high", "gate_level", "mde", "verdict", "degraded")
+
+
+def gated_models(models: list[str], steps: dict, baseline: str, chosen: list[str]) -> list[str]:
+    """The evaluate stage's models that `evaluate.gate.models` names (checkpoints are named student@STEP there)."""
+    checkpoints = [m for m in models if m.startswith("student@")]
+    picked = {m for m in ("student", "teacher") if m in chosen}
+    if "checkpoints" in chosen:
+        picked |= set(checkpoints)
+    if "last_checkpoint" in chosen and checkpoints:
+        picked.add(max(checkpoints, key=lambda m: steps.get(m) or 0))
+    return [m for m in models if m in picked and m != baseline]
+
+
+def _compare(a: list[float], b: list[float], boot: dict, gated: bool, tolerance: float, higher_is_better: bool,
+             share: bool, tests: list) -> dict:
+    """The bootstrap interval of b - a; for a gated model also its degradation test, decided with the family later."""
+    c = paired_bootstrap(a, b, **boot)
+    if gated:
+        c["gated"] = True
+        tests.append((c, degradation_test(a, b, tolerance=tolerance, higher_is_better=higher_is_better, share=share)))
+    else:
+        c.update(gated=False, verdict="reported only", degraded=False)
+    return c
+
+
 def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: str, models: list[str],
-                 set_configs: dict, seed: int = 0, contaminated: dict[str, list[str]] | None = None) -> dict:
+                 set_configs: dict, seed: int = 0, contaminated: dict[str, list[str]] | None = None,
+                 gated: list[str] | None = None) -> dict:
     """`predictions` are Scorer rows; `set_configs` maps each set name to its EvalSet; `contaminated` maps a
-    set name to the ids of its items that decontamination found in the training data."""
+    set name to the ids of its items found in the rows the student was trained on; `gated` names the
+    models whose differences the gate decides (default: those `settings.gate.models` names)."""
     grouped: dict = defaultdict(lambda: defaultdict(dict))  # set -> model -> item_id -> row
     steps: dict = {}
     for p in predictions:
         grouped[p["set"]][p["model"]][p["item_id"]] = p
         steps[p["model"]] = p.get("step")
-    boot = dict(n_boot=settings.bootstrap_samples, seed=seed, level=settings.confidence, min_items=settings.min_items)
+    boot = dict(n_boot=settings.bootstrap_samples, seed=seed, level=settings.confidence)
+    g = settings.gate
+    gated = gated_models(models, steps, baseline, g.models) if gated is None else [m for m in gated if m != baseline]
     first = next(iter(set_configs.values()))
     report: dict = {
         "baseline": baseline, "models": models, "steps": {m: steps.get(m) for m in models},
         "metric": first.metrics[0], "confidence": settings.confidence, "bootstrap_samples": settings.bootstrap_samples,
-        "min_items": settings.min_items, "sets": {}, "degraded": [],
+        "min_items": g.min_items, "sets": {}, "degraded": [],
     }
+    tests: list = []  # (comparison, its degradation test) of every gated row, corrected together below
+    where_of: dict = {}  # id(comparison) -> (set, guard, model, metric, where)
     for set_name, s in set_configs.items():
         by_model = grouped.get(set_name, {})
-        tolerance = s.tolerance if s.tolerance is not None else settings.tolerance
+        tolerance = {m: (s.tolerance or {}).get(m, g.tolerance.get(m, METRICS[m].tolerance)) for m in s.metrics}
         entry: dict = {
             "guard": s.guard, "tolerance": tolerance, "metrics": list(s.metrics),
             "metric_info": {m: {"label": METRICS[m].label, "higher_is_better": METRICS[m].higher_is_better} for m in s.metrics},
@@ -80,20 +112,28 @@ def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: 
                     by_slice[base[i]["slice"]].append(i)
             per_metric = {}
             for m in s.metrics:
-                opts = dict(tolerance=tolerance, higher_is_better=METRICS[m].higher_is_better, **boot)
-                cmp = {"overall": compare_scores([base[i]["scores"][m] for i in ids], [items[i]["scores"][m] for i in ids], **opts),
-                       "slices": {sl: compare_scores([base[i]["scores"][m] for i in v], [items[i]["scores"][m] for i in v], **opts)
+                opts = dict(boot=boot, gated=model in gated, tolerance=tolerance[m],
+                            higher_is_better=METRICS[m].higher_is_better, share=METRICS[m].share, tests=tests)
+                cmp = {"overall": _compare([base[i]["scores"][m] for i in ids], [items[i]["scores"][m] for i in ids], **opts),
+                       "slices": {sl: _compare([base[i]["scores"][m] for i in v], [items[i]["scores"][m] for i in v], **opts)
                                   for sl, v in sorted(by_slice.items())}}
                 per_metric[m] = cmp
                 for where, c in [("all", cmp["overall"]), *cmp["slices"].items()]:
-                    if c["degraded"]:
-                        report["degraded"].append({"set": set_name, "guard": s.guard, "model": model, "metric": m, "where": where,
-                                                   "n": c["n"], "delta": c["delta"], "low": c["low"], "high": c["high"]})
+                    where_of[id(c)] = (set_name, s.guard, model, m, where)
             entry["vs_base"][model] = {**per_metric[s.metrics[0]], "metrics": per_metric}
         clean = _clean_part(by_model, set((contaminated or {}).get(set_name, ())), s.metrics[0])
         if clean:
             entry["clean"] = clean
         report["sets"][set_name] = entry
+    report["gate"] = {"models": gated, **gate([t for _, t in tests], correction=g.correction, alpha=g.alpha,
+                                               min_items=g.min_items)}
+    for c, t in tests:
+        c.update({k: t[k] for k in GATE_KEYS})
+        if c["degraded"]:
+            set_name, guard, model, m, where = where_of[id(c)]
+            report["degraded"].append({"set": set_name, "guard": guard, "model": model, "metric": m, "where": where,
+                                       "n": c["n"], "delta": c["delta"], "low": c["gate_low"], "high": c["gate_high"],
+                                       "level": c["gate_level"], "p_adjusted": c["p_adjusted"], "tolerance": c["tolerance"]})
     report["any_degraded"] = bool(report["degraded"])
     return report
 
@@ -104,8 +144,41 @@ def _fmt(x, signed: bool = True) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
-def _width_note(c: dict, min_items: int) -> str:
-    return f" (only {c['n']} items: wide)" if c["n"] < 4 * min_items else ""
+_CORRECTION_TEXT = {
+    "holm": "Holm-corrected: the chance of any false 'degraded' among them is at most {a}",
+    "bh": "Benjamini-Hochberg: the expected share of false 'degraded' among the flagged rows is at most {a}",
+    "none": "uncorrected: each row is tested at {a}",
+}
+
+
+def gate_description(report: dict) -> str:
+    """What the gate tested, in one paragraph (report.md and report.html)."""
+    g = report["gate"]
+    names = ", ".join(f"`{m}`" for m in g["models"])
+    if not g["models"]:
+        return f"Gate: no model is gated against `{report['baseline']}`; every difference is reported only."
+    alpha = f"{g['alpha']:.0%}" if round(g["alpha"] * 100, 6).is_integer() else f"{g['alpha']:g}"
+    return (f"Gate: {names} against `{report['baseline']}` on every set, slice and guard set of at least {g['min_items']} items: "
+            f"{g['tests']} tests, each a one-sided paired t test of a drop beyond the metric's tolerance, "
+            + _CORRECTION_TEXT[g["correction"]].format(a=alpha) + ". "
+            "The gate interval's ends are one-sided bounds at the level shown, the level the correction tested that row at; "
+            "a row is degraded when its gate interval lies wholly beyond the tolerance on the worse side "
+            "(improved: on the better side). "
+            f"MDE: the smallest true drop (tolerance included, in the metric's unit) that a row detects with {g['power']:.0%} "
+            f"power at {g['mde_level']:.2%} confidence (the family's strictest level), from the spread of its per-item "
+            "differences (for scores in [0, 1], plus the most spread such a drop can add). "
+            "Rows of other models are reported only, with no verdict.")
+
+
+def gate_cells(x: dict) -> list[str]:
+    """tolerance, gate interval (level), adjusted p, MDE and verdict of one difference row."""
+    if not x.get("gated"):
+        return ["", "", "", "", x["verdict"]]
+    verdict = x["verdict"]
+    if x.get("gate_low") is None:
+        return [f"{x['tolerance']:g}", "", "", "", verdict]
+    return [f"{x['tolerance']:g}", f"[{_fmt(x['gate_low'])}, {_fmt(x['gate_high'])}] ({x['gate_level']:.2%})",
+            f"{x['p_adjusted']:.2g}", "none up to 1" if x["mde"] is None else _fmt(x["mde"], signed=False), verdict]
 
 
 def render_markdown(report: dict, title: str = "Evaluation on held-out real data") -> str:
@@ -113,13 +186,14 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
     level = round(report["confidence"] * 100)
     lines = [f"# {title}", ""]
     if report["degraded"]:
-        lines += ["**Degraded** (the whole interval of the difference from "
-                  f"`{base}` lies beyond the tolerance):", ""]
+        lines += ["**Degraded** (gated rows whose gate interval of the difference from "
+                  f"`{base}` lies wholly beyond the metric's tolerance on the worse side):", ""]
         lines += [f"- `{d['model']}` on {'guard set ' if d['guard'] else ''}`{d['set']}` ({d['where']}, n={d['n']}), "
-                  f"{d['metric']}: {_fmt(d['delta'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]" for d in report["degraded"]]
-    else:
-        lines.append(f"Nothing degraded against `{base}`.")
-    lines.append("")
+                  f"{d['metric']}: {_fmt(d['delta'])} [{_fmt(d['low'])}, {_fmt(d['high'])}] at {d['level']:.2%}, "
+                  f"tolerance {d['tolerance']:g}, adjusted p {d['p_adjusted']:.2g}" for d in report["degraded"]]
+    elif report["gate"]["models"]:
+        lines.append(f"Nothing gated degraded against `{base}`.")
+    lines += ["", gate_description(report), ""]
     for set_name, entry in report["sets"].items():
         models = list(entry["models"])
         metrics = entry["metrics"]
@@ -130,11 +204,9 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
         for m in models:
             cells = [_fmt(entry["models"][m]["metrics"][k]["score"], signed=False) for k in metrics]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {entry['models'][m]['n']} |")
-        if entry.get("clean"):
-            c = entry["clean"]
-            lines += ["", f"{c['contaminated']} item(s) leaked into the training data (see filter/contamination.jsonl); "
-                      f"{labels[0]} on the {c['n']} clean items: "
-                      + ", ".join(f"{m} {_fmt(v, signed=False)}" for m, v in c["models"].items()) + "."]
+        from distill.evaluate.contamination import contamination_lines
+
+        lines += contamination_lines(report, entry, labels[0], _fmt)
         slices = sorted({s for m in models for s in entry["models"][m]["slices"]})
         if slices:
             lines += ["", f"Per slice ({labels[0]}):", "", "| slice | n | " + " | ".join(models) + " |", "|---|---:|" + "---:|" * len(models)]
@@ -144,15 +216,19 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
                          for m in models]
                 lines.append(f"| {s} | {n} | " + " | ".join(cells) + " |")
         if entry["vs_base"]:
-            lines += ["", f"Difference from `{base}` (paired bootstrap, {level}% interval, tolerance {entry['tolerance']:g}):", "",
-                      "| model | metric | where | n | difference | interval | verdict |", "|---|---|---|---:|---:|---|---|"]
+            lines += ["", f"Difference from `{base}` ({level}% paired bootstrap interval for every model; gate columns for "
+                      "gated rows only, see Gate above):", "",
+                      f"| model | metric | where | n | difference | {level}% interval | tolerance | gate interval (level) "
+                      "| adjusted p | MDE | verdict |", "|---|---|---|---:|---:|---|---:|---|---:|---:|---|"]
             for m, cmp in entry["vs_base"].items():
                 for k in metrics:
                     c = cmp["metrics"][k]
                     label = entry["metric_info"][k]["label"]
                     for where, x in [("all", c["overall"]), *c["slices"].items()]:
-                        verdict = f"**{x['verdict']}**" if x["degraded"] else x["verdict"]
+                        cells = gate_cells(x)
+                        if x["degraded"]:
+                            cells[-1] = f"**{cells[-1]}**"
                         lines.append(f"| {m} | {label} | {where} | {x['n']} | {_fmt(x['delta'])} | "
-                                     f"[{_fmt(x['low'])}, {_fmt(x['high'])}]{_width_note(x, report['min_items'])} | {verdict} |")
+                                     f"[{_fmt(x['low'])}, {_fmt(x['high'])}] | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

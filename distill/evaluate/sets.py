@@ -10,7 +10,7 @@ from distill import rows as C
 from distill.data.loaders import read_rows
 from distill.data.split import row_id
 from distill.errors import DataError, UserError
-from distill.recipe import EvalSet
+from distill.recipe import EvalSet, Recipe
 
 
 def _read_datasets_folder(s: EvalSet) -> list[dict]:
@@ -52,7 +52,12 @@ def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
         with open(heldout) as f:
             items = [json.loads(line) for line in f if line.strip()]
         for it in items:
-            it.setdefault(C.REFERENCES, [it[C.REFERENCE]])
+            it[C.REFERENCES] = [r for r in it.get(C.REFERENCES) or [it.get(C.REFERENCE)] if r not in (None, "")]
+        unlabelled = sum(not it[C.REFERENCES] for it in items)
+        if unlabelled:  # scored against nothing, every model would get 0
+            raise UserError(f"evaluate set {s.name!r} scores the held-out split, but {unlabelled} of its {len(items)} items in "
+                            f"{heldout} have no reference answer: set data.target_field to the column holding them "
+                            f"and run generate again")
     else:
         path = Path(s.path)
         if s.format == "datasets" or (s.format == "auto" and path.is_dir()):
@@ -66,3 +71,20 @@ def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
             items.append({C.ID: row_id(r[s.input_field], r["_line"]), C.INPUT: str(r[s.input_field]), C.REFERENCE: refs[0],
                           C.REFERENCES: refs, C.SLICE: None if slice_value is None else str(slice_value)})
     return items[: s.limit] if s.limit else items
+
+
+def require_heldout_references(recipe: Recipe, heldout: list[dict] | None = None) -> None:
+    """An eval set on the held-out split scores against the items' references: refuse a split without them before
+    any work, instead of scoring every model 0. `heldout`: the split's rows (with source_line), when already made."""
+    sets = [(i, s) for i, s in enumerate(recipe.evaluate.sets) if s.data == "heldout"]
+    if not sets:
+        return
+    i, s = sets[0]
+    if not recipe.data.target_field:
+        raise UserError(f"evaluate.sets.{i} ({s.name!r}) scores the held-out split, but data.target_field is null: the "
+                        f"held-out items would have no reference answers; name the column holding them in data.target_field")
+    missing = [r for r in heldout or [] if not r.get(C.REFERENCES)]
+    if missing:
+        raise UserError(f"{recipe.data.path}:{missing[0].get('source_line')}: held-out row has no "
+                        f"{recipe.data.target_field!r} value ({len(missing)} of the {len(heldout)} held-out rows have "
+                        f"none), and evaluate.sets.{i} ({s.name!r}) scores against it: fill them in or drop those rows")

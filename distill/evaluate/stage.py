@@ -10,6 +10,7 @@ import json
 import time
 
 from distill.evaluate.candidates import Candidate, checkpoint_step, training_checkpoints
+from distill.evaluate.contamination import attach, caught_by_filter, measure
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
@@ -60,12 +61,16 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     check_eval_agreement(recipe)
     sets = {s.name: (s, load_items(recipe, run, s)) for s in e.sets}
     candidates = stage_candidates(recipe, run)
+    # true leaks: items in the rows the evaluated student was trained on (its checkpoints saw the same rows)
+    trained = [run.adapter] if any(c.adapter is not None for c in candidates) else []
+    measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, trained)
     predictions = score_candidates(recipe, candidates, sets, seed_pool(run))
-    leaks = run.stage("filter") / "contaminated_items.json"  # written by the decontaminate filter
-    contaminated = json.loads(leaks.read_text()) if leaks.is_file() else None
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
-                          seed=recipe.seed, contaminated=contaminated)
+                          seed=recipe.seed, contaminated=measured["sets"] if measured else None)
+    attach(report, measured, caught_by_filter(run))
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}
-    return {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline,
-            "seconds": round(time.time() - started, 1)}
+    summary = {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline}
+    if measured:
+        summary["items_in_training_rows"] = {n: len(ids) for n, ids in measured["sets"].items()}
+    return {**summary, "seconds": round(time.time() - started, 1)}

@@ -66,9 +66,6 @@ class NgramHasher:
             self._cached_words += len(hashes)
         return hashes
 
-    def batch(self, token_lists: list[list[str]], n: int, short_whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        return self.ngrams([self.word_hashes(t) for t in token_lists], n, short_whole)
-
     def batch_texts(self, texts: list, n: int, short_whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
         return self.ngrams([self.text_hashes(t) for t in texts], n, short_whole)
 
@@ -109,6 +106,31 @@ class NgramHasher:
         if not hashes:
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
         return np.concatenate(hashes), np.concatenate(owners).astype(np.int64)
+
+    @staticmethod
+    def runs(arrays: list[np.ndarray], sizes: set[int]):
+        """Yield (size, hashes, owner) for each wanted size in increasing order: the hashes of every
+        run of `size` consecutive words inside one text, and the index of that text.
+
+        One pass serves every size: the hash of a run of L words extends the run of L - 1, so all
+        sizes up to the largest cost what that largest alone costs. Hashes are comparable only
+        between runs of the same size.
+        """
+        if not sizes or not arrays:
+            return
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate(arrays)
+        owner_of_word = np.repeat(np.arange(len(arrays)), lengths)
+        acc = np.zeros(len(flat), dtype=np.uint64)
+        for size in range(1, max(sizes) + 1):
+            m = len(flat) - size + 1
+            if m <= 0:
+                return
+            with np.errstate(over="ignore"):
+                acc = acc[:m] * _MULT + flat[size - 1:size - 1 + m]
+            if size in sizes:
+                valid = owner_of_word[:m] == owner_of_word[size - 1:]  # starts and ends in the same text
+                yield size, acc[valid], owner_of_word[:m][valid]
 
 
 _shared: NgramHasher | None = None

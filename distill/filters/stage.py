@@ -153,9 +153,13 @@ def run_filter(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     table = pq.read_table(run.generated)
     filters = build_filters(recipe)
-    if C.FAILURE in table.column_names:  # always first: failed generations are rejected, with their reason
-        from distill.filters.generation_failure import GenerationFailure
+    from distill.filters.generation_failure import GenerationFailure, Truncated
 
+    # always first: failed generations, then answers cut at max_tokens (label mode checks and retries its own)
+    if (C.FINISH_REASON in table.column_names and not recipe.filter.keep_truncated
+            and recipe.generate.mode != "label"):
+        filters.insert(0, Truncated(recipe.generate.sampling.max_tokens))
+    if C.FAILURE in table.column_names:
         filters.insert(0, GenerationFailure())
     out = filter_table(table, filters, FilterContext(recipe, run), num_proc=recipe.filter.num_proc)
     with atomic_path(run.filtered) as tmp:

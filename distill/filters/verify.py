@@ -109,6 +109,10 @@ class MajorityVote(Filter):
         answers = [normalize_text(a) for a in batch[self.cfg.field]]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, g in enumerate(batch[self.cfg.group_field]):
+            if g is None:
+                # Pooling every row without a value would make unrelated prompts vote against each other.
+                raise UserError(f"filter majority_vote: column {self.cfg.group_field!r} is empty on some rows, so it cannot "
+                                f"say which prompt they answer; group by `prompt` (group_field: prompt)")
             groups[str(g)].append(i)
         out: list[str | None] = [None] * len(answers)
         scores: list[float | None] = [None] * len(answers)

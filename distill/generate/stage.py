@@ -21,9 +21,9 @@ from filelock import FileLock
 
 from distill import rows as C
 from distill.data.loaders import read_rows
-from distill.data.split import row_id, split_heldout
+from distill.data.split import row_id, split_heldout, thin_slices
 from distill.errors import UserError
-from distill.generate.labels import check_answer, structured_request
+from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
 from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
 from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
@@ -51,18 +51,28 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
 
 def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     """Split the real data into held-out items and seeds; write both to the run directory."""
+    from distill.evaluate.sets import require_heldout_references
+
     d = recipe.data
+    require_heldout_references(recipe)  # before reading anything: target_field null with a held-out eval set
     need = (d.input_field,) + ((d.target_field,) if recipe.generate.few_shot.k and d.target_field else ())
     raw = read_rows(d.path, d.format, required=need)
     if d.heldout.size >= len(raw):
         raise UserError(f"data.heldout.size = {d.heldout.size} leaves no seeds: {d.path} has {len(raw)} rows")
     heldout, rest = split_heldout(raw, d.heldout.size, d.heldout.seed, d.slice_field, d.heldout.min_per_slice)
+    thin = thin_slices(raw, d.slice_field, d.heldout.min_per_slice)
+    if thin:
+        print(f"[generate] warning: {len(thin)} slice(s) of {d.slice_field!r} have no more rows than "
+              f"data.heldout.min_per_slice = {d.heldout.min_per_slice}, so all are held out and none is a seed: "
+              + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""), flush=True)
 
-    def norm(r: dict) -> dict:
+    def norm(r: dict, held: bool = False) -> dict:
         target = r.get(d.target_field) if d.target_field else None
-        refs = [] if target is None else [str(t) for t in target] if isinstance(target, list) else [str(target)]
+        targets = target if isinstance(target, list) else [target]
+        refs = [str(t) for t in targets if t not in (None, "")]
         return {
-            C.ID: row_id(r[d.input_field]),
+            # a held-out id names the source line too: an input repeated in the data stays two items in the report
+            C.ID: row_id(r[d.input_field], r["_line"]) if held else row_id(r[d.input_field]),
             C.INPUT: str(r[d.input_field]),
             C.REFERENCE: refs[0] if refs else None,
             C.REFERENCES: refs,
@@ -70,7 +80,8 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
             "source_line": r["_line"],
         }
 
-    heldout_rows = [norm(r) for r in heldout]
+    heldout_rows = [norm(r, held=True) for r in heldout]
+    require_heldout_references(recipe, heldout_rows)
     held_inputs = {r[C.INPUT] for r in heldout_rows}
     # The same input may appear twice in real data: a seed must never equal a held-out item.
     seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
@@ -97,7 +108,10 @@ def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict],
 
 
 def fingerprint_settings(recipe: Recipe) -> dict:
-    return {"data": recipe.data.model_dump(mode="json"), "generate": recipe.generate.model_dump(mode="json")}
+    """What shapes the chunks: the stage's own fingerprint inputs (data by content, settings, the teacher by content)."""
+    from distill.pipeline import stage_inputs
+
+    return stage_inputs(recipe, "generate")
 
 
 def open_teacher(recipe: Recipe, teacher_dir: Path):
@@ -128,14 +142,41 @@ def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperat
                            max_tokens=g.sampling.max_tokens, stop=g.sampling.stop, structured=structured)
 
 
-def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stats: _Stats) -> list[list[dict]]:
+def _parsed_answers(g):
+    """(structured request, check, retry settings) of the modes whose answers must parse, else (None, None, None).
+
+    check(text, finish_reason) -> (what the sample keeps, None) or (None, why not).
+    """
+    if g.mode == "label":
+        def check(text, finish_reason):
+            answer, why = check_answer(g.label, text, finish_reason)
+            return (None if why else {"text": answer}), why
+
+        return structured_request(g.label), check, g.label
+    if g.mode == "synthesize":
+        with_output = g.answer_template is None
+
+        def check(text, finish_reason):
+            pair, why = check_pair(g.grid, text, finish_reason, with_output)
+            return (None if why else {"input": pair[0], "text": pair[1]}), why
+
+        return {"json": pair_schema(g.grid, with_output)}, check, g.grid
+    return None, None, None
+
+
+def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stats: _Stats,
+                   answer_prompts=None) -> list[list[dict]]:
     """Per prompt, its n samples: text, finish reason, tokens, failure (None or why) and attempts.
 
-    In label mode an answer that fails its check is requested again (alone, with its own
-    seed) up to `label.retries` times; one that still fails is kept with the reason.
+    In label and synthesize mode an answer that fails its check is requested again (alone,
+    with its own seed) up to `retries` times; one that still fails is kept with the reason.
+    synthesize samples also carry the `input` the teacher wrote and its `raw` JSON.
+    `answer_prompts(indices, inputs)`: the second-pass prompts of synthesize mode with
+    generate.answer_template; the first pass then writes one input per prompt, the second n answers.
     """
-    structured = structured_request(g.label) if g.mode == "label" else None
-    outputs = _sample(engine, g, prompts, request_seeds, n=g.sampling.n, temperature=g.sampling.temperature, structured=structured)
+    structured, check, retry = _parsed_answers(g)
+    n = 1 if answer_prompts else g.sampling.n
+    outputs = _sample(engine, g, prompts, request_seeds, n=n, temperature=g.sampling.temperature, structured=structured)
     samples = []
     for completions in outputs:
         row = []
@@ -145,22 +186,22 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
             row.append({"text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
                         "failure": failure, "attempts": 1})
         samples.append(row)
-    if g.mode != "label":
+    if check is None:
         return samples
     for sample_list in samples:
         for s in sample_list:
-            s["text_raw"] = s["text"]
-    retry_temperature = g.sampling.temperature or g.label.retry_temperature
-    for attempt in range(1, g.label.retries + 2):
+            s["raw"] = s["text"]
+    retry_temperature = g.sampling.temperature or retry.retry_temperature
+    for attempt in range(1, retry.retries + 2):
         bad = []
         for p, sample_list in enumerate(samples):
             for k, s in enumerate(sample_list):
                 if s["attempts"] == attempt:
-                    answer, why = check_answer(g.label, s["text_raw"], s["finish_reason"])
-                    s["text"], s["failure"] = (answer, None) if why is None else (s["text_raw"], why)
+                    kept, why = check(s["raw"], s["finish_reason"])
+                    s.update(kept or {"text": s["raw"]}, failure=why)
                     if why is not None:
                         bad.append((p, k))
-        if not bad or attempt > g.label.retries:
+        if not bad or attempt > retry.retries:
             break
         stats.retried += len(bad)
         retry_seeds = [row_seed(request_seeds[p], f"retry{attempt}:{k}") for p, k in bad]
@@ -169,12 +210,33 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
         for (p, k), retry_seed, completions in zip(bad, retry_seeds, again):
             comp = completions[0]
             stats.tokens += comp.num_tokens
-            samples[p][k].update(text_raw=comp.text, finish_reason=comp.finish_reason, tokens=comp.num_tokens,
+            samples[p][k].update(raw=comp.text, finish_reason=comp.finish_reason, tokens=comp.num_tokens,
                                  attempts=attempt + 1, retry_seed=retry_seed)
-    for sample_list in samples:
-        for s in sample_list:
-            s.pop("text_raw")
+    if answer_prompts is not None:
+        _answer_inputs(engine, g, samples, request_seeds, stats, answer_prompts)
     return samples
+
+
+def _answer_inputs(engine, g, samples: list[list[dict]], request_seeds: list[int], stats: _Stats, answer_prompts) -> None:
+    """synthesize with answer_template: the teacher answers each input it wrote, n times, prompted with the template.
+
+    A prompt whose input never parsed keeps its one failed sample; the others get n answer samples
+    that carry the input, its raw JSON, the answer prompt and the answer seed.
+    """
+    ok = [p for p, sample_list in enumerate(samples) if sample_list[0]["failure"] is None]
+    if not ok:
+        return
+    prompts = answer_prompts(ok, [samples[p][0]["input"] for p in ok])
+    seeds = [row_seed(request_seeds[p], "answer") for p in ok]
+    outputs = _sample(engine, g, prompts, seeds, n=g.sampling.n, temperature=g.sampling.temperature, structured=None)
+    for p, prompt, seed, completions in zip(ok, prompts, seeds, outputs):
+        first = samples[p][0]
+        samples[p] = []
+        for comp in completions:
+            stats.tokens += comp.num_tokens
+            samples[p].append({**first, "text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
+                               "input_tokens": first["tokens"], "prompt": prompt, "answer_seed": seed,
+                               "failure": None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"})
 
 
 def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), engine=None) -> dict:
@@ -190,7 +252,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     shard_index, shard_count = shard
 
     # Chunks written under other settings are stale: drop them all rather than mix.
-    key = hash_json({"settings": fingerprint_settings(recipe), "teacher": teacher["weights_sha256"], "items": [r[C.ID] for r in items]})
+    key = hash_json({"settings": fingerprint_settings(recipe), "items": [r[C.ID] for r in items]})
     stamp = run.chunks / "_settings.json"
     with _shard_lock(run):
         if stamp.is_file() and json.loads(stamp.read_text()).get("key") != key:
@@ -206,6 +268,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     stats = _Stats()
     generating = 0.0
     template = PromptTemplate(g.template, "generate.template")
+    answer_template = PromptTemplate(g.answer_template, "generate.answer_template") if g.answer_template else None
     sampling = g.sampling.model_dump(mode="json")
 
     if todo:
@@ -219,7 +282,11 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
             chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
             prompts = teacher_prompts(recipe, template, chunk_items, seeds, engine.apply_chat_template)
             request_seeds = [g.sampling.seed + c * chunk_size + i for i in range(len(chunk_items))]
-            samples = generate_chunk(engine, g, prompts, request_seeds, stats)
+            answer_prompts = None if answer_template is None else (
+                lambda idx, inputs, items_=chunk_items: teacher_prompts(
+                    recipe, answer_template, [{**items_[i], C.INPUT: x} for i, x in zip(idx, inputs)], seeds,
+                    engine.apply_chat_template))
+            samples = generate_chunk(engine, g, prompts, request_seeds, stats, answer_prompts)
             now = datetime.now(timezone.utc).isoformat()
             out_rows = []
             for item, prompt, seed, sample_list in zip(chunk_items, prompts, request_seeds, samples):
@@ -227,11 +294,11 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                     stats.failures += s["failure"] is not None
                     out_rows.append({
                         C.ID: row_id(item[C.ID], k),
-                        C.INPUT: item[C.INPUT],
+                        C.INPUT: s.get("input", item[C.INPUT]),  # synthesize: the input the teacher wrote
                         C.REFERENCE: item[C.REFERENCE],
                         C.SLICE: item[C.SLICE],
                         C.CELL: item[C.CELL],
-                        C.PROMPT: prompt,
+                        C.PROMPT: s.get("prompt", prompt),  # with answer_template: the prompt this answer answers
                         C.COMPLETION: s["text"],
                         C.SAMPLE_INDEX: k,
                         C.FINISH_REASON: s["finish_reason"],
@@ -249,6 +316,13 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                             "shard": f"{shard_index}/{shard_count}",
                             "chunk": c,
                             "created_at": now,
+                            **({"synthesis": {
+                                "raw": s["raw"],  # the teacher's JSON object as written
+                                "input_prompt": prompt if answer_template else None,
+                                "input_tokens": s.get("input_tokens"),
+                                "answer_seed": s.get("answer_seed"),
+                                "answer_template_sha256": answer_template.sha256 if answer_template else None,
+                            }} if g.mode == "synthesize" else {}),
                         },
                     })
             write_parquet(_chunk_path(run, c), out_rows)

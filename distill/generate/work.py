@@ -1,7 +1,8 @@
 """What the teacher is asked, per mode: one work item per prompt, in a fixed order that chunks and shards cut.
 
 complete and label: one item per real seed row. synthesize: one item per (cell, index) of
-the attribute grid, `per_cell` per cell, so every cell gets its quota however rare.
+the attribute grid, `per_cell` per cell, so every cell gets its quota however rare; its input
+is not known until the teacher writes it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def work_items(g: GenerateSettings, seeds: list[dict]) -> list[dict]:
 
 
 def template_variables(item: dict, examples: list[dict]) -> dict:
+    """What a prompt template sees. A grid item without an input yet has no `input` variable: reading it is an error,
+    not the word None in the prompt."""
     cell = item.get(C.CELL)
-    return {**(cell or {}), "input": item[C.INPUT], "examples": examples, "row": item, "cell": cell,
-            "index": item.get("index", 0)}
+    variables = {**(cell or {}), "examples": examples, "row": item, "cell": cell, "index": item.get("index", 0)}
+    if item[C.INPUT] is not None or cell is None:
+        variables["input"] = item[C.INPUT]
+    return variables

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from distill.models.identity import model_identity
+from distill.models.identity import CONTENT_KEYS, model_identity
 from distill.models.resolve import resolve_model
 from distill.recipe import ModelSpec, Recipe
 
@@ -27,3 +27,23 @@ def resolved_model(recipe: Recipe, role: str) -> tuple[Path, dict]:
         raise KeyError(role)
     folder, identity = _resolve(spec)
     return folder, {"role": role, **identity}
+
+
+# Engine settings that set capacity and scheduling, not what the model computes: KV-cache memory, how many
+# sequences share a batch, CUDA graphs, how many GPUs one engine is split over. They can move floating-point
+# results in the last bits (vLLM promises no batch invariance), as re-running on another machine can, so they
+# never redo a stage. max_model_len (a longer prompt is refused or cut) and quantization (other weights) count.
+SCHEDULING_ENGINE_SETTINGS = frozenset({"gpu_memory_utilization", "kv_cache_gb", "max_num_seqs", "enforce_eager",
+                                        "tensor_parallel_size"})
+MODEL_LOCATION = frozenset({"path", "hub", "packaged"})  # where a model is found; its files are hashed instead
+
+
+def model_fingerprint(recipe: Recipe, role: str) -> dict:
+    """What the model playing `role` computes: its files by content (weights, config.json, generation_config.json,
+    tokenizer and chat template, shipped code) and the settings it runs with (dtype, revision, trust_remote_code,
+    engine settings that change outputs). Not where it lives: the same files in another folder are the same model."""
+    spec = getattr(recipe.models, role)
+    _, identity = resolved_model(recipe, role)
+    settings = spec.model_dump(mode="json", exclude=set(MODEL_LOCATION | {"engine"}))
+    settings["engine"] = spec.engine.model_dump(mode="json", exclude=set(SCHEDULING_ENGINE_SETTINGS))
+    return {**settings, **{key: identity.get(key) for key in CONTENT_KEYS}}

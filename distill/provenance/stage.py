@@ -20,7 +20,7 @@ from distill.provenance.cards import dataset_card, model_card
 from distill.provenance.coverage import audit_coverage, cell_column, link_eval_slices, real_slice_counts
 from distill.provenance.lineage import chaining_findings, lineage
 from distill.provenance.manifest import build_manifest, model_identities
-from distill.provenance.two_sample import synthetic_vs_real
+from distill.provenance.two_sample import check_synthetic_vs_real, gap_text
 from distill.recipe import Recipe
 from distill.run_dir import DATA_MANIFEST, RunDir, hash_file, write_json, write_text
 
@@ -38,13 +38,26 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def decontamination(run: RunDir) -> dict | None:
-    """What the decontamination filter found, when one ran (filter/contaminat*.json[l])."""
+def decontamination(run: RunDir, eval_report: dict | None = None) -> dict | None:
+    """What the decontamination filter found and rejected, when one ran (filter/contaminat*.json[l]), and which
+    eval items evaluation found in the rows the student was trained on (report.json's contamination)."""
+    from distill.evaluate.contamination import leak_rule, trained_on_text
+
     items = _read_json(run.stage("filter") / "contaminated_items.json")
     leaks = run.stage("filter") / "contamination.jsonl"
-    if items is None and not leaks.is_file():
+    filter_ran = items is not None or leaks.is_file()
+    measured = (eval_report or {}).get("contamination") or {}
+    training = None
+    if measured.get("trained_on"):
+        sets = (eval_report or {}).get("sets", {})
+        training = {"trained_on": trained_on_text(measured), "rule": leak_rule(measured),
+                    "sets": [{"name": name, "reached": len(ids), "clean": (sets.get(name) or {}).get("clean"),
+                              "metric": ((sets.get(name) or {}).get("metrics") or [""])[0]}
+                             for name, ids in measured.get("sets", {}).items()]}
+    if not filter_ran and training is None:
         return None
-    return {"leaked_items": {s: len(ids) for s, ids in (items or {}).items()}, "leak_records": len(_read_jsonl(leaks))}
+    return {"filter_ran": filter_ran, "leaked_items": {s: len(ids) for s, ids in (items or {}).items()},
+            "leak_records": len(_read_jsonl(leaks)), "training": training}
 
 
 def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None) -> dict:
@@ -56,9 +69,14 @@ def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None) -
     return link_eval_slices(audit_coverage(rows, recipe.coverage, real_counts), eval_report)
 
 
-def synthetic_inputs(rows: list[dict]) -> list[str]:
-    """What the student will be prompted with in training: the input, or the completion when the teacher wrote the input."""
-    return [str(r[C.INPUT] if r.get(C.INPUT) is not None else r.get(C.COMPLETION) or "") for r in rows if r[C.KEPT]]
+def synthetic_vs_real_check(recipe: Recipe, rows: list[dict], heldout: list[dict]) -> dict:
+    """What the teacher wrote against the real data at the same place (see distill.provenance.two_sample)."""
+    settings = recipe.coverage.synthetic_vs_real
+    if not settings.enabled:
+        return {"skipped": "turned off (coverage.synthetic_vs_real.enabled: false)", "flagged": False}
+    mode = getattr(recipe.generate, "mode", "complete")
+    choices = recipe.generate.label.choice if mode == "label" and recipe.generate.label else None
+    return check_synthetic_vs_real(mode, choices, rows, heldout, settings, recipe.seed)
 
 
 def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
@@ -84,6 +102,7 @@ def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
             "slices": [{"slice": s, "n": max(r["slices"][s]["n"] for r in models.values() if s in r.get("slices", {})),
                         "scores": {m: r["slices"][s]["score"] for m, r in models.items() if s in r.get("slices", {})},
                         "diff": (diffs.get("student") or {}).get("slices", {}).get(s)} for s in slices],
+            "clean": entry.get("clean"),  # score on the items not in the rows the student was trained on
         })
     return tables
 
@@ -93,15 +112,20 @@ def limitations(recipe: Recipe, coverage: dict, two_sample: dict, decontam: dict
     if not any(step.type in ("verifier", "reference_match", "majority_vote", "judge") for step in recipe.filter.steps):
         out.append("No filter checks that the teacher's answers are correct: its mistakes are in the data "
                    "unless evaluation shows otherwise.")
-    if decontam is None:
-        out.append("Not checked for overlap with the evaluation items (no decontamination filter).")
+    if decontam is None or not decontam["filter_ran"]:
+        out.append("Not checked for overlap with the evaluation items before training (no decontamination filter).")
+    reached = [f"{s['reached']} of {s['name']}" for s in ((decontam or {}).get("training") or {}).get("sets", []) if s["reached"]]
+    if reached:
+        out.append("Evaluation items appear in the rows the student was trained on (" + ", ".join(reached)
+                   + "): its scores on them are not held-out; the cards also give the score on the other items.")
     small = [f"{t['name']}/{s['slice']} (n={s['n']})" for t in tables for s in t["slices"] if s["n"] < 30]
     if small:
         out.append("Small evaluation slices have wide intervals: " + ", ".join(small) + ".")
     if coverage["flagged"]:
         out.append("Under-represented cells after filtering: " + ", ".join(coverage["flagged"]) + ".")
     if two_sample.get("flagged"):
-        out.append("The synthetic inputs are easy to tell apart from real ones (see Synthetic vs real).")
+        out.append(f"The {two_sample['synthetic_texts']} differ clearly from the {two_sample['real_texts']} "
+                   "(see Synthetic vs real).")
     out.append("The data inherits the teacher's biases and the licence terms of the real data and of the teacher model.")
     return out
 
@@ -116,8 +140,7 @@ def warnings_of(chaining: list[dict], coverage: dict, two_sample: dict) -> list[
         out.append(f"coverage: cell {c['cell']!r} is {c['status']} after filtering: {made}; kept share "
                    f"{100 * (c['kept_share'] or 0):.1f}% against a target of {100 * (c['target_share'] or 0):.1f}%")
     if two_sample.get("flagged"):
-        out.append(f"synthetic vs real: a classifier tells synthetic from real inputs apart with AUC {two_sample['auc']:.2f} "
-                   f"(MMD permutation p = {two_sample['p_value']:.4f})")
+        out.append(gap_text(two_sample))
     return out
 
 
@@ -129,11 +152,8 @@ def run_document(recipe: Recipe, run: RunDir) -> dict:
     eval_report = _read_json(run.eval_report)
     chaining = chaining_findings(recipe)
     coverage = coverage_audit(recipe, rows, eval_report)
-    heldout = [r[C.INPUT] for r in _read_jsonl(run.heldout)]
-    settings = recipe.coverage.synthetic_vs_real
-    two_sample = (synthetic_vs_real(synthetic_inputs(rows), heldout, settings, recipe.seed) if settings.enabled
-                  else {"skipped": "turned off (coverage.synthetic_vs_real.enabled: false)", "flagged": False})
-    decontam = decontamination(run)
+    two_sample = synthetic_vs_real_check(recipe, rows, _read_jsonl(run.heldout))
+    decontam = decontamination(run, eval_report)
     warnings = warnings_of(chaining, coverage, two_sample)
 
     checks = {"coverage_flagged": coverage["flagged"], "synthetic_vs_real": two_sample, "warnings": warnings}
@@ -155,6 +175,7 @@ def run_document(recipe: Recipe, run: RunDir) -> dict:
     return {"manifest_sha256": manifest["content_sha256"][:12], "chaining_warnings": len(chaining),
             "flagged_cells": len(coverage["flagged"]),
             "synthetic_vs_real_auc": round(two_sample["auc"], 3) if "auc" in two_sample else None,
+            "synthetic_vs_real_tv": round(two_sample["tv_distance"], 3) if "tv_distance" in two_sample else None,
             "synthetic_vs_real_flagged": two_sample["flagged"], "seconds": round(time.time() - started, 1)}
 
 

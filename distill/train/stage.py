@@ -28,30 +28,21 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, "auto")
 
 
-def run_train(recipe: Recipe, run: RunDir) -> dict:
+def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], output_dir: Path):
+    """(TRL's SFTTrainer for these prompt / completion examples, the student's tokenizer), as training uses them."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    started = time.time()
     t = recipe.train
-    check_eval_agreement(recipe)
-    student_dir, student = resolved_model(recipe, "student")
-    rows = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
-    if not rows:
-        raise UserError(f"no kept rows to train on in {run.filtered}")
-    examples = training_examples(recipe, rows)
-
     spec = recipe.models.student
     tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=spec.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code)
     on_gpu = torch.cuda.is_available()
-    stage_dir = run.stage("train")
-    checkpoints = stage_dir / "checkpoints"
     config = SFTConfig(
-        output_dir=str(checkpoints),
+        output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -80,7 +71,27 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
         if "target modules" in str(e).lower() or "target_modules" in str(e):
             raise UserError(f"train.lora.target_modules: {e}") from None
         raise
-    format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop)
+    return trainer, tokenizer
+
+
+def run_train(recipe: Recipe, run: RunDir) -> dict:
+    started = time.time()
+    t = recipe.train
+    check_eval_agreement(recipe)
+    student_dir, student = resolved_model(recipe, "student")
+    rows = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
+    if not rows:
+        raise UserError(f"no kept rows to train on in {run.filtered}")
+    examples = training_examples(recipe, rows)
+
+    stage_dir = run.stage("train")
+    checkpoints = stage_dir / "checkpoints"
+    trainer, tokenizer = build_trainer(recipe, student_dir, examples, checkpoints)
+    format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop, len(examples), t.max_length, t.max_truncated_share)
+    lost = format_check["rows_without_eos"] + format_check["rows_dropped_by_max_length"]
+    if lost and trainer.is_world_process_zero():
+        print(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
+              f"{t.max_length} ({format_check['rows_dropped_by_max_length']} of them dropped)", flush=True)
 
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
     result = trainer.train(resume_from_checkpoint=True if resume else None)

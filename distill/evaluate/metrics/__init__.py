@@ -23,6 +23,10 @@ class MetricSpec:
     options: dict = field(default_factory=dict)
     higher_is_better: bool = True
     needs_logprobs: bool = False  # scored from the reference's log-probabilities, not from a generated answer
+    # Default degradation tolerance, in the metric's unit: the smallest change that matters. Shares of
+    # items: 0.02 (two items in a hundred); nll: 0.1 nats per token (perplexity x1.105).
+    tolerance: float = 0.02
+    share: bool = True  # per-item scores lie in [0, 1]
 
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
@@ -32,8 +36,11 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("accuracy", "accuracy", "accuracy"),
     MetricSpec("multi_ref_match", "multi_ref_match", "any reference in answer"),
     MetricSpec("token_f1", "token_f1", "token F1"),
-    MetricSpec("nll", "reference_nll", "reference NLL", higher_is_better=False, needs_logprobs=True),
+    MetricSpec("nll", "reference_nll", "reference NLL", higher_is_better=False, needs_logprobs=True, tolerance=0.1,
+               share=False),
 )}
+
+DEFAULT_TOLERANCES = {name: m.tolerance for name, m in METRICS.items()}
 
 _loaded: dict[str, object] = {}
 

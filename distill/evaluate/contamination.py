@@ -1,0 +1,148 @@
+"""Which eval items reached the rows a student was trained on: its true leaks.
+
+The rows are the kept rows of the file the adapter's training_data.json names (checked by
+its sha256), read as the student saw them (input and completion, see train/formats.py).
+They are matched with the decontaminate filter's own detector (EvalIndex) and settings, so
+"leak" means the same at both places. Items the filter caught were in rows it rejected:
+those never reached training and are reported apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from distill import rows as C
+from distill.filters.decontam import CONTAMINATED_ITEMS_FILE, EvalIndex, eval_items
+from distill.recipe import DecontaminateFilter, Recipe
+from distill.run_dir import RunDir, hash_file
+
+TRAINED_FIELDS = (C.INPUT, C.COMPLETION)  # what the student is shown in training
+BATCH = 4096
+MAX_RECORDS = 1000  # row-item pairs kept in report.json; the item ids are always complete
+
+
+def detector_settings(recipe: Recipe) -> DecontaminateFilter:
+    """The recipe's decontaminate step (n-gram size, references), else its defaults."""
+    return next((s for s in recipe.filter.steps if s.type == "decontaminate"), None) or DecontaminateFilter(type="decontaminate")
+
+
+def trained_rows(adapter: Path) -> tuple[Path | None, list[dict] | None, str | None]:
+    """(rows file, its kept rows, why not measured) for an adapter that records its training data."""
+    record = adapter / "training_data.json"
+    if not record.is_file() and adapter.parent.name == "checkpoints":  # a checkpoint saw the rows of its run's adapter
+        record = adapter.parent.parent / "adapter" / "training_data.json"
+    if not record.is_file():
+        return None, None, f"{adapter} records no training data (training_data.json)"
+    data = json.loads(record.read_text())
+    named = Path(data.get("rows_file") or "")
+    beside = record.parent.parent.parent / "filter" / "rows.parquet"  # run/train/adapter: the run may have moved
+    path = named if named.is_file() else beside if beside.is_file() else None
+    if path is None:
+        return None, None, f"the rows file {named} named by {record} is missing"
+    if data.get("rows_sha256") and hash_file(path) != data["rows_sha256"]:
+        return path, None, f"{path} changed since {adapter} was trained on it (sha256 differs)"
+    table = pq.read_table(path, columns=[c for c in (C.ID, *TRAINED_FIELDS, C.KEPT) if c in pq.read_schema(path).names])
+    rows = [r for r in table.to_pylist() if r.get(C.KEPT, True)]
+    return path, rows, None
+
+
+def leaks_in_rows(sets: dict[str, list[dict]], rows: list[dict], cfg: DecontaminateFilter) -> list[dict]:
+    """One record per (row, eval item) that the row leaks, found in the fields the student saw."""
+    items = [it for name, loaded in sets.items() for it in eval_items(name, loaded, cfg.check_references)]
+    index = EvalIndex(items, cfg.ngram)
+    fields = [f for f in TRAINED_FIELDS if rows and f in rows[0]]
+    records = []
+    for start in range(0, len(rows), BATCH):
+        part = rows[start:start + BATCH]
+        batch = {f: [r.get(f) for r in part] for f in fields}
+        for i, found in enumerate(index.leaks_in(batch, fields)):
+            for k, (field, leak) in sorted(found.items()):
+                records.append({"row_id": part[i].get(C.ID, str(start + i)), "field": field, "set": items[k].set,
+                                "item_id": items[k].id, "method": leak.label(), "strength": leak.count})
+    return records
+
+
+def measure(recipe: Recipe, sets: dict[str, list[dict]], adapters: list[Path]) -> dict | None:
+    """Eval items per set that appear in the rows any of `adapters` was trained on; None when no adapter is evaluated."""
+    if not adapters:
+        return None
+    cfg = detector_settings(recipe)
+    out: dict = {"fields": list(TRAINED_FIELDS), "ngram": cfg.ngram, "check_references": cfg.check_references,
+                 "trained_on": [], "not_measured": [], "sets": {}, "records": []}
+    found: dict[str, set[str]] = {name: set() for name in sets}
+    records = []
+    seen: set[Path] = set()
+    for adapter in adapters:
+        path, rows, problem = trained_rows(adapter)
+        if problem:
+            out["not_measured"].append(problem)
+            continue
+        if path.resolve() in seen:  # a run and its checkpoints: the same rows
+            continue
+        seen.add(path.resolve())
+        out["trained_on"].append({"adapter": str(adapter), "rows_file": str(path), "rows": len(rows)})
+        for r in leaks_in_rows(sets, rows, cfg):
+            found[r["set"]].add(r["item_id"])
+            records.append({"adapter": str(adapter), **r})
+    out["sets"] = {name: sorted(ids) for name, ids in found.items()}
+    out["records"], out["records_total"] = records[:MAX_RECORDS], len(records)
+    return out
+
+
+def caught_by_filter(run: RunDir) -> dict[str, list[str]] | None:
+    """Item ids per set that the decontaminate filter found in generated rows (and rejected those rows)."""
+    path = run.stage("filter") / CONTAMINATED_ITEMS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def attach(report: dict, measured: dict | None, caught: dict[str, list[str]] | None) -> dict:
+    """Add the measurement to report.json: report["contamination"] and, per set, the counts the markdown shows."""
+    if measured is None and caught is None:
+        return report
+    report["contamination"] = {**(measured or {"trained_on": [], "sets": {}}), "caught_by_filter": caught}
+    for name, entry in report["sets"].items():
+        reached = set((measured or {}).get("sets", {}).get(name, ()))
+        removed = set((caught or {}).get(name, ()))
+        entry["contamination"] = {"measured": measured is not None and bool(measured["trained_on"]),
+                                  "reached_training": len(reached), "caught_by_filter": len(removed),
+                                  "caught_but_reached": len(removed & reached)}
+    return report
+
+
+def trained_on_text(contamination: dict) -> str:
+    """Which rows were measured, in words: 'the 300 kept rows of runs/x/filter/rows.parquet that the student was trained on'."""
+    parts = [f"the {t['rows']} kept rows of {t['rows_file']}" for t in contamination.get("trained_on", [])]
+    who = "the student was" if len(parts) == 1 else "the compared students were"
+    return " and ".join(parts) + f" that {who} trained on" if parts else "no training rows"
+
+
+def leak_rule(measured: dict) -> str:
+    """What counts as a leak, in words (the detector's definition, see distill/filters/decontam.py)."""
+    n = measured.get("ngram", 13)
+    texts = "its input, its input and reference, or a reference of at least {n} words" if measured.get("check_references", True) \
+        else "its input"
+    return (f"a row's {' or '.join(measured.get('fields', TRAINED_FIELDS))} holds the item's input whole "
+            f"or shares a {n}-word sequence with " + texts.format(n=n))
+
+
+def contamination_lines(report: dict, entry: dict, label: str, fmt) -> list[str]:
+    """The markdown lines of one set: true leaks with the clean score, then what the filter removed."""
+    lines = []
+    measured = report.get("contamination") or {}
+    counts = entry.get("contamination") or {}
+    if entry.get("clean"):
+        c = entry["clean"]
+        lines += ["", f"{c['reached_training']} item(s) appear in {trained_on_text(measured)} "
+                  f"({leak_rule(measured)}; listed in report.json under contamination); "
+                  f"{label} on the {c['n']} other items: " + ", ".join(f"{m} {fmt(v, signed=False)}" for m, v in c["models"].items()) + "."]
+    if counts.get("caught_by_filter"):
+        also = counts.get("caught_but_reached", 0)
+        lines += ["", f"The decontaminate filter found {counts['caught_by_filter']} item(s) in generated rows and rejected those rows, "
+                  "which were not trained on (filter/contamination.jsonl)"
+                  + (f"; {also} of these item(s) appear in other rows the student was trained on." if also else ".")]
+    for why in measured.get("not_measured") or []:
+        lines += ["", f"Not measured which items appear in the rows the student was trained on: {why}."]
+    return lines
