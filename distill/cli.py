@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             import yaml
 
+            from distill.evaluate.sets import require_heldout_references
             from distill.provenance.lineage import enforce_chaining_policy
 
+            require_heldout_references(recipe)  # an unlabelled held-out split is caught here too, not after generation
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
             for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
                 print(f"warning: {warning}", file=sys.stderr)

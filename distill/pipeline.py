@@ -111,7 +111,7 @@ def _evaluate_settings(r: Recipe) -> dict:
     return {"evaluate": e, "seed": r.seed, "name": r.name,
             "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
                                "chat": r.train.chat},
-            "teacher_prompt": {"template": r.generate.template, "few_shot": r.generate.few_shot.model_dump(),
+            "teacher_prompt": {"template": r.generate.answering_template(), "few_shot": r.generate.few_shot.model_dump(),
                                "chat": r.generate.chat, "system_prompt": r.generate.system_prompt}}
 
 

@@ -278,6 +278,16 @@ class GenerateSettings(Section):
             raise ValueError("endpoint is needed by, and only by, backend: openai")
         return self
 
+    def answering_template(self) -> str | None:
+        """The template under which the teacher answers a real input, as evaluation prompts it: `template`, or in
+        synthesize mode the second pass's `answer_template` when it reads nothing a real item lacks (a grid cell)."""
+        if self.mode != "synthesize":
+            return self.template
+        if self.answer_template is not None and _template_variables(self.answer_template, "answer_template") <= {
+                "input", "examples", "row"}:
+            return self.answer_template
+        return None
+
 
 # --------------------------------------------------------------------------- filter
 
@@ -633,7 +643,8 @@ class EvaluateSettings(Section):
     )
     sets: list[EvalSet] = Field(min_length=1, description="Held-out real evaluation sets and guard sets (never synthetic).")
     teacher_template: str | None = Field(
-        None, description="Prompt for the teacher; defaults to the generate template with its few-shot examples."
+        None, description="Prompt for the teacher; defaults to the generate template with its few-shot examples (in "
+        "synthesize mode, to generate.answer_template when it reads only input and examples)."
     )
     max_tokens: int = Field(32, gt=0, description="Most new tokens per answer.")
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="Strings that end an answer.")
@@ -792,8 +803,9 @@ class Recipe(Section):
     train: TrainSettings = Field(description="LoRA fine-tuning of the student.")
     evaluate: EvaluateSettings = Field(description="Evaluation on held-out real data.")
     allow_chaining: bool = Field(
-        True, description="Allow one model family in two roles that should be independent (generator and judge, teacher "
-        "and student): shown as a warning. false makes it an error before anything runs."
+        True, description="Allow one model lineage (the same weights, the same vocabulary, or a recorded name or base "
+        "model) in two roles that should be independent (generator and judge, teacher and student): shown as a "
+        "warning. false makes it an error before anything runs."
     )
     coverage: CoverageSettings = Field(default_factory=CoverageSettings, description="Coverage audit of attribute cells.")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="Slurm jobs for `distill slurm submit`.")
@@ -809,13 +821,14 @@ class Recipe(Section):
     def _teacher_prompt_for_synthesize(self) -> "Recipe":
         # The teacher is scored with generate.template by default, which in synthesize mode asks for new pairs.
         e = self.evaluate
-        if self.generate.mode != "synthesize" or "teacher" not in e.models or e.teacher_template is not None:
+        if "teacher" not in e.models or e.teacher_template is not None or self.generate.answering_template() is not None:
             return self
         for s in e.sets:
             if s.teacher_template is None and not (s.path and s.prompt_template):
                 raise ValueError(f"evaluate.sets: {s.name!r} would prompt the teacher with generate.template, which in "
                                  "synthesize mode writes new pairs instead of answering an input: set "
-                                 "evaluate.teacher_template (e.g. your generate.answer_template), or leave teacher out of evaluate.models")
+                                 "evaluate.teacher_template (or a generate.answer_template that reads only input and "
+                                 "examples), or leave teacher out of evaluate.models")
         return self
 
     def resolved_run_dir(self) -> Path:

@@ -139,3 +139,13 @@ def test_an_unlabelled_heldout_split_is_refused_before_any_model_is_scored(tmp_p
     heldout.write_text("".join(json.dumps({"id": f"i{i}", "input": f"w{i}", "reference": None, "references": []}) + "\n" for i in range(4)))
     with pytest.raises(UserError, match=r"evaluate set 'plural' scores the held-out split, but 4 of its 4 items .* no reference"):
         load_items(EvalSet(name="plural", data="heldout"), heldout)
+
+
+def test_validate_refuses_an_unlabelled_heldout_split_before_any_work(tmp_path, tiny_model):
+    from conftest import run_cli, write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_model)
+    result = run_cli("validate", recipe, "data.target_field=null")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data.target_field is null" in result.stderr
+    assert run_cli("validate", recipe).returncode == 0

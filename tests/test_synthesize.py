@@ -8,6 +8,7 @@ training, on the tiny random model: it writes nonsense, but the schema makes eve
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -117,6 +118,24 @@ def test_teacher_evaluation_needs_a_prompt_that_answers_an_input(tmp_path, tiny_
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "evaluate.sets: 'plural' would prompt the teacher with generate.template" in result.stderr
     assert run_cli("validate", recipe, "evaluate.models=[base, student]").returncode == 0
+
+
+def test_an_answer_template_that_reads_only_the_input_prompts_the_evaluated_teacher(tmp_path, tiny_model):
+    from distill.evaluate.scoring import build_prompts
+    from distill.evaluate.candidates import Candidate
+
+    head, _, tail = SYNTH_RECIPE.partition("  teacher_template:")
+    text = head + tail[tail.index("  max_tokens:"):]
+    answer = 'generate.answer_template="Plural of {{ input }}:"'
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model, text), [answer])
+    teacher = Candidate("teacher", tiny_model, recipe.models.teacher, role="teacher")
+    item = {"id": "i", "input": "mouse", "reference": "mice", "references": ["mice"], "slice": None}
+    seeds = [{"id": f"s{i}", "input": w, "reference": w + "s"} for i, w in enumerate(["cat", "dog"])]
+    no_chat = SimpleNamespace(apply_chat_template=None)  # generate.chat is off: the prompt is the rendered text
+    assert build_prompts(recipe, teacher, recipe.evaluate.sets[0], [item], seeds, no_chat) == ["Plural of mouse:"]
+    # one that reads a grid attribute cannot be rendered for a real item: an explicit teacher prompt is needed
+    result = run_cli("validate", tmp_path / "recipe.yaml", 'generate.answer_template="A {{ kind }} plural of {{ input }}:"')
+    assert result.returncode == 2 and "would prompt the teacher" in result.stderr
 
 
 def _vote_rows(prompt_answers: list[tuple[str, str]]) -> list[dict]:

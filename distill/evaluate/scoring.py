@@ -31,7 +31,7 @@ def build_prompts(recipe: Recipe, cand: Candidate, s: EvalSet, items: list[dict]
     if own is not None:
         template = PromptTemplate(own, f"evaluate.sets.{s.name}.teacher_template")
         return [template.render(input=item[C.INPUT], row=item) for item in items]
-    template = PromptTemplate(recipe.evaluate.teacher_template or recipe.generate.template, "evaluate.teacher_template")
+    template = PromptTemplate(recipe.evaluate.teacher_template or recipe.generate.answering_template(), "evaluate.teacher_template")
     return teacher_prompts(recipe, template, items, seed_pool, engine.apply_chat_template)
 
 
