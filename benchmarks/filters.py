@@ -2,12 +2,16 @@
 
 Synthetic rows of about 100 words (with planted exact copies, near copies and leaked eval
 text) go through the filter stage's own path (`filter_table`: a datasets batched map per
-filter) and, for comparison, through the same work written as a plain loop that uses
-datasketch directly (MinHash.update_batch, MinHashLSH) and a Python set of 13-gram tuples.
-Each measurement runs in a fresh process, so its peak memory (max RSS) is its own.
+filter), once with each `near_dedup.backend` (rensa, datasketch), and, for comparison,
+through the same work written as plain loops that use a MinHash library directly
+(datasketch's MinHash.update_batch and MinHashLSH; rensa's RMinHash and RMinHashLSH) and a
+Python set of 13-gram tuples. Near-dup recall counts the planted near copies flagged as near
+duplicates (by the filter stage: of the very row they copy; by a plain loop: any LSH candidate,
+unchecked, as such loops are usually written). Each measurement runs in a fresh process, so its peak memory (max RSS) is its own.
 
-    .venv/bin/python benchmarks/filters.py               # 10k and 100k rows, both ways
+    .venv/bin/python benchmarks/filters.py               # 10k and 100k rows, every way
     .venv/bin/python benchmarks/filters.py --sizes 10000 # one size
+    .venv/bin/python benchmarks/filters.py --ways distill-rensa plain-datasketch
 """
 
 from __future__ import annotations
@@ -69,43 +73,72 @@ def make_data(rows: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return data, ev
 
 
-def run_distill(data: Path, ev: Path) -> dict:
-    import datasets  # noqa: F401  (imported before the clock starts, like datasketch for the plain loop)
+def planted_near(rows: int) -> dict[int, int]:
+    """Row index of each planted near copy -> row index of the row it copies (see make_data)."""
+    n_plant = rows // 50
+    return {rows - 1 - n_plant - k: n_plant + k for k in range(n_plant)}
+
+
+def run_distill(data: Path, ev: Path, backend: str) -> dict:
+    import datasets  # noqa: F401  (imported before the clock starts, like the libraries of the plain loops)
 
     from distill.filters.decontam import Decontaminate, EvalItem
     from distill.filters.dedup import ExactDedup, NearDedup
     from distill.filters.stage import filter_table
     from distill.recipe import DecontaminateFilter, ExactDedupFilter, NearDedupFilter
 
+    if backend == "datasketch":
+        import datasketch  # noqa: F401
+    else:
+        import rensa  # noqa: F401
     items = [EvalItem("eval", d["id"], [d["input"]]) for d in map(json.loads, ev.read_text().splitlines())]
     table = pq.read_table(data)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     filters = [ExactDedup(ExactDedupFilter(type="exact_dedup", fields=["completion"])),
-               NearDedup(NearDedupFilter(type="near_dedup", shingle=SHINGLE, threshold=THRESHOLD, num_perm=NUM_PERM)),
+               NearDedup(NearDedupFilter(type="near_dedup", shingle=SHINGLE, threshold=THRESHOLD, num_perm=NUM_PERM, backend=backend)),
                Decontaminate(DecontaminateFilter(type="decontaminate", fields=["completion"], ngram=NGRAM, embedding_threshold=None), items=items)]
     for f in filters:
         f.label = f.name
     out = filter_table(table, filters)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     rejected_by = out.column("rejected_by").to_pylist()
-    return {"seconds": seconds, **{f.label: rejected_by.count(f.label) for f in filters}}
+    cluster = out.column("near_dup_cluster").to_pylist()
+    found = sum(rejected_by[i] == "near_dedup" and cluster[i] == f"r{src}" for i, src in planted_near(table.num_rows).items())
+    return {"seconds": seconds, "cpu_seconds": cpu, **{f.label: rejected_by.count(f.label) for f in filters}, "near_found": found}
 
 
-def run_plain(data: Path, ev: Path) -> dict:
-    """The same three checks as a plain per-row loop over datasketch and Python sets."""
+def run_plain(data: Path, ev: Path, library: str) -> dict:
+    """The same three checks as a plain per-row loop over a MinHash library and Python sets."""
     import re
 
-    from datasketch import MinHash, MinHashLSH
+    if library == "datasketch":
+        from datasketch import MinHash, MinHashLSH
+
+        def minhash(shingles):
+            m = MinHash(num_perm=NUM_PERM)
+            m.update_batch([s.encode() for s in shingles])
+            return m
+    else:
+        from rensa import RMinHash, RMinHashLSH
+
+        def minhash(shingles):
+            m = RMinHash(NUM_PERM, 1)
+            m.update(shingles)
+            return m
 
     word = re.compile(r"\w+")
     evals = [json.loads(line)["input"] for line in ev.read_text().splitlines()]
     completions = pq.read_table(data, columns=["completion"]).column("completion").to_pylist()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     eval_grams = set()
     for t in evals:
         w = word.findall(t.lower())
         eval_grams.update(tuple(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1))
-    seen, lsh = set(), MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    if library == "datasketch":
+        lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    else:
+        lsh = RMinHashLSH(THRESHOLD, NUM_PERM, 8)  # rensa's own example for 0.8 (bands must divide num_perm)
+    seen, near = set(), set()
     counts = {"exact_dedup": 0, "near_dedup": 0, "decontaminate": 0}
     for i, text in enumerate(completions):
         w = word.findall(text.lower())
@@ -114,19 +147,26 @@ def run_plain(data: Path, ev: Path) -> dict:
             counts["exact_dedup"] += 1
             continue
         seen.add(key)
-        m = MinHash(num_perm=NUM_PERM)
-        m.update_batch([" ".join(w[j:j + SHINGLE]).encode() for j in range(len(w) - SHINGLE + 1)])
+        m = minhash([" ".join(w[j:j + SHINGLE]) for j in range(len(w) - SHINGLE + 1)])
         if lsh.query(m):
             counts["near_dedup"] += 1
+            near.add(i)
             continue
         lsh.insert(i, m)
         if any(tuple(w[j:j + NGRAM]) in eval_grams for j in range(len(w) - NGRAM + 1)):
             counts["decontaminate"] += 1
-    return {"seconds": time.perf_counter() - started, **counts}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, **counts, "near_found": sum(i in near for i in planted_near(len(completions)))}
+
+
+WAYS = {"distill-rensa": lambda d, e: run_distill(d, e, "rensa"),
+        "distill-datasketch": lambda d, e: run_distill(d, e, "datasketch"),
+        "plain-datasketch": lambda d, e: run_plain(d, e, "datasketch"),
+        "plain-rensa": lambda d, e: run_plain(d, e, "rensa")}
 
 
 def child(way: str, data: str, ev: str) -> None:
-    result = (run_distill if way == "distill" else run_plain)(Path(data), Path(ev))
+    result = WAYS[way](Path(data), Path(ev))
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -134,6 +174,7 @@ def child(way: str, data: str, ev: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(WAYS))
     parser.add_argument("--child", nargs=3, metavar=("WAY", "DATA", "EVAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -142,25 +183,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data, ev = make_data(size, Path(tmp))
-            for way in ("distill", "plain"):
+            for way in args.ways:
                 proc = subprocess.run([sys.executable, __file__, "--child", way, str(data), str(ev)], capture_output=True, text=True)
                 if proc.returncode:
                     sys.exit(f"{way} at {size} rows failed:\n{proc.stderr[-3000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append({"rows": size, "way": way, **r})
-                print(f"{size:>7} rows  {way:<8} {r['seconds']:7.1f} s  {size / r['seconds']:9.0f} rows/s  peak {r['peak_mb']:6.0f} MB  "
-                      f"flagged: exact {r['exact_dedup']}, near {r['near_dedup']}, leaks {r['decontaminate']}", flush=True)
-    print("\n| rows | way | seconds | rows/s | peak MB | exact dups | near dups | leaks |\n|---:|---|---:|---:|---:|---:|---:|---:|")
+                results.append({"rows": size, "way": way, "planted": len(planted_near(size)), **r})
+                print(f"{size:>7} rows  {way:<18} {r['seconds']:7.1f} s (cpu {r['cpu_seconds']:5.1f} s)  {size / r['seconds']:9.0f} rows/s  peak {r['peak_mb']:6.0f} MB  "
+                      f"flagged: exact {r['exact_dedup']}, near {r['near_dedup']} (planted found {r['near_found']}), "
+                      f"leaks {r['decontaminate']}", flush=True)
+    print("\n| rows | way | seconds | cpu seconds | rows/s | peak MB | exact dups | near dups | near-dup recall | leaks |\n"
+          "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['rows']} | {r['way']} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:.0f} | {r['peak_mb']:.0f} | "
-              f"{r['exact_dedup']} | {r['near_dedup']} | {r['decontaminate']} |")
+        print(f"| {r['rows']} | {r['way']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['rows'] / r['seconds']:.0f} | {r['peak_mb']:.0f} | "
+              f"{r['exact_dedup']} | {r['near_dedup']} | {r['near_found']} / {r['planted']} | {r['decontaminate']} |")
     by = {(r["rows"], r["way"]): r["seconds"] for r in results}
     sizes = sorted({r["rows"] for r in results})
     for size in sizes:
-        print(f"{size} rows: distill is {by[(size, 'plain')] / by[(size, 'distill')]:.1f}x the plain loop's speed")
+        base = [w for w in args.ways if w != "distill-rensa" and (size, w) in by]
+        if (size, "distill-rensa") in by:
+            for way in base:
+                print(f"{size} rows: distill-rensa is {by[(size, way)] / by[(size, 'distill-rensa')]:.1f}x the speed of {way}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
-        for way in ("distill", "plain"):
+        for way in args.ways:
             print(f"{way}: {hi // lo}x the rows took {by[(hi, way)] / by[(lo, way)]:.1f}x the time")
 
 

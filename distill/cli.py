@@ -25,6 +25,10 @@ FAIL_ON_DEGRADATION_HELP = ("exit with code 3 when a gated model is degraded on 
                             "baseline; the others are reported only)")
 
 
+NO_CACHE_HELP = ("score every model afresh: neither read nor write the evaluation cache (evaluate.cache; results "
+                 "are reused while model, items, prompts, decoding and metrics are unchanged)")
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
@@ -49,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--force", action="append", default=[], choices=list(STAGE_HELP),
                    help="redo this stage even if it is up to date (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show everything the stages write (library logs and progress bars) on the console, "
+                        "not only their progress, summaries and warnings; it all goes to runs/<name>/logs/ either way")
 
     for stage, text in STAGE_HELP.items():
         p = sub.add_parser(stage, help=text)
@@ -59,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="process only shard i of N (chunks c with c %% N == i); the last shard to finish merges")
         if stage == "evaluate":
             p.add_argument("--fail-on-degradation", action="store_true", help=FAIL_ON_DEGRADATION_HELP)
+            p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
 
     p = sub.add_parser("validate", help="check a recipe and print it resolved, without running anything")
     _add_recipe_args(p)
@@ -66,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="build a tiny random-init model and tokenizer (for tests and demos)")
     p.add_argument("out", help="output folder")
     p.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2")
+
+    p = sub.add_parser("export", help="write the trained student for serving: its adapter as vLLM loads it, or "
+                       "(--merge) the base with the adapter merged in, each with its model card")
+    p.add_argument("target", metavar="RUN_OR_ADAPTER", help="a run directory or an adapter folder")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the base (merge_and_unload), saved in "
+                   "the base's dtype with its tokenizer: a model folder transformers and vLLM load alone")
+    p.add_argument("--out", help="output folder (default RUN/export/merged or RUN/export/adapter)")
 
     p = sub.add_parser("compare", help="evaluate runs, adapter folders or model folders on the same held-out real items, "
                        "each against the first (or --baseline), with intervals")
@@ -77,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.path=value",
                    help="override a recipe field, e.g. --set evaluate.gate.tolerance.nll=0.2 (repeatable)")
     p.add_argument("--fail-on-degradation", action="store_true", help=FAIL_ON_DEGRADATION_HELP)
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
 
     p = sub.add_parser("slurm", help="run a recipe as Slurm jobs (submit) and follow them (status)")
     slurm = p.add_subparsers(dest="slurm_command", required=True, metavar="SLURM_COMMAND")
@@ -132,6 +149,15 @@ def _slurm(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from distill.export import run_export
+
+    export = run_export(args.target, args.out, args.merge)
+    print(f"{'merged model' if export['merged'] else 'adapter'}: {export['folder']}")
+    print(f"serve: {export['serve_command']}")
+    return 0
+
+
 def _compare(args) -> int:
     from distill.evaluate.compare import run_compare
 
@@ -152,7 +178,14 @@ def _load(args):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from distill.progress import attach_console
+
+    attach_console()  # a stage started by `distill run`: its console lines go to the parent's pipe
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_cache", False):
+        from distill.evaluate.cache import NO_CACHE_ENV
+
+        os.environ[NO_CACHE_ENV] = "1"  # `run` starts each stage in a child process, which inherits it
     try:
         if args.command == "tiny-model":
             from distill.models.tiny import build_tiny_model
@@ -165,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             return _review(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "export":
+            return _export(args)
         recipe, run = _load(args)
+        from distill.data.preflight import preflight
+
+        if args.command in ("run", "generate"):
+            preflight(recipe)  # every input file's format and first rows, before any work
         if args.command == "validate":
             import yaml
 
@@ -173,14 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             from distill.provenance.lineage import enforce_chaining_policy
 
             require_heldout_references(recipe)  # an unlabelled held-out split is caught here too, not after generation
+            checked = preflight(recipe)
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
+            for line in checked:
+                print(f"checked {line}", file=sys.stderr)
             for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
                 print(f"warning: {warning}", file=sys.stderr)
             return 0
         from distill import pipeline
 
         if args.command == "run":
-            pipeline.run_pipeline(recipe, run, force=tuple(args.force))
+            pipeline.run_pipeline(recipe, run, force=tuple(args.force), verbose=args.verbose)
         else:
             if Path(args.recipe).resolve() != run.recipe.resolve():
                 pipeline.save_resolved_recipe(recipe, run)

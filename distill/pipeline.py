@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import selectors
 import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import yaml
@@ -23,7 +25,7 @@ import yaml
 from distill.errors import StageError, UserError
 from distill.models.context import model_fingerprint, resolved_model
 from distill.models.identity import folder_hash
-from distill.progress import print_summary
+from distill.progress import CONSOLE_COLUMNS_ENV, CONSOLE_FD_ENV, console, print_summary
 from distill.recipe import Recipe
 from distill.run_dir import STAGES, RunDir, hash_file, hash_json, hash_tree, write_json, write_text
 
@@ -77,7 +79,7 @@ def _eval_set(s, fields: set[str] | None = None) -> dict:
 def _generate_settings(r: Recipe) -> dict:
     g = r.generate.model_dump(mode="json")
     if g.get("endpoint"):  # the server and the model it serves count; how requests travel does not
-        g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k not in ("concurrency", "timeout_s", "max_retries", "api_key_env")}
+        g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k in ("url", "model")}
     return {"data": _data(r), "generate": g}
 
 
@@ -106,7 +108,7 @@ def _train_settings(r: Recipe) -> dict:
 
 
 def _evaluate_settings(r: Recipe) -> dict:
-    e = r.evaluate.model_dump(mode="json")
+    e = r.evaluate.model_dump(mode="json", exclude={"cache"})  # where results are reused from: the same scores
     e["sets"] = [_eval_set(s) for s in r.evaluate.sets]
     return {"evaluate": e, "seed": r.seed, "name": r.name,
             "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
@@ -164,15 +166,32 @@ def fingerprint(recipe: Recipe, run: RunDir, stage: str) -> str:
     return hash_json({**stage_inputs(recipe, stage), "upstream": upstream})
 
 
-def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> None:
-    """Keep partial work only if it was started under the same fingerprint and not forced."""
+def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> Path | None:
+    """Keep partial work only if it was started under the same fingerprint and not forced.
+
+    Work started under another fingerprint (chunks, checkpoints, a finished output) is moved to
+    runs/<name>/.stale/<stage>-<time>/ and kept until the user removes it; only `force` deletes it.
+    Returns where it was moved, if it was."""
     stage_dir = run.stage(stage)
     started = stage_dir / STARTED
-    previous = json.loads(started.read_text()).get("fingerprint") if started.is_file() else None
+    try:
+        previous = json.loads(started.read_text()).get("fingerprint") if started.is_file() else None
+    except json.JSONDecodeError:
+        previous = None
+    moved = None
     if stage_dir.exists() and (force or previous != fp):
-        shutil.rmtree(stage_dir)
+        bookkeeping = {STARTED, run.marker(stage).name}
+        if force or not any(p.name not in bookkeeping for p in stage_dir.iterdir()):
+            shutil.rmtree(stage_dir)  # asked to redo, or nothing but bookkeeping to keep
+        else:
+            from distill.progress import console
+
+            moved = run.move_aside(stage_dir, stage)
+            console(f"[{stage}] settings or inputs changed: the earlier {stage} work is moved to {moved} "
+                    f"(remove it when no longer needed)")
     run.clear_marker(stage)
     write_json(started, {"fingerprint": fp, "started_at": time.time()})
+    return moved
 
 
 STAGE_FUNCTIONS = {"filter": "distill.filters.stage:run_filter", "train": "distill.train.stage:run_train",
@@ -191,21 +210,21 @@ def execute_stage(recipe: Recipe, run: RunDir, stage: str, force: bool = False, 
     fp = fingerprint(recipe, run, stage)
     if not force and run.is_complete(stage, fp):
         summary = run.read_marker(stage)["summary"]
-        print(f"[{stage}] up to date, skipped ({run.stage(stage)})", flush=True)
+        console(f"[{stage}] up to date, skipped ({run.stage(stage)})")
         return summary
+    moved = None
     if _is_main_process():
-        from filelock import FileLock
+        from distill.run_dir import run_lock
 
-        run.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(run.root / f".{stage}.lock")):  # shards started together must not wipe each other's work
-            begin_stage(run, stage, fp, force and shard == (0, 1))
+        with run_lock(run.root / f".{stage}.lock"):  # shards started together must not wipe each other's work
+            moved = begin_stage(run, stage, fp, force and shard == (0, 1))
     if stage == "generate":
         from distill.generate.stage import run_generate
 
         summary = run_generate(recipe, run, shard)
         if not summary.get("merged"):
             print_summary(stage, summary)
-            print(f"[generate] shard {shard[0]}/{shard[1]} finished; other shards are still missing", flush=True)
+            console(f"[generate] shard {shard[0]}/{shard[1]} finished; other shards are still missing")
             return None
     else:
         # import only this stage's module: each stage process pays for its own libraries alone
@@ -213,6 +232,8 @@ def execute_stage(recipe: Recipe, run: RunDir, stage: str, force: bool = False, 
         summary = getattr(importlib.import_module(module), function)(recipe, run)
     if not _is_main_process():
         return None
+    if moved:  # the earlier work this run set aside, so the summary says where it is
+        summary["moved_aside"] = str(moved)
     run.mark_complete(stage, fp, summary)
     print_summary(stage, summary)
     write_run_report(run)
@@ -235,8 +256,12 @@ def write_run_report(run: RunDir) -> dict:
     return report
 
 
-def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stages: tuple[str, ...] = STAGES) -> dict:
-    """Each stage in its own process (a clean engine and memory per stage), logs teed to run/logs/."""
+def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stages: tuple[str, ...] = STAGES,
+                 verbose: bool = False) -> dict:
+    """Each stage in its own process (a clean engine and memory per stage), its output logged to run/logs/<stage>.log.
+
+    The console shows each stage's progress bars, summary and warnings; `verbose` shows everything the stage writes.
+    """
     for role in ("teacher", "student"):  # convert / locate models before any work starts
         resolved_model(recipe, role)
     from distill.provenance.lineage import enforce_chaining_policy
@@ -257,21 +282,77 @@ def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stage
         cmd = [sys.executable, "-m", "distill.cli", stage, str(recipe_file), "--run-dir", str(run.root)]
         if stage in force:
             cmd.append("--force")
-        _run_logged(cmd, run.logs / f"{stage}.log", stage)
+        _run_logged(cmd, run.logs / f"{stage}.log", stage, verbose)
     report = write_run_report(run)
     print(f"run complete in {time.time() - started:.0f}s: {run.root}", flush=True)
     return report
 
 
-def _run_logged(cmd: list[str], log: Path, stage: str) -> None:
+class _LogLines:
+    """Bytes of one stream cut into lines for the log; a line redrawn with \\r (a progress bar) keeps its last state."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        return [line.rstrip(b"\r").rsplit(b"\r", 1)[-1] for line in lines]
+
+    def close(self) -> list[bytes]:
+        rest, self.pending = self.pending, b""
+        return self.feed(rest + b"\n") if rest else []
+
+
+FAILURE_TAIL = 20  # log lines shown on the console when a stage fails
+
+
+def _run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False) -> None:
+    """Run one stage's process: all its output goes to `log`; the console gets what it writes through
+    distill.progress (bars, summaries, warnings), or everything when `verbose`. On failure the end of the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    env, pass_fds, console_read = dict(os.environ), (), None
+    if not verbose:
+        console_read, console_write = os.pipe()
+        env[CONSOLE_FD_ENV], pass_fds = str(console_write), (console_write,)
+        if sys.stdout.isatty():
+            env[CONSOLE_COLUMNS_ENV] = str(shutil.get_terminal_size().columns - 1)
+    tail: deque[bytes] = deque(maxlen=FAILURE_TAIL)
     with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            f.write(chunk)
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} distill {' '.join(cmd[3:])}\n".encode())
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds)
+        finally:
+            if console_read is not None:
+                os.close(console_write)  # only the child holds the write end: its exit ends the stream
+        shown = {proc.stdout.fileno(): verbose}  # fd -> copied to the console as it comes
+        if console_read is not None:
+            shown[console_read] = True
+        lines = {fd: _LogLines() for fd in shown}
+        with selectors.DefaultSelector() as selector:
+            for fd in shown:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                for key, _ in selector.select():
+                    chunk = os.read(key.fd, 65536)
+                    if shown[key.fd] and chunk:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
+                    done = lines[key.fd].feed(chunk) if chunk else lines[key.fd].close()
+                    if not chunk:
+                        selector.unregister(key.fd)
+                    f.writelines(line + b"\n" for line in done)
+                    f.flush()
+                    tail.extend(done)
         code = proc.wait()
+        proc.stdout.close()
+        if console_read is not None:
+            os.close(console_read)
+    if code != 0 and not verbose:  # what the stage said before it stopped, which went to the log only
+        shown_lines = [line for line in tail if line.startswith(b"error:")] if code == 2 else []
+        if not shown_lines:
+            print(f"--- last {len(tail)} lines of {log}:", file=sys.stderr)
+        sys.stderr.write(b"\n".join(shown_lines or list(tail)).decode("utf-8", "replace") + "\n")
+        sys.stderr.flush()
     if code == 2:
         raise UserError(f"stage {stage} stopped on an input error (above); log: {log}")
     if code != 0:

@@ -209,9 +209,18 @@ class EndpointSettings(Section):
     url: str = Field(description="Base URL of the API, e.g. http://node17:8000/v1.")
     model: str | None = Field(None, description="Served model name; default: the only model the server lists.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key (never the key itself).")
-    concurrency: int = Field(16, gt=0, description="Requests in flight at once.")
+    concurrency: int = Field(16, gt=0, description="Requests in flight at once, across all chunks in flight.")
+    chunks_in_flight: int = Field(
+        4, gt=0, description="Chunks requested at once: the next chunks' requests fill the slots that a chunk's slowest "
+        "requests leave idle. Chunks are still written whole and in order; bounds the rows held in memory.")
     timeout_s: float = Field(600, gt=0, description="Seconds to wait for one response.")
-    max_retries: int = Field(3, ge=0, description="Retries of a request that failed on the network or with a 5xx status.")
+    max_retries: int = Field(6, ge=0, description="Retries of a request that failed on the network or with status 408, "
+                             "429 or 5xx; any other 4xx stops the run at once.")
+    backoff_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubles per retry, jittered, and never "
+                             "shorter than the server's Retry-After header.")
+    max_backoff_s: float = Field(60, gt=0, description="Longest wait between retries (a longer Retry-After is honoured).")
+    ready_timeout_s: float = Field(600, ge=0, description="Seconds to wait for the server to list its models before the "
+                                   "first request (a teacher still starting); then the run stops with an error.")
 
 
 class FewShotSettings(Section):
@@ -350,7 +359,12 @@ class NearDedupFilter(Section):
     shingle: int = Field(5, gt=0, description="Words per shingle.")
     threshold: float = Field(0.8, gt=0, lt=1, description="Estimated Jaccard similarity at which rows are duplicates.")
     num_perm: int = Field(128, ge=16, description="MinHash permutations (more: slower, more precise).")
-    seed: int = Field(1, description="Seed of the MinHash permutations.")
+    seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
+    backend: Literal["rensa", "datasketch"] = Field(
+        "rensa", description="MinHash implementation: rensa (R-MinHash signatures in Rust; the faster) or datasketch "
+                             "(numpy signatures and datasketch's MinHashLSH, the earlier path, kept as a fallback). The two "
+                             "give different signatures, so a pair near the threshold can fall on either side of it."
+    )
 
 
 class SemanticDedupFilter(Section):
@@ -661,6 +675,22 @@ class EvaluateSettings(Section):
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples per interval.")
     gate: GateSettings = Field(default_factory=GateSettings, description="The degradation gate: gated models, correction, "
                                "minimum items, tolerances per metric.")
+    cache: bool | str | None = Field(
+        None, description="Evaluation cache: a model's answers and scores on a set, reused while the model, items, "
+        "prompts, decoding and metrics are unchanged. A folder (relative to the recipe; e.g. on a shared filesystem), "
+        "null or true for ~/.cache/distill/eval (under $DISTILL_CACHE when set), false to score everything afresh "
+        "(as --no-cache does)."
+    )
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_folder(cls, v: bool | str | None, info: ValidationInfo) -> bool | str | None:
+        if not isinstance(v, str):
+            return v
+        if not v.strip():
+            raise ValueError("empty folder name; use null for the default cache or false for none")
+        base = Path((info.context or {}).get("base_dir", "."))
+        return str((base / Path(v).expanduser()).resolve())
 
     @model_validator(mode="before")
     @classmethod
@@ -754,7 +784,7 @@ class CoverageSettings(Section):
 class StageResources(Section):
     """What one stage's Slurm job asks for. Checked against the cluster profile before submitting."""
 
-    partition: str | None = Field(None, description="Partition; unset: the first partition of the cluster profile that fits (CPU ones first when no GPUs are asked).")
+    partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]+$", description="Partition; unset: the first partition of the cluster profile that fits (CPU ones first when no GPUs are asked).")
     nodes: int = Field(1, ge=1, description="Nodes (more than one only makes sense for train).")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per node; train starts one process per GPU.")
     cpus_per_task: int = Field(1, ge=1, description="CPU cores per node.")
@@ -768,7 +798,7 @@ class StageResources(Section):
 
         if slurm_minutes(v) is None:
             raise ValueError("give a finite time limit")
-        return v
+        return v.strip()  # written into an #SBATCH line
 
 
 class TrainResources(StageResources):

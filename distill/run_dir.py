@@ -7,12 +7,13 @@ without a marker is treated as unfinished and redone.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import numbers
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,22 +24,130 @@ MARKER = "_COMPLETE.json"
 DATA_MANIFEST = "data_manifest.json"
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or new file in `folder` durable: without it a crash can lose the rename though the data is on disk."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some network file systems refuse fsync on a directory: nothing more can be done there
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _create_temp(target: Path) -> Path:
+    """A new empty file beside `target`, created with mode 0666 so the umask (and a default ACL) decide its
+    permissions, as for any file the user writes; mkstemp's 0600 would hide outputs from a shared group."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it over `target` only on success."""
+    """Yield a temporary path beside `target`; rename it over `target` only on success, then fsync the folder."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(target)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
+        fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# --------------------------------------------------------------------------- locks shared by processes and nodes
+
+LOCK_ENV = "DISTILL_LOCK"  # "flock" or "soft" forces the kind; unset: flock where the file system supports it
+_lock_kinds: dict[Path, tuple[str, str | None]] = {}
+
+
+def _mount_of(folder: Path) -> tuple[str, set[str]] | None:
+    """File system type and mount options of the mount holding `folder` (Linux /proc/self/mounts)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    folder_s, best = str(folder.resolve()), None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = folder_s == point or folder_s.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[2], set(fields[3].split(",")))
+    return None if best is None else (best[1], best[2])
+
+
+def _flock_problem(folder: Path) -> str | None:
+    """Why flock cannot exclude processes of other nodes in `folder`, or None where it can (as far as can be told)."""
+    import fcntl
+
+    probe = folder / ".lock-probe"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # those mean another process holds it
+            return f"flock fails there ({os.strerror(e.errno)})"
+    finally:
+        os.close(fd)
+    mount = _mount_of(folder)
+    if mount is None:
+        return None
+    fstype, options = mount
+    # mounted so that flock succeeds but only excludes processes on the same node
+    local = {"nfs": {"nolock", "local_lock=flock", "local_lock=all"}, "nfs4": {"local_lock=flock", "local_lock=all"},
+             "lustre": {"localflock"}}.get(fstype, set()) & options
+    if local:
+        return f"the {fstype} file system is mounted with {sorted(local)[0]}: flock excludes only processes on one node"
+    return None
+
+
+def lock_kind(folder: Path) -> tuple[str, str | None]:
+    """("flock", None), or ("soft", why) where flock cannot be trusted; probed once per folder."""
+    folder = Path(folder)
+    forced = os.environ.get(LOCK_ENV, "").strip().lower()
+    if forced in ("flock", "soft"):
+        return forced, f"{LOCK_ENV}={forced}" if forced == "soft" else None
+    if folder not in _lock_kinds:
+        problem = _flock_problem(folder)
+        _lock_kinds[folder] = ("soft", problem) if problem else ("flock", None)
+        if problem:
+            from distill.progress import console
+
+            console(f"warning: {folder}: {problem}; locking with files made by atomic create instead (a process "
+                    f"killed on another node leaves its *.lock-soft file behind: remove it once no distill process "
+                    f"of this run is left)")
+    return _lock_kinds[folder]
+
+
+def run_lock(path: Path, timeout: float = -1):
+    """A lock on `path` that excludes other processes, on other nodes too where the file system allows: flock where
+    it works, else a lock file created with O_CREAT | O_EXCL (left behind by a killed holder; one of a dead process
+    on the same host is removed by the next taker). `timeout` seconds, -1: wait for ever."""
+    from filelock import SoftFileLock, UnixFileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind, _ = lock_kind(path.parent)
+    if kind == "soft":
+        return SoftFileLock(str(path) + "-soft", timeout=timeout)
+    return UnixFileLock(str(path), timeout=timeout)
 
 
 def write_text(target: Path, text: str) -> None:
@@ -168,3 +277,27 @@ class RunDir:
 
     def clear_marker(self, stage: str) -> None:
         self.marker(stage).unlink(missing_ok=True)
+
+    # work that no longer matches its settings: moved aside, never deleted unasked
+    @property
+    def stale(self) -> Path:
+        return self.root / ".stale"
+
+    def move_aside(self, path: Path, label: str) -> Path:
+        """Rename `path` to .stale/<label>-<UTC time>/ in this run (the same file system: no copy) and return it."""
+        import time
+
+        self.stale.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in range(1000):
+            dest = self.stale / (f"{label}-{stamp}" + (f"-{n}" if n else ""))
+            if not dest.exists():
+                os.rename(path, dest)
+                fsync_dir(self.stale)
+                fsync_dir(Path(path).parent)
+                return dest
+        raise FileExistsError(f"{self.stale}: no free name for {label}-{stamp}")
+
+    def stale_folders(self) -> list[Path]:
+        """Work moved aside, oldest first."""
+        return sorted(self.stale.iterdir(), key=lambda p: p.stat().st_mtime) if self.stale.is_dir() else []

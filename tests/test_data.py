@@ -55,6 +55,57 @@ def test_csv_and_parquet(tmp_path):
     assert read_rows(tmp_path / "d.parquet")[0]["target"] == "cats"
 
 
+def test_a_file_that_is_not_utf8_names_the_line_of_the_bad_byte(tmp_path):
+    from distill.data.loaders import check_utf8
+
+    for name, header in (("d.csv", b"input,target\n"), ("d.jsonl", b"")):
+        path = tmp_path / name
+        good = [b'{"input": "w", "target": "ws"}\n' if name.endswith("jsonl") else b"w,ws\n"] * 5000
+        bad = b'{"input": "caf\xe9", "target": "x"}\n' if name.endswith("jsonl") else b"caf\xe9,x\n"
+        path.write_bytes(header + b"".join(good[:4000]) + bad + b"".join(good[4000:]))
+        line = 4001 + (1 if header else 0)
+        with pytest.raises(DataError, match=rf"^{path}:{line}: not UTF-8"):
+            read_rows(path)
+        for block in (7, 1 << 20):  # the line is right however the file is cut into blocks
+            with pytest.raises(DataError, match=rf"^{path}:{line}: not UTF-8"):
+                check_utf8(path, block)
+    split = tmp_path / "split.jsonl"  # a two-byte character cut by a block boundary is still valid UTF-8
+    split.write_bytes('{"input": "\u00e9"}\n'.encode() * 10)
+    check_utf8(split, 13)
+    bom = tmp_path / "excel.csv"  # a byte-order mark (spreadsheet exports write one) is not part of the first column
+    bom.write_bytes("\ufeffinput,target\ncat,cats\n".encode())
+    assert read_rows(bom, required=("input",))[0]["input"] == "cat"
+
+
+def test_a_json_file_that_is_no_bigbench_task_says_what_distill_reads(tmp_path):
+    listed = tmp_path / "items.json"
+    listed.write_text(json.dumps([{"input": "cat", "target": "cats"}]))
+    with pytest.raises(DataError, match=rf"^{listed}: a JSON list, not a format distill reads; distill reads JSONL"):
+        read_rows(listed)
+    lines = tmp_path / "lines.json"  # JSON Lines under a .json name
+    lines.write_text('{"input": "cat"}\n{"input": "dog"}\n')
+    with pytest.raises(DataError, match=rf"^{lines}:2: .* rename it to .jsonl or set its format to jsonl"):
+        read_rows(lines)
+    assert [r["input"] for r in read_rows(lines, "jsonl")] == ["cat", "dog"]
+
+
+def test_first_rows_of_each_format(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"input": f"w{i}", "target": f"w{i}s"} for i in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.csv").write_text("input,target\n" + "".join(f"{r['input']},{r['target']}\n" for r in rows))
+    for name in ("d.parquet", "d.jsonl", "d.csv"):
+        first = read_rows(tmp_path / name, limit=3)
+        assert [r["input"] for r in first] == ["w0", "w1", "w2"], name
+    assert len(read_rows(PLURAL, limit=3)) == 3
+    (tmp_path / "bad.parquet").write_text("input,target\n")
+    with pytest.raises(DataError, match=r"bad.parquet: not a Parquet file"):
+        read_rows(tmp_path / "bad.parquet", limit=3)
+
+
 def test_heldout_split_is_deterministic_disjoint_and_covers_rare_slices():
     rows = read_rows(PLURAL)
     held, rest = split_heldout(rows, 200, seed=0, slice_field="comment", min_per_slice=15)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -80,10 +83,11 @@ def planted():
     return rows, near, exact
 
 
-def test_planted_duplicates_are_flagged_with_the_row_they_repeat(planted, tiny_model):
+@pytest.mark.parametrize("backend", ["rensa", "datasketch"])
+def test_planted_duplicates_are_flagged_with_the_row_they_repeat(planted, tiny_model, backend):
     rows, near, exact = planted
     filters = filters_for(tiny_model, [{"type": "exact_dedup", "fields": ["completion"]},
-                                       {"type": "near_dedup", "threshold": 0.5, "shingle": 3}])
+                                       {"type": "near_dedup", "threshold": 0.5, "shingle": 3, "backend": backend}])
     out = {r["id"]: r for r in apply_filters([dict(r) for r in rows], filters)}
     assert len(out) == len(rows)  # flagged, never deleted
     for r, original in exact:
@@ -97,12 +101,24 @@ def test_planted_duplicates_are_flagged_with_the_row_they_repeat(planted, tiny_m
     assert out["o0"]["near_dup_cluster"] == "o0"
 
 
-def test_near_dedup_state_carries_across_batches(planted, tiny_model):
+@pytest.mark.parametrize("backend", ["rensa", "datasketch"])
+def test_near_dedup_state_carries_across_batches(planted, tiny_model, backend, tmp_path):
     rows = planted[0]
-    steps = [{"type": "near_dedup", "threshold": 0.5, "shingle": 3}]
-    whole = filter_table(pa.Table.from_pylist(rows), filters_for(tiny_model, steps)).column("reason").to_pylist()
-    small = filter_table(pa.Table.from_pylist(rows), filters_for(tiny_model, steps), batch_size=7).column("reason").to_pylist()
-    assert whole == small and sum(r is not None for r in whole) == 15
+    steps = [{"type": "near_dedup", "threshold": 0.5, "shingle": 3, "backend": backend}]
+    columns = ["reason", "near_dup_cluster", "scores"]
+    whole = filter_table(pa.Table.from_pylist(rows), filters_for(tiny_model, steps)).select(columns).to_pylist()
+    small = filter_table(pa.Table.from_pylist(rows), filters_for(tiny_model, steps), batch_size=7).select(columns).to_pylist()
+    assert whole == small and sum(r["reason"] is not None for r in whole) == 15
+    # a rerun in another process (its own hash seed) finds the same clusters with the same scores
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    script = ("import sys, json, pyarrow.parquet as pq; sys.path.insert(0, sys.argv[1]); from test_filters import filters_for; "
+              "from distill.filters.stage import filter_table; from pathlib import Path; "
+              "print(json.dumps(filter_table(pq.read_table(sys.argv[2]), filters_for(Path(sys.argv[3]), json.loads(sys.argv[4])))"
+              ".select(sys.argv[5].split(',')).to_pylist()))")
+    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path / "rows.parquet"), str(tiny_model),
+                           json.dumps(steps), ",".join(columns)], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == whole
 
 
 def test_semantic_dedup_catches_a_paraphrase(tiny_model):

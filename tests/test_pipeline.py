@@ -158,3 +158,119 @@ def test_stage_alone_needs_its_inputs(tmp_path, tiny_model):
     recipe = write_recipe(tmp_path, tiny_model)
     result = run_cli("train", recipe, cwd=tmp_path)
     assert result.returncode == 2 and "stage filter has not completed" in result.stderr
+
+
+# distill export: the tests below read the run as the tests above left it (complete, documented).
+
+
+def _heldout_prompts(run: RunDir):
+    from transformers import AutoTokenizer
+
+    from distill.generate.prompts import PromptTemplate
+    from distill.recipe import load_recipe
+    from distill.train.formats import student_prompt
+
+    recipe = load_recipe(run.recipe)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.models.student.path)
+    template = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
+    items = [json.loads(line) for line in run.heldout.read_text().splitlines()]
+    return recipe, tokenizer, [student_prompt(recipe, template, item, tokenizer) for item in items]
+
+
+def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    import torch
+
+    answers = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return answers
+
+
+def test_merged_export_answers_the_heldout_items_like_the_adapter(finished_run):
+    import torch
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder, _, run, _ = finished_run
+    result = run_cli("export", run.root, "--merge", cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = (run.root / "export" / "merged").resolve()
+    assert f"merged model: {merged}" in result.stdout and f"serve: vllm serve {merged} " in result.stdout
+    recipe, tokenizer, prompts = _heldout_prompts(run)
+    base = AutoModelForCausalLM.from_pretrained(recipe.models.student.path, dtype=torch.float32)
+    adapter = PeftModel.from_pretrained(base, str(run.adapter)).eval()
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
+    assert model.dtype == torch.float32 and not (merged / "adapter_config.json").exists()  # the base's dtype, no PEFT
+
+    max_tokens = recipe.evaluate.max_tokens
+    assert len(prompts) == 24 and _greedy(model, tokenizer, prompts, max_tokens) == _greedy(adapter, tokenizer, prompts, max_tokens)
+    # The same logits up to float rounding, while the adapter moved them away from the base: a merge that dropped
+    # the adapter would give the base's.
+    batch = tokenizer(prompts[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        merged_logits, adapter_logits = model(**batch).logits, adapter(**batch).logits
+        with adapter.disable_adapter():
+            base_logits = adapter(**batch).logits
+    assert (merged_logits - adapter_logits).abs().max() < 1e-4 < (adapter_logits - base_logits).abs().max()
+
+    card = ModelCard.load(merged / "README.md")
+    assert card.data.library_name == "transformers" and card.data.to_dict()["base_model_relation"] == "finetune"
+    report = json.loads(run.eval_report.read_text())
+    assert [(r.dataset_type, r.metric_value) for r in card.data.eval_results] == [
+        ("plural", round(report["sets"]["plural"]["models"]["student"]["score"], 4))]  # the run's evaluation travels
+
+
+def test_vllm_serves_the_merged_export_as_evaluation_served_the_adapter(finished_run):
+    import pyarrow.compute as pc
+
+    from distill.generate.vllm_engine import VLLMEngine
+    from distill.recipe import load_recipe
+
+    _, _, run, _ = finished_run
+    merged = run.root / "export" / "merged"
+    if not merged.is_dir():
+        pytest.skip("needs the merged export of the test above")
+    recipe = load_recipe(run.recipe)
+    predictions = pq.read_table(run.predictions)
+    student = predictions.filter(pc.equal(predictions.column("model"), "student")).to_pylist()
+    engine = VLLMEngine(merged, recipe.models.student, seed=recipe.seed)
+    try:
+        outs = engine.generate([p["prompt"] for p in student], seeds=[recipe.seed + i for i in range(len(student))],
+                               temperature=0.0, max_tokens=recipe.evaluate.max_tokens, stop=list(recipe.evaluate.stop))
+    finally:
+        engine.close()
+    assert [o[0].text.strip() for o in outs] == [p["prediction"] for p in student]
+
+
+def test_adapter_export_is_what_vllm_enable_lora_loads(finished_run):
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+
+    folder, _, run, _ = finished_run
+    result = run_cli("export", run.adapter, cwd=folder)  # the adapter folder of a run: the run is found above it
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = (run.root / "export" / "adapter").resolve()
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    assert not (out / "training_args.bin").exists()
+    config = json.loads((out / "adapter_config.json").read_text())
+    from distill.recipe import load_recipe
+
+    base = load_recipe(run.recipe).models.student.path
+    assert config["base_model_name_or_path"] == str(Path(base).resolve()) and config["r"] == 4
+    serve = next(line for line in result.stdout.splitlines() if line.startswith("serve: "))
+    assert serve == (f"serve: vllm serve {Path(base).resolve()} --dtype float32 --enable-lora --max-lora-rank 8 "
+                     f"--lora-modules tiny-student={out}")
+    assert ModelCard.load(out / "README.md").data.library_name == "peft"
+    # A folder the command did not write is never replaced.
+    stranger = folder / "mine"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep")
+    result = run_cli("export", run.root, "--out", stranger, cwd=folder)
+    assert result.returncode == 2 and "was not written by `distill export`" in result.stderr
+    assert (stranger / "notes.txt").read_text() == "keep"

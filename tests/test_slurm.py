@@ -77,7 +77,9 @@ def slurm_env(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_CONF=str(state / "etc" / "slurm.conf"))
     # the start script's settings stay out of the jobs' environment (srun reads SLURM_* variables)
+    # NODE_CPUS: start.sh's default, nproc, counts OMP_NUM_THREADS=1 as one core; every job asks for two
     cluster = dict(env, SLURM_TEST_DIR=str(state), SLURM_LINK_CONF="0", NODE_GPUS="2",
+                   NODE_CPUS=str(len(os.sched_getaffinity(0))),
                    SLURM_CTLD_PORT=str(_free_port()), SLURM_D_PORT=str(_free_port()))
     start = subprocess.run(["bash", str(SCRIPTS / "start.sh")], env=cluster, capture_output=True, text=True, timeout=600)
     previous = os.environ.get("SLURM_CONF")
@@ -208,8 +210,42 @@ def test_requeued_generation_task_resumes_without_duplicates(finished_run):
     assert sorted({r["provenance"]["chunk"] for r in rows}) == list(range(CHUNKS))
 
 
-def test_failed_stage_cancels_the_stages_after_it(finished_run, tmp_path):
-    """Filter fails (it keeps fewer rows than filter.min_kept): train and evaluate never run."""
+def _set_kill_invalid_depend(env: dict, on: bool) -> None:
+    conf = Path(env["SLURM_CONF"])
+    text = conf.read_text()
+    line = "DependencyParameters=kill_invalid_depend\n"
+    conf.write_text(text.replace(line, "") + (line if on else ""))
+    slurm(env, "scontrol", "reconfigure")
+    shown = slurm(env, "scontrol", "show", "config")
+    assert ("kill_invalid_depend" in shown) == on
+
+
+@pytest.fixture
+def kill_invalid_depend_off(slurm_env):
+    """The cluster as Slurm ships it: jobs whose dependency failed stay pending. Restored after."""
+    _set_kill_invalid_depend(slurm_env, False)
+    try:
+        yield slurm_env
+    finally:
+        _set_kill_invalid_depend(slurm_env, True)
+
+
+@pytest.fixture(params=[True, False], ids=["kill_invalid_depend", "slurm_default"])
+def dependency_setting(request, slurm_env):
+    """The test cluster with kill_invalid_depend set, then as Slurm ships it (restored after)."""
+    if request.param:
+        yield True
+        return
+    _set_kill_invalid_depend(slurm_env, False)
+    try:
+        yield False
+    finally:
+        _set_kill_invalid_depend(slurm_env, True)
+
+
+def test_failed_stage_cancels_the_stages_after_it(finished_run, dependency_setting, tmp_path):
+    """Filter fails (it keeps fewer rows than filter.min_kept): train and evaluate never run, on a
+    cluster with kill_invalid_depend and on one without."""
     env = finished_run["env"]
     run = tmp_path / "run"
     shutil.copytree(finished_run["run"], run, ignore=shutil.ignore_patterns("slurm", "logs"))
@@ -228,3 +264,47 @@ def test_failed_stage_cancels_the_stages_after_it(finished_run, tmp_path):
     shown = distill(env, "slurm", "status", run)
     assert shown.returncode == 0, shown.stderr
     assert "FAILED" in shown.stdout and shown.stdout.count("DependencyNeverSatisfied") == 2
+    assert "will never start" not in shown.stdout  # cancelled, not left pending
+
+
+def _wait_for(env: dict, job: str, want: tuple[str, str], timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while (got := tuple(slurm(env, "squeue", "-h", "--states=all", "-j", job, "-o", "%T|%r").strip().split("|"))) != want:
+        assert time.time() < deadline, f"job {job}: {got}, waited for {want}"
+        time.sleep(0.5)
+
+
+def test_on_a_cluster_without_kill_invalid_depend_dependents_of_a_failed_stage_do_not_wait_forever(
+        kill_invalid_depend_off, tmp_path):
+    """Jobs distill submits are cancelled when the stage before fails. Jobs left pending on a failed
+    stage (submitted without --kill-on-invalid-dep) are named by `status` and cancelled by `submit`."""
+    from distill.run_dir import RunDir
+    from distill.slurm.status import active_tasks
+    from distill.slurm.submit import cancel_never_starting, sbatch_command
+
+    env = kill_invalid_depend_off
+    fails, ok = tmp_path / "fails.sbatch", tmp_path / "ok.sbatch"
+    fails.write_text(f"#!/bin/bash\n#SBATCH --output={tmp_path}/%j.out\nexit 1\n")
+    ok.write_text(f"#!/bin/bash\n#SBATCH --output={tmp_path}/%j.out\ntrue\n")
+    failed = slurm(env, *sbatch_command(fails, None)).strip()
+    dependent = slurm(env, *sbatch_command(ok, failed)).strip()  # as submit chains the stages
+    # as an earlier submission left them: the cluster's default applies
+    stuck = slurm(env, "sbatch", "--parsable", f"--dependency=afterok:{failed}", str(ok)).strip()
+    after_stuck = slurm(env, "sbatch", "--parsable", f"--dependency=afterok:{stuck}", str(ok)).strip()
+    _wait_for(env, dependent, ("CANCELLED", "DependencyNeverSatisfied"))
+    _wait_for(env, stuck, ("PENDING", "DependencyNeverSatisfied"))
+    assert task_state(env, after_stuck) == "PENDING"
+
+    run = tmp_path / "run"
+    (run / "slurm").mkdir(parents=True)
+    (run / "slurm" / "jobs.json").write_text(json.dumps({"profile": "test-node", "stages": {
+        "filter": {"job_id": failed}, "train": {"job_id": stuck}, "evaluate": {"job_id": after_stuck}}}))
+    shown = distill(env, "slurm", "status", run)
+    assert shown.returncode == 0, shown.stderr
+    assert "train, evaluate: will never start (DependencyNeverSatisfied)" in shown.stdout
+    assert f"scancel {stuck} {after_stuck}" in shown.stdout
+
+    # what `distill slurm submit` does first for this run: cancel them, then nothing blocks a new submission
+    assert cancel_never_starting(RunDir(run)) == [stuck, after_stuck]
+    assert {task_state(env, stuck), task_state(env, after_stuck)} == {"CANCELLED"}
+    assert active_tasks(RunDir(run)) == {}

@@ -3,6 +3,8 @@ cluster profiles, and requests refused before anything is submitted."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import TINY_RECIPE, run_cli, write_recipe
@@ -127,3 +129,164 @@ def test_status_of_a_run_never_submitted_is_a_one_line_error(tmp_path):
     proc = run_cli("slurm", "status", tmp_path)
     assert proc.returncode == 2
     assert "no Slurm jobs recorded for this run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- values that reach the scripts
+
+def _profile_file(tmp_path, **changes):
+    """example-gpu with some fields changed, as a profile file."""
+    import yaml
+
+    data = yaml.safe_load((PROFILES_DIR / "example-gpu.yaml").read_text())
+    for key, value in changes.items():
+        if key.startswith("partition_"):
+            data["partitions"][0][key.removeprefix("partition_")] = value
+        else:
+            data[key] = value
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"partition_gpu_type": "h100\necho injected"}, "partitions.0.gpu_type"),
+    ({"partition_name": "gpu $(id)"}, "partitions.0.name"),
+    ({"partition_name": "gpu long"}, "partitions.0.name"),
+    ({"account": "proj\n#SBATCH --output=/tmp/elsewhere"}, "account"),
+    ({"qos": "normal;id"}, "qos"),
+    ({"sbatch_options": ["--constraint=a100 --exclusive"]}, "sbatch_options"),
+    ({"sbatch_options": ["--constraint=a100\necho injected"]}, "sbatch_options"),
+    ({"sbatch_options": ["-C a100"]}, "sbatch_options"),
+    ({"sbatch_options": ["--comment='x'"]}, "sbatch_options"),
+    ({"sbatch_options": ["--output=/tmp/elsewhere.out"]}, "distill sets --output itself"),
+])
+def test_profile_values_that_could_break_the_sbatch_block_are_refused(tmp_path, changes, where):
+    path = _profile_file(tmp_path, **changes)
+    with pytest.raises(UserError) as e:
+        load_profile(str(path))
+    assert str(path) in str(e.value) and where in str(e.value)
+    assert "\n" not in str(e.value)  # one line: the value is shown escaped
+
+
+def test_a_bad_profile_value_is_a_one_line_error_from_the_command_line(gpu_recipe, tmp_path):
+    path = _profile_file(tmp_path, partition_gpu_type="h100\necho injected")
+    proc = run_cli("slurm", "submit", gpu_recipe, "--profile", path, "--dry-run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "partitions.0.gpu_type" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "#SBATCH" not in proc.stdout
+
+
+def test_recipe_partition_must_be_a_plain_name(tiny_recipe):
+    for bad in ("gpu $(id)", "gpu long"):
+        proc = run_cli("validate", tiny_recipe, f"slurm.train.partition={bad}")
+        assert proc.returncode == 2 and "slurm.train.partition" in proc.stderr, proc.stderr
+
+
+def test_scripts_keep_the_whole_sbatch_block_and_pass_every_other_value_verbatim(tmp_path, tiny_model):
+    """Paths and container settings full of shell syntax reach srun as the exact strings, run
+    nothing, and the #SBATCH block sbatch reads holds every line distill wrote."""
+    import os
+    import subprocess
+
+    from distill.recipe import load_recipe
+    from distill.slurm.render import render_jobs, sbatch_header
+
+    hostile = "a b $(touch PWNED) `touch PWNED` ; 'q' \"d\""
+    folder = tmp_path / hostile
+    folder.mkdir()
+    recipe_file = write_recipe(folder, tiny_model, TINY_RECIPE + GPU_SECTION)
+    profile = load_profile(str(_profile_file(
+        tmp_path, python=f"/opt/{hostile}/python", sbatch_options=["--exclusive", "--constraint=a100&ib"],
+        setup=["export FROM_SETUP=\"$(echo setup ran)\""],
+        container={"image": "nvcr.io#nvidia/pytorch;touch PWNED", "mounts": [f"/data/{hostile}:/data"],
+                   "workdir": "/w $(touch PWNED)"})))
+    run_dir = folder / "run"
+    jobs = render_jobs(load_recipe(recipe_file), profile, run_dir, recipe_file, workdir=folder)
+    for job in jobs:
+        header = sbatch_header(job.script)
+        assert header == [line for line in job.script.splitlines() if line.startswith("#SBATCH")]
+        for option in ("--chdir=", "--output=", "--requeue", "--exclusive", "--constraint=a100&ib", "--job-name="):
+            assert any(line.startswith(f"#SBATCH {option}") for line in header), (job.stage, option)
+        # the setup line is shell by design: it runs as written, after the block
+        assert 'export FROM_SETUP="$(echo setup ran)"' in job.script.split("#SBATCH --constraint=a100&ib\n")[1]
+
+    # run the job bodies with srun replaced by a function that records its arguments
+    calls = tmp_path / "calls"
+    env = dict(os.environ, SLURM_JOB_ID="7", SLURM_ARRAY_TASK_ID="0", CALLS=str(calls))
+    for job in jobs:
+        if job.stage == "train":  # needs scontrol; its quoting is the same filter
+            continue
+        script = tmp_path / f"{job.stage}.sh"
+        script.write_text(job.script)
+        proc = subprocess.run(["bash", "-c", 'srun() { printf "%s\\0" "$@" >> "$CALLS"; printf "\\n" >> "$CALLS"; }; '
+                               'source "$1"', "_", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    argv = [line.strip("\0").split("\0") for line in calls.read_text().splitlines() if line]
+    assert [args[6] for args in argv] == ["generate", "generate", "filter", "evaluate", "document"]
+    srun_args = ["--container-image=nvcr.io#nvidia/pytorch;touch PWNED", f"--container-mounts=/data/{hostile}:/data",
+                 "--container-workdir=/w $(touch PWNED)", f"/opt/{hostile}/python", "-m", "distill.cli"]
+    for args in argv:
+        assert args[:6] == srun_args
+        assert args[7:10] == [str(recipe_file.resolve()), "--run-dir", str(run_dir.resolve())]
+    assert not list(tmp_path.rglob("PWNED")) and not (folder / "PWNED").exists()
+
+
+def test_a_working_directory_with_a_newline_is_refused_before_rendering(tmp_path, tiny_model):
+    from distill.recipe import load_recipe
+    from distill.slurm.render import render_jobs
+
+    recipe_file = write_recipe(tmp_path, tiny_model, TINY_RECIPE + GPU_SECTION)
+    odd = tmp_path / "x\n#SBATCH --output=elsewhere"
+    with pytest.raises(UserError, match="working directory .* control characters"):
+        render_jobs(load_recipe(recipe_file), load_profile("example-gpu"), tmp_path / "run", recipe_file, workdir=odd)
+
+
+def test_dependent_jobs_are_cancelled_when_the_stage_before_fails_whatever_the_cluster_default():
+    from distill.slurm.submit import sbatch_command
+
+    cmd = sbatch_command(Path("/r/train.sbatch"), "41")
+    assert cmd[2] == "--dependency=afterok:41" and "--kill-on-invalid-dep=yes" in cmd
+    assert sbatch_command(Path("/r/generate.sbatch"), None) == ["sbatch", "--parsable", "/r/generate.sbatch"]
+
+
+# ---------------------------------------------------------------- jobs that wait on a failed stage
+
+SQUEUE_STUCK = """\
+40_0|COMPLETED|None
+40_1|COMPLETED|None
+41|FAILED|NonZeroExitCode
+42|PENDING|DependencyNeverSatisfied
+43|PENDING|Dependency
+"""
+
+
+def _status(squeue_text: str) -> dict:
+    from distill.slurm.status import parse_squeue, summarize
+
+    tasks = parse_squeue(squeue_text)
+    by_stage = {"generate": tasks[:2], "filter": tasks[2:3], "train": tasks[3:4], "evaluate": tasks[4:5]}
+    return {"run_dir": "/runs/tiny", "profile": "default-cluster", "accounting": False,
+            "stages": {stage: {"job_id": ts[0]["job"].split("_")[0], "state": summarize(ts), "tasks": ts,
+                               "reason": next((t["reason"] for t in ts if t["reason"]), ""), "output_complete": False}
+                       for stage, ts in by_stage.items()}}
+
+
+def test_status_names_jobs_that_will_never_start_and_what_to_do():
+    from distill.slurm.status import format_status, never_starting
+
+    status = _status(SQUEUE_STUCK)
+    # train waits on the failed filter; evaluate waits on train, which will never run
+    assert never_starting({s: v["tasks"] for s, v in status["stages"].items()}) == {"train": ["42"], "evaluate": ["43"]}
+    shown = format_status(status)
+    assert "train, evaluate: will never start (DependencyNeverSatisfied)" in shown
+    assert "no kill_invalid_depend" in shown and "distill slurm submit" in shown and "scancel 42 43" in shown
+
+
+def test_status_says_nothing_of_jobs_that_merely_wait():
+    from distill.slurm.status import format_status, never_starting
+
+    waiting = SQUEUE_STUCK.replace("41|FAILED|NonZeroExitCode", "41|RUNNING|None").replace(
+        "42|PENDING|DependencyNeverSatisfied", "42|PENDING|Dependency")
+    status = _status(waiting)
+    assert never_starting({s: v["tasks"] for s, v in status["stages"].items()}) == {}
+    assert "never start" not in format_status(status)

@@ -6,6 +6,7 @@ row can be named by file and line.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from pathlib import Path
@@ -13,6 +14,9 @@ from pathlib import Path
 from distill.errors import DataError
 
 FORMATS = ("jsonl", "csv", "parquet", "bigbench")
+# What a refused file is told it could be instead.
+READABLE = ("JSONL (.jsonl: one JSON object per line), CSV (.csv, with a header row), Parquet (.parquet), a BIG-bench "
+            "task (.json: an object with an 'examples' list), or for an evaluation set a datasets folder (save_to_disk)")
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -28,6 +32,24 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     if suffix == ".json":
         return "bigbench"
     raise DataError(f"{path}: cannot tell the format from the file name; set format to one of {', '.join(FORMATS)}")
+
+
+def check_utf8(path: Path, block: int = 1 << 20) -> None:
+    """Decode the whole file as UTF-8 in blocks (constant memory); a bad byte is named by file and line."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                # e.start can be negative when the bad sequence began in the previous block
+                line += data.count(b"\n", 0, max(e.start, 0))
+                raise DataError(f"{path}:{line}: not UTF-8; save the file as UTF-8") from None
+            if not data:
+                return
+            line += data.count(b"\n")
 
 
 def _json_array_lines(text: str, key: str) -> list[int]:
@@ -49,14 +71,19 @@ def _json_array_lines(text: str, key: str) -> list[int]:
         pos = end
 
 
-def _read_bigbench(path: Path) -> list[dict]:
-    text = path.read_text()
+def _read_bigbench(path: Path, limit: int | None = None) -> list[dict]:
+    text = path.read_text(encoding="utf-8-sig")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON values: most often one object per line
+            raise DataError(f"{path}:{e.lineno}: a .json file is read as one BIG-bench task, but this one holds several "
+                            f"JSON values (JSON Lines?): rename it to .jsonl or set its format to jsonl") from None
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("examples"), list):
-        raise DataError(f"{path}: expected a BIG-bench task with an 'examples' list")
+        what = "a JSON list" if isinstance(doc, list) else "an object without an 'examples' list" if isinstance(doc, dict) else "a JSON scalar"
+        raise DataError(f"{path}: {what}, not a format distill reads; distill reads {READABLE}"
+                        + ("; write one object per line as .jsonl" if isinstance(doc, list) else ""))
     rows = []
     for example, line in zip(doc["examples"], _json_array_lines(text, "examples")):
         if not isinstance(example, dict):
@@ -67,13 +94,18 @@ def _read_bigbench(path: Path) -> list[dict]:
             row["target"] = max(row["target_scores"], key=row["target_scores"].get)
         row["_line"] = line
         rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
     return rows
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     rows = []
-    with open(path) as f:
+    # newline="\n": lines end at "\n" only, as check_utf8 counts them
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
         for line_no, line in enumerate(f, start=1):
+            if limit is not None and len(rows) >= limit:
+                break
             if not line.strip():
                 continue
             try:
@@ -87,33 +119,50 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+def _read_csv(path: Path, limit: int | None = None) -> list[dict]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         rows = []
-        for row in reader:
-            row = dict(row)
-            row["_line"] = reader.line_num
-            rows.append(row)
+        try:
+            for row in reader:
+                if limit is not None and len(rows) >= limit:
+                    break
+                row = dict(row)
+                row["_line"] = reader.line_num
+                rows.append(row)
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def _read_parquet(path: Path, limit: int | None = None) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(path).to_pylist()
+    try:
+        if limit is None:
+            rows = pq.read_table(path).to_pylist()
+        else:
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
+            rows = batch.to_pylist() if batch is not None else []
+    except pa.ArrowException as e:
+        raise DataError(f"{path}: not a Parquet file distill can read ({e})") from None
     for i, row in enumerate(rows):
         row["_line"] = i + 1  # parquet has no lines: the row number stands in
     return rows
 
 
-def read_rows(path: str | Path, fmt: str = "auto", required: tuple[str, ...] = ()) -> list[dict]:
-    """Read every row; fail on the first row that lacks a required field, naming file and line."""
+def read_rows(path: str | Path, fmt: str = "auto", required: tuple[str, ...] = (), limit: int | None = None) -> list[dict]:
+    """Read every row (or the first `limit`); fail on the first row that lacks a required field, naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "bigbench": _read_bigbench}
-    rows = reader[detect_format(path, fmt)](path)
+    try:
+        rows = reader[detect_format(path, fmt)](path, limit)
+    except UnicodeDecodeError:
+        check_utf8(path)  # text is decoded in blocks: find the line of the bad byte, and name it
+        raise
     for row in rows:
         for field in required:
             if row.get(field) is None or row.get(field) == "":

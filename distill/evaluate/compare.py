@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from distill.errors import UserError
+from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import resolve_candidates
 from distill.evaluate.contamination import attach, measure
 from distill.evaluate.outputs import write_outputs
@@ -43,10 +44,12 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
     sets = {s.name: (s, load_items(s, run.heldout)) for s in recipe.evaluate.sets}
     # true leaks: items in the rows any compared adapter was trained on (where its training_data.json names them)
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, [c.adapter for c in candidates if c.adapter])
-    predictions = score_candidates(recipe, candidates, sets, seed_pool(run))
+    cache = open_cache(recipe)
+    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache)
     report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed,
                           gated=[n for n in names if n != baseline], contaminated=measured["sets"] if measured else None)
     attach(report, measured, None)
+    report["cache"] = cache_record(cache, predictions)
     report["targets"] = {c.name: {"model": str(c.model_dir), "adapter": str(c.adapter) if c.adapter else None, "role": c.role}
                          for c in candidates}
     paths = write_outputs(Path(out), report, predictions, f"compare: {', '.join(names)} (baseline {baseline})")

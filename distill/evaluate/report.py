@@ -181,6 +181,16 @@ def gate_cells(x: dict) -> list[str]:
             f"{x['p_adjusted']:.2g}", "none up to 1" if x["mde"] is None else _fmt(x["mde"], signed=False), verdict]
 
 
+def cache_lines(report: dict) -> list[str]:
+    """Which models' results on which sets were reused from the evaluation cache, not scored by this run."""
+    used = (report.get("cache") or {}).get("from_cache") or {}
+    if not used:
+        return []
+    parts = "; ".join(f"`{m}` on {', '.join(f'`{s}`' for s in sets)}" for m, sets in used.items())
+    return [f"From the evaluation cache (`{report['cache']['dir']}`; scored earlier with the same model, items, prompts "
+            f"and settings): {parts}.", ""]
+
+
 def render_markdown(report: dict, title: str = "Evaluation on held-out real data") -> str:
     base = report["baseline"]
     level = round(report["confidence"] * 100)
@@ -194,6 +204,7 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
     elif report["gate"]["models"]:
         lines.append(f"Nothing gated degraded against `{base}`.")
     lines += ["", gate_description(report), ""]
+    lines += cache_lines(report)
     for set_name, entry in report["sets"].items():
         models = list(entry["models"])
         metrics = entry["metrics"]

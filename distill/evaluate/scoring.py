@@ -2,7 +2,9 @@
 read the log-probabilities of the references (transformers + PEFT), then apply the set's metrics per item.
 
 Every candidate sees the same items with the same generation settings; item i is sampled
-with seed + i, so any answer can be reproduced on its own.
+with seed + i, so any answer can be reproduced on its own. Results are kept in the evaluation cache
+(distill/evaluate/cache.py) under a key of everything that determines them; a model whose every result
+is there gets no engine.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from pathlib import Path
 from distill import rows as C
 from distill.errors import DataError
 from distill.evaluate import metrics as M
+from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.generate.prompts import PromptTemplate
 from distill.generate.stage import teacher_prompts
-from distill.progress import progress
-from distill.recipe import EvalSet, Recipe
+from distill.progress import console, progress
+from distill.recipe import EvalSet, ModelSpec, Recipe
+from distill.run_dir import hash_json
 from distill.train.formats import student_prompt
+
+# Bump when a change to this module changes an answer or a score: cached results made before then are not reused.
+SCORING_VERSION = 1
 
 
 def build_prompts(recipe: Recipe, cand: Candidate, s: EvalSet, items: list[dict], seed_pool: list[dict], engine) -> list[str]:
@@ -45,6 +52,20 @@ def reference_text(recipe: Recipe, cand: Candidate, reference: str) -> str:
     return " " + reference.strip()
 
 
+class Prompter:
+    """A model folder's tokenizer and chat template without an engine: prompts and cache keys are made before
+    (or instead of) starting one, with the tokenizer vLLM loads (AutoTokenizer from the same folder)."""
+
+    def __init__(self, folder: Path, spec: ModelSpec):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+
+    def apply_chat_template(self, user: str, system: str | None = None) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 class Scorer:
     """One vLLM engine per model folder; adapters are served on it per request."""
 
@@ -55,6 +76,7 @@ class Scorer:
         self._lora_ids: dict[str, int] = {}
         self._hf_key: tuple | None = None
         self._hf_model = None
+        self._model_keys: dict[tuple, dict] = {}
         self.nll_batch = 16
 
     def _lora(self, cand: Candidate):
@@ -69,12 +91,38 @@ class Scorer:
     def _generate(self, engine, cand: Candidate, s: EvalSet, prompts: list[str]):
         from vllm import SamplingParams
 
-        e = self.settings
-        stop = s.stop if s.stop is not None else e.stop
-        params = [SamplingParams(temperature=e.temperature, top_p=e.top_p, max_tokens=s.max_tokens or e.max_tokens,
-                                 stop=stop or None, seed=self.seed + i) for i in range(len(prompts))]
+        d = self.decoding(s)
+        params = [SamplingParams(temperature=d["temperature"], top_p=d["top_p"], max_tokens=d["max_tokens"],
+                                 stop=d["stop"] or None, seed=self.seed + i) for i in range(len(prompts))]
         outs = engine.llm.generate(prompts, params, lora_request=self._lora(cand), use_tqdm=False)
         return [o.outputs[0] for o in outs]
+
+    def _model_key(self, cand: Candidate) -> dict:
+        memo = (str(cand.model_dir), str(cand.adapter), cand.spec.model_dump_json())  # adapters are hashed once per call
+        if memo not in self._model_keys:
+            self._model_keys[memo] = model_key(cand)
+        return self._model_keys[memo]
+
+    def decoding(self, s: EvalSet) -> dict:
+        """How answers on `s` are sampled (item i with seed + i)."""
+        e = self.settings
+        return {"temperature": e.temperature, "top_p": e.top_p, "max_tokens": s.max_tokens or e.max_tokens,
+                "stop": s.stop if s.stop is not None else e.stop, "seed": self.seed}
+
+    def cache_key(self, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str]) -> str:
+        """Everything that determines `cand`'s answers and scores on these items: the model (files, adapter,
+        dtype, engine settings that change outputs), the items' content, the exact prompts, decoding, the
+        metrics and their code, the reference texts scored by NLL, this module's version and the libraries."""
+        text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
+        logprob_metrics = [m for m in s.metrics if M.METRICS[m].needs_logprobs]
+        return hash_json({
+            "scoring_version": SCORING_VERSION, "libraries": library_versions(), "model": self._model_key(cand),
+            "role": cand.role, "metrics": list(s.metrics), "metric_code": metric_code(),
+            "items": [[it[C.ID], it[C.INPUT], it[C.REFERENCE], list(it[C.REFERENCES])] for it in items],
+            "prompts": hash_json(prompts),
+            "decoding": self.decoding(s) if text_metrics else None,
+            "nll_references": [reference_text(self.recipe, cand, it[C.REFERENCE]) for it in items] if logprob_metrics else None,
+        })
 
     def _reference_logprobs(self, engine, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str]) -> list[list[float]]:
         """Log-probability of each reference token after its prompt, from transformers (PEFT for adapters).
@@ -126,41 +174,73 @@ class Scorer:
             self._hf_key, self._hf_model = key, model.eval()
         return self._hf_model
 
-    def score(self, cand: Candidate, engine, sets: dict[str, tuple[EvalSet, list[dict]]], seed_pool: list[dict]) -> list[dict]:
+    def needs_engine(self, cand: Candidate, prompter, sets: dict[str, tuple[EvalSet, list[dict]]], seed_pool: list[dict],
+                     cache: EvalCache | None) -> bool:
+        """Whether scoring `cand` generates any answer that the cache does not hold (NLL needs no vLLM engine)."""
+        for s, items in sets.values():
+            if all(M.METRICS[m].needs_logprobs for m in s.metrics):
+                continue
+            if cache is None:
+                return True
+            prompts = build_prompts(self.recipe, cand, s, items, seed_pool, prompter)
+            if not cache.has(self.cache_key(cand, s, items, prompts), [it[C.ID] for it in items]):
+                return True
+        return False
+
+    def score(self, cand: Candidate, engine, sets: dict[str, tuple[EvalSet, list[dict]]], seed_pool: list[dict],
+              cache: EvalCache | None = None, prompter=None) -> list[dict]:
+        """Rows of `cand` on every set, each marked `from_cache`. `engine`: the vLLM engine of its folder (None when
+        nothing left to score generates); `prompter`: the folder's tokenizer (default the engine's)."""
+        prompter = prompter or engine
         rows: list[dict] = []
         for name, (s, items) in sets.items():
             t0 = time.time()
-            prompts = build_prompts(self.recipe, cand, s, items, seed_pool, engine)
-            text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
-            answers = self._generate(engine, cand, s, prompts) if text_metrics else [None] * len(items)
-            texts = [a.text.strip() if a is not None else None for a in answers]
-            per_item: dict[str, list[float]] = {}
-            extra: dict[str, float] = {}
-            for m in s.metrics:
-                if M.METRICS[m].needs_logprobs:
-                    result = M.compute(m, self._reference_logprobs(engine, cand, s, items, prompts), [it[C.REFERENCE] for it in items])
-                    extra["perplexity"] = result["perplexity"]
-                else:
-                    result = M.compute(m, texts, [it[C.REFERENCES] for it in items])
-                per_item[m] = result["scores"]
+            prompts = build_prompts(self.recipe, cand, s, items, seed_pool, prompter)
+            ids = [it[C.ID] for it in items]
+            key = self.cache_key(cand, s, items, prompts) if cache is not None else None
+            stored = cache.get(key, ids) if cache is not None else None
+            if stored is not None:
+                texts, finish, per_item = stored["predictions"], stored["finish_reasons"], stored["scores"]
+            else:
+                texts, finish, per_item = self._score_set(engine, prompter, cand, s, items, prompts)
+                if cache is not None:
+                    cache.put(key, {"model": cand.name, "set": name, "item_ids": ids, "predictions": texts,
+                                    "finish_reasons": finish, "scores": per_item})
             headline = s.metrics[0]
             mean = sum(per_item[headline]) / max(len(items), 1)
-            print(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s)", flush=True)
+            console(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s)")
             for i, (item, prompt) in enumerate(zip(items, prompts)):
                 rows.append({
                     "set": name, "model": cand.name, "step": cand.step, "item_id": item[C.ID], C.INPUT: item[C.INPUT],
                     C.REFERENCE: item[C.REFERENCE], C.REFERENCES: list(item[C.REFERENCES]), C.SLICE: item[C.SLICE],
-                    C.PROMPT: prompt, "prediction": texts[i],
-                    "finish_reason": answers[i].finish_reason if answers[i] is not None else None,
+                    C.PROMPT: prompt, "prediction": texts[i], "finish_reason": finish[i],
                     "score": per_item[headline][i], "scores": {m: per_item[m][i] for m in s.metrics},
+                    "from_cache": stored is not None,
                 })
         return rows
 
+    def _score_set(self, engine, prompter, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str]):
+        """(answers, finish reasons, per-item scores by metric) of `cand` on one set."""
+        text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
+        answers = self._generate(engine, cand, s, prompts) if text_metrics else [None] * len(items)
+        texts = [a.text.strip() if a is not None else None for a in answers]
+        per_item: dict[str, list[float]] = {}
+        for m in s.metrics:
+            if M.METRICS[m].needs_logprobs:
+                result = M.compute(m, self._reference_logprobs(prompter, cand, s, items, prompts), [it[C.REFERENCE] for it in items])
+            else:
+                result = M.compute(m, texts, [it[C.REFERENCES] for it in items])
+            per_item[m] = result["scores"]
+        return texts, [a.finish_reason if a is not None else None for a in answers], per_item
+
 
 def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str, tuple[EvalSet, list[dict]]],
-                     seed_pool: list[dict]) -> list[dict]:
-    """Every candidate on every set; one engine per model folder, candidates in the order given."""
+                     seed_pool: list[dict], cache: EvalCache | None = None) -> list[dict]:
+    """Every candidate on every set; one engine per model folder, candidates in the order given. With a cache,
+    results found there are not scored again, and a folder whose every answer is cached starts no engine."""
     from distill.generate.vllm_engine import VLLMEngine
+
+    names, set_names = [c.name for c in candidates], list(sets)
 
     groups: dict[Path, list[Candidate]] = defaultdict(list)
     for cand in candidates:
@@ -169,13 +249,22 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
     by_name: dict[str, list[dict]] = {}
     bar = progress(len(candidates), "evaluate", unit="model")
     for folder, group in groups.items():
-        ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None]
-        engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None)
+        prompter = Prompter(folder, group[0].spec)
+        engine = None
+        if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
+            ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None]
+            engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None)
         try:
             for cand in group:
-                by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool)
+                by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool, cache, prompter)
                 bar.update(1)
         finally:
-            engine.close()
+            if engine is not None:
+                engine.close()
     bar.close()
+    hits = sorted({(r["model"], r["set"]) for rows in by_name.values() for r in rows if r["from_cache"]},
+                  key=lambda x: (names.index(x[0]), set_names.index(x[1])))
+    if hits:
+        console(f"[evaluate] from the evaluation cache ({cache.root}), scored by an earlier run with the same model, "
+                f"items, prompts and settings: {', '.join(f'{m} on {s}' for m, s in hits)}")
     return [row for cand in candidates for row in by_name[cand.name]]

@@ -13,7 +13,8 @@ from distill.errors import DataError, UserError
 from distill.recipe import EvalSet, Recipe
 
 
-def _read_datasets_folder(s: EvalSet) -> list[dict]:
+def _open_datasets_folder(s: EvalSet):
+    """The split of a `datasets` folder the set reads (memory-mapped: nothing is read yet)."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
@@ -28,6 +29,13 @@ def _read_datasets_folder(s: EvalSet) -> list[dict]:
             raise DataError(f"{s.path}: split {split!r} not found; set evaluate.sets.{s.name}.split to one of {', '.join(data)}")
         data = data[split]
     assert isinstance(data, Dataset)
+    return data
+
+
+def _read_datasets_folder(s: EvalSet, limit: int | None = None) -> list[dict]:
+    data = _open_datasets_folder(s)
+    if limit is not None:
+        data = data.select(range(min(limit, len(data))))
     rows = data.to_list()
     for i, row in enumerate(rows):
         row["_line"] = i + 1
@@ -42,6 +50,28 @@ def _references(target, where: str) -> list[str]:
     if not refs:
         raise DataError(f"{where}: empty list of references")
     return refs
+
+
+def _path_items(s: EvalSet, limit: int | None = None) -> list[dict]:
+    """Items of a set read from `path`: all, or the first `limit` rows."""
+    path = Path(s.path)
+    if s.format == "datasets" or (s.format == "auto" and path.is_dir()):
+        rows = _read_datasets_folder(s, limit)
+    else:
+        rows = read_rows(path, s.format, required=(s.input_field, s.target_field), limit=limit)
+    items = []
+    for r in rows:
+        refs = _references(r[s.target_field], f"{path}:{r['_line']}")
+        slice_value = r.get(s.slice_field) if s.slice_field else None
+        items.append({C.ID: row_id(r[s.input_field], r["_line"]), C.INPUT: str(r[s.input_field]), C.REFERENCE: refs[0],
+                      C.REFERENCES: refs, C.SLICE: None if slice_value is None else str(slice_value)})
+    return items
+
+
+def peek_items(s: EvalSet, limit: int) -> list[dict]:
+    """The first `limit` items of a `path` set, read and checked as load_items reads them: a file in a format
+    distill does not read, or a row without the set's fields, is refused before any work, not after generation."""
+    return _path_items(s, limit)
 
 
 def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
@@ -59,17 +89,7 @@ def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
                             f"{heldout} have no reference answer: set data.target_field to the column holding them "
                             f"and run generate again")
     else:
-        path = Path(s.path)
-        if s.format == "datasets" or (s.format == "auto" and path.is_dir()):
-            rows = _read_datasets_folder(s)
-        else:
-            rows = read_rows(path, s.format, required=(s.input_field, s.target_field))
-        items = []
-        for r in rows:
-            refs = _references(r[s.target_field], f"{path}:{r['_line']}")
-            slice_value = r.get(s.slice_field) if s.slice_field else None
-            items.append({C.ID: row_id(r[s.input_field], r["_line"]), C.INPUT: str(r[s.input_field]), C.REFERENCE: refs[0],
-                          C.REFERENCES: refs, C.SLICE: None if slice_value is None else str(slice_value)})
+        items = _path_items(s)
     return items[: s.limit] if s.limit else items
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import Candidate, checkpoint_step, training_checkpoints
 from distill.evaluate.contamination import attach, caught_by_filter, measure
 from distill.evaluate.outputs import write_outputs
@@ -64,13 +65,16 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     # true leaks: items in the rows the evaluated student was trained on (its checkpoints saw the same rows)
     trained = [run.adapter] if any(c.adapter is not None for c in candidates) else []
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, trained)
-    predictions = score_candidates(recipe, candidates, sets, seed_pool(run))
+    cache = open_cache(recipe)
+    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache)
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
                           seed=recipe.seed, contaminated=measured["sets"] if measured else None)
     attach(report, measured, caught_by_filter(run))
+    report["cache"] = cache_record(cache, predictions)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}
-    summary = {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline}
+    summary = {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline,
+               "results_from_cache": sum(len(v) for v in report["cache"]["from_cache"].values())}
     if measured:
         summary["items_in_training_rows"] = {n: len(ids) for n, ids in measured["sets"].items()}
     return {**summary, "seconds": round(time.time() - started, 1)}

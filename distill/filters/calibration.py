@@ -16,6 +16,7 @@ from pathlib import Path
 
 from distill import rows as C
 from distill.errors import DataError
+from distill.progress import console
 from distill.run_dir import write_json, write_text
 
 KEEP_WORDS = {"keep", "kept", "accept", "accepted", "good", "pass", "ok", "yes", "1", "true"}
@@ -138,5 +139,5 @@ def calibrate_run(recipe, run, gold: str | Path, folder: Path) -> dict:
     result = calibrate(rows, labels, read_verdicts(gold), recipe.filter.calibration.min_kappa if recipe else 0.4)
     write_calibration(result, folder)
     for w in result["warnings"]:
-        print(f"[calibration] warning: {w}", flush=True)
+        console(f"[calibration] warning: {w}")
     return result

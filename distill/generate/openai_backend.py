@@ -1,15 +1,23 @@
 """A teacher served by an OpenAI-compatible server (`vllm serve` on other nodes), behind the engine interface.
 
 Prompts are rendered here, with the teacher's own tokenizer, and sent to /v1/completions as
-text: the rows, prompts and provenance are the same as with the in-process engine. Requests
-go out concurrently (a bounded thread pool), one request per prompt.
+text: the rows, prompts and provenance are the same as with the in-process engine. One request
+per prompt goes to a persistent pool of `concurrency` workers shared by every `generate` call,
+so the generate stage can hand over several chunks at once (`chunks_in_flight`) without ever
+having more than `concurrency` requests in flight. A server under load is waited for, not
+failed on: 408, 429, 5xx and network errors are retried with jittered exponential backoff, never
+sooner than a `Retry-After` header asks; other 4xx answers stop the run at once.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -17,6 +25,30 @@ import httpx
 from distill.errors import StageError, UserError
 from distill.generate.vllm_engine import Completion
 from distill.recipe import EndpointSettings
+
+RETRIED_STATUS = {408, 429}  # and every 5xx: the server is busy or starting, not refusing this request
+
+
+def _retried(status: int) -> bool:
+    return status in RETRIED_STATUS or status >= 500
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0)
+    except (TypeError, ValueError):
+        return None
 
 
 class OpenAIEndpoint:
@@ -35,18 +67,53 @@ class OpenAIEndpoint:
             headers["Authorization"] = f"Bearer {key}"
         self.client = httpx.Client(headers=headers, timeout=endpoint.timeout_s,
                                    limits=httpx.Limits(max_connections=endpoint.concurrency))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = endpoint.model or self._only_model()
-
-    def _only_model(self) -> str:
+        # Set on the first error that retrying cannot fix: queued requests are then never sent and
+        # requests waiting out a backoff wake up, so the run stops at once instead of after the backlog.
+        self._stop = threading.Event()
+        self._fatal: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=endpoint.concurrency, thread_name_prefix="endpoint")
+        self.chunks_in_flight = endpoint.chunks_in_flight
         try:
-            listed = self.client.get(f"{self.url}/models").raise_for_status().json()["data"]
-        except (httpx.HTTPError, KeyError, ValueError) as e:
-            raise StageError(f"generate.endpoint.url: cannot list models at {self.url}/models: {e}") from None
-        names = [m["id"] for m in listed]
-        if len(names) != 1:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.model = self._served_model(self._wait_until_ready())
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_until_ready(self) -> list[str]:
+        """Poll GET /models until the server lists its models, for up to ready_timeout_s: a teacher that is
+        still starting on another node is waited for; no prompt is sent and no chunk written before."""
+        limit = self.endpoint.ready_timeout_s
+        deadline = time.monotonic() + limit
+        pause, last = 0.25, "no answer"
+        while True:
+            try:
+                response = self.client.get(f"{self.url}/models", timeout=max(min(10.0, deadline - time.monotonic()), 0.5))
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {_one_line(str(e))}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return [m["id"] for m in response.json()["data"]]
+                    except (KeyError, TypeError, ValueError):
+                        raise StageError(f"generate.endpoint.url: {self.url}/models answered something that is not a "
+                                         f"model list: {_one_line(response.text)}") from None
+                last = f"HTTP {response.status_code}: {_one_line(response.text)}"
+                if not _retried(response.status_code):
+                    raise StageError(f"generate.endpoint.url: {self.url}/models answered {last}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StageError(f"generate.endpoint.url: no server ready at {self.url}/models within "
+                                 f"generate.endpoint.ready_timeout_s = {limit:g}s (last: {last})")
+            time.sleep(min(pause, left))
+            pause = min(pause * 1.5, 5.0)
+
+    def _served_model(self, names: list[str]) -> str:
+        if self.endpoint.model is not None and self.endpoint.model not in names:
+            raise UserError(f"generate.endpoint.model: the server at {self.url} serves {names}, not {self.endpoint.model!r}")
+        if self.endpoint.model is None and len(names) != 1:
             raise UserError(f"generate.endpoint.model: the server at {self.url} serves {names}; name one")
-        return names[0]
+        return self.endpoint.model or names[0]
 
     def describe(self) -> dict:
         return {"backend": "openai", "url": self.url, "served_model": self.model}
@@ -55,22 +122,44 @@ class OpenAIEndpoint:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds before retry `attempt` + 1: exponential, jittered so clients refused together do not return
+        together, and never shorter than the server's Retry-After."""
+        ceiling = min(self.endpoint.max_backoff_s, self.endpoint.backoff_s * 2 ** attempt)
+        wait = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, retry_after + random.uniform(0, 0.1 * retry_after))
+        return wait
+
+    def _fail(self, message: str) -> StageError:
+        if self._fatal is None:
+            self._fatal = message
+        self._stop.set()
+        return StageError(message)
+
     def _post(self, body: dict) -> dict:
-        """One request; network errors and 5xx answers are retried with backoff, 4xx are the caller's fault."""
-        for attempt in range(self.endpoint.max_retries + 1):
+        """One request, retried while the server is busy (408, 429, 5xx) or unreachable; other 4xx are final."""
+        tries = self.endpoint.max_retries + 1
+        target = f"{self.url}/completions"
+        for attempt in range(tries):
+            if self._stop.is_set():
+                raise StageError(self._fatal or f"{target}: the backend was closed")
+            retry_after = None
             try:
-                response = self.client.post(f"{self.url}/completions", json=body)
+                response = self.client.post(target, json=body)
             except httpx.TransportError as e:
-                problem = f"{type(e).__name__}: {e}"
+                problem = f"{type(e).__name__}: {_one_line(str(e))}"
             else:
                 if response.status_code < 400:
                     return response.json()
-                problem = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code < 500:
-                    raise StageError(f"{self.url}/completions refused a request: {problem}")
-            if attempt < self.endpoint.max_retries:
-                time.sleep(min(2 ** attempt, 30))
-        raise StageError(f"{self.url}/completions failed after {self.endpoint.max_retries + 1} tries: {problem}")
+                problem = f"HTTP {response.status_code}: {_one_line(response.text)}"
+                if not _retried(response.status_code):
+                    raise self._fail(f"{target} refused a request with {problem}")
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if attempt + 1 < tries and self._stop.wait(self._backoff(attempt, retry_after)):
+                raise StageError(self._fatal or f"{target}: the backend was closed")
+        raise self._fail(f"{target} failed after {tries} tries (generate.endpoint.max_retries = "
+                         f"{self.endpoint.max_retries}); last: {problem}")
 
     def generate(
         self,
@@ -95,8 +184,11 @@ class OpenAIEndpoint:
             choices = sorted(self._post(body)["choices"], key=lambda c: c["index"])
             return [Completion(c["text"], c.get("finish_reason"), len(c.get("token_ids") or [])) for c in choices]
 
-        with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
-            return list(pool.map(one, prompts, seeds))
+        # The shared pool, not one per call: concurrent calls (chunks in flight) share `concurrency` slots.
+        futures = [self._pool.submit(one, p, s) for p, s in zip(prompts, seeds)]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()

@@ -8,16 +8,17 @@ shard to finish merges the chunks in chunk order: the same rows whatever the sha
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from filelock import FileLock
 
 from distill import rows as C
 from distill.data.loaders import read_rows
@@ -27,9 +28,9 @@ from distill.generate.labels import check_answer, check_pair, pair_schema, struc
 from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
 from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
-from distill.progress import progress
+from distill.progress import console, progress
 from distill.recipe import Recipe
-from distill.run_dir import RunDir, atomic_path, hash_json, write_json
+from distill.run_dir import RunDir, atomic_path, hash_json, run_lock, write_json
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -62,9 +63,9 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     heldout, rest = split_heldout(raw, d.heldout.size, d.heldout.seed, d.slice_field, d.heldout.min_per_slice)
     thin = thin_slices(raw, d.slice_field, d.heldout.min_per_slice)
     if thin:
-        print(f"[generate] warning: {len(thin)} slice(s) of {d.slice_field!r} have no more rows than "
-              f"data.heldout.min_per_slice = {d.heldout.min_per_slice}, so all are held out and none is a seed: "
-              + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""), flush=True)
+        console(f"[generate] warning: {len(thin)} slice(s) of {d.slice_field!r} have no more rows than "
+                f"data.heldout.min_per_slice = {d.heldout.min_per_slice}, so all are held out and none is a seed: "
+                + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""))
 
     def norm(r: dict, held: bool = False) -> dict:
         target = r.get(d.target_field) if d.target_field else None
@@ -126,10 +127,10 @@ def open_teacher(recipe: Recipe, teacher_dir: Path):
     return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed)
 
 
-def _shard_lock(run: RunDir) -> FileLock:
-    """Held while a shard checks or clears shared files, so concurrently started shards never wipe each other's chunks."""
-    run.root.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(run.root / ".generate.lock"))
+def _shard_lock(run: RunDir):
+    """Held while a shard checks or clears shared files, so concurrently started shards never wipe each other's chunks
+    (on other nodes too: run_lock says when the file system's flock cannot be trusted and locks by file creation)."""
+    return run_lock(run.root / ".generate.lock")
 
 
 class _Stats:
@@ -239,6 +240,33 @@ def _answer_inputs(engine, g, samples: list[list[dict]], request_seeds: list[int
                                "failure": None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"})
 
 
+def chunks_in_order(todo: list[int], make, in_flight: int):
+    """Yield (c, make(c)) for each chunk of `todo`, in that order.
+
+    in_flight > 1 (a server backend): up to that many chunks not yet yielded are made at once, in
+    threads, so the next chunks' requests fill the slots a chunk's slowest requests leave idle. The
+    caller still gets, and writes, each chunk whole and in order, so resume by chunk is unchanged.
+    """
+    if in_flight <= 1:
+        for c in todo:
+            yield c, make(c)
+        return
+    queue = iter(todo)
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="chunk") as pool:
+        pending = deque((c, pool.submit(make, c)) for c in itertools.islice(queue, in_flight))
+        try:
+            while pending:
+                c, future = pending.popleft()
+                made = future.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(make, nxt)))
+                yield c, made
+        finally:
+            for _, future in pending:  # after an error: chunks not started yet never start
+                future.cancel()
+
+
 def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), engine=None) -> dict:
     """Generate this shard's missing chunks; merge when every chunk exists. `engine`: an open teacher engine to
     reuse (left open), else one is opened for the run and closed after it."""
@@ -251,12 +279,12 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     n_chunks = (len(items) + chunk_size - 1) // chunk_size
     shard_index, shard_count = shard
 
-    # Chunks written under other settings are stale: drop them all rather than mix.
+    # Chunks written under other settings are stale: moved aside whole (kept for the user) rather than mixed.
     key = hash_json({"settings": fingerprint_settings(recipe), "items": [r[C.ID] for r in items]})
     stamp = run.chunks / "_settings.json"
     with _shard_lock(run):
         if stamp.is_file() and json.loads(stamp.read_text()).get("key") != key:
-            shutil.rmtree(run.chunks)
+            console(f"[generate] chunks written under other settings moved to {run.move_aside(run.chunks, 'generate-chunks')}")
         if not stamp.is_file():
             write_json(stamp, {"key": key})
 
@@ -278,7 +306,8 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
         bar = progress(total=sum(size(c) for c in mine), desc=f"generate ({g.mode})", unit="prompt",
                        initial=sum(size(c) for c in mine if c not in todo))
         t0 = time.time()
-        for c in todo:
+
+        def make(c: int):
             chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
             prompts = teacher_prompts(recipe, template, chunk_items, seeds, engine.apply_chat_template)
             request_seeds = [g.sampling.seed + c * chunk_size + i for i in range(len(chunk_items))]
@@ -286,7 +315,14 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                 lambda idx, inputs, items_=chunk_items: teacher_prompts(
                     recipe, answer_template, [{**items_[i], C.INPUT: x} for i, x in zip(idx, inputs)], seeds,
                     engine.apply_chat_template))
-            samples = generate_chunk(engine, g, prompts, request_seeds, stats, answer_prompts)
+            chunk_stats = _Stats()  # one per chunk: chunks in flight run in threads
+            samples = generate_chunk(engine, g, prompts, request_seeds, chunk_stats, answer_prompts)
+            return chunk_items, prompts, request_seeds, samples, chunk_stats
+
+        in_flight = getattr(engine, "chunks_in_flight", 1)  # the in-process engine takes one batch at a time
+        for c, (chunk_items, prompts, request_seeds, samples, chunk_stats) in chunks_in_order(todo, make, in_flight):
+            stats.tokens += chunk_stats.tokens
+            stats.retried += chunk_stats.retried
             now = datetime.now(timezone.utc).isoformat()
             out_rows = []
             for item, prompt, seed, sample_list in zip(chunk_items, prompts, request_seeds, samples):

@@ -6,6 +6,7 @@ is built as data and dumped, never templated, so it always parses.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -59,30 +60,81 @@ def render_card(template: str, header: dict, context: dict) -> str:
     return _front_matter(header) + "\n" + body.strip() + "\n"
 
 
-def dataset_card(ctx: dict) -> str:
-    """ctx: see `distill.provenance.stage.card_context`."""
+# Hub ids of the models `packaged:` ships (converted from a GGUF file, so not the hub's own weights; the id names
+# the model they were made from).
+PACKAGED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+def is_hub_id(name: str | None) -> bool:
+    """`owner/name` as the hub spells repository ids (not a local path that happens to have one slash)."""
+    return bool(name) and bool(_HUB_ID.match(name)) and ".." not in name and "--" not in name and not Path(name).exists()
+
+
+def hub_base_model(identity: dict) -> str | None:
+    """The hub id of a model by its identity (distill.models.identity): the `hub:` id, the id a `packaged:` model was
+    made from, or for a local folder a hub id its own files record (`_name_or_path`, `base_model`); else None."""
+    name = identity.get("name") or ""
+    if name.startswith("packaged:"):
+        return PACKAGED_HUB_IDS.get(name.split(":", 1)[1])
+    if name != identity.get("path") and is_hub_id(name):  # `hub:` models: the name is the id, the path a snapshot
+        return name
+    recorded = identity.get("recorded_names") or {}
+    return next((n for n in recorded.get("name_or_path", []) + recorded.get("base_model", []) if is_hub_id(n)), None)
+
+
+# The dataset card's splits, as files the document stage writes beside it (paths relative to the run root): the
+# kept rows are what the student trained on; the rejected rows, with their reasons, are a split of their own.
+DATA_SPLITS = {"train": "document/data/train.parquet", "rejected": "document/data/rejected.parquet"}
+
+
+def dataset_card(ctx: dict, splits: tuple[str, ...] = ("train", "rejected")) -> str:
+    """ctx: see `distill.provenance.stage.card_context`; `splits`: the split files written (see DATA_SPLITS)."""
     header = {
         "pretty_name": f"{ctx['name']}: synthetic training data",
         "tags": ["synthetic", "distillation", "distill"],
         "task_categories": ["text-generation"],
         "size_categories": [size_category(ctx["funnel"]["kept"] if ctx["funnel"] else 0)],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "filter/rows.parquet"}]}],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": DATA_SPLITS[s]} for s in splits]}],
     }
-    return render_card("dataset_card.md.j2", header, ctx)
+    return render_card("dataset_card.md.j2", header, {**ctx, "data_splits": {s: DATA_SPLITS[s] for s in splits}})
 
 
-def model_card(ctx: dict) -> str:
+def model_card(ctx: dict, export: dict | None = None) -> str:
+    """The student's card: for the run's adapter, or (`export`, see distill.export) for an exported adapter or
+    merged model, whose header names the library that loads it."""
     results = []
     for table in ctx["eval_tables"]:
         student = next((r for r in table["models"] if r["model"] == "student" and r["score"] is not None), None)
         if student:
-            kind = "guard set (real data)" if table["guard"] else "held-out real data"
-            results.append({"task": {"type": "text-generation"}, "dataset": {"name": table["name"], "type": kind},
-                            "metrics": [{"type": table["metric"], "value": round(student["score"], 4)}]})
-    header = {
-        "base_model": ctx["models"]["student"]["name"],
-        "library_name": "peft",
-        "tags": ["distill", "lora", "distillation"],
-        "model-index": [{"name": f"{ctx['name']}-student", "results": results}],
-    }
-    return render_card("model_card.md.j2", header, ctx)
+            kind = "guard set, real data" if table["guard"] else "held-out real data"
+            # The hub reads dataset.type as a dataset id: the set's name; the description goes in dataset.name.
+            results.append({"task": {"type": "text-generation", "name": "Text Generation"},
+                            "dataset": {"name": f"{table['name']} ({kind})", "type": table["name"]},
+                            "metrics": [{"type": table["metric"], "name": table["metric"],
+                                         "value": round(student["score"], 4)}]})
+    merged = bool(export and export.get("merged"))
+    header = {}
+    base = hub_base_model(ctx["models"]["student"])
+    if base:
+        header["base_model"] = base
+    if export:
+        header["base_model_relation"] = "finetune" if merged else "adapter"
+    header.update({
+        "library_name": "transformers" if merged else "peft",
+        "pipeline_tag": "text-generation",
+        "tags": ["distill", "lora", "distillation"] + (["merged"] if merged else []),
+    })
+    if results:
+        header["model-index"] = [{"name": f"{ctx['name']}-student", "results": results}]
+    return render_card("model_card.md.j2", header, {**ctx, "export": export, "base_hub_id": base})
+
+
+def export_card(name: str, base: str | None, export: dict) -> str:
+    """The card of an adapter exported on its own, without a documented run's evaluation to carry."""
+    merged = export["merged"]
+    header = {**({"base_model": base, "base_model_relation": "finetune" if merged else "adapter"} if base else {}),
+              "library_name": "transformers" if merged else "peft", "pipeline_tag": "text-generation",
+              "tags": ["distill", "lora", "distillation"] + (["merged"] if merged else [])}
+    return render_card("export_card.md.j2", header, {"name": name, "export": export})

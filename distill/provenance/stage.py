@@ -1,8 +1,9 @@
 """document: the run's manifest, dataset card and model card, written after evaluation.
 
 Writes document/{manifest.json, coverage.json, synthetic_vs_real.json, dataset_card.md,
-model_card.md}, copies the manifest and both cards to the run root, and the manifest into
-the student's adapter folder, so the adapter carries the record of the data it was trained on.
+model_card.md, card_context.json, data/train.parquet, data/rejected.parquet}, copies the
+manifest and both cards to the run root, and the manifest into the student's adapter folder,
+so the adapter carries the record of the data it was trained on.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import pyarrow.parquet as pq
 from distill import rows as C
 from distill.data.loaders import read_rows
 from distill.generate.prompts import template_hash
-from distill.provenance.cards import dataset_card, model_card
+from distill.provenance.cards import DATA_SPLITS, dataset_card, model_card
 from distill.provenance.coverage import audit_coverage, cell_column, link_eval_slices, real_slice_counts
 from distill.provenance.lineage import chaining_findings, lineage
 from distill.provenance.manifest import build_manifest, model_identities
+from distill.progress import console
 from distill.provenance.two_sample import check_synthetic_vs_real, gap_text
 from distill.recipe import Recipe
-from distill.run_dir import DATA_MANIFEST, RunDir, hash_file, write_json, write_text
+from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_file, write_json, write_text
 
 ROOT_COPIES = ("manifest.json", "dataset_card.md", "model_card.md")
+CARD_CONTEXT = "card_context.json"
 MODE_TEXT = {"complete": "answered real seed inputs",
              "synthesize": "wrote inputs and answers for every cell of an attribute grid",
              "label": "labelled real inputs under a structured-output constraint"}
@@ -144,6 +147,27 @@ def warnings_of(chaining: list[dict], coverage: dict, two_sample: dict) -> list[
     return out
 
 
+def write_split_files(run: RunDir) -> tuple[str, ...]:
+    """The dataset card's splits as files (cards.DATA_SPLITS): the kept rows as `train`, the rejected rows (with
+    `rejected_by` and `reason`) as `rejected` when there are any. filter/rows.parquet holds both, so a card pointing
+    at it would hand the rejected rows out as training data."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(run.filtered)
+    kept = pc.fill_null(table.column(C.KEPT), False)
+    parts = {"train": table.filter(kept), "rejected": table.filter(pc.invert(kept))}
+    written = []
+    for split, path in DATA_SPLITS.items():
+        target = run.root / path
+        if split == "train" or parts[split].num_rows:
+            with atomic_path(target) as tmp:
+                pq.write_table(parts[split], tmp)
+            written.append(split)
+        elif target.exists():
+            target.unlink()  # left by an earlier run that had rejected rows
+    return tuple(written)
+
+
 def run_document(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     out = run.stage("document")
@@ -163,15 +187,18 @@ def run_document(recipe: Recipe, run: RunDir) -> dict:
     write_json(out / "synthetic_vs_real.json", two_sample)
 
     ctx = card_context(recipe, run, manifest, chaining, coverage, two_sample, decontam, eval_report)
-    write_text(out / "dataset_card.md", dataset_card(ctx))
+    splits = write_split_files(run)
+    write_text(out / "dataset_card.md", dataset_card(ctx, splits))
     write_text(out / "model_card.md", model_card(ctx))
+    # What the model card shows, so that `distill export` can write the same card for the exported model.
+    write_text(out / CARD_CONTEXT, json.dumps(finite(ctx), indent=1, default=str) + "\n")
     for name in ROOT_COPIES:
         write_text(run.root / name, (out / name).read_text())
     if run.adapter.is_dir():
         write_text(run.adapter / DATA_MANIFEST, (out / "manifest.json").read_text())
 
     for w in warnings:
-        print(f"[document] warning: {w}", flush=True)
+        console(f"[document] warning: {w}")
     return {"manifest_sha256": manifest["content_sha256"][:12], "chaining_warnings": len(chaining),
             "flagged_cells": len(coverage["flagged"]),
             "synthetic_vs_real_auc": round(two_sample["auc"], 3) if "auc" in two_sample else None,

@@ -18,6 +18,14 @@ from distill.recipe import Section, StageResources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "configs" / "clusters"
+# Values written into `#SBATCH` lines are not shell-quoted there (sbatch reads them itself, and
+# the block ends at the first line that is not a comment), so each must match a pattern.
+SLURM_NAME = r"^[A-Za-z0-9_.+-]+$"
+# distill sets these itself; a second one in sbatch_options would silently win (the last line does).
+RESERVED_OPTIONS = {"job-name", "partition", "account", "qos", "nodes", "ntasks-per-node", "cpus-per-task", "mem",
+                    "time", "gres", "array", "chdir", "output", "error", "open-mode", "requeue", "no-requeue",
+                    "dependency", "kill-on-invalid-dep", "parsable", "wrap"}
+SBATCH_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?:=([\x21-\x7e]+))?")
 UNLIMITED = ("UNLIMITED", "INFINITE")
 
 
@@ -45,11 +53,12 @@ def slurm_minutes(text: str) -> int | None:
 class Partition(Section):
     """One partition and what one of its nodes offers."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Partition name as Slurm knows it.")
+    name: str = Field(pattern=SLURM_NAME, description="Partition name as Slurm knows it.")
     nodes: int = Field(1, ge=1, description="Nodes a job may use at most.")
     cpus_per_node: int = Field(ge=1, description="CPU cores per node.")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per node (0: a CPU partition).")
-    gpu_type: str | None = Field(None, description="GRES type of the GPUs (gpu:TYPE:N), or unset for plain gpu:N.")
+    gpu_type: str | None = Field(None, pattern=SLURM_NAME,
+                                 description="GRES type of the GPUs (gpu:TYPE:N), or unset for plain gpu:N.")
     mem_gb: float = Field(gt=0, description="Memory per node a job may ask for, in GiB.")
     max_time: str = Field("UNLIMITED", description="Longest wall-clock time a job may ask for (Slurm format).")
 
@@ -69,17 +78,32 @@ class Container(Section):
 
 
 class ClusterProfile(Section):
-    name: str = Field(description="Profile name, shown in job names and status.")
+    name: str = Field(pattern=SLURM_NAME, description="Profile name, shown in status.")
     description: str = Field("", description="What cluster this is.")
     partitions: list[Partition] = Field(min_length=1, description="Partitions this profile may submit to, tried in order.")
-    account: str | None = Field(None, description="Slurm account charged (sbatch --account).")
-    qos: str | None = Field(None, description="Quality of service (sbatch --qos).")
+    account: str | None = Field(None, pattern=SLURM_NAME, description="Slurm account charged (sbatch --account).")
+    qos: str | None = Field(None, pattern=SLURM_NAME, description="Quality of service (sbatch --qos).")
     python: str | None = Field(
         None, description="Interpreter on the compute nodes; unset: the interpreter that submits (its venv)."
     )
-    setup: list[str] = Field(default_factory=list, description="Shell lines run first in every job (module load, env vars).")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run first in every job (module load, "
+                             "env vars); shell code by design, written into the scripts as they are.")
     container: Container | None = Field(None, description="Run job steps in this container (pyxis/enroot).")
-    sbatch_options: list[str] = Field(default_factory=list, description="Extra sbatch options, e.g. '--constraint=a100'.")
+    sbatch_options: list[str] = Field(default_factory=list, description="Extra sbatch options as --key or --key=value "
+                                      "(no spaces, quotes, '#' or backslashes), e.g. '--constraint=a100'.")
+
+    @field_validator("sbatch_options")
+    @classmethod
+    def _options(cls, options: list[str]) -> list[str]:
+        for option in options:
+            m = SBATCH_OPTION.fullmatch(option)
+            if not m or (m.group(2) and re.search(r"[\'\"#\\]", m.group(2))):
+                raise ValueError(f"{option!r} is not one --key or --key=value flag without spaces, quotes, '#' "
+                                 "or backslashes")
+            if m.group(1) in RESERVED_OPTIONS:
+                raise ValueError(f"{option!r}: distill sets --{m.group(1)} itself (from the recipe's slurm section "
+                                 "and the profile's fields)")
+        return options
 
 
 def profile_path(name_or_path: str) -> Path:
@@ -103,7 +127,8 @@ def load_profile(name_or_path: str) -> ClusterProfile:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise UserError(f"{path}: {where}: {err['msg']}") from None
+        got = f" (got {err['input']!r})" if isinstance(err.get("input"), (str, int, float)) else ""
+        raise UserError(f"{path}: {where}: {err['msg']}{got}") from None
 
 
 def why_not(partition: Partition, res: StageResources) -> str | None:

@@ -1,11 +1,15 @@
 """Render one sbatch script per stage from the templates in the top-level slurm/ folder.
 
-Templates are Jinja, rendered in a sandbox with every value shell-quoted by the `q` filter,
-so a recipe or profile can put no shell code in a job that it did not write as a setup line.
+Templates are Jinja, rendered in a sandbox. Values in the job's body are shell-quoted by the
+`q` filter; values in `#SBATCH` lines (read by sbatch, not the shell) match a pattern checked
+when the recipe and profile load, and paths there may hold no control characters. So a recipe
+or profile can put no shell code in a job that it did not write as a setup line, and no value
+can end the `#SBATCH` block early.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +18,7 @@ from pathlib import Path
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from distill.errors import UserError
 from distill.recipe import Recipe, StageResources
 from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
 
@@ -41,6 +46,26 @@ def _environment() -> SandboxedEnvironment:
                                keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = lambda value: shlex.quote(str(value))
     return env
+
+
+def _sbatch_path(what: str, path: Path) -> str:
+    """A path for an `#SBATCH` line: sbatch reads it up to the line's end and drops backslashes."""
+    text = str(path)
+    if re.search(r"[\x00-\x1f\x7f\\]", text):
+        raise UserError(f"{what} {text!r}: a path with control characters or backslashes cannot go into an "
+                        "#SBATCH line; use another folder")
+    return text
+
+
+def sbatch_header(script: str) -> list[str]:
+    """The `#SBATCH` lines sbatch reads: those before the first line that is neither blank nor a comment."""
+    header = []
+    for line in script.splitlines()[1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        if line.startswith("#SBATCH"):
+            header.append(line)
+    return header
 
 
 def _gres(res: StageResources, gpu_type: str | None) -> str | None:
@@ -89,11 +114,11 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "time": res.time,
             "gres": _gres(res, partition.gpu_type),
             "array": array,
-            "output": str(run_dir / "logs" / "slurm" / log_name),
+            "output": _sbatch_path("run directory", run_dir / "logs" / "slurm" / log_name),
             "requeue": s.requeue,
             "sbatch_options": profile.sbatch_options,
             "setup": profile.setup,
-            "workdir": str(Path(workdir or Path.cwd()).resolve()),
+            "workdir": _sbatch_path("working directory", Path(workdir or Path.cwd()).resolve()),
             "python": profile.python or sys.executable,
             "srun_args": _srun_args(profile),
             "recipe": str(recipe_file),
@@ -104,6 +129,10 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "accelerate_config": str(ACCELERATE_DIR / f"{s.train.accelerate_config}.yaml"),
         }
         script = env.get_template(f"{stage}.sbatch.j2").render(**context)
+        head = script.split("\nset -euo pipefail\n")[0]  # the template's header, before the job's first command
+        written = [line for line in head.splitlines() if line.startswith("#SBATCH")]
+        if sbatch_header(script) != written:  # a line that sbatch would not read: the block ended early
+            raise UserError(f"{stage}: the rendered script's #SBATCH block ends early; check the cluster profile")
         jobs.append(StageJob(stage=stage, partition=partition.name, script=script, array=array,
                              depends_on=DEPENDS_ON[stage], resources=res.model_dump(mode="json")))
     return jobs

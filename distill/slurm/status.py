@@ -17,6 +17,7 @@ from distill.run_dir import RunDir
 STAGE_ORDER = ("generate", "filter", "train", "evaluate")
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
+NEVER_SATISFIED = "DependencyNeverSatisfied"
 # How an array's task states sum up into one stage state: the first that any task is in.
 ARRAY_PRECEDENCE = ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED", "BOOT_FAIL",
                     "DEADLINE", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "PENDING", "COMPLETED")
@@ -51,10 +52,13 @@ def accounting_enabled() -> bool:
 def _from_squeue(job_id: str) -> list[dict]:
     """One record per task (array tasks expanded); [] if the controller no longer knows the job."""
     proc = _run(["squeue", "-h", "-r", "--states=all", "-j", job_id, "-o", "%i|%T|%r"])
-    if proc.returncode != 0:
-        return []
+    return parse_squeue(proc.stdout) if proc.returncode == 0 else []
+
+
+def parse_squeue(text: str) -> list[dict]:
+    """Records of `squeue -h -o %i|%T|%r` lines: job (array task) id, state, reason ('' for None)."""
     tasks = []
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         task, state, reason = (line.split("|") + ["", ""])[:3]
         tasks.append({"job": task.strip(), "state": state.strip(), "reason": "" if reason.strip() == "None" else reason.strip()})
     return tasks
@@ -105,13 +109,31 @@ def run_status(run: RunDir) -> dict:
             "stages": stages}
 
 
-def active_jobs(run: RunDir) -> list[str]:
-    """Job ids of this run's previous submission that are still queued or running."""
+def active_tasks(run: RunDir) -> dict[str, list[dict]]:
+    """Per stage, the jobs (array tasks apart) of this run's previous submission that are still
+    queued or running, each with its state and reason."""
     if not jobs_file(run).is_file():
-        return []
-    recorded = read_jobs(run)
-    return [t["job"] for job in recorded["stages"].values() for t in job_states(str(job["job_id"]))
-            if t["state"] in ACTIVE]
+        return {}
+    active = {}
+    for stage, job in read_jobs(run)["stages"].items():
+        tasks = [t for t in job_states(str(job["job_id"])) if t["state"] in ACTIVE]
+        if tasks:
+            active[stage] = tasks
+    return active
+
+
+def never_starting(tasks_by_stage: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Per stage, the pending jobs that can never start: their dependency failed
+    (DependencyNeverSatisfied), or they wait on such a job. Without kill_invalid_depend (cluster)
+    or --kill-on-invalid-dep (job) they stay in the queue for good."""
+    stuck: dict[str, list[str]] = {}
+    for i, stage in enumerate(STAGE_ORDER):
+        pending = [t for t in tasks_by_stage.get(stage, []) if t["state"] == "PENDING"]
+        if any(t["reason"] == NEVER_SATISFIED for t in pending) or (
+                pending and i > 0 and STAGE_ORDER[i - 1] in stuck
+                and all(t["reason"] == "Dependency" for t in pending)):
+            stuck[stage] = [t["job"] for t in pending]
+    return stuck
 
 
 def format_status(status: dict) -> str:
@@ -124,6 +146,12 @@ def format_status(status: dict) -> str:
         if len(s["tasks"]) > 1:
             for t in s["tasks"]:
                 lines.append(f"  {t['job']:<16} {t['state']:<12} {t['reason']}")
+    stuck = never_starting({stage: s["tasks"] for stage, s in status["stages"].items()})
+    if stuck:
+        ids = " ".join(job for jobs in stuck.values() for job in jobs)
+        lines.append(f"{', '.join(stuck)}: will never start ({NEVER_SATISFIED}): a stage they wait on failed, and "
+                     "this cluster leaves such jobs pending (no kill_invalid_depend). Fix the failed stage and run "
+                     f"`distill slurm submit` for this run again (it cancels them first), or `scancel {ids}`")
     if not status["accounting"] and any(s["state"] == "UNKNOWN" for s in status["stages"].values()):
         lines.append("UNKNOWN: the controller has forgotten the job (MinJobAge) and the cluster keeps no accounting")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Submit a recipe as a chain of Slurm jobs: generation array -> merge/filter -> train -> evaluate.
 
-Each job depends on the one before with afterok, so a failed stage cancels the stages after
-it (with the controller's kill_invalid_depend) instead of leaving them pending. Scripts and
-job ids are kept in RUN/slurm/ for `distill slurm status` and for reading what ran.
+Each job depends on the one before with afterok and --kill-on-invalid-dep=yes, so a failed stage
+cancels the stages after it instead of leaving them pending, also on clusters without
+kill_invalid_depend. Scripts and job ids are kept in RUN/slurm/ for `distill slurm status` and
+for reading what ran.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json, write_text
 from distill.slurm.profile import load_profile
 from distill.slurm.render import render_jobs
-from distill.slurm.status import active_jobs, jobs_file
+from distill.slurm.status import NEVER_SATISFIED, active_tasks, jobs_file, never_starting
 
 
 def sbatch_command(script: Path, dependency_id: str | None) -> list[str]:
     cmd = ["sbatch", "--parsable"]
-    if dependency_id is not None:
-        cmd.append(f"--dependency=afterok:{dependency_id}")
+    if dependency_id is not None:  # cancelled if the job before fails, whatever the cluster's default
+        cmd += [f"--dependency=afterok:{dependency_id}", "--kill-on-invalid-dep=yes"]
     return cmd + [str(script)]
 
 
@@ -33,6 +34,20 @@ def _sbatch(cmd: list[str]) -> str:
     if proc.returncode != 0:
         raise UserError(f"sbatch refused {cmd[-1]}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
+
+
+def cancel_never_starting(run: RunDir, active: dict[str, list[dict]] | None = None) -> list[str]:
+    """Cancel this run's earlier jobs that wait on a failed stage and so can never start (on a
+    cluster without kill_invalid_depend, for jobs submitted without --kill-on-invalid-dep)."""
+    stuck = never_starting(active_tasks(run) if active is None else active)
+    jobs = [job for ids in stuck.values() for job in ids]
+    if jobs:
+        proc = subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise UserError(f"scancel {' '.join(jobs)} failed: {proc.stderr.strip()}")
+        print(f"[slurm] cancelled {', '.join(stuck)} of the earlier submission (jobs {' '.join(jobs)}): "
+              f"{NEVER_SATISFIED}, a stage they waited on failed", flush=True)
+    return jobs
 
 
 def dry_run(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> str:
@@ -60,7 +75,9 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
     profile = load_profile(profile_name or recipe.slurm.profile)
     if not shutil.which("sbatch"):
         raise UserError("sbatch not found: submit from a machine with the Slurm client commands, or use --dry-run")
-    still_active = active_jobs(run)
+    earlier = active_tasks(run)
+    cancelled = cancel_never_starting(run, earlier)
+    still_active = [t["job"] for tasks in earlier.values() for t in tasks if t["job"] not in cancelled]
     if still_active:
         raise UserError(f"{run.root}: jobs of an earlier submission are still queued or running "
                         f"({', '.join(still_active)}); wait for them or scancel them first")

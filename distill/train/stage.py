@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from distill import rows as C
 from distill.errors import UserError
 from distill.models.context import resolved_model
+from distill.progress import console, progress
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
@@ -60,7 +61,7 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
         bf16=on_gpu and spec.dtype == "bfloat16",
         report_to="none",
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=True,  # distill's own bar (loss_bar) instead; the per-step dict is printed to the log
     )
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                       target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
@@ -72,6 +73,33 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
             raise UserError(f"train.lora.target_modules: {e}") from None
         raise
     return trainer, tokenizer
+
+
+def loss_bar():
+    """A trainer callback drawing one progress bar over the optimizer steps, with the last logged loss."""
+    from transformers import TrainerCallback
+
+    class LossBar(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = progress(state.max_steps, "train", unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)  # a resumed run starts at its checkpoint's step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4g}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return LossBar()
 
 
 def run_train(recipe: Recipe, run: RunDir) -> dict:
@@ -90,10 +118,11 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop, len(examples), t.max_length, t.max_truncated_share)
     lost = format_check["rows_without_eos"] + format_check["rows_dropped_by_max_length"]
     if lost and trainer.is_world_process_zero():
-        print(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
-              f"{t.max_length} ({format_check['rows_dropped_by_max_length']} of them dropped)", flush=True)
+        console(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
+                f"{t.max_length} ({format_check['rows_dropped_by_max_length']} of them dropped)")
 
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
+    trainer.add_callback(loss_bar())
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     if not trainer.is_world_process_zero():
         return {}

@@ -1,0 +1,221 @@
+"""export: a trained student as others load it, merged into its base or as a vLLM-ready LoRA adapter.
+
+`distill export RUN --merge` writes the base with the adapter merged in (`merge_and_unload`), saved in the base's
+dtype with its tokenizer and a model card carrying the run's evaluation: transformers and vLLM load the folder
+alone. Without `--merge` it writes the adapter folder as `vllm serve --enable-lora` loads it, with the same card, and
+the command that serves base + adapter. The target is a run directory or an adapter folder (a checkpoint, a copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.run_dir import RunDir, hash_file, write_json, write_text
+
+EXPORT_RECORD = "export.json"  # marks a folder this command wrote, so that exporting again may replace it
+# PEFT's generic card (replaced by ours) and the trainer's pickled arguments (a pickle is code to whoever loads it).
+ADAPTER_SKIP = ("README.md", "training_args.bin")
+
+
+@dataclass
+class Source:
+    adapter: Path
+    run: RunDir | None  # the run the adapter belongs to, when found
+    final: bool  # the run's own train/adapter (its evaluation and cards are about this adapter)
+    base_dir: Path
+    base: dict  # the base model's identity (distill.models.identity)
+    spec: object | None  # the recipe's ModelSpec of the student, when the run is known
+
+
+def _run_of(adapter: Path) -> RunDir | None:
+    """The run an adapter folder belongs to: a run directory above it (train/adapter, train/checkpoints/...), or the
+    one its data manifest names."""
+    for parent in list(adapter.parents)[:3]:
+        if (parent / "recipe.yaml").is_file() and (parent / "train") in (adapter, *adapter.parents):
+            return RunDir(parent)
+    manifest = adapter / "data_manifest.json"
+    if manifest.is_file():
+        root = Path(json.loads(manifest.read_text()).get("run", {}).get("run_dir") or "")
+        if root.is_dir() and (root / "recipe.yaml").is_file():
+            return RunDir(root)
+    return None
+
+
+def _base_without_recipe(adapter: Path) -> tuple[Path, dict]:
+    """The base an adapter records: training_data.json's identity (distill's adapters), else adapter_config.json's
+    base_model_name_or_path (a local folder or a hub id in the local cache)."""
+    from distill.models.identity import model_identity
+
+    trained = adapter / "training_data.json"
+    recorded = json.loads(trained.read_text()).get("base_model") if trained.is_file() else None
+    if recorded and Path(recorded.get("path") or "").is_dir():
+        return Path(recorded["path"]), model_identity(Path(recorded["path"]), recorded["name"], recorded.get("revision"))
+    name = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not name:
+        raise UserError(f"{adapter / 'adapter_config.json'}: names no base model (base_model_name_or_path)")
+    if Path(name).is_dir():
+        return Path(name), model_identity(Path(name), name)
+    from distill.models.resolve import resolve_model
+    from distill.recipe import ModelSpec
+
+    folder = resolve_model(ModelSpec(hub=name))
+    return folder, model_identity(folder, name)
+
+
+def locate(target: str | Path) -> Source:
+    """What to export: the adapter, its run if any, and the base it was trained on."""
+    target = Path(target).resolve()
+    if (target / "recipe.yaml").is_file() and not (target / "adapter_config.json").is_file():
+        run = RunDir(target)
+        if not (run.adapter / "adapter_config.json").is_file():
+            raise UserError(f"{target}: the run has no trained adapter ({run.adapter}/adapter_config.json): "
+                            "run `distill train` first")
+        adapter = run.adapter.resolve()
+    elif (target / "adapter_config.json").is_file():
+        adapter, run = target, _run_of(target)
+    else:
+        raise UserError(f"{target}: neither a run directory (recipe.yaml) nor an adapter folder (adapter_config.json)")
+    if run is None:
+        base_dir, base = _base_without_recipe(adapter)
+        return Source(adapter, None, False, base_dir, base, None)
+    from distill.models.context import resolved_model
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(run.recipe)
+    base_dir, base = resolved_model(recipe, "student")
+    return Source(adapter, run, adapter == run.adapter.resolve(), base_dir, base, recipe.models.student)
+
+
+def base_dtype(folder: Path) -> str:
+    """The dtype the base's weights are stored in (config.json), so the merged folder is the size of its base."""
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return str(dtype).replace("torch.", "")
+
+
+def serve_command(src: Source, out: Path, merged: bool, name: str) -> str:
+    """The `vllm serve` command line for the exported folder (merged) or for base + adapter."""
+    if merged:
+        return f"vllm serve {shlex.quote(str(out))} --served-model-name {shlex.quote(name)}"
+    from distill.generate.vllm_engine import VLLM_LORA_RANKS
+
+    rank = int(json.loads((src.adapter / "adapter_config.json").read_text()).get("r") or 8)
+    spec = src.spec
+    hub = getattr(spec, "hub", None)
+    parts = ["vllm", "serve", shlex.quote(hub or str(src.base_dir.resolve()))]
+    if hub and spec.revision:
+        parts += ["--revision", shlex.quote(spec.revision)]
+    if spec is not None:
+        parts += ["--dtype", spec.dtype] + (["--trust-remote-code"] if spec.trust_remote_code else [])
+    # vLLM takes only some ranks as --max-lora-rank; any adapter up to it is served.
+    max_rank = next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+    parts += ["--enable-lora", "--max-lora-rank", str(max_rank), "--lora-modules", shlex.quote(f"{name}={out}")]
+    return " ".join(parts)
+
+
+def _documented_context(src: Source) -> dict | None:
+    """What the run's model card shows, when the adapter is the run's own and the card describes it as it is now."""
+    if not src.final:
+        return None
+    context = src.run.stage("document") / "card_context.json"
+    if not context.is_file():
+        raise UserError(f"{context} is missing: the run was not documented (or by an older distill); "
+                        f"run `distill document {src.run.root} --force` first")
+    manifest = json.loads((src.run.root / "manifest.json").read_text())
+    documented = manifest.get("outputs", {}).get("train", {}).get("files", {})
+    for rel, sha in documented.items():
+        path = src.run.root / rel
+        if path.parent == src.run.adapter and (not path.is_file() or hash_file(path) != sha):
+            raise UserError(f"{path} changed after the run was documented: its card would describe another "
+                            f"adapter; run `distill document {src.run.root}` first")
+    return json.loads(context.read_text())
+
+
+def _card(src: Source, context: dict | None, export: dict) -> str:
+    """The run's model card for this export when the adapter is the run's documented one; else a card that says why
+    no evaluation comes with it."""
+    from distill.provenance.cards import export_card, hub_base_model, model_card
+
+    if context is not None:
+        return model_card(context, export)
+    if src.run is not None:
+        why = (f"No evaluation comes with this card: the run `{src.run.root}` documented and evaluated its final "
+               f"adapter (`{src.run.adapter}`), not this one; `distill compare` measures it on the run's held-out items.")
+    else:
+        why = "No evaluation comes with this card: the adapter is not part of a documented distill run."
+    return export_card(export["name"], hub_base_model(src.base), {**export, "why_no_evaluation": why})
+
+
+def _default_out(src: Source, merge: bool) -> Path:
+    if src.run is None:
+        raise UserError(f"{src.adapter}: not part of a distill run; name the output folder with --out")
+    name = "merged" if merge else "adapter"
+    return src.run.root / "export" / (name if src.final else f"{src.adapter.name}-{name}")
+
+
+def _merge(src: Source, dtype: str, tmp: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    remote = bool(getattr(src.spec, "trust_remote_code", False))
+    # Merge in float32 (the sum W + BA keeps its low bits), then store in the base's dtype.
+    model = AutoModelForCausalLM.from_pretrained(src.base_dir, dtype=torch.float32, trust_remote_code=remote)
+    model = PeftModel.from_pretrained(model, str(src.adapter)).merge_and_unload()
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(tmp)
+    # The base's tokenizer and chat template: what the student was trained and evaluated with.
+    AutoTokenizer.from_pretrained(src.base_dir, trust_remote_code=remote).save_pretrained(tmp)
+
+
+def _copy_adapter(src: Source, tmp: Path) -> None:
+    tmp.mkdir(parents=True)
+    for path in sorted(src.adapter.iterdir()):
+        if path.is_file() and path.name not in ADAPTER_SKIP and not path.name.startswith((".", "_")):
+            shutil.copy2(path, tmp / path.name)
+    config = json.loads((tmp / "adapter_config.json").read_text())
+    hub = getattr(src.spec, "hub", None)
+    # PEFT's AutoPeftModel loads the base from here: the hub id of a hub model, else the local folder trained on.
+    config["base_model_name_or_path"] = hub or str(src.base_dir.resolve())
+    if hub and src.spec.revision:
+        config["revision"] = src.spec.revision
+    write_json(tmp / "adapter_config.json", config)
+
+
+def run_export(target: str | Path, out: str | Path | None = None, merge: bool = False) -> dict:
+    """Write the export; returns what was written (also in OUT/export.json)."""
+    from distill.models.identity import weights_hash
+
+    src = locate(target)
+    out = (Path(out) if out else _default_out(src, merge)).resolve()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_RECORD).is_file())):
+        raise UserError(f"{out}: exists and was not written by `distill export`; choose another --out")
+    context = _documented_context(src)  # checked before the (slow) merge
+    name = f"{src.run.root.name if src.run else src.adapter.name}-student"
+    dtype = base_dtype(src.base_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if merge:
+        _merge(src, dtype, tmp)
+    else:
+        _copy_adapter(src, tmp)
+    export = {
+        "merged": merge, "name": name, "folder": str(out), "adapter": str(src.adapter),
+        "adapter_sha256": weights_hash(src.adapter), "base": str(src.base_dir.resolve()), "base_name": src.base["name"],
+        "dtype": dtype if merge else None, "created_at": datetime.now(timezone.utc).isoformat(),
+        "run": str(src.run.root.resolve()) if src.run else None,
+    }
+    export["serve_command"] = serve_command(src, out, merge, name)
+    write_text(tmp / "README.md", _card(src, context, export))
+    write_json(tmp / EXPORT_RECORD, export)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return export

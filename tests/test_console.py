@@ -1,0 +1,72 @@
+"""What `distill run` shows on the console: each stage's progress and summary, not library logs; -v shows all;
+a failed stage shows the end of its log and where the log is. Everything is in runs/<name>/logs/ either way."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import TINY_RECIPE, run_cli, write_recipe
+from distill.run_dir import RunDir
+
+# Held-out items scored by reference NLL only: the evaluate stage starts no vLLM engine, generate is the only one.
+NLL_ONLY = TINY_RECIPE.replace("- {{name: plural, data: heldout}}", "- {{name: plural, data: heldout, metrics: [nll]}}")
+VLLM_LOG_LINE = re.compile(r"^\(\w+ pid=\d+\) (INFO|WARNING) ", re.M)
+
+
+@pytest.fixture(scope="module")
+def quiet_run(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("console")
+    recipe = write_recipe(folder, tiny_model, NLL_ONLY)
+    result = run_cli("run", recipe, cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder, recipe, RunDir(folder / "runs" / "tiny"), result
+
+
+def test_console_shows_stage_summaries_and_bars_but_not_library_output(quiet_run):
+    _, _, run, result = quiet_run
+    console = result.stdout + result.stderr
+    for stage in ("generate", "filter", "train", "evaluate", "document"):
+        assert f"[{stage}] done" in result.stdout
+    assert "[evaluate] base on plural: nll=" in result.stdout  # each model's result on each set
+    assert "generate (complete):" in console and "train:" in console and "loss=" in console  # distill's own bars
+    assert not VLLM_LOG_LINE.search(console)
+    for noise in ("Loading safetensors", "Loading weights", "examples/s", "{'loss'", "Triton"):
+        assert noise not in console, noise
+    # besides bar states: warnings, 5 summaries, 3 per-model results and the last line: about a dozen
+    lines = [line for line in result.stdout.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
+    assert len(lines) < 20, lines
+
+
+def test_logs_hold_what_the_console_leaves_out(quiet_run):
+    _, _, run, _ = quiet_run
+    generate, train = (run.logs / "generate.log").read_text(), (run.logs / "train.log").read_text()
+    assert "Loading safetensors" in generate  # the engine's weight loading, which the console leaves out
+    assert "[generate] done" in generate  # the console lines are in the log too
+    assert "'loss'" in train and "[train] done" in train
+    # a redrawn bar is one line in the log, in its last state
+    assert b"\r" not in (run.logs / "train.log").read_bytes()
+    assert re.search(r"^train: 100%.*5/5", train, re.M)
+
+
+def test_verbose_shows_library_output(quiet_run):
+    folder, recipe, _, _ = quiet_run
+    result = run_cli("run", recipe, "-v", "--force", "document", cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("up to date, skipped") == 4 and "[document] done" in result.stdout
+    assert re.search(r"^Loading weights: 100%", result.stdout.replace("\r", "\n"), re.M)  # transformers' own bar
+
+
+def test_failed_stage_shows_the_end_of_its_log_and_its_path(quiet_run, tiny_model):
+    folder, _, run, _ = quiet_run
+    (folder / "crash.py").write_text("def check(row):\n    raise RuntimeError('verifier crashed on row ' + row['id'])\n")
+    failing = NLL_ONLY.replace("    - {{type: exact_dedup, fields: [input]}}",
+                               "    - {{type: exact_dedup, fields: [input]}}\n    - {{type: verifier, function: 'crash.py:check'}}")
+    recipe = write_recipe(folder, tiny_model, failing, name="crashing.yaml")  # same run: generate is up to date
+    result = run_cli("run", recipe, cwd=folder)
+    assert result.returncode == 1
+    assert "RuntimeError: verifier crashed on row" in result.stderr  # the log's last lines
+    assert "stage filter failed with exit code 1; log: runs/tiny/logs/filter.log" in result.stderr
+    assert "RuntimeError: verifier crashed on row" in (run.logs / "filter.log").read_text()
+
