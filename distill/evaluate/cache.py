@@ -85,23 +85,19 @@ def metric_code() -> str:
 
 
 @lru_cache(maxsize=None)
-def _folder_content(folder: Path) -> dict:
-    from distill.models.identity import CONTENT_KEYS, model_identity
+def _folder_identity(folder: Path) -> dict:
+    from distill.models.identity import model_identity
 
-    identity = model_identity(folder, str(folder))
-    return {key: identity.get(key) for key in CONTENT_KEYS}
+    return model_identity(folder, str(folder))
 
 
 def model_key(cand: Candidate) -> dict:
     """What the candidate computes, as the evaluate stage's fingerprint counts a model (model_fingerprint): its
     files by content and the settings that change outputs, not where it lives or its engine's capacity; plus
-    its adapter's files by content."""
-    from distill.models.context import MODEL_LOCATION, SCHEDULING_ENGINE_SETTINGS
+    its adapter's files by content. Any model folder, not only the recipe's roles (compare scores others)."""
+    from distill.models.context import spec_fingerprint
 
-    spec = cand.spec
-    settings = spec.model_dump(mode="json", exclude=set(MODEL_LOCATION | {"engine"}))
-    settings["engine"] = spec.engine.model_dump(mode="json", exclude=set(SCHEDULING_ENGINE_SETTINGS))
-    return {**settings, **_folder_content(Path(cand.model_dir).resolve()),
+    return {**spec_fingerprint(cand.spec, _folder_identity(Path(cand.model_dir).resolve())),
             "adapter": hash_tree(cand.adapter) if cand.adapter is not None else None}
 
 

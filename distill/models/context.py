@@ -42,8 +42,12 @@ def model_fingerprint(recipe: Recipe, role: str) -> dict:
     """What the model playing `role` computes: its files by content (weights, config.json, generation_config.json,
     tokenizer and chat template, shipped code) and the settings it runs with (dtype, revision, trust_remote_code,
     engine settings that change outputs). Not where it lives: the same files in another folder are the same model."""
-    spec = getattr(recipe.models, role)
     _, identity = resolved_model(recipe, role)
+    return spec_fingerprint(getattr(recipe.models, role), identity)
+
+
+def spec_fingerprint(spec: ModelSpec, identity: dict) -> dict:
+    """model_fingerprint for any model folder (its `model_identity`) run with `spec`'s settings."""
     settings = spec.model_dump(mode="json", exclude=set(MODEL_LOCATION | {"engine"}))
     settings["engine"] = spec.engine.model_dump(mode="json", exclude=set(SCHEDULING_ENGINE_SETTINGS))
     return {**settings, **{key: identity.get(key) for key in CONTENT_KEYS}}
