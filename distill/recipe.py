@@ -267,6 +267,13 @@ class GenerateSettings(Section):
         "vllm", description="vllm: an in-process engine on this machine. openai: the server named in `endpoint`."
     )
     endpoint: EndpointSettings | None = Field(None, description="The OpenAI-compatible server when backend is openai.")
+    logprobs: int | None = Field(
+        None, ge=1, le=100,
+        description="Capture the teacher's top-K log-probabilities (this K, e.g. 20) of every generated token, by token "
+        "id, in the same pass, for train.objective kd or sft+kd. Stored in generate/teacher_logprobs.parquet keyed by "
+        "row id; the model's raw distribution, before temperature and top-p. synthesize mode needs answer_template "
+        "(the answer pass is captured).",
+    )
 
     @model_validator(mode="after")
     def _mode_settings(self) -> "GenerateSettings":
@@ -285,6 +292,9 @@ class GenerateSettings(Section):
                 raise ValueError("answer_template never uses `input`: the teacher would answer without seeing the input it wrote")
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ValueError("endpoint is needed by, and only by, backend: openai")
+        if self.logprobs and self.mode == "synthesize" and self.answer_template is None:
+            raise ValueError("logprobs in synthesize mode needs answer_template: without it the teacher's tokens are a "
+                             "JSON object, not the answer the student is trained on")
         return self
 
     def answering_template(self) -> str | None:
@@ -512,6 +522,24 @@ class FilterSettings(Section):
 # --------------------------------------------------------------------------- train
 
 
+class KDSettings(Section):
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="forward_kl: KL(teacher || student), covers the teacher's modes. reverse_kl: "
+        "KL(student || teacher), seeks one. jsd: generalized Jensen-Shannon at beta 0.5."
+    )
+    weight: float = Field(1.0, ge=0, description="sft+kd: weight of the divergence beside the cross-entropy (both are "
+                          "logged, per token, so their scales can be compared).")
+    top_k: int | None = Field(None, gt=0, description="Use the teacher's K most likely tokens, at most "
+                              "generate.logprobs (default: all captured).")
+    tail: bool = Field(True, description="Add one bucket for the probability outside the top K, so teacher and "
+                       "student distributions are over the same outcomes; false renormalises both over the top K.")
+    max_mismatch_share: float = Field(
+        0.05, ge=0, le=1, description="Most training rows (a share) whose completion tokens, as the student tokenizes "
+        "them, differ from the teacher's captured tokens (or that have no capture) before training is refused. Such "
+        "rows get no divergence term: dropped under kd, cross-entropy only under sft+kd."
+    )
+
+
 class LoraSettings(Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (lora_alpha).")
@@ -546,6 +574,13 @@ class TrainSettings(Section):
         "The count is in the train summary (format_check)."
     )
     seed: int = Field(0, description="Training seed.")
+    objective: Literal["sft", "kd", "sft+kd"] = Field(
+        "sft", description="sft: cross-entropy on the teacher's text. kd: the teacher's captured token distributions "
+        "(generate.logprobs) at every completion token, cross-entropy only where the teacher gave none (the EOS "
+        "label after a stop string). sft+kd: both, the divergence weighted by kd.weight. kd and sft+kd need teacher "
+        "and student to share a vocabulary."
+    )
+    kd: KDSettings = Field(default_factory=lambda: KDSettings(), description="The distillation term of objective kd / sft+kd.")
     logging_steps: int = Field(1, gt=0, description="Log the loss every this many steps.")
     save_steps: int | None = Field(None, gt=0, description="Also save a checkpoint every this many steps.")
 
@@ -845,6 +880,21 @@ class Recipe(Section):
         for i, step in enumerate(self.filter.steps):
             if step.type == "judge" and getattr(self.models, step.model) is None:
                 raise ValueError(f"filter.steps.{i} judges with models.{step.model}, which the recipe does not define")
+        return self
+
+    @model_validator(mode="after")
+    def _kd_needs_captures(self) -> "Recipe":
+        if self.train.objective != "sft":
+            if not self.generate.logprobs:
+                raise ValueError(f"train.objective {self.train.objective!r} learns the teacher's token distributions: "
+                                 "set generate.logprobs (e.g. 20) so the generation pass captures them")
+            if self.train.chat:
+                raise ValueError(f"train.objective {self.train.objective!r} trains on the teacher's tokens as generated; "
+                                 "with train.chat the student's answer would end in its chat template's tokens, "
+                                 "which have no captured distribution: use train.chat false, or objective sft")
+            if self.train.kd.top_k and self.train.kd.top_k > self.generate.logprobs:
+                raise ValueError(f"train.kd.top_k = {self.train.kd.top_k} is more than the "
+                                 f"generate.logprobs = {self.generate.logprobs} captured")
         return self
 
     @model_validator(mode="after")

@@ -234,6 +234,10 @@ class RunDir:
         return self.stage("generate") / "rows.parquet"
 
     @property
+    def teacher_logprobs(self) -> Path:
+        return self.stage("generate") / "teacher_logprobs.parquet"
+
+    @property
     def chunks(self) -> Path:
         return self.stage("generate") / "chunks"
 

@@ -82,3 +82,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
     """The real command line, in a subprocess, as a user would run it."""
     return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model):
+    """One complete `distill run` of the tiny recipe, shared by the tests that inspect it (some re-run stages of it):
+    (folder, recipe, run directory, the completed process, each stage log as it was when the run ended)."""
+    from distill.run_dir import RunDir
+
+    folder = tmp_path_factory.mktemp("e2e")
+    recipe = write_recipe(folder, tiny_model)
+    result = run_cli("run", recipe, cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = RunDir(folder / "runs" / "tiny")
+    logs = {p.stem: p.read_bytes() for p in run.logs.glob("*.log")}
+    return folder, recipe, run, result, logs

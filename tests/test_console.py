@@ -4,32 +4,20 @@ a failed stage shows the end of its log and where the log is. Everything is in r
 from __future__ import annotations
 
 import re
-
-import pytest
+import shutil
 
 from conftest import TINY_RECIPE, run_cli, write_recipe
 from distill.run_dir import RunDir
 
-# Held-out items scored by reference NLL only: the evaluate stage starts no vLLM engine, generate is the only one.
-NLL_ONLY = TINY_RECIPE.replace("- {{name: plural, data: heldout}}", "- {{name: plural, data: heldout, metrics: [nll]}}")
 VLLM_LOG_LINE = re.compile(r"^\(\w+ pid=\d+\) (INFO|WARNING) ", re.M)
 
 
-@pytest.fixture(scope="module")
-def quiet_run(tmp_path_factory, tiny_model):
-    folder = tmp_path_factory.mktemp("console")
-    recipe = write_recipe(folder, tiny_model, NLL_ONLY)
-    result = run_cli("run", recipe, cwd=folder)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return folder, recipe, RunDir(folder / "runs" / "tiny"), result
-
-
-def test_console_shows_stage_summaries_and_bars_but_not_library_output(quiet_run):
-    _, _, run, result = quiet_run
+def test_console_shows_stage_summaries_and_bars_but_not_library_output(finished_run):
+    _, _, run, result, _ = finished_run
     console = result.stdout + result.stderr
     for stage in ("generate", "filter", "train", "evaluate", "document"):
         assert f"[{stage}] done" in result.stdout
-    assert "[evaluate] base on plural: nll=" in result.stdout  # each model's result on each set
+    assert "[evaluate] base on plural: exact_match=" in result.stdout  # each model's result on each set
     assert "generate (complete):" in console and "train:" in console and "loss=" in console  # distill's own bars
     assert not VLLM_LOG_LINE.search(console)
     for noise in ("Loading safetensors", "Loading weights", "examples/s", "{'loss'", "Triton"):
@@ -39,31 +27,32 @@ def test_console_shows_stage_summaries_and_bars_but_not_library_output(quiet_run
     assert len(lines) < 20, lines
 
 
-def test_logs_hold_what_the_console_leaves_out(quiet_run):
-    _, _, run, _ = quiet_run
-    generate, train = (run.logs / "generate.log").read_text(), (run.logs / "train.log").read_text()
+def test_logs_hold_what_the_console_leaves_out(finished_run):
+    *_, logs = finished_run
+    generate, train = logs["generate"].decode(), logs["train"].decode()
     assert "Loading safetensors" in generate  # the engine's weight loading, which the console leaves out
     assert "[generate] done" in generate  # the console lines are in the log too
     assert "'loss'" in train and "[train] done" in train
     # a redrawn bar is one line in the log, in its last state
-    assert b"\r" not in (run.logs / "train.log").read_bytes()
+    assert b"\r" not in logs["train"]
     assert re.search(r"^train: 100%.*5/5", train, re.M)
 
 
-def test_verbose_shows_library_output(quiet_run):
-    folder, recipe, _, _ = quiet_run
+def test_verbose_shows_library_output(finished_run):
+    folder, recipe, *_ = finished_run
     result = run_cli("run", recipe, "-v", "--force", "document", cwd=folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("up to date, skipped") == 4 and "[document] done" in result.stdout
     assert re.search(r"^Loading weights: 100%", result.stdout.replace("\r", "\n"), re.M)  # transformers' own bar
 
 
-def test_failed_stage_shows_the_end_of_its_log_and_its_path(quiet_run, tiny_model):
-    folder, _, run, _ = quiet_run
+def test_failed_stage_shows_the_end_of_its_log_and_its_path(finished_run, tiny_model, tmp_path):
+    shutil.copytree(finished_run[0] / "runs", tmp_path / "runs")  # a copy: generate is up to date there
+    folder, run = tmp_path, RunDir(tmp_path / "runs" / "tiny")
     (folder / "crash.py").write_text("def check(row):\n    raise RuntimeError('verifier crashed on row ' + row['id'])\n")
-    failing = NLL_ONLY.replace("    - {{type: exact_dedup, fields: [input]}}",
-                               "    - {{type: exact_dedup, fields: [input]}}\n    - {{type: verifier, function: 'crash.py:check'}}")
-    recipe = write_recipe(folder, tiny_model, failing, name="crashing.yaml")  # same run: generate is up to date
+    failing = TINY_RECIPE.replace("    - {{type: exact_dedup, fields: [input]}}",
+                                  "    - {{type: exact_dedup, fields: [input]}}\n    - {{type: verifier, function: 'crash.py:check'}}")
+    recipe = write_recipe(folder, tiny_model, failing, name="crashing.yaml")
     result = run_cli("run", recipe, cwd=folder)
     assert result.returncode == 1
     assert "RuntimeError: verifier crashed on row" in result.stderr  # the log's last lines

@@ -62,7 +62,7 @@ def server(tmp_path_factory, tiny_model):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)  # nothing of the server's is kept: no reason to wait on a slow shutdown
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -77,8 +77,8 @@ def _rows(folder: Path, recipe: Path, *overrides: str) -> tuple[list[dict], dict
 def test_endpoint_rows_match_the_in_process_engine(tmp_path, tiny_model, server):
     recipe = write_recipe(tmp_path, tiny_model)
     endpoint = f"generate.endpoint={{url: '{server}', concurrency: 8}}"
-    remote, summary = _rows(tmp_path / "remote", recipe, "generate.backend=openai", endpoint)
-    local, _ = _rows(tmp_path / "local", recipe)
+    remote, summary = _rows(tmp_path / "remote", recipe, "generate.backend=openai", endpoint, "generate.logprobs=3")
+    local, _ = _rows(tmp_path / "local", recipe, "generate.logprobs=3")
     assert len(remote) == len(local) == 40 and summary["new_tokens"] > 0
     assert [r["prompt"] for r in remote] == [r["prompt"] for r in local]
     assert [r["completion"] for r in remote] == [r["completion"] for r in local]  # greedy: the same answers
@@ -87,6 +87,12 @@ def test_endpoint_rows_match_the_in_process_engine(tmp_path, tiny_model, server)
         assert p["backend"] == {"backend": "openai", "url": server, "served_model": "tiny-teacher"}
         assert p["teacher"]["path"] == str(tiny_model.resolve()) and p["completion_tokens"] > 0
     assert set(remote[0]) == set(local[0])
+    # the teacher's top-3 by token id, the same over HTTP as in process
+    remote_lp, local_lp = (pq.read_table(RunDir(tmp_path / d).teacher_logprobs).to_pylist() for d in ("remote", "local"))
+    assert [c["token_ids"] for c in remote_lp] == [c["token_ids"] for c in local_lp]
+    assert [c["top_ids"] for c in remote_lp] == [c["top_ids"] for c in local_lp]
+    for a, b in zip(remote_lp, local_lp):
+        assert [x for row in a["top_logprobs"] for x in row] == pytest.approx([x for row in b["top_logprobs"] for x in row], abs=1e-4)
 
 
 def test_endpoint_labels_under_the_structured_constraint(tmp_path, tiny_model, server):

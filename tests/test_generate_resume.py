@@ -1,7 +1,8 @@
 """Resume and sharding of `distill generate`, through the real command line in subprocesses.
 
 Two shards started at the same moment, one of them killed with SIGKILL mid-stage and started
-again, must end with exactly the rows of one uninterrupted, unsharded run of the same seed.
+again, must end with exactly the rows of one uninterrupted, unsharded run of the same seed, and
+with the teacher's captured log-probabilities still lined up with those rows.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from distill.run_dir import RunDir
 
 # 60 seeds in 20 chunks of 3, sampled (not greedy): enough chunks to kill the run between two of them
 SETTINGS = ("data.max_seeds=60", "generate.chunk_size=3", "generate.sampling.temperature=0.8",
-            "generate.sampling.seed=7", "generate.few_shot.per_row=true")
+            "generate.sampling.seed=7", "generate.few_shot.per_row=true", "generate.logprobs=4")
 RUN_SPECIFIC = ("created_at", "shard")  # provenance that names when and where a row was made
 
 
-def comparable(run: RunDir) -> list[dict]:
+def comparable(run: RunDir) -> tuple[list[dict], list[dict]]:
+    """The rows without what names when and where they were made, and the captures."""
     rows = pq.read_table(run.generated).to_pylist()
     for r in rows:
         for key in RUN_SPECIFIC:
             r["provenance"].pop(key)
-    return rows
+    return rows, pq.read_table(run.teacher_logprobs).to_pylist()
 
 
 def generate_cmd(recipe: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -45,11 +47,12 @@ def recipe(tmp_path_factory, tiny_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(recipe) -> list[dict]:
+def uninterrupted(recipe) -> tuple[list[dict], list[dict]]:
     """The reference: the same recipe and seed, run once without interruption (in this process, to save a start)."""
     run = RunDir(recipe.parent / "whole")
     summary = run_generate(load_recipe(recipe, list(SETTINGS)), run)
     assert summary["merged"] and summary["rows"] == 60 and summary["chunks_this_run"] == 20
+    assert summary["captured_rows"] == 60
     return comparable(run)
 
 
@@ -61,7 +64,7 @@ def test_shards_started_together_one_killed_and_rerun_give_the_rows_of_one_run(r
                               stderr=subprocess.PIPE, text=True)
     shard1 = subprocess.Popen(generate_cmd(recipe, run.root, "--shard", "1/2"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    odd_chunks = lambda: {p.name: p.stat().st_mtime_ns for p in run.chunks.glob("chunk-*.parquet")
+    odd_chunks = lambda: {p.name: p.stat().st_mtime_ns for p in run.chunks.glob("chunk-?????.parquet")
                           if int(p.stem.split("-")[1]) % 2 == 1}
     deadline = time.time() + 400
     while len(odd_chunks()) < 2:
@@ -82,7 +85,13 @@ def test_shards_started_together_one_killed_and_rerun_give_the_rows_of_one_run(r
     assert f"chunks_this_run={10 - len(kept)}," in result.stdout  # only the missing chunks were made
     assert "rows=60" in result.stdout  # and, finishing last, it merged
     assert {name: mtime for name, mtime in odd_chunks().items() if name in kept} == kept
-    assert comparable(run) == uninterrupted  # every row exactly once, the same as one unsharded run
+    rows, captures = comparable(run)
+    assert rows == uninterrupted[0]  # every row exactly once, the same as one unsharded run
+    # every row's capture exactly once, in row order, token for token what the teacher generated for it
+    assert [c["id"] for c in captures] == [r["id"] for r in rows]
+    assert captures == uninterrupted[1]
+    assert all(len(c["token_ids"]) == r["provenance"]["completion_tokens"] == len(c["top_ids"])
+               for c, r in zip(captures, rows))
     shard_of_chunk = {r["chunk"]: r["shard"] for r in pq.read_table(run.generated).column("provenance").to_pylist()}
     assert shard_of_chunk == {c: f"{c % 2}/2" for c in range(20)}
     assert run.read_marker("generate")["summary"]["rows"] == 60

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,18 +15,8 @@ from distill.run_dir import RunDir
 CHANGED = "filter.steps.0.max_chars=20"  # the tests after the one that makes this change keep it
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model):
-    """One complete run that the tests below inspect (and some re-run)."""
-    folder = tmp_path_factory.mktemp("e2e")
-    recipe = write_recipe(folder, tiny_model)
-    result = run_cli("run", recipe, cwd=folder)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return folder, recipe, RunDir(folder / "runs" / "tiny"), result
-
-
 def test_run_writes_every_stage_output(finished_run):
-    _, _, run, result = finished_run
+    _, _, run, result, _ = finished_run
     for path in (run.recipe, run.heldout, run.seeds, run.generated, run.filtered, run.adapter / "adapter_config.json",
                  run.stage("train") / "loss.png", run.stage("train") / "log.json", run.eval_report,
                  run.stage("evaluate") / "report.md", run.predictions, run.report, run.logs / "train.log"):
@@ -40,7 +29,7 @@ def test_run_writes_every_stage_output(finished_run):
 def test_outputs_load_with_datasets(finished_run):
     from datasets import Dataset
 
-    _, _, run, _ = finished_run
+    _, _, run, _, _ = finished_run
     generated = Dataset.from_parquet(str(run.generated))
     filtered = Dataset.from_parquet(str(run.filtered))
     assert len(generated) == 40 and len(filtered) == 40
@@ -48,7 +37,7 @@ def test_outputs_load_with_datasets(finished_run):
 
 
 def test_heldout_items_are_never_seeds(finished_run):
-    _, _, run, _ = finished_run
+    _, _, run, _, _ = finished_run
     held = {json.loads(line)["input"] for line in run.heldout.read_text().splitlines()}
     seeds = {json.loads(line)["input"] for line in run.seeds.read_text().splitlines()}
     assert len(held) == 24 and not held & seeds
@@ -57,7 +46,7 @@ def test_heldout_items_are_never_seeds(finished_run):
 
 
 def test_every_generated_row_has_its_provenance(finished_run, tiny_model):
-    _, recipe_path, run, _ = finished_run
+    _, recipe_path, run, _, _ = finished_run
     rows = pq.read_table(run.generated).to_pylist()
     expected_weights = weights_hash(tiny_model)
     import hashlib
@@ -79,7 +68,7 @@ def test_every_generated_row_has_its_provenance(finished_run, tiny_model):
 
 
 def test_evaluation_report_has_all_models_and_slices(finished_run):
-    _, _, run, _ = finished_run
+    _, _, run, _, _ = finished_run
     report = json.loads(run.eval_report.read_text())
     entry = report["sets"]["plural"]
     assert set(entry["models"]) == {"base", "student", "teacher"}
@@ -92,7 +81,7 @@ def test_evaluation_report_has_all_models_and_slices(finished_run):
 
 
 def test_student_learned_to_stop(finished_run):
-    _, _, run, _ = finished_run
+    _, _, run, _, _ = finished_run
     summary = json.loads(run.marker("train").read_text())["summary"]
     assert summary["format_check"]["eos_token"] == "<|im_end|>"
     assert summary["steps"] == 5  # 40 rows / batch 8
@@ -100,7 +89,7 @@ def test_student_learned_to_stop(finished_run):
 
 
 def test_document_stage_writes_manifest_and_cards(finished_run):
-    _, _, run, result = finished_run
+    _, _, run, result, _ = finished_run
     # Teacher and student are the same model: a warning before any work starts, and in both cards.
     assert result.stdout.index("warning: chaining: generator/labeller (teacher) and student") < result.stdout.index("[generate]")
     manifest = json.loads((run.root / "manifest.json").read_text())
@@ -120,14 +109,14 @@ def test_document_stage_writes_manifest_and_cards(finished_run):
 
 
 def test_second_run_skips_everything(finished_run):
-    folder, recipe, run, _ = finished_run
+    folder, recipe, run, _, _ = finished_run
     result = run_cli("run", recipe, cwd=folder)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("up to date, skipped") == 5
 
 
 def test_changed_setting_reruns_that_stage_and_later_ones(finished_run):
-    folder, recipe, run, _ = finished_run
+    folder, recipe, run, _, _ = finished_run
     before = {s: run.read_marker(s)["fingerprint"] for s in ("generate", "filter", "train", "evaluate")}
     result = run_cli("run", recipe, CHANGED, cwd=folder)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -138,14 +127,14 @@ def test_changed_setting_reruns_that_stage_and_later_ones(finished_run):
 
 
 def test_force_redoes_one_stage(finished_run):
-    folder, recipe, run, _ = finished_run
+    folder, recipe, run, _, _ = finished_run
     result = run_cli("run", recipe, CHANGED, "--force", "evaluate", cwd=folder)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("up to date, skipped") == 3 and "[evaluate] done" in result.stdout
 
 
 def test_half_written_output_is_not_taken_as_complete(finished_run):
-    folder, recipe, run, _ = finished_run
+    folder, recipe, run, _, _ = finished_run
     # A stage whose output changed after its marker was written (e.g. a killed rewrite) is redone.
     report = run.stage("evaluate") / "report.md"
     report.write_text("truncated")
@@ -196,7 +185,7 @@ def test_merged_export_answers_the_heldout_items_like_the_adapter(finished_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    folder, _, run, _ = finished_run
+    folder, _, run, _, _ = finished_run
     result = run_cli("export", run.root, "--merge", cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     merged = (run.root / "export" / "merged").resolve()
@@ -231,7 +220,7 @@ def test_vllm_serves_the_merged_export_as_evaluation_served_the_adapter(finished
     from distill.generate.vllm_engine import VLLMEngine
     from distill.recipe import load_recipe
 
-    _, _, run, _ = finished_run
+    _, _, run, _, _ = finished_run
     merged = run.root / "export" / "merged"
     if not merged.is_dir():
         pytest.skip("needs the merged export of the test above")
@@ -252,7 +241,7 @@ def test_adapter_export_is_what_vllm_enable_lora_loads(finished_run):
 
     from huggingface_hub import ModelCard
 
-    folder, _, run, _ = finished_run
+    folder, _, run, _, _ = finished_run
     result = run_cli("export", run.adapter, cwd=folder)  # the adapter folder of a run: the run is found above it
     assert result.returncode == 0, result.stderr[-3000:]
     out = (run.root / "export" / "adapter").resolve()

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from distill.errors import StageError, UserError
+from distill.generate.logprobs import TokenCapture
 from distill.generate.vllm_engine import Completion
 from distill.recipe import EndpointSettings
 
@@ -172,6 +173,7 @@ class OpenAIEndpoint:
         max_tokens: int = 64,
         stop: list[str] | None = None,
         structured: dict | None = None,
+        logprobs: int | None = None,
         **_ignored,
     ) -> list[list[Completion]]:
         def one(prompt: str, seed: int) -> list[Completion]:
@@ -181,12 +183,25 @@ class OpenAIEndpoint:
                 body["stop"] = stop
             if structured:
                 body["structured_outputs"] = structured
+            if logprobs:  # by token id: token strings do not map back to ids one to one
+                body.update(logprobs=logprobs, return_tokens_as_token_ids=True)
             choices = sorted(self._post(body)["choices"], key=lambda c: c["index"])
-            return [Completion(c["text"], c.get("finish_reason"), len(c.get("token_ids") or [])) for c in choices]
+            return [Completion(c["text"], c.get("finish_reason"), len(c.get("token_ids") or []),
+                               self._capture(c, logprobs) if logprobs else None) for c in choices]
 
         # The shared pool, not one per call: concurrent calls (chunks in flight) share `concurrency` slots.
         futures = [self._pool.submit(one, p, s) for p, s in zip(prompts, seeds)]
         return [f.result() for f in futures]
+
+    @staticmethod
+    def _capture(choice: dict, k: int) -> TokenCapture:
+        if not choice.get("logprobs"):
+            raise StageError("the server answered without logprobs: generate.logprobs needs a server that returns "
+                             "them (vLLM: start it with --max-logprobs at least generate.logprobs)")
+        try:
+            return TokenCapture.from_openai(choice["logprobs"], k)
+        except ValueError as e:
+            raise StageError(str(e)) from None
 
     def close(self) -> None:
         self._stop.set()

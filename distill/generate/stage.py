@@ -25,6 +25,7 @@ from distill.data.loaders import read_rows
 from distill.data.split import row_id, split_heldout, thin_slices
 from distill.errors import UserError
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
+from distill.generate.logprobs import LOGPROBS_MODE, merge_captures, write_captures
 from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
 from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
@@ -124,7 +125,7 @@ def open_teacher(recipe: Recipe, teacher_dir: Path):
         return OpenAIEndpoint(teacher_dir, g.endpoint)
     from distill.generate.vllm_engine import VLLMEngine
 
-    return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed)
+    return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed, max_logprobs=g.logprobs)
 
 
 def _shard_lock(run: RunDir):
@@ -138,9 +139,11 @@ class _Stats:
         self.rows = self.failures = self.tokens = self.retried = 0
 
 
-def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperature: float, structured: dict | None):
+def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperature: float, structured: dict | None,
+            capture: bool = True):
     return engine.generate(prompts, seeds=seeds, n=n, temperature=temperature, top_p=g.sampling.top_p,
-                           max_tokens=g.sampling.max_tokens, stop=g.sampling.stop, structured=structured)
+                           max_tokens=g.sampling.max_tokens, stop=g.sampling.stop, structured=structured,
+                           logprobs=g.logprobs if capture else None)
 
 
 def _parsed_answers(g):
@@ -177,7 +180,10 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
     """
     structured, check, retry = _parsed_answers(g)
     n = 1 if answer_prompts else g.sampling.n
-    outputs = _sample(engine, g, prompts, request_seeds, n=n, temperature=g.sampling.temperature, structured=structured)
+    # with an answer pass, the first pass writes inputs: the answers are what gets captured
+    capture = answer_prompts is None
+    outputs = _sample(engine, g, prompts, request_seeds, n=n, temperature=g.sampling.temperature, structured=structured,
+                      capture=capture)
     samples = []
     for completions in outputs:
         row = []
@@ -185,7 +191,7 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
             stats.tokens += comp.num_tokens
             failure = None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"
             row.append({"text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
-                        "failure": failure, "attempts": 1})
+                        "failure": failure, "attempts": 1, "capture": comp.capture})
         samples.append(row)
     if check is None:
         return samples
@@ -207,12 +213,12 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
         stats.retried += len(bad)
         retry_seeds = [row_seed(request_seeds[p], f"retry{attempt}:{k}") for p, k in bad]
         again = _sample(engine, g, [prompts[p] for p, _ in bad], retry_seeds, n=1, temperature=retry_temperature,
-                        structured=structured)
+                        structured=structured, capture=capture)
         for (p, k), retry_seed, completions in zip(bad, retry_seeds, again):
             comp = completions[0]
             stats.tokens += comp.num_tokens
             samples[p][k].update(raw=comp.text, finish_reason=comp.finish_reason, tokens=comp.num_tokens,
-                                 attempts=attempt + 1, retry_seed=retry_seed)
+                                 attempts=attempt + 1, retry_seed=retry_seed, capture=comp.capture)
     if answer_prompts is not None:
         _answer_inputs(engine, g, samples, request_seeds, stats, answer_prompts)
     return samples
@@ -236,6 +242,7 @@ def _answer_inputs(engine, g, samples: list[list[dict]], request_seeds: list[int
         for comp in completions:
             stats.tokens += comp.num_tokens
             samples[p].append({**first, "text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
+                               "capture": comp.capture,
                                "input_tokens": first["tokens"], "prompt": prompt, "answer_seed": seed,
                                "failure": None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"})
 
@@ -272,6 +279,10 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     reuse (left open), else one is opened for the run and closed after it."""
     started = time.time()
     g = recipe.generate
+    if recipe.train.objective != "sft":  # before the teacher writes anything the student could not learn from
+        from distill.train.kd import check_shared_vocabulary
+
+        check_shared_vocabulary(recipe)
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     _, seeds = prepare_data(recipe, run)
     items = work_items(g, seeds)
@@ -324,10 +335,12 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
             stats.tokens += chunk_stats.tokens
             stats.retried += chunk_stats.retried
             now = datetime.now(timezone.utc).isoformat()
-            out_rows = []
+            out_rows, captures = [], []
             for item, prompt, seed, sample_list in zip(chunk_items, prompts, request_seeds, samples):
                 for k, s in enumerate(sample_list):
                     stats.failures += s["failure"] is not None
+                    if s.get("capture") is not None:
+                        captures.append(s["capture"].record(row_id(item[C.ID], k)))
                     out_rows.append({
                         C.ID: row_id(item[C.ID], k),
                         C.INPUT: s.get("input", item[C.INPUT]),  # synthesize: the input the teacher wrote
@@ -352,6 +365,8 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                             "shard": f"{shard_index}/{shard_count}",
                             "chunk": c,
                             "created_at": now,
+                            **({"logprobs": {"k": g.logprobs, "mode": LOGPROBS_MODE,
+                                             "captured": s.get("capture") is not None}} if g.logprobs else {}),
                             **({"synthesis": {
                                 "raw": s["raw"],  # the teacher's JSON object as written
                                 "input_prompt": prompt if answer_template else None,
@@ -361,6 +376,8 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                             }} if g.mode == "synthesize" else {}),
                         },
                     })
+            if g.logprobs:  # before the rows: a chunk whose rows exist always has its captures
+                write_captures(_captures_path(run, c), captures)
             write_parquet(_chunk_path(run, c), out_rows)
             stats.rows += len(out_rows)
             bar.update(len(chunk_items))
@@ -381,6 +398,9 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
         if all(_chunk_path(run, c).is_file() for c in range(n_chunks)):
             merged, failures = merge_chunks(run, n_chunks)
             summary.update(rows=merged, failures=failures, merged=True)
+            if g.logprobs:
+                summary["captured_rows"] = merge_captures((_captures_path(run, c) for c in range(n_chunks)),
+                                                          run.teacher_logprobs)
         else:
             summary.update(merged=False)
     return summary
@@ -388,6 +408,10 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
 
 def _chunk_path(run: RunDir, c: int) -> Path:
     return run.chunks / f"chunk-{c:05d}.parquet"
+
+
+def _captures_path(run: RunDir, c: int) -> Path:
+    return run.chunks / f"chunk-{c:05d}.logprobs.parquet"
 
 
 def merge_chunks(run: RunDir, n_chunks: int) -> tuple[int, int]:

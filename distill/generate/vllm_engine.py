@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.generate.logprobs import LOGPROBS_MODE, TokenCapture
 from distill.recipe import ModelSpec
 
 
@@ -31,12 +32,14 @@ class Completion:
     text: str
     finish_reason: str | None
     num_tokens: int
+    capture: "TokenCapture | None" = None  # the teacher's top-K log-probabilities, when asked for
 
 
 class VLLMEngine:
     """One vLLM engine for one model folder; optional LoRA adapters per request."""
 
-    def __init__(self, folder: Path, spec: ModelSpec, seed: int = 0, max_lora_rank: int | None = None):
+    def __init__(self, folder: Path, spec: ModelSpec, seed: int = 0, max_lora_rank: int | None = None,
+                 max_logprobs: int | None = None):
         on_gpu = _on_gpu()
         if not on_gpu:
             configure_cpu_environment(spec)
@@ -58,6 +61,8 @@ class VLLMEngine:
         )
         if spec.engine.max_num_seqs:
             options["max_num_seqs"] = spec.engine.max_num_seqs
+        if max_logprobs:  # set explicitly: the capture's provenance names the distribution it holds
+            options.update(max_logprobs=max(max_logprobs, 20), logprobs_mode=LOGPROBS_MODE)
         if on_gpu:
             options["gpu_memory_utilization"] = spec.engine.gpu_memory_utilization
         else:
@@ -93,10 +98,12 @@ class VLLMEngine:
         adapter: Path | None = None,
         adapter_name: str = "adapter",
         structured: dict | None = None,
+        logprobs: int | None = None,
     ) -> list[list[Completion]]:
         """Completions for each prompt, in order. Each prompt's seed makes it reproducible on its own.
 
         `structured` constrains the output: {"choice": [...]}, {"json": schema} or {"regex": pattern}.
+        `logprobs`: capture the top-K log-probabilities of every generated token, by token id.
         """
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
@@ -105,7 +112,7 @@ class VLLMEngine:
         constraint = StructuredOutputsParams(**structured) if structured else None
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop or None, seed=s,
-                           structured_outputs=constraint)
+                           structured_outputs=constraint, logprobs=logprobs or None)
             for s in seeds
         ]
         lora = None
@@ -115,7 +122,10 @@ class VLLMEngine:
             lora = LoRARequest(f"{adapter_name}-{lora_id}", lora_id, str(adapter))
         outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         return [
-            [Completion(c.text, c.finish_reason, len(c.token_ids)) for c in out.outputs] for out in outputs
+            [Completion(c.text, c.finish_reason, len(c.token_ids),
+                        TokenCapture.from_vllm(c.token_ids, c.logprobs, logprobs) if logprobs else None)
+             for c in out.outputs]
+            for out in outputs
         ]
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, layers: int = 2, seed: int = 0,
+                     vocab_size: int = 1024) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -34,7 +35,7 @@ def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, lay
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=1024, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator(_corpus(), trainer)
     hf_tok = PreTrainedTokenizerFast(

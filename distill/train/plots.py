@@ -23,3 +23,24 @@ def plot_loss(steps: list[int], losses: list[float], out: Path, title: str) -> N
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_loss_terms(steps: list[int], terms: dict[str, list[float]], out: Path, title: str) -> None:
+    """One panel per loss term: cross-entropy and the KD divergence differ in scale by orders of magnitude, and a
+    shared axis would flatten the smaller one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.3), squeeze=False)
+    for ax, (name, values) in zip(axes[0], terms.items()):
+        ax.plot(steps, values, marker="o" if len(steps) < 40 else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

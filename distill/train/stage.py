@@ -20,7 +20,7 @@ from distill.progress import console, progress
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
-from distill.train.plots import plot_loss
+from distill.train.plots import plot_loss, plot_loss_terms
 
 
 def _dtype(name: str):
@@ -65,9 +65,16 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
     )
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                       target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
+    trainer_class = SFTTrainer
+    if t.objective != "sft":
+        from distill.train.kd import kd_trainer_class
+
+        trainer_class = kd_trainer_class()
+        trainer_class.objective, trainer_class.divergence = t.objective, t.kd.divergence
+        trainer_class.weight, trainer_class.tail = t.kd.weight, t.kd.tail
     try:
-        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
-                             processing_class=tokenizer, peft_config=lora)
+        trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(examples),
+                                processing_class=tokenizer, peft_config=lora)
     except ValueError as e:
         if "target modules" in str(e).lower() or "target_modules" in str(e):
             raise UserError(f"train.lora.target_modules: {e}") from None
@@ -106,11 +113,24 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     t = recipe.train
     check_eval_agreement(recipe)
+    if t.objective != "sft":
+        from distill.train.kd import check_shared_vocabulary
+
+        check_shared_vocabulary(recipe)
     student_dir, student = resolved_model(recipe, "student")
     rows = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
     if not rows:
         raise UserError(f"no kept rows to train on in {run.filtered}")
-    examples = training_examples(recipe, rows)
+    teacher_targets = None
+    if t.objective == "sft":
+        examples = training_examples(recipe, rows)
+    else:
+        from transformers import AutoTokenizer
+
+        from distill.train.kd import kd_examples
+
+        tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=recipe.models.student.trust_remote_code)
+        examples, teacher_targets = kd_examples(recipe, rows, tokenizer, run.teacher_logprobs)
 
     stage_dir = run.stage("train")
     checkpoints = stage_dir / "checkpoints"
@@ -121,12 +141,36 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
         console(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
                 f"{t.max_length} ({format_check['rows_dropped_by_max_length']} of them dropped)")
 
+    if t.objective != "sft":
+        from distill.train.kd import TeacherTargetCollator
+
+        trainer.data_collator = TeacherTargetCollator(trainer.data_collator, t.kd.top_k or recipe.generate.logprobs)
+
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
     trainer.add_callback(loss_bar())
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    if not trainer.is_world_process_zero():
-        return {}
+    try:
+        if not trainer.is_world_process_zero():
+            return {}
+        return _save_adapter(recipe, run, student, trainer, tokenizer, rows, result, resume, format_check, started,
+                             teacher_targets)
+    finally:
+        _leave_process_group(trainer)
 
+
+def _leave_process_group(trainer) -> None:
+    """Every process waits for the main one to save, then leaves the process group: a process
+    that exits with the gloo group still open can abort in its teardown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
+
+
+def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer, rows: list[dict], result, resume: bool,
+                  format_check: dict, started: float, teacher_targets: dict | None) -> dict:
+    t, stage_dir = recipe.train, run.stage("train")
     history = [h for h in trainer.state.log_history if "loss" in h]
     steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
     tmp = stage_dir / "adapter.tmp"
@@ -140,10 +184,18 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     })
     shutil.rmtree(run.adapter, ignore_errors=True)
     os.replace(tmp, run.adapter)
-    write_json(stage_dir / "log.json", {"steps": steps, "losses": losses, "log_history": trainer.state.log_history})
+    terms = {name: [float(h[name]) for h in history] for name in ("ce_loss", "kd_loss")
+             if history and all(name in h for h in history)}
+    write_json(stage_dir / "log.json", {"steps": steps, "losses": losses, **{f"{n}es": v for n, v in terms.items()},
+                                        "log_history": trainer.state.log_history})
     if steps:
         plot_loss(steps, losses, stage_dir / "loss.png", f"{recipe.name}: LoRA r={t.lora.r} on {len(rows)} rows")
-    return {
+        if terms:
+            plot_loss_terms(steps, terms, stage_dir / "loss_terms.png",
+                            f"{recipe.name}: {t.objective}, {t.kd.divergence}, per token")
+    kd = {} if teacher_targets is None else {"objective": t.objective, "teacher_targets": teacher_targets, **{
+        f"first_{n}": round(v[0], 4) for n, v in terms.items()}, **{f"last_{n}": round(v[-1], 4) for n, v in terms.items()}}
+    return {**kd,
         "rows": len(rows), "steps": trainer.state.global_step, "first_loss": round(losses[0], 4) if losses else None,
         "last_loss": round(losses[-1], 4) if losses else None, "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
         "resumed": resume, "format_check": format_check, "seconds": round(time.time() - started, 1),

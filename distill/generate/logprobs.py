@@ -1,0 +1,101 @@
+"""The teacher's token distributions, captured in the generation pass: per generated token its id, the top-K ids with
+their log-probabilities, the sampled token's log-probability and the mass left outside the top K.
+
+Stored beside the rows, keyed by row id, one Parquet file per chunk (written before the chunk's rows, so a chunk that
+exists always has its captures) and merged into `generate/teacher_logprobs.parquet`, read back in batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from distill.run_dir import atomic_path
+
+# vLLM's default: log-probabilities of the model's own distribution, before temperature, top-p and penalties.
+LOGPROBS_MODE = "raw_logprobs"
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("token_ids", pa.list_(pa.int32())),
+    ("top_ids", pa.list_(pa.list_(pa.int32()))),
+    ("top_logprobs", pa.list_(pa.list_(pa.float32()))),
+    ("sampled_logprobs", pa.list_(pa.float32())),
+    ("tail_mass", pa.list_(pa.float32())),
+])
+
+
+@dataclass
+class TokenCapture:
+    token_ids: list[int]
+    top_ids: list[list[int]]  # T x K, most likely first
+    top_logprobs: list[list[float]]
+    sampled_logprobs: list[float]
+
+    @property
+    def tail_mass(self) -> list[float]:
+        return [max(0.0, 1.0 - sum(math.exp(x) for x in row)) for row in self.top_logprobs]
+
+    @classmethod
+    def from_vllm(cls, token_ids, positions, k: int) -> "TokenCapture":
+        """From vLLM's per-position {token id: Logprob} (top K, plus the sampled token when it is outside them)."""
+        top_ids, top_lps, sampled = [], [], []
+        for token, position in zip(token_ids, positions):
+            ranked = sorted(position.items(), key=lambda item: -item[1].logprob)[:k]
+            top_ids.append([int(i) for i, _ in ranked])
+            top_lps.append([float(lp.logprob) for _, lp in ranked])
+            sampled.append(float(position[token].logprob))
+        return cls([int(t) for t in token_ids], top_ids, top_lps, sampled)
+
+    @classmethod
+    def from_openai(cls, logprobs: dict, k: int) -> "TokenCapture":
+        """From a /v1/completions choice's `logprobs` asked with return_tokens_as_token_ids ("token_id:123" keys)."""
+        def token_id(key: str) -> int:
+            if not key.startswith("token_id:"):
+                raise ValueError(f"the server returned token {key!r}, not a token id: it must accept "
+                                 f"return_tokens_as_token_ids (vLLM's OpenAI-compatible server does)")
+            return int(key.split(":", 1)[1])
+
+        top_ids, top_lps = [], []
+        for position in logprobs["top_logprobs"]:
+            ranked = sorted(position.items(), key=lambda item: -item[1])[:k]
+            top_ids.append([token_id(t) for t, _ in ranked])
+            top_lps.append([float(lp) for _, lp in ranked])
+        return cls([token_id(t) for t in logprobs["tokens"]], top_ids, top_lps,
+                   [float(x) for x in logprobs["token_logprobs"]])
+
+    def record(self, row_id: str) -> dict:
+        return {"id": row_id, "token_ids": self.token_ids, "top_ids": self.top_ids, "top_logprobs": self.top_logprobs,
+                "sampled_logprobs": self.sampled_logprobs, "tail_mass": self.tail_mass}
+
+
+def write_captures(path: Path, records: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), tmp, compression="zstd")
+
+
+def merge_captures(parts: Iterable[Path], out: Path) -> int:
+    """The chunks' captures, in chunk order, into one file, a row group at a time. Returns the rows written."""
+    rows = 0
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+            for part in parts:
+                table = pq.read_table(part, schema=SCHEMA)
+                writer.write_table(table)
+                rows += table.num_rows
+    return rows
+
+
+def read_captures(path: Path, ids: set[str], batch_size: int = 1024) -> Iterator[dict]:
+    """The captures of these row ids, a batch at a time from disk (never the whole file in memory)."""
+    value_set = pa.array(sorted(ids), pa.string())
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        wanted = pc.is_in(batch.column("id"), value_set=value_set)
+        for record in batch.filter(wanted).to_pylist():
+            yield record

@@ -1,0 +1,193 @@
+"""White-box distillation: the teacher's captured top-K distributions as training targets beside its text.
+
+The student trains on the teacher's tokens as generated (the captured ids, not a re-tokenisation of the text), so every
+completion token has the teacher's distribution at it; a row whose kept text is not its captured tokens is left out
+and counted. The loss is computed on the teacher's top-K support (plus a tail bucket), never on vocabulary-sized
+copies of the teacher side.
+"""
+
+from __future__ import annotations
+
+from distill.errors import UserError
+from distill.generate.logprobs import read_captures
+from distill.models.identity import vocabulary
+from distill.recipe import Recipe
+
+TEACHER_COLUMNS = ["teacher_positions", "teacher_ids", "teacher_logprobs"]
+
+
+def check_shared_vocabulary(recipe: Recipe) -> dict:
+    """Every teacher token must have the same id in the student's vocabulary, or the captured ids mean other strings
+    to the student. Raises a UserError (exit 2) naming both tokenizers."""
+    from distill.models.context import resolved_model
+
+    teacher_dir, teacher = resolved_model(recipe, "teacher")
+    student_dir, student = resolved_model(recipe, "student")
+    tv, sv = vocabulary(teacher_dir), vocabulary(student_dir)
+    if tv is None or sv is None:
+        missing = teacher if tv is None else student
+        raise UserError(f"train.objective {recipe.train.objective!r}: cannot read the vocabulary of {missing} "
+                        "(no tokenizer.json, vocab.json or sentencepiece model) to check that teacher and student "
+                        "share token ids; use train.objective: sft")
+    differ = [t for t, i in tv.items() if sv.get(t) != i]
+    if differ:
+        example = differ[0]
+        raise UserError(
+            f"train.objective {recipe.train.objective!r} needs teacher and student to share a vocabulary, but "
+            f"{len(differ)} of the teacher's {len(tv)} tokens have another id (or none) in the student's: e.g. "
+            f"{example!r} is {tv[example]} in {teacher} and {sv.get(example)} in {student}. "
+            "Use train.objective: sft to train on the teacher's text instead"
+        )
+    return {"teacher_tokens": len(tv), "student_tokens": len(sv)}
+
+
+def captured_completion(capture: dict | None, text: str, tokenizer):
+    """(the teacher's tokens of its kept text, whether the token after them is EOS), or (None, why).
+
+    The captured ids may run past the text: the stop (EOS, or a stop string's token, which the text leaves out), or
+    the bytes of a character cut at max_tokens, which vLLM holds back from the text. The longest prefix of at most a
+    few tokens less that decodes to the text exactly is the completion; none means the row's text is not what the
+    teacher's distributions were measured on.
+    """
+    if capture is None:
+        return None, "no capture"
+    ids = list(capture["token_ids"])
+    eos = tokenizer.eos_token_id
+    end = len(ids) - 1 if ids and ids[-1] == eos else len(ids)
+    for n in range(end, max(end - 4, 0) - 1, -1):
+        if tokenizer.decode(ids[:n], skip_special_tokens=True) == text:
+            return (ids[:n], ids[n:] == [eos]), None
+    return None, "text is not the captured tokens"
+
+
+def kd_example(prompt_ids: list[int], capture: dict, completion: list[int], teacher_eos: bool, eos: int,
+               top_k: int | None) -> dict:
+    """The training sequence on the teacher's own tokens, and the teacher's top-K at each of them: the student's EOS
+    label gets the teacher's distribution only where the teacher itself stopped with EOS."""
+    targets = len(completion) + (1 if teacher_eos else 0)
+    k = top_k or len(capture["top_ids"][0])
+    return {"input_ids": prompt_ids + completion + [eos],
+            "completion_mask": [0] * len(prompt_ids) + [1] * (len(completion) + 1),
+            "teacher_positions": list(range(len(prompt_ids), len(prompt_ids) + targets)),
+            "teacher_ids": [list(row[:k]) for row in capture["top_ids"][:targets]],
+            "teacher_logprobs": [list(row[:k]) for row in capture["top_logprobs"][:targets]]}
+
+
+def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> tuple[list[dict], dict]:
+    """Tokenized training examples on the teacher's captured tokens, for the rows whose capture lines up with their
+    text; the others are counted with the reason and left out. Refuses (UserError) when more than
+    train.kd.max_mismatch_share of the rows are left out. Also counts the rows whose text the student's tokenizer
+    would split otherwise than the teacher generated it (trained on the teacher's tokens either way)."""
+    from distill import rows as C
+    from distill.generate.prompts import PromptTemplate
+
+    kd = recipe.train.kd
+    prompt_t = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
+    captures = {r["id"]: r for r in read_captures(captures_path, {r[C.ID] for r in rows})}
+    eos = tokenizer.eos_token_id
+    completion_t = PromptTemplate(recipe.train.completion_template, "train.completion_template")
+    examples, left_out, retokenized_differ = [], {}, 0
+    for row in rows:
+        text = row[C.COMPLETION] or ""
+        if completion_t.render(completion=text.strip(), row=row).strip() != text.strip():
+            raise UserError(f"train.completion_template adds text around the completion ({recipe.train.completion_template!r}): "
+                            f"objective {recipe.train.objective!r} trains on the teacher's tokens as generated, so the "
+                            "template may only be the completion itself")
+        found, why = captured_completion(captures.get(row[C.ID]), text, tokenizer)
+        if found is None:
+            left_out[why] = left_out.get(why, 0) + 1
+            continue
+        completion, teacher_eos = found
+        prompt = prompt_t.render(input=row[C.INPUT], row=row)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        retokenized_differ += tokenizer(prompt + text)["input_ids"] != prompt_ids + completion
+        examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k))
+    lacking = len(rows) - len(examples)
+    share = lacking / len(rows) if rows else 0.0
+    if share > kd.max_mismatch_share:
+        detail = ", ".join(f"{n}: {why}" for why, n in sorted(left_out.items()))
+        raise UserError(
+            f"train.objective {recipe.train.objective!r}: {lacking} of {len(rows)} training rows ({share:.1%}; {detail}) "
+            f"have no captured teacher tokens matching their text, more than train.kd.max_mismatch_share = "
+            f"{kd.max_mismatch_share} (a filter step that rewrote completions?); "
+            "or use objective sft"
+        )
+    return examples, {"rows": len(rows), "rows_with_teacher_targets": len(examples), "rows_left_out": left_out,
+                      "rows_the_student_would_tokenize_otherwise": retokenized_differ,
+                      "target_tokens": sum(len(e["teacher_positions"]) for e in examples)}
+
+
+class TeacherTargetCollator:
+    """The trainer's collator, plus the teacher's top-K as dense [batch, length, K] tensors and a mask of the
+    positions that carry one."""
+
+    def __init__(self, base, k: int):
+        self.base, self.k = base, k
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        teacher = [{c: e.pop(c) for c in TEACHER_COLUMNS} for e in examples]
+        batch = self.base(examples)
+        b, length = batch["labels"].shape
+        ids = torch.zeros(b, length, self.k, dtype=torch.long)
+        lps = torch.full((b, length, self.k), float("-inf"))
+        mask = torch.zeros(b, length, dtype=torch.bool)
+        for row, t in enumerate(teacher):
+            for pos, top_ids, top_lps in zip(t["teacher_positions"], t["teacher_ids"], t["teacher_logprobs"]):
+                if pos < length:
+                    ids[row, pos, :len(top_ids)] = torch.tensor(top_ids)
+                    lps[row, pos, :len(top_lps)] = torch.tensor(top_lps)
+                    mask[row, pos] = True
+        batch.update(teacher_ids=ids, teacher_logprobs=lps, teacher_mask=mask)
+        return batch
+
+
+def kd_trainer_class():
+    """SFTTrainer with the distillation loss: CE and the divergence per token, logged apart."""
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    from distill.train.kd_losses import top1_agreement, topk_divergence
+
+    class KDTrainer(SFTTrainer):
+        objective = "sft+kd"
+        divergence = "forward_kl"
+        weight = 1.0
+        tail = True
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            self._signature_columns = list(self._signature_columns) + TEACHER_COLUMNS
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            t_ids, t_lps, t_mask = inputs.pop("teacher_ids"), inputs.pop("teacher_logprobs"), inputs.pop("teacher_mask")
+            labels = inputs["labels"]
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            # position j's logits predict token j + 1
+            logits, targets = outputs.logits[:, :-1], labels[:, 1:]
+            t_ids, t_lps, t_mask = t_ids[:, 1:], t_lps[:, 1:], t_mask[:, 1:]
+            learned = targets != -100
+            ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            div = torch.where(t_mask, topk_divergence(logits, t_ids, t_lps, self.divergence, self.tail), 0.0)
+            if self.objective == "kd":  # the teacher's distribution where there is one, the label elsewhere
+                per_token = torch.where(t_mask, div, ce)
+            else:
+                per_token = ce + self.weight * div
+            n = learned.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = (per_token * learned).sum() / torch.as_tensor(n).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+
+            mode = "train" if model.training else "eval"
+            with torch.no_grad():
+                agree = top1_agreement(logits, t_ids, t_lps) & t_mask
+                sums = torch.stack([(ce * learned).sum(), learned.sum(), div.sum(), t_mask.sum(), agree.sum()]).float()
+                sums = self.accelerator.gather_for_metrics(sums.unsqueeze(0)).sum(0)
+            self._metrics[mode]["ce_loss"].append((sums[0] / sums[1].clamp(min=1)).item())
+            self._metrics[mode]["kd_loss"].append((sums[2] / sums[3].clamp(min=1)).item())
+            self._metrics[mode]["teacher_top1_agreement"].append((sums[4] / sums[3].clamp(min=1)).item())
+            return (loss, outputs) if return_outputs else loss
+
+    return KDTrainer

@@ -1,0 +1,157 @@
+"""White-box distillation, as a user asks about it: does the capture hold what the teacher computed, does the student
+learn the teacher's distribution, and is a student that cannot read the teacher's token ids refused before any work?"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli, write_recipe
+from distill import rows as C
+from distill.errors import RecipeError
+from distill.recipe import load_recipe
+from distill.run_dir import RunDir
+from distill.train.kd import captured_completion, kd_example
+
+K = 5
+KD = ("generate.logprobs=5", "generate.sampling.temperature=1.0")  # sampled: the tiny model writes varied tokens
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory, tiny_model):
+    """generate (capturing the top 5) and filter: what the train stage reads. The teacher is the tiny model made
+    confident (a random model's next-token distribution is nearly flat, and two flat distributions are already close);
+    the student is the tiny model itself, on the same vocabulary."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("kd")
+    teacher = folder / "teacher"
+    shutil.copytree(tiny_model, teacher)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.model.norm.weight.data *= 40  # logits 40 times larger: a peaked distribution at every position
+    model.save_pretrained(teacher)
+    recipe = write_recipe(folder, tiny_model)
+    recipe.write_text(recipe.read_text().replace(f"teacher: {{path: {tiny_model}}}", f"teacher: {{path: {teacher}}}"))
+    run = folder / "base"
+    for stage in ("generate", "filter"):
+        proc = run_cli(stage, recipe, *KD, "--run-dir", run)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, recipe, RunDir(run)
+
+
+def test_every_generated_token_carries_the_teachers_top_k_as_a_forward_pass_computes_it(captured):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, _, run = captured
+    rows = pq.read_table(run.generated).to_pylist()
+    captures = {c["id"]: c for c in pq.read_table(run.teacher_logprobs).to_pylist()}
+    assert set(captures) == {r[C.ID] for r in rows}
+    assert rows[0][C.PROVENANCE]["logprobs"] == {"k": K, "mode": "raw_logprobs", "captured": True}
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "teacher")
+    model = AutoModelForCausalLM.from_pretrained(folder / "teacher", dtype=torch.float32).eval()
+    for row in rows[:6]:
+        c = captures[row[C.ID]]
+        assert len(c["token_ids"]) == len(c["top_ids"]) == row[C.PROVENANCE]["completion_tokens"]
+        assert tokenizer.decode(c["token_ids"]).startswith(row[C.COMPLETION])
+        prompt = tokenizer(row[C.PROMPT])["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c["token_ids"]])).logits[0].float()
+        # position len(prompt) - 1 + t predicts generated token t
+        expected = logits[len(prompt) - 1: len(prompt) - 1 + len(c["token_ids"])].log_softmax(-1)
+        for t, token in enumerate(c["token_ids"]):
+            top = expected[t].topk(K)
+            assert c["top_logprobs"][t] == pytest.approx(top.values.tolist(), abs=2e-3)
+            assert set(c["top_ids"][t]) == set(top.indices.tolist()) or \
+                top.values[-1] - expected[t].topk(K + 1).values[-1] < 2e-3  # a tie at the K-th place
+            assert c["sampled_logprobs"][t] == pytest.approx(expected[t][token].item(), abs=2e-3)
+            assert c["tail_mass"][t] == pytest.approx(1 - top.values.exp().sum().item(), abs=2e-3)
+
+
+def test_kd_training_lowers_the_divergence_from_the_teacher(captured):
+    folder, recipe, base = captured
+    import shutil
+
+    run = folder / "kd"
+    shutil.copytree(base.root, run)
+    proc = run_cli("train", recipe, *KD, "train.objective=kd", "train.epochs=3", "train.learning_rate=3e-3",
+                   "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = json.loads((run / "train" / "log.json").read_text())
+    summary = RunDir(run).read_marker("train")["summary"]
+    targets = summary["teacher_targets"]
+    # every kept row trains on the teacher's tokens and distributions
+    assert targets["rows_with_teacher_targets"] == targets["rows"] == summary["rows"] > 0 and not targets["rows_left_out"]
+    kd = log["kd_losses"]
+    assert len(kd) >= 5 and sum(kd[-3:]) / 3 < 0.97 * sum(kd[:3]) / 3, kd  # per token, logged apart from CE
+    assert len(log["ce_losses"]) == len(kd)
+    assert summary["last_kd_loss"] < summary["first_kd_loss"]
+    assert (run / "train" / "loss_terms.png").stat().st_size > 0
+    assert (run / "train" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_student_with_another_vocabulary_is_refused_before_any_work(tmp_path, tiny_model):
+    from distill.models.tiny import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", "qwen2", vocab_size=600)
+    recipe = write_recipe(tmp_path, tiny_model)
+    recipe.write_text(recipe.read_text().replace(f"student: {{path: {tiny_model}}}", f"student: {{path: {other}}}"))
+    proc = run_cli("generate", recipe, *KD, "train.objective=sft+kd", "--run-dir", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "share a vocabulary" in proc.stderr and str(tiny_model) in proc.stderr and str(other) in proc.stderr
+    assert "objective: sft" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "generate" / "rows.parquet").exists()
+    assert not list((tmp_path / "run").rglob("chunk-*.parquet"))
+
+
+def test_kd_without_captured_distributions_is_a_recipe_error(tiny_recipe):
+    with pytest.raises(RecipeError, match="generate.logprobs"):
+        load_recipe(tiny_recipe, ["train.objective=kd"])
+    with pytest.raises(RecipeError, match="top_k"):
+        load_recipe(tiny_recipe, [*KD, "train.objective=kd", "train.kd.top_k=8"])
+
+
+class TestWhichTokensGetTheTeachersDistribution:
+    """The student trains on the teacher's tokens as generated; the stop is not part of the text."""
+
+    @pytest.fixture
+    def tokenizer(self, tiny_model):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tiny_model)
+
+    def capture(self, ids):
+        return {"token_ids": ids, "top_ids": [[i, 0] for i in ids], "top_logprobs": [[-0.1, -3.0] for _ in ids]}
+
+    def test_a_stop_string_ends_the_text_and_its_position_gets_only_the_eos_label(self, tokenizer):
+        text = tokenizer(" cats")["input_ids"]
+        (completion, teacher_eos), why = captured_completion(self.capture(text + tokenizer("\n")["input_ids"]),
+                                                             " cats", tokenizer)
+        assert why is None and completion == text and not teacher_eos
+        example = kd_example([5, 6, 7], self.capture(text + [0]), completion, teacher_eos, tokenizer.eos_token_id, None)
+        assert example["input_ids"] == [5, 6, 7, *text, tokenizer.eos_token_id]
+        assert example["teacher_positions"] == list(range(3, 3 + len(text)))  # none at the EOS label
+        assert [row[0] for row in example["teacher_ids"]] == text
+
+    def test_a_teacher_that_stopped_with_eos_teaches_its_eos_distribution_too(self, tokenizer):
+        text, eos = tokenizer(" cats")["input_ids"], tokenizer.eos_token_id
+        (completion, teacher_eos), _ = captured_completion(self.capture(text + [eos]), " cats", tokenizer)
+        example = kd_example([5], self.capture(text + [eos]), completion, teacher_eos, eos, 1)
+        assert teacher_eos and example["teacher_positions"] == list(range(1, 2 + len(text)))
+        assert all(len(row) == 1 for row in example["teacher_ids"])
+
+    def test_a_row_whose_text_is_not_its_captured_tokens_is_left_out(self, tokenizer):
+        text = tokenizer(" cats")["input_ids"]
+        assert captured_completion(self.capture(text), " dogs", tokenizer) == (None, "text is not the captured tokens")
+        assert captured_completion(None, " cats", tokenizer) == (None, "no capture")
+
+    def test_bytes_of_a_character_cut_at_max_tokens_are_not_trained_on(self, tokenizer):
+        ids = tokenizer(" cats é")["input_ids"]
+        text = tokenizer.decode(ids[:-1])
+        (completion, teacher_eos), _ = captured_completion(self.capture(ids[:-1] + [ids[-1]]), text, tokenizer)
+        assert completion == ids[:-1] and not teacher_eos
