@@ -239,6 +239,9 @@ def _template_variables(text: str, key: str) -> set[str]:
         raise ValueError(f"{key}: bad template: {e}") from None
 
 
+SCORED_COMPLETION = " {{ target }}"
+
+
 class GenerateSettings(Section):
     template: str = Field(
         description="Jinja template of the teacher prompt, rendered in a sandbox. Variables: input, examples, row; "
@@ -249,11 +252,18 @@ class GenerateSettings(Section):
     few_shot: FewShotSettings = Field(default_factory=FewShotSettings, description="Few-shot examples.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling parameters.")
     chunk_size: int = Field(256, gt=0, description="Prompts per atomically written chunk; a killed run resumes by chunk.")
-    mode: Literal["complete", "synthesize", "label"] = Field(
+    mode: Literal["complete", "synthesize", "label", "score"] = Field(
         "complete",
         description="complete: the teacher answers each real seed input. synthesize: one prompt per cell of `grid` "
         "(quota per cell), no seed input: the teacher writes an input and its answer as one JSON object. label: the teacher labels each seed input under the `label` constraint. "
-        "In every mode sampling.n > 1 keeps n candidates per prompt side by side (sample_index).",
+        "score: the teacher writes nothing; each seed's real target (data.target_field, as completion_template renders "
+        "it) is the completion, and the teacher's top-K (logprobs) at each of its tokens is measured teacher-forced, "
+        "so real labels are distilled with soft targets. "
+        "In every other mode sampling.n > 1 keeps n candidates per prompt side by side (sample_index).",
+    )
+    completion_template: str = Field(
+        SCORED_COMPLETION, description="score mode: the completion scored after the teacher's prompt. Jinja, variables: "
+        "target (the seed's reference), row. The default puts a space after a prompt ending in 'A:'."
     )
     grid: GridSettings | None = Field(None, description="The attribute grid of synthesize mode.")
     label: LabelSettings | None = Field(None, description="The label constraint of label mode.")
@@ -292,6 +302,18 @@ class GenerateSettings(Section):
                 raise ValueError("answer_template never uses `input`: the teacher would answer without seeing the input it wrote")
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ValueError("endpoint is needed by, and only by, backend: openai")
+        # compared with the default, not "was it set": a resolved recipe (run/recipe.yaml) writes every field
+        if self.completion_template != SCORED_COMPLETION and self.mode != "score":
+            raise ValueError("completion_template is used by, and only by, mode: score")
+        if self.mode == "score":
+            if not self.logprobs:
+                raise ValueError("mode: score measures the teacher's top-K at each token of the real targets: set "
+                                 "logprobs (e.g. 20)")
+            if self.backend != "vllm":
+                raise ValueError("mode: score runs on the in-process vLLM engine (prompt log-probabilities); "
+                                 "backend: openai is not supported for it")
+            if self.sampling.n != 1:
+                raise ValueError("mode: score scores each real target once: sampling.n must be 1")
         if self.logprobs and self.mode == "synthesize" and self.answer_template is None:
             raise ValueError("logprobs in synthesize mode needs answer_template: without it the teacher's tokens are a "
                              "JSON object, not the answer the student is trained on")
@@ -536,7 +558,7 @@ class KDSettings(Section):
     max_mismatch_share: float = Field(
         0.05, ge=0, le=1, description="Most training rows (a share) whose completion tokens, as the student tokenizes "
         "them, differ from the teacher's captured tokens (or that have no capture) before training is refused. Such "
-        "rows get no divergence term: dropped under kd, cross-entropy only under sft+kd."
+        "rows are left out of training, counted in the train summary."
     )
 
 
@@ -574,6 +596,10 @@ class TrainSettings(Section):
         "The count is in the train summary (format_check)."
     )
     seed: int = Field(0, description="Training seed.")
+    max_rows: int | None = Field(
+        None, gt=0, description="Train on at most this many of the kept rows, a reproducible sample (train.seed) in "
+        "file order, as transformers' max_train_samples: for learning curves. The adapter records which rows."
+    )
     objective: Literal["sft", "kd", "sft+kd"] = Field(
         "sft", description="sft: cross-entropy on the teacher's text. kd: the teacher's captured token distributions "
         "(generate.logprobs) at every completion token, cross-entropy only where the teacher gave none (the EOS "
@@ -706,6 +732,12 @@ class EvaluateSettings(Section):
     checkpoints: bool = Field(
         False, description="Also evaluate every checkpoint saved during training (train.save_steps): a curve over steps."
     )
+    fidelity: bool | None = Field(
+        None, description="Fidelity to the teacher: on the teacher's own answers to each set's items, every "
+        "student-prompted model's top-1 agreement with the teacher and forward KL from the teacher's top K "
+        "(generate.logprobs, else 20) per token, teacher-forced. Needs teacher among models and a shared vocabulary. "
+        "Default: on when train.objective is kd or sft+kd."
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired bootstrap intervals reported for every model.")
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples per interval.")
     gate: GateSettings = Field(default_factory=GateSettings, description="The degradation gate: gated models, correction, "
@@ -742,6 +774,8 @@ class EvaluateSettings(Section):
     def _baseline_evaluated(self) -> "EvaluateSettings":
         if self.baseline not in self.models:
             raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
+        if self.fidelity and "teacher" not in self.models:
+            raise ValueError("fidelity is measured on the teacher's answers, but teacher is not among models")
         if "teacher" in self.gate.models and "teacher" not in self.models:
             raise ValueError("gate.models names 'teacher', which is not among models")
         if {"checkpoints", "last_checkpoint"} & set(self.gate.models) and not self.checkpoints:
@@ -880,6 +914,12 @@ class Recipe(Section):
         for i, step in enumerate(self.filter.steps):
             if step.type == "judge" and getattr(self.models, step.model) is None:
                 raise ValueError(f"filter.steps.{i} judges with models.{step.model}, which the recipe does not define")
+        return self
+
+    @model_validator(mode="after")
+    def _score_needs_targets(self) -> "Recipe":
+        if self.generate.mode == "score" and not self.data.target_field:
+            raise ValueError("generate.mode: score scores the real targets, but data.target_field is null")
         return self
 
     @model_validator(mode="after")

@@ -97,6 +97,16 @@ def test_items_in_kept_training_rows_are_true_leaks_and_rejected_rows_are_not(tm
                                                                                        ("kept-i1", "i1", "completion")}
 
 
+def test_a_kept_row_left_out_of_a_sampled_training_set_is_no_leak(tmp_path, tiny_model):
+    # train.max_rows trained on two of the three kept rows: i0's row was kept but never trained on
+    run = trained_run(tmp_path)
+    write_json(run.adapter / "training_data.json", {"rows_file": str(run.filtered), "rows_sha256": hash_file(run.filtered),
+                                                    "rows_used": 2, "row_ids": ["kept-i1", "kept-same-answer"]})
+    measured = measure(recipe(tmp_path, tiny_model, ["base", "student"]), {"heldout": ITEMS}, [run.adapter])
+    assert measured["sets"] == {"heldout": ["i1"]}
+    assert measured["trained_on"][0]["rows"] == 2
+
+
 def test_the_report_separates_true_leaks_from_items_the_filter_removed(tmp_path, tiny_model):
     run = trained_run(tmp_path)
     measured = measure(recipe(tmp_path, tiny_model, ["base", "student"]), {"heldout": ITEMS}, [run.adapter])

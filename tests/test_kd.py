@@ -73,15 +73,22 @@ def test_every_generated_token_carries_the_teachers_top_k_as_a_forward_pass_comp
             assert c["tail_mass"][t] == pytest.approx(1 - top.values.exp().sum().item(), abs=2e-3)
 
 
-def test_kd_training_lowers_the_divergence_from_the_teacher(captured):
-    folder, recipe, base = captured
+@pytest.fixture(scope="module")
+def kd_run(captured):
+    """The captured run, trained with objective kd."""
     import shutil
 
+    folder, recipe, base = captured
     run = folder / "kd"
     shutil.copytree(base.root, run)
     proc = run_cli("train", recipe, *KD, "train.objective=kd", "train.epochs=3", "train.learning_rate=3e-3",
                    "--run-dir", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_kd_training_lowers_the_divergence_from_the_teacher(kd_run):
+    run = kd_run
     log = json.loads((run / "train" / "log.json").read_text())
     summary = RunDir(run).read_marker("train")["summary"]
     targets = summary["teacher_targets"]
@@ -93,6 +100,107 @@ def test_kd_training_lowers_the_divergence_from_the_teacher(captured):
     assert summary["last_kd_loss"] < summary["first_kd_loss"]
     assert (run / "train" / "loss_terms.png").stat().st_size > 0
     assert (run / "train" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_report_says_how_close_each_model_is_to_the_teacher(captured, kd_run):
+    """Fidelity on the teacher's own answers to the held-out items: the kd student is closer to the teacher than the
+    base model it started from."""
+    folder, recipe, _ = captured
+    proc = run_cli("evaluate", recipe, *KD, "train.objective=kd", "train.epochs=3", "train.learning_rate=3e-3",
+                   "--run-dir", kd_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((kd_run / "evaluate" / "report.json").read_text())
+    fidelity = report["fidelity"]["sets"]["plural"]
+    base, student = fidelity["models"]["base"], fidelity["models"]["student"]
+    assert "teacher" not in fidelity["models"] and fidelity["items"] + fidelity["items_without_teacher_tokens"] == 24
+    assert base["tokens"] == student["tokens"] > 0
+    assert student["kl_per_token"] < 0.97 * base["kl_per_token"]  # 5.65 against 5.96 when written
+    assert student["top1_agreement"] >= base["top1_agreement"]
+    assert "## Fidelity to the teacher" in (kd_run / "evaluate" / "report.md").read_text()
+    assert "Fidelity to the teacher" in (kd_run / "evaluate" / "report.html").read_text()
+
+
+def test_a_model_read_exactly_as_the_teacher_is_measured_identical_to_it(captured, kd_run, tmp_path):
+    """The same weights under the same prompt: nothing between the teacher's capture (vLLM) and the student's forward
+    pass (transformers) may be shifted by a token, so the KL is ~0 and the top-1 tokens agree."""
+    import shutil
+
+    folder, recipe, _ = captured
+    run = tmp_path / "same"
+    shutil.copytree(kd_run, run)
+    proc = run_cli("evaluate", recipe, *KD, "train.objective=kd", "train.epochs=3", "train.learning_rate=3e-3",
+                   f"models.student={{path: {folder / 'teacher'}}}", "evaluate.models=[base, teacher]",
+                   "evaluate.teacher_template='Plural of {{ input }}:'", "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = json.loads((run / "evaluate" / "report.json").read_text())["fidelity"]["sets"]["plural"]["models"]["base"]
+    assert base["tokens"] > 0 and base["kl_per_token"] < 1e-3 and base["top1_agreement"] >= 0.98
+
+
+def test_a_sampled_training_set_is_reproducible_and_the_adapter_names_its_rows(captured):
+    folder, recipe, base = captured
+    import shutil
+
+    runs = []
+    for name in ("sample-a", "sample-b"):
+        run = folder / name
+        shutil.copytree(base.root, run)
+        proc = run_cli("train", recipe, *KD, "train.objective=sft+kd", "train.max_rows=7", "--run-dir", run)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(RunDir(run))
+    kept = [r[C.ID] for r in pq.read_table(base.filtered).to_pylist() if r[C.KEPT]]
+    records = [json.loads((r.adapter / "training_data.json").read_text()) for r in runs]
+    assert records[0]["row_ids"] == records[1]["row_ids"] and len(records[0]["row_ids"]) == records[0]["rows_used"] == 7
+    assert records[0]["row_ids"] == [i for i in kept if i in set(records[0]["row_ids"])]  # in file order
+    summary = runs[0].read_marker("train")["summary"]
+    assert summary["rows"] == 7 and summary["rows_kept"] == len(kept) > 7
+
+
+def test_score_mode_measures_the_teachers_distribution_on_the_real_targets(captured):
+    """A real labelled set distilled with soft targets: the completion is the data's own target, and each of its
+    tokens carries the teacher's top K as a forward pass of the teacher over prompt + target computes it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.train.kd import captured_completion
+
+    folder, recipe, _ = captured
+    run = RunDir(folder / "scored")
+    proc = run_cli("generate", recipe, "generate.mode=score", "generate.logprobs=5", "--run-dir", run.root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pq.read_table(run.generated).to_pylist()
+    captures = {c["id"]: c for c in pq.read_table(run.teacher_logprobs).to_pylist()}
+    seeds = {json.loads(line)["id"]: json.loads(line) for line in run.seeds.read_text().splitlines()}
+    assert len(rows) == len(seeds) == len(captures)
+    assert run.read_marker("generate")["summary"]["scored_with"].startswith("vllm prompt_logprobs")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "teacher")
+    model = AutoModelForCausalLM.from_pretrained(folder / "teacher", dtype=torch.float32).eval()
+    for row in rows:
+        seed = next(s for s in seeds.values() if s["input"] == row[C.INPUT])
+        assert row[C.COMPLETION] == " " + seed["reference"] and row[C.FAILURE] is None
+        assert row[C.PROVENANCE]["scored"]["completion"] == "the seed's real target"
+        # the teacher never finds the target it is scored on among its few-shot examples
+        assert row[C.PROMPT].count(f"plural of '{row[C.INPUT]}'") == 1
+        c = captures[row[C.ID]]
+        # every scored token lines up with the text: kd training uses the whole target
+        assert captured_completion(c, row[C.COMPLETION], tokenizer)[0] == (c["token_ids"], False)
+    for row in rows[:5]:
+        c = captures[row[C.ID]]
+        prompt = tokenizer(row[C.PROMPT])["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c["token_ids"]])).logits[0].float()
+        expected = logits[len(prompt) - 1: len(prompt) - 1 + len(c["token_ids"])].log_softmax(-1)
+        for t, token in enumerate(c["token_ids"]):
+            assert c["top_logprobs"][t] == pytest.approx(expected[t].topk(K).values.tolist(), abs=2e-3)
+            assert c["sampled_logprobs"][t] == pytest.approx(expected[t][token].item(), abs=2e-3)
+
+
+def test_score_mode_needs_captures_and_the_in_process_engine(tiny_recipe):
+    with pytest.raises(RecipeError, match="set logprobs"):
+        load_recipe(tiny_recipe, ["generate.mode=score"])
+    with pytest.raises(RecipeError, match="sampling.n must be 1"):
+        load_recipe(tiny_recipe, ["generate.mode=score", "generate.logprobs=5", "generate.sampling.n=2"])
+    with pytest.raises(RecipeError, match="only by, mode: score"):
+        load_recipe(tiny_recipe, ["generate.completion_template={{ target }}"])
 
 
 def test_a_student_with_another_vocabulary_is_refused_before_any_work(tmp_path, tiny_model):

@@ -11,6 +11,7 @@ from distill.errors import UserError
 from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import resolve_candidates
 from distill.evaluate.contamination import attach, measure
+from distill.evaluate.fidelity import measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
@@ -45,10 +46,14 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
     # true leaks: items in the rows any compared adapter was trained on (where its training_data.json names them)
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, [c.adapter for c in candidates if c.adapter])
     cache = open_cache(recipe)
-    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache)
+    targets: dict = {}
+    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache, targets)
     report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed,
                           gated=[n for n in names if n != baseline], contaminated=measured["sets"] if measured else None)
     attach(report, measured, None)
+    fidelity = measure_fidelity(recipe, candidates, sets, targets, seed_pool(run), cache)  # when a teacher is compared
+    if fidelity:
+        report["fidelity"] = fidelity
     report["cache"] = cache_record(cache, predictions)
     report["targets"] = {c.name: {"model": str(c.model_dir), "adapter": str(c.adapter) if c.adapter else None, "role": c.role}
                          for c in candidates}

@@ -46,6 +46,9 @@ def trained_rows(adapter: Path) -> tuple[Path | None, list[dict] | None, str | N
         return path, None, f"{path} changed since {adapter} was trained on it (sha256 differs)"
     table = pq.read_table(path, columns=[c for c in (C.ID, *TRAINED_FIELDS, C.KEPT) if c in pq.read_schema(path).names])
     rows = [r for r in table.to_pylist() if r.get(C.KEPT, True)]
+    if data.get("row_ids") is not None:  # trained on a sample of the kept rows (train.max_rows, rows left out by kd)
+        used = set(data["row_ids"])
+        rows = [r for r in rows if r.get(C.ID) in used]
     return path, rows, None
 
 

@@ -45,6 +45,12 @@ img { max-width: 100%; }
 <tr class="{{ 'degraded' if x.degraded else ('improved' if x.verdict == 'improved' else ('few' if x.verdict in ('too few items', 'reported only') else '')) }}"><td>{{ model }}</td><td>{{ e.metric_info[m].label }}</td><td>{{ where }}</td><td>{{ x.n }}</td><td>{{ f(x.delta) }}</td><td>[{{ f(x.low) }}, {{ f(x.high) }}]</td>{% for cell in gate_cells(x) %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}{% endfor %}{% endfor %}</table>{% endif %}
 {% endfor %}
+{% if report.fidelity %}<h2>Fidelity to the teacher</h2>
+<p>On {{ report.fidelity.answers }}: top-1 agreement (the model's most likely next token is the teacher's) and {{ report.fidelity.divergence }} (K = {{ report.fidelity.k }}), per token.</p>
+{% for set_name, e in report.fidelity.sets.items() %}<p><code>{{ set_name }}</code>: {{ e.items }} items{% if e.items_without_teacher_tokens %} ({{ e.items_without_teacher_tokens }} left out: no teacher tokens matching its answer){% endif %}</p>
+<table><tr><th>model</th><th>top-1 agreement</th><th>KL per token</th><th>tokens</th></tr>
+{% for model, m in e.models.items() %}<tr><td>{{ model }}</td><td>{{ f(m.top1_agreement, False) }}</td><td>{{ f(m.kl_per_token, False) }}</td><td>{{ m.tokens }}</td></tr>{% endfor %}
+</table>{% endfor %}{% endif %}
 </body></html>
 """
 

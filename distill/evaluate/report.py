@@ -242,4 +242,7 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
                         lines.append(f"| {m} | {label} | {where} | {x['n']} | {_fmt(x['delta'])} | "
                                      f"[{_fmt(x['low'])}, {_fmt(x['high'])}] | " + " | ".join(cells) + " |")
         lines.append("")
+    from distill.evaluate.fidelity import fidelity_lines
+
+    lines += fidelity_lines(report)
     return "\n".join(lines)

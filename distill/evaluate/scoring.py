@@ -18,6 +18,7 @@ from distill.errors import DataError
 from distill.evaluate import metrics as M
 from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
 from distill.evaluate.candidates import Candidate, adapter_rank
+from distill.evaluate.fidelity import fidelity_k, teacher_target
 from distill.generate.prompts import PromptTemplate
 from distill.generate.stage import teacher_prompts
 from distill.progress import console, progress
@@ -78,6 +79,9 @@ class Scorer:
         self._hf_model = None
         self._model_keys: dict[tuple, dict] = {}
         self.nll_batch = 16
+        # fidelity: the teacher's answers carry its top K; set name -> item id -> teacher_target
+        self.fidelity_k = fidelity_k(recipe)
+        self.teacher_targets: dict[str, dict] = {}
 
     def _lora(self, cand: Candidate):
         from vllm.lora.request import LoRARequest
@@ -92,10 +96,15 @@ class Scorer:
         from vllm import SamplingParams
 
         d = self.decoding(s)
+        k = self._capture_k(cand)
         params = [SamplingParams(temperature=d["temperature"], top_p=d["top_p"], max_tokens=d["max_tokens"],
-                                 stop=d["stop"] or None, seed=self.seed + i) for i in range(len(prompts))]
+                                 stop=d["stop"] or None, seed=self.seed + i, logprobs=k) for i in range(len(prompts))]
         outs = engine.llm.generate(prompts, params, lora_request=self._lora(cand), use_tqdm=False)
         return [o.outputs[0] for o in outs]
+
+    def _capture_k(self, cand: Candidate) -> int | None:
+        """The top K the teacher's answers carry for fidelity (None: nothing captured)."""
+        return self.fidelity_k if cand.role == "teacher" else None
 
     def _model_key(self, cand: Candidate) -> dict:
         memo = (str(cand.model_dir), str(cand.adapter), cand.spec.model_dump_json())  # adapters are hashed once per call
@@ -115,7 +124,9 @@ class Scorer:
         metrics and their code, the reference texts scored by NLL, this module's version and the libraries."""
         text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
         logprob_metrics = [m for m in s.metrics if M.METRICS[m].needs_logprobs]
+        capture = {"teacher_top_k": self._capture_k(cand)} if self._capture_k(cand) and text_metrics else {}
         return hash_json({
+            **capture,
             "scoring_version": SCORING_VERSION, "libraries": library_versions(), "model": self._model_key(cand),
             "role": cand.role, "metrics": list(s.metrics), "metric_code": metric_code(),
             "items": [[it[C.ID], it[C.INPUT], it[C.REFERENCE], list(it[C.REFERENCES])] for it in items],
@@ -201,11 +212,14 @@ class Scorer:
             stored = cache.get(key, ids) if cache is not None else None
             if stored is not None:
                 texts, finish, per_item = stored["predictions"], stored["finish_reasons"], stored["scores"]
+                targets = stored.get("teacher_targets")
             else:
-                texts, finish, per_item = self._score_set(engine, prompter, cand, s, items, prompts)
+                texts, finish, per_item, targets = self._score_set(engine, prompter, cand, s, items, prompts)
                 if cache is not None:
                     cache.put(key, {"model": cand.name, "set": name, "item_ids": ids, "predictions": texts,
-                                    "finish_reasons": finish, "scores": per_item})
+                                    "finish_reasons": finish, "scores": per_item, "teacher_targets": targets})
+            if targets is not None:
+                self.teacher_targets[name] = dict(zip(ids, targets))
             headline = s.metrics[0]
             mean = sum(per_item[headline]) / max(len(items), 1)
             console(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s)")
@@ -220,9 +234,12 @@ class Scorer:
         return rows
 
     def _score_set(self, engine, prompter, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str]):
-        """(answers, finish reasons, per-item scores by metric) of `cand` on one set."""
+        """(answers, finish reasons, per-item scores by metric, the teacher's answer tokens and top K or None) of `cand`
+        on one set."""
         text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
         answers = self._generate(engine, cand, s, prompts) if text_metrics else [None] * len(items)
+        k = self._capture_k(cand)
+        targets = [teacher_target(a, k, prompter.tokenizer) for a in answers] if k and text_metrics else None
         texts = [a.text.strip() if a is not None else None for a in answers]
         per_item: dict[str, list[float]] = {}
         for m in s.metrics:
@@ -231,13 +248,14 @@ class Scorer:
             else:
                 result = M.compute(m, texts, [it[C.REFERENCES] for it in items])
             per_item[m] = result["scores"]
-        return texts, [a.finish_reason if a is not None else None for a in answers], per_item
+        return texts, [a.finish_reason if a is not None else None for a in answers], per_item, targets
 
 
 def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str, tuple[EvalSet, list[dict]]],
-                     seed_pool: list[dict], cache: EvalCache | None = None) -> list[dict]:
+                     seed_pool: list[dict], cache: EvalCache | None = None, teacher_targets: dict | None = None) -> list[dict]:
     """Every candidate on every set; one engine per model folder, candidates in the order given. With a cache,
-    results found there are not scored again, and a folder whose every answer is cached starts no engine."""
+    results found there are not scored again, and a folder whose every answer is cached starts no engine.
+    `teacher_targets`, when given, is filled with the teacher's answer tokens and top K per set (for fidelity)."""
     from distill.generate.vllm_engine import VLLMEngine
 
     names, set_names = [c.name for c in candidates], list(sets)
@@ -253,7 +271,9 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
         engine = None
         if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
             ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None]
-            engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None)
+            capture = max((scorer._capture_k(c) or 0 for c in group), default=0) or None
+            engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None,
+                                max_logprobs=capture)
         try:
             for cand in group:
                 by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool, cache, prompter)
@@ -262,6 +282,8 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
             if engine is not None:
                 engine.close()
     bar.close()
+    if teacher_targets is not None:
+        teacher_targets.update(scorer.teacher_targets)
     hits = sorted({(r["model"], r["set"]) for rows in by_name.values() for r in rows if r["from_cache"]},
                   key=lambda x: (names.index(x[0]), set_names.index(x[1])))
     if hits:

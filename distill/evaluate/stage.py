@@ -12,6 +12,7 @@ import time
 from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import Candidate, checkpoint_step, training_checkpoints
 from distill.evaluate.contamination import attach, caught_by_filter, measure
+from distill.evaluate.fidelity import fidelity_k, measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
@@ -66,15 +67,26 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     trained = [run.adapter] if any(c.adapter is not None for c in candidates) else []
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, trained)
     cache = open_cache(recipe)
-    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache)
+    if fidelity_k(recipe):  # before any scoring: the teacher's token ids must mean the same to the student
+        from distill.train.kd import check_shared_vocabulary
+
+        check_shared_vocabulary(recipe, "evaluate.fidelity", "Set evaluate.fidelity: false")
+    targets: dict = {}
+    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache, targets)
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
                           seed=recipe.seed, contaminated=measured["sets"] if measured else None)
     attach(report, measured, caught_by_filter(run))
+    fidelity = measure_fidelity(recipe, candidates, sets, targets, seed_pool(run), cache)
+    if fidelity:
+        report["fidelity"] = fidelity
     report["cache"] = cache_record(cache, predictions)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}
     summary = {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline,
                "results_from_cache": sum(len(v) for v in report["cache"]["from_cache"].values())}
+    if fidelity:
+        summary["fidelity_top1_agreement"] = {n: {m: round(v["top1_agreement"], 4) for m, v in entry["models"].items()}
+                                              for n, entry in fidelity["sets"].items()}
     if measured:
         summary["items_in_training_rows"] = {n: len(ids) for n, ids in measured["sets"].items()}
     return {**summary, "seconds": round(time.time() - started, 1)}

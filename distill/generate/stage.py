@@ -27,6 +27,7 @@ from distill.errors import UserError
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
 from distill.generate.logprobs import LOGPROBS_MODE, merge_captures, write_captures
 from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
+from distill.generate.score_targets import SCORED_WITH, score_chunk
 from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
 from distill.progress import console, progress
@@ -103,6 +104,9 @@ def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict],
     prompts = []
     for item in items:
         examples = fixed if fixed is not None else draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
+        if g.mode == "score" and any(e[C.ID] == item[C.ID] for e in examples):
+            # scored on its own target, the teacher must not find it among the examples
+            examples = draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
         examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]
         text = template.render(**template_variables(item, examples))
         prompts.append(render_chat(text, g.system_prompt) if g.chat else text)
@@ -308,7 +312,8 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     generating = 0.0
     template = PromptTemplate(g.template, "generate.template")
     answer_template = PromptTemplate(g.answer_template, "generate.answer_template") if g.answer_template else None
-    sampling = g.sampling.model_dump(mode="json")
+    sampling = g.sampling.model_dump(mode="json") if g.mode != "score" else None
+    scored_template = PromptTemplate(g.completion_template, "generate.completion_template")
 
     if todo:
         own_engine = engine is None
@@ -327,7 +332,10 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                     recipe, answer_template, [{**items_[i], C.INPUT: x} for i, x in zip(idx, inputs)], seeds,
                     engine.apply_chat_template))
             chunk_stats = _Stats()  # one per chunk: chunks in flight run in threads
-            samples = generate_chunk(engine, g, prompts, request_seeds, chunk_stats, answer_prompts)
+            if g.mode == "score":
+                samples = score_chunk(engine, g, prompts, chunk_items, chunk_stats)
+            else:
+                samples = generate_chunk(engine, g, prompts, request_seeds, chunk_stats, answer_prompts)
             return chunk_items, prompts, request_seeds, samples, chunk_stats
 
         in_flight = getattr(engine, "chunks_in_flight", 1)  # the in-process engine takes one batch at a time
@@ -367,6 +375,9 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                             "created_at": now,
                             **({"logprobs": {"k": g.logprobs, "mode": LOGPROBS_MODE,
                                              "captured": s.get("capture") is not None}} if g.logprobs else {}),
+                            **({"scored": {"completion": "the seed's real target", "method": SCORED_WITH,
+                                           "completion_template_sha256": scored_template.sha256}}
+                               if g.mode == "score" else {}),
                             **({"synthesis": {
                                 "raw": s["raw"],  # the teacher's JSON object as written
                                 "input_prompt": prompt if answer_template else None,
@@ -391,9 +402,10 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     seconds = time.time() - started
     summary = {"mode": g.mode, "prompts": len(items), "chunks": n_chunks, "shard": f"{shard_index}/{shard_count}",
                "chunks_this_run": len(todo), "rows_this_run": stats.rows, "failures_this_run": stats.failures,
-               "retried": stats.retried, "new_tokens": stats.tokens,
+               "retried": stats.retried, ("scored_tokens" if g.mode == "score" else "new_tokens"): stats.tokens,
                "tokens_per_s": round(stats.tokens / generating, 1) if generating else 0.0,
-               "generating_seconds": round(generating, 1), "seconds": round(seconds, 1)}
+               "generating_seconds": round(generating, 1), "seconds": round(seconds, 1),
+               **({"scored_with": SCORED_WITH} if g.mode == "score" else {})}
     with _shard_lock(run):
         if all(_chunk_path(run, c).is_file() for c in range(n_chunks)):
             merged, failures = merge_chunks(run, n_chunks)

@@ -128,6 +128,21 @@ class VLLMEngine:
             for out in outputs
         ]
 
+    def score(self, prompts: list[str], completions: list[str], logprobs: int) -> list[Completion]:
+        """Teacher-forced: the top-K log-probabilities at every token of each given completion after its prompt
+        (vLLM prompt_logprobs, one forward pass per sequence and no sampling). The completion is tokenized on its own
+        and appended to the prompt's tokens, so the scored ids are exactly the completion's tokens."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        heads = [self.tokenizer(p)["input_ids"] for p in prompts]
+        tails = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        params = SamplingParams(prompt_logprobs=logprobs, max_tokens=1, temperature=0.0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=h + t) for h, t in zip(heads, tails)], params,
+                                    use_tqdm=False)
+        return [Completion(text, None, len(tail), TokenCapture.from_vllm(tail, out.prompt_logprobs[len(head):], logprobs))
+                for text, head, tail, out in zip(completions, heads, tails, outputs)]
+
     def close(self) -> None:
         import gc
 

@@ -56,6 +56,10 @@ def texts_to_compare(mode: str, rows: list[dict], heldout: list[dict]) -> dict:
         real = [str(r[C.INPUT]).strip() for r in heldout]
         return {"synthetic": synthetic, "real": real, "synthetic_texts": "inputs the teacher wrote in the kept rows",
                 "real_texts": "inputs of the held-out real split"}
+    if mode == "score":
+        return {"synthetic_texts": "real targets of the kept rows", "real_texts": "references of the held-out real split",
+                "skipped": "score mode: the kept rows' completions are the data's own targets, not text the teacher "
+                           "wrote, so there is no synthetic side to compare"}
     what = "labels" if mode == "label" else "answers"
     named = {"synthetic_texts": f"teacher {what} of the kept rows", "real_texts": f"reference {what} of the held-out real split"}
     real = [ref.strip() for ref in map(_reference, heldout) if ref is not None]

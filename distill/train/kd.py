@@ -16,27 +16,29 @@ from distill.recipe import Recipe
 TEACHER_COLUMNS = ["teacher_positions", "teacher_ids", "teacher_logprobs"]
 
 
-def check_shared_vocabulary(recipe: Recipe) -> dict:
+def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead: str | None = None) -> dict:
     """Every teacher token must have the same id in the student's vocabulary, or the captured ids mean other strings
-    to the student. Raises a UserError (exit 2) naming both tokenizers."""
+    to the student. Raises a UserError (exit 2) naming both tokenizers. `setting` names what needs it (default the
+    training objective), `instead` what to do otherwise."""
     from distill.models.context import resolved_model
+
+    setting = setting or f"train.objective {recipe.train.objective!r}"
+    instead = instead or "Use train.objective: sft to train on the teacher's text instead"
 
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     student_dir, student = resolved_model(recipe, "student")
     tv, sv = vocabulary(teacher_dir), vocabulary(student_dir)
     if tv is None or sv is None:
         missing = teacher if tv is None else student
-        raise UserError(f"train.objective {recipe.train.objective!r}: cannot read the vocabulary of {missing} "
-                        "(no tokenizer.json, vocab.json or sentencepiece model) to check that teacher and student "
-                        "share token ids; use train.objective: sft")
+        raise UserError(f"{setting}: cannot read the vocabulary of {missing} (no tokenizer.json, vocab.json or "
+                        f"sentencepiece model) to check that teacher and student share token ids. {instead}")
     differ = [t for t, i in tv.items() if sv.get(t) != i]
     if differ:
         example = differ[0]
         raise UserError(
-            f"train.objective {recipe.train.objective!r} needs teacher and student to share a vocabulary, but "
+            f"{setting} needs teacher and student to share a vocabulary, but "
             f"{len(differ)} of the teacher's {len(tv)} tokens have another id (or none) in the student's: e.g. "
-            f"{example!r} is {tv[example]} in {teacher} and {sv.get(example)} in {student}. "
-            "Use train.objective: sft to train on the teacher's text instead"
+            f"{example!r} is {tv[example]} in {teacher} and {sv.get(example)} in {student}. {instead}"
         )
     return {"teacher_tokens": len(tv), "student_tokens": len(sv)}
 
@@ -73,9 +75,9 @@ def kd_example(prompt_ids: list[int], capture: dict, completion: list[int], teac
             "teacher_logprobs": [list(row[:k]) for row in capture["top_logprobs"][:targets]]}
 
 
-def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> tuple[list[dict], dict]:
-    """Tokenized training examples on the teacher's captured tokens, for the rows whose capture lines up with their
-    text; the others are counted with the reason and left out. Refuses (UserError) when more than
+def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> tuple[list[dict], dict, list[str]]:
+    """(tokenized training examples on the teacher's captured tokens, counts, the ids of the rows they come from): the
+    rows whose capture lines up with their text; the others are counted with the reason and left out. Refuses (UserError) when more than
     train.kd.max_mismatch_share of the rows are left out. Also counts the rows whose text the student's tokenizer
     would split otherwise than the teacher generated it (trained on the teacher's tokens either way)."""
     from distill import rows as C
@@ -86,7 +88,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> t
     captures = {r["id"]: r for r in read_captures(captures_path, {r[C.ID] for r in rows})}
     eos = tokenizer.eos_token_id
     completion_t = PromptTemplate(recipe.train.completion_template, "train.completion_template")
-    examples, left_out, retokenized_differ = [], {}, 0
+    examples, used, left_out, retokenized_differ = [], [], {}, 0
     for row in rows:
         text = row[C.COMPLETION] or ""
         if completion_t.render(completion=text.strip(), row=row).strip() != text.strip():
@@ -102,6 +104,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> t
         prompt_ids = tokenizer(prompt)["input_ids"]
         retokenized_differ += tokenizer(prompt + text)["input_ids"] != prompt_ids + completion
         examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k))
+        used.append(row[C.ID])
     lacking = len(rows) - len(examples)
     share = lacking / len(rows) if rows else 0.0
     if share > kd.max_mismatch_share:
@@ -114,7 +117,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> t
         )
     return examples, {"rows": len(rows), "rows_with_teacher_targets": len(examples), "rows_left_out": left_out,
                       "rows_the_student_would_tokenize_otherwise": retokenized_differ,
-                      "target_tokens": sum(len(e["teacher_positions"]) for e in examples)}
+                      "target_tokens": sum(len(e["teacher_positions"]) for e in examples)}, used
 
 
 class TeacherTargetCollator:

@@ -7,6 +7,7 @@ writes files. The adapter is saved beside a temporary name and renamed when comp
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -118,9 +119,10 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
 
         check_shared_vocabulary(recipe)
     student_dir, student = resolved_model(recipe, "student")
-    rows = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
-    if not rows:
+    kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
+    if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
+    rows = sample_rows(kept, t.max_rows, t.seed)
     teacher_targets = None
     if t.objective == "sft":
         examples = training_examples(recipe, rows)
@@ -130,7 +132,9 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
         from distill.train.kd import kd_examples
 
         tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=recipe.models.student.trust_remote_code)
-        examples, teacher_targets = kd_examples(recipe, rows, tokenizer, run.teacher_logprobs)
+        examples, teacher_targets, used = kd_examples(recipe, rows, tokenizer, run.teacher_logprobs)
+        trained = set(used)
+        rows = [r for r in rows if r[C.ID] in trained]
 
     stage_dir = run.stage("train")
     checkpoints = stage_dir / "checkpoints"
@@ -152,8 +156,8 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     try:
         if not trainer.is_world_process_zero():
             return {}
-        return _save_adapter(recipe, run, student, trainer, tokenizer, rows, result, resume, format_check, started,
-                             teacher_targets)
+        return _save_adapter(recipe, run, student, trainer, tokenizer, rows, len(kept), result, resume, format_check,
+                             started, teacher_targets)
     finally:
         _leave_process_group(trainer)
 
@@ -168,8 +172,16 @@ def _leave_process_group(trainer) -> None:
         dist.destroy_process_group()
 
 
-def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer, rows: list[dict], result, resume: bool,
-                  format_check: dict, started: float, teacher_targets: dict | None) -> dict:
+def sample_rows(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+    """At most n rows, a reproducible sample kept in file order (train.max_rows)."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
+def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer, rows: list[dict], kept: int, result,
+                  resume: bool, format_check: dict, started: float, teacher_targets: dict | None) -> dict:
     t, stage_dir = recipe.train, run.stage("train")
     history = [h for h in trainer.state.log_history if "loss" in h]
     steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
@@ -177,9 +189,10 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))  # adapter_config.json + adapter_model.safetensors
     tokenizer.save_pretrained(str(tmp))
-    # The adapter carries what it was trained on: which rows and which model.
+    # The adapter carries what it was trained on: which rows (by id, when not every kept row) and which model.
     write_json(tmp / "training_data.json", {
         "rows_file": str(run.filtered), "rows_sha256": hash_file(run.filtered), "rows_used": len(rows),
+        **({"row_ids": [r[C.ID] for r in rows]} if len(rows) < kept else {}),
         "base_model": student, "recipe_name": recipe.name,
     })
     shutil.rmtree(run.adapter, ignore_errors=True)
@@ -196,7 +209,7 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
     kd = {} if teacher_targets is None else {"objective": t.objective, "teacher_targets": teacher_targets, **{
         f"first_{n}": round(v[0], 4) for n, v in terms.items()}, **{f"last_{n}": round(v[-1], 4) for n, v in terms.items()}}
     return {**kd,
-        "rows": len(rows), "steps": trainer.state.global_step, "first_loss": round(losses[0], 4) if losses else None,
+        "rows": len(rows), **({"rows_kept": kept} if len(rows) < kept else {}), "steps": trainer.state.global_step, "first_loss": round(losses[0], 4) if losses else None,
         "last_loss": round(losses[-1], 4) if losses else None, "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
         "resumed": resume, "format_check": format_check, "seconds": round(time.time() - started, 1),
     }

@@ -1,0 +1,37 @@
+"""score mode: the teacher writes nothing. Each seed's real target is the completion, and the teacher's top-K
+log-probabilities at each of its tokens are measured teacher-forced (vLLM prompt log-probabilities), so a real
+labelled set is distilled with soft targets as well as generated text is."""
+
+from __future__ import annotations
+
+from distill import rows as C
+from distill.generate.prompts import PromptTemplate
+
+# Where the numbers come from (provenance and the stage summary): vLLM's prompt log-probabilities, measured to work
+# on the CPU build in batches of 400 few-shot prompts (36k tokens).
+SCORED_WITH = "vllm prompt_logprobs (teacher-forced)"
+
+
+def scored_completions(g, items: list[dict]) -> list[str | None]:
+    """The text scored after each prompt: the seed's reference through generate.completion_template (None: no target)."""
+    template = PromptTemplate(g.completion_template, "generate.completion_template")
+    return [None if not item[C.REFERENCE] else template.render(target=item[C.REFERENCE], row=item) for item in items]
+
+
+def score_chunk(engine, g, prompts: list[str], items: list[dict], stats) -> list[list[dict]]:
+    """Per prompt one sample, as generate_chunk returns them: the real target and the teacher's capture of it; a seed
+    without a target is a failure with the reason."""
+    texts = scored_completions(g, items)
+    todo = [i for i, t in enumerate(texts) if t and t.strip()]
+    scored = dict(zip(todo, engine.score([prompts[i] for i in todo], [texts[i] for i in todo], g.logprobs))) if todo else {}
+    samples = []
+    for i, text in enumerate(texts):
+        comp = scored.get(i)
+        if comp is None:
+            samples.append([{"text": text or "", "finish_reason": None, "tokens": 0, "attempts": 1, "capture": None,
+                             "failure": "no target to score (data.target_field is empty)"}])
+            continue
+        stats.tokens += comp.num_tokens
+        samples.append([{"text": comp.text, "finish_reason": None, "tokens": comp.num_tokens, "attempts": 1,
+                         "capture": comp.capture, "failure": None}])
+    return samples

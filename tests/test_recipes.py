@@ -1,0 +1,72 @@
+"""Every shipped recipe run end to end, and its README table reproduced from that run (slow: the real SmolLM2 model,
+minutes each; `bash scripts/test.sh -m slow`).
+
+The tables are read from README.md itself, so a figure there is checked against the run, not against a copy."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def readme_table(recipe: str) -> dict[str, list[str]]:
+    """The first table after the README line that names `recipe` and says its report reads: model -> cells."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"`{recipe}`")
+    start = text.index("reads:", start)
+    rows = {}
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] not in ("model", "") and not set(cells[0]) <= set("-:"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def run_recipe(path: Path, tmp_path: Path) -> dict:
+    proc = run_cli("run", path, f"run_dir={tmp_path / 'run'}", "evaluate.cache=false", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
+
+
+def check_plural_table(report: dict, table: dict[str, list[str]]) -> None:
+    """| model | plural exact match | irregular slice | arithmetic guard, reference NLL (degraded?) |"""
+    degraded = {(d["model"], d["set"], d["metric"]) for d in report["degraded"] if d["where"] == "all"}
+    plural, arithmetic = report["sets"]["plural"]["models"], report["sets"]["arithmetic"]["models"]
+    for model, cells in table.items():
+        assert cells[0] == f"{plural[model]['score']:.3f}", (model, cells)
+        assert cells[1] == f"{plural[model]['slices']['irregular']['score']:.3f}", (model, cells)
+        nll = arithmetic[model]["metrics"]["nll"]["score"]
+        assert re.match(rf"^{nll:.2f}\b", cells[2]), (model, cells, nll)
+        assert ("degraded" in cells[2]) == ((model, "arithmetic", "nll") in degraded), (model, cells)
+
+
+def test_the_quickstart_reproduces_its_readme_table(tmp_path):
+    table = readme_table("recipes/quickstart/recipe.yaml")
+    assert set(table) == {"base", "student", "teacher"}
+    check_plural_table(run_recipe(ROOT / "recipes" / "quickstart" / "recipe.yaml", tmp_path), table)
+
+
+def test_the_white_box_quickstart_reproduces_its_readme_table(tmp_path):
+    table = readme_table("recipes/quickstart-kd/recipe.yaml")
+    assert set(table) == {"base", "student", "teacher"}
+    report = run_recipe(ROOT / "recipes" / "quickstart-kd" / "recipe.yaml", tmp_path)
+    check_plural_table(report, table)
+    # the fidelity line of the README, from the same run
+    text = (ROOT / "README.md").read_text()
+    fidelity = report["fidelity"]["sets"]["plural"]["models"]
+    line = re.search(r"top-1 agreement with the teacher: base ([\d.]+), student ([\d.]+); KL per token: base ([\d.]+), "
+                     r"student ([\d.]+)", text)
+    assert line, "README states the quickstart-kd fidelity figures"
+    assert line.groups() == (f"{fidelity['base']['top1_agreement']:.3f}", f"{fidelity['student']['top1_agreement']:.3f}",
+                             f"{fidelity['base']['kl_per_token']:.2f}", f"{fidelity['student']['kl_per_token']:.2f}")
