@@ -61,3 +61,12 @@ def thin_slices(rows: list[dict], slice_field: str | None, min_per_slice: int) -
         return {}
     sizes = {name: len(m) for name, m in _slices(rows, list(range(len(rows))), slice_field).items()}
     return {name: n for name, n in sorted(sizes.items()) if n <= min_per_slice}
+
+
+def sample_in_order(rows: list, n: int | None, seed: int) -> list:
+    """At most n of `rows`, a reproducible sample kept in file order (the first n of a sorted file would all start
+    with 'a')."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]

@@ -47,11 +47,12 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, [c.adapter for c in candidates if c.adapter])
     cache = open_cache(recipe)
     targets: dict = {}
-    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache, targets)
+    pool = seed_pool(run)
+    predictions = score_candidates(recipe, candidates, sets, pool, cache, targets)
     report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed,
                           gated=[n for n in names if n != baseline], contaminated=measured["sets"] if measured else None)
     attach(report, measured, None)
-    fidelity = measure_fidelity(recipe, candidates, sets, targets, seed_pool(run), cache)  # when a teacher is compared
+    fidelity = measure_fidelity(recipe, candidates, sets, targets, pool, cache)  # when a teacher is compared
     if fidelity:
         report["fidelity"] = fidelity
     report["cache"] = cache_record(cache, predictions)

@@ -84,22 +84,28 @@ def measure_fidelity(recipe: Recipe, candidates, sets: dict[str, tuple[EvalSet, 
     if k is None or not any(targets.values()):
         return None
     scorer = Scorer(recipe)
-    prompters: dict = {}
+    prompters: dict = {}  # model folder -> its tokenizer
     same_vocabulary = _vocabulary_check(recipe)
     out = {"k": k, "divergence": "forward KL(teacher || model) over the teacher's top K and a tail bucket",
            "answers": "the teacher's own answers to the items (evaluation decoding), teacher-forced", "sets": {}}
+    answered = {}  # set name -> (set, the items with teacher tokens, their ids, the teacher's tokens by id)
     for name, (s, items) in sets.items():
         found = targets.get(name) or {}
         usable = [it for it in items if found.get(it[C.ID])]
-        if not usable:
-            continue
-        entry = {"items": len(usable), "items_without_teacher_tokens": len(items) - len(usable), "models": {}}
-        ids = [it[C.ID] for it in usable]
-        for cand in candidates:
-            if cand.role != "student" or not same_vocabulary(cand.model_dir):
-                continue  # another vocabulary reads the teacher's token ids as other strings
+        if usable:
+            answered[name] = (s, usable, [it[C.ID] for it in usable], found)
+            out["sets"][name] = {"items": len(usable), "items_without_teacher_tokens": len(items) - len(usable),
+                                 "models": {}}
+    # one candidate at a time over every set: its weights are loaded once
+    for cand in candidates:
+        if cand.role != "student" or not same_vocabulary(cand.model_dir):
+            continue  # another vocabulary reads the teacher's token ids as other strings
+        folder = str(cand.model_dir)
+        if folder not in prompters:
+            prompters[folder] = Prompter(cand.model_dir, cand.spec)
+        prompter = prompters[folder]
+        for name, (s, usable, ids, found) in answered.items():
             t0 = time.time()
-            prompter = prompters.setdefault(str(cand.model_dir), Prompter(cand.model_dir, cand.spec))
             prompts = build_prompts(recipe, cand, s, usable, seed_pool, prompter)
             key = hash_json({"fidelity_version": FIDELITY_VERSION, "model": scorer._model_key(cand), "prompts": prompts,
                              "teacher": [found[i] for i in ids], "k": k})
@@ -118,9 +124,8 @@ def measure_fidelity(recipe: Recipe, candidates, sets: dict[str, tuple[EvalSet, 
                                               [len(h) for h in heads[b:b + BATCH]], [found[i] for i in part], pad)
                 if cache is not None:
                     cache.put(key, {"model": cand.name, "set": name, "item_ids": ids, "fidelity": per_item})
-            entry["models"][cand.name] = {**summarize(per_item), "from_cache": stored is not None,
-                                          "seconds": round(time.time() - t0, 1)}
-        out["sets"][name] = entry
+            out["sets"][name]["models"][cand.name] = {**summarize(per_item), "from_cache": stored is not None,
+                                                      "seconds": round(time.time() - t0, 1)}
     return out if out["sets"] else None
 
 
@@ -129,14 +134,14 @@ def _vocabulary_check(recipe: Recipe):
     from functools import lru_cache
 
     from distill.models.context import resolved_model
-    from distill.models.identity import vocabulary
+    from distill.models.identity import ids_that_differ, vocabulary
 
     teacher = vocabulary(resolved_model(recipe, "teacher")[0])
 
     @lru_cache(maxsize=None)
     def same(folder) -> bool:
         theirs = vocabulary(folder)
-        return teacher is not None and theirs is not None and all(theirs.get(t) == i for t, i in teacher.items())
+        return teacher is not None and theirs is not None and not ids_that_differ(teacher, theirs)
 
     return same
 

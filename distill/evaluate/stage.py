@@ -72,11 +72,12 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
 
         check_shared_vocabulary(recipe, "evaluate.fidelity", "Set evaluate.fidelity: false")
     targets: dict = {}
-    predictions = score_candidates(recipe, candidates, sets, seed_pool(run), cache, targets)
+    pool = seed_pool(run)
+    predictions = score_candidates(recipe, candidates, sets, pool, cache, targets)
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
                           seed=recipe.seed, contaminated=measured["sets"] if measured else None)
     attach(report, measured, caught_by_filter(run))
-    fidelity = measure_fidelity(recipe, candidates, sets, targets, seed_pool(run), cache)
+    fidelity = measure_fidelity(recipe, candidates, sets, targets, pool, cache)
     if fidelity:
         report["fidelity"] = fidelity
     report["cache"] = cache_record(cache, predictions)

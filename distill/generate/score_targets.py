@@ -12,16 +12,15 @@ from distill.generate.prompts import PromptTemplate
 SCORED_WITH = "vllm prompt_logprobs (teacher-forced)"
 
 
-def scored_completions(g, items: list[dict]) -> list[str | None]:
+def scored_completions(template: PromptTemplate, items: list[dict]) -> list[str | None]:
     """The text scored after each prompt: the seed's reference through generate.completion_template (None: no target)."""
-    template = PromptTemplate(g.completion_template, "generate.completion_template")
     return [None if not item[C.REFERENCE] else template.render(target=item[C.REFERENCE], row=item) for item in items]
 
 
-def score_chunk(engine, g, prompts: list[str], items: list[dict], stats) -> list[list[dict]]:
-    """Per prompt one sample, as generate_chunk returns them: the real target and the teacher's capture of it; a seed
-    without a target is a failure with the reason."""
-    texts = scored_completions(g, items)
+def score_chunk(engine, g, template: PromptTemplate, prompts: list[str], items: list[dict], stats) -> list[list[dict]]:
+    """Per prompt one sample, as generate_chunk returns them: the real target (through `template`, the recipe's
+    generate.completion_template) and the teacher's capture of it; a seed without a target is a failure with the reason."""
+    texts = scored_completions(template, items)
     todo = [i for i, t in enumerate(texts) if t and t.strip()]
     scored = dict(zip(todo, engine.score([prompts[i] for i in todo], [texts[i] for i in todo], g.logprobs))) if todo else {}
     samples = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.data.loaders import read_rows
-from distill.data.split import row_id, split_heldout, thin_slices
+from distill.data.split import row_id, sample_in_order, split_heldout, thin_slices
 from distill.errors import UserError
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
 from distill.generate.logprobs import LOGPROBS_MODE, merge_captures, write_captures
@@ -88,10 +87,7 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     held_inputs = {r[C.INPUT] for r in heldout_rows}
     # The same input may appear twice in real data: a seed must never equal a held-out item.
     seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
-    if d.max_seeds and d.max_seeds < len(seed_rows):
-        # A reproducible sample in file order: the first N rows of a sorted file would all start with 'a'.
-        keep = sorted(random.Random(d.heldout.seed).sample(range(len(seed_rows)), d.max_seeds))
-        seed_rows = [seed_rows[i] for i in keep]
+    seed_rows = sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)
     _write_jsonl(run.heldout, heldout_rows)
     _write_jsonl(run.seeds, seed_rows)
     return heldout_rows, seed_rows
@@ -333,7 +329,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                     engine.apply_chat_template))
             chunk_stats = _Stats()  # one per chunk: chunks in flight run in threads
             if g.mode == "score":
-                samples = score_chunk(engine, g, prompts, chunk_items, chunk_stats)
+                samples = score_chunk(engine, g, scored_template, prompts, chunk_items, chunk_stats)
             else:
                 samples = generate_chunk(engine, g, prompts, request_seeds, chunk_stats, answer_prompts)
             return chunk_items, prompts, request_seeds, samples, chunk_stats

@@ -99,6 +99,11 @@ def vocabulary(folder: Path) -> dict[str, int] | None:
     return vocab or None
 
 
+def ids_that_differ(teacher: dict[str, int], other: dict[str, int]) -> list[str]:
+    """The teacher's tokens that have another id (or none) in `other`: where its token ids would mean other strings."""
+    return [t for t, i in teacher.items() if other.get(t) != i]
+
+
 def _card_base_models(folder: Path) -> list[str]:
     """`base_model` from the YAML header of the folder's model card (README.md)."""
     import yaml

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from distill.errors import UserError
 from distill.generate.logprobs import read_captures
-from distill.models.identity import vocabulary
+from distill.models.identity import ids_that_differ, vocabulary
 from distill.recipe import Recipe
 
 TEACHER_COLUMNS = ["teacher_positions", "teacher_ids", "teacher_logprobs"]
@@ -32,7 +32,7 @@ def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead:
         missing = teacher if tv is None else student
         raise UserError(f"{setting}: cannot read the vocabulary of {missing} (no tokenizer.json, vocab.json or "
                         f"sentencepiece model) to check that teacher and student share token ids. {instead}")
-    differ = [t for t, i in tv.items() if sv.get(t) != i]
+    differ = ids_that_differ(tv, sv)
     if differ:
         example = differ[0]
         raise UserError(

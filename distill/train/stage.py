@@ -7,7 +7,6 @@ writes files. The adapter is saved beside a temporary name and renamed when comp
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distill import rows as C
+from distill.data.split import sample_in_order
 from distill.errors import UserError
 from distill.models.context import resolved_model
 from distill.progress import console, progress
@@ -122,7 +122,7 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
     if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
-    rows = sample_rows(kept, t.max_rows, t.seed)
+    rows = sample_in_order(kept, t.max_rows, t.seed)
     teacher_targets = None
     if t.objective == "sft":
         examples = training_examples(recipe, rows)
@@ -170,14 +170,6 @@ def _leave_process_group(trainer) -> None:
     if dist.is_available() and dist.is_initialized():
         trainer.accelerator.wait_for_everyone()
         dist.destroy_process_group()
-
-
-def sample_rows(rows: list[dict], n: int | None, seed: int) -> list[dict]:
-    """At most n rows, a reproducible sample kept in file order (train.max_rows)."""
-    if n is None or n >= len(rows):
-        return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in keep]
 
 
 def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer, rows: list[dict], kept: int, result,
