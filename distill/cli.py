@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file, or a run directory (its resolved recipe.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override single recipe fields")
     p.add_argument("--run-dir", help="run directory (default: the recipe's run_dir or runs/<name>)")
+    p.set_defaults(overrides_anywhere=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         _add_recipe_args(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if it is up to date")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="show everything the stage writes (library logs and progress bars) on the console; "
+                            "without it that goes to runs/<name>/logs/<stage>.log and the console shows progress, "
+                            "the summary and warnings")
         if stage == "generate":
             p.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N",
                            help="process only shard i of N (chunks c with c %% N == i); the last shard to finish merges")
@@ -176,12 +182,35 @@ def _load(args):
     return recipe, RunDir(Path(args.run_dir) if args.run_dir else recipe.resolved_run_dir())
 
 
+def _quiet_stage_command(args: argparse.Namespace) -> bool:
+    """Whether this stage command should rerun itself as a logged child (as `distill run` runs stages): not with
+    --verbose, not when it already is that child, not under a launcher (accelerate) whose output is the user's."""
+    from distill.pipeline import in_stage_process
+
+    return not (args.verbose or in_stage_process() or "LOCAL_RANK" in os.environ)
+
+
+def _say_degraded(evaluate_dir: Path, summary: dict) -> None:
+    print(f"degraded: {summary['degraded']} finding(s), see {evaluate_dir / 'report.md'}", file=sys.stderr)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Overrides may come after options too (`distill filter R --run-dir D key=value`): argparse stops filling a
+    positional list at the first option, so the rest arrive as extras."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides_anywhere", False) and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from distill.progress import attach_console
 
     attach_console()  # a stage started by `distill run`: its console lines go to the parent's pipe
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     if getattr(args, "no_cache", False):
         from distill.evaluate.cache import NO_CACHE_ENV
 
@@ -201,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         recipe, run = _load(args)
+        if args.command in STAGE_HELP and _quiet_stage_command(args):
+            i, n = getattr(args, "shard", (0, 1))
+            from distill import pipeline
+
+            code = pipeline.run_stage_command(run, args.command, sys.argv[1:] if argv is None else [str(a) for a in argv],
+                                              log_name=args.command if n == 1 else f"{args.command}-shard{i}of{n}",
+                                              exit_codes=(0, DEGRADED_EXIT))
+            if code == DEGRADED_EXIT:
+                _say_degraded(run.stage("evaluate"), json.loads(run.marker("evaluate").read_text())["summary"])
+            return code
         from distill.data.preflight import preflight
 
         if args.command in ("run", "generate"):
@@ -228,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.save_resolved_recipe(recipe, run)
             summary = pipeline.execute_stage(recipe, run, args.command, force=args.force, shard=getattr(args, "shard", (0, 1)))
             if getattr(args, "fail_on_degradation", False) and summary and summary.get("degraded"):
-                print(f"degraded: {summary['degraded']} finding(s), see {run.stage('evaluate') / 'report.md'}", file=sys.stderr)
+                if not pipeline.in_stage_process():  # else the command the user typed says it, on its stderr
+                    _say_degraded(run.stage("evaluate"), summary)
                 return DEGRADED_EXIT
         return 0
     except UserError as e:

@@ -14,6 +14,7 @@ import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -306,11 +307,38 @@ class _LogLines:
 FAILURE_TAIL = 20  # log lines shown on the console when a stage fails
 
 
-def _run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False) -> None:
+STAGE_PROCESS_ENV = "DISTILL_STAGE_PROCESS"  # set in a stage's own process, whose output its parent routes
+
+
+def in_stage_process() -> bool:
+    return os.environ.get(STAGE_PROCESS_ENV) == "1"
+
+
+def run_stage_command(run: RunDir, stage: str, argv: list[str], log_name: str, exit_codes: tuple[int, ...]) -> int:
+    """A stage command typed by the user (`distill generate RECIPE ...`) runs as under `distill run`: in a child
+    process whose library output goes to logs/<log_name>.log, its progress, summary and errors on the console."""
+    return _run_logged([sys.executable, "-m", "distill.cli", *argv], run.logs / f"{log_name}.log", stage,
+                       exit_codes=exit_codes)
+
+
+def _die_with_parent() -> None:
+    """In the stage process, before it starts (Linux): SIGKILL when the parent dies, so that killing the command
+    also stops the work it started instead of leaving it running unseen."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False, exit_codes: tuple[int, ...] = (0,)) -> int:
     """Run one stage's process: all its output goes to `log`; the console gets what it writes through
-    distill.progress (bars, summaries, warnings), or everything when `verbose`. On failure the end of the log."""
+    distill.progress (bars, summaries, warnings), or everything when `verbose`. On failure the end of the log.
+    Returns the exit code when it is one of `exit_codes`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env, pass_fds, console_read = dict(os.environ), (), None
+    env[STAGE_PROCESS_ENV] = "1"
     if not verbose:
         console_read, console_write = os.pipe()
         env[CONSOLE_FD_ENV], pass_fds = str(console_write), (console_write,)
@@ -320,7 +348,8 @@ def _run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False) ->
     with open(log, "ab") as f:
         f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} distill {' '.join(cmd[3:])}\n".encode())
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         finally:
             if console_read is not None:
                 os.close(console_write)  # only the child holds the write end: its exit ends the stream
@@ -347,7 +376,9 @@ def _run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False) ->
         proc.stdout.close()
         if console_read is not None:
             os.close(console_read)
-    if code != 0 and not verbose:  # what the stage said before it stopped, which went to the log only
+    if code in exit_codes:
+        return code
+    if not verbose:  # what the stage said before it stopped, which went to the log only
         shown_lines = [line for line in tail if line.startswith(b"error:")] if code == 2 else []
         if not shown_lines:
             print(f"--- last {len(tail)} lines of {log}:", file=sys.stderr)

@@ -78,10 +78,16 @@ def tiny_recipe(tmp_path, tiny_model) -> Path:
     return write_recipe(tmp_path, tiny_model)
 
 
+# Set by libraries on import (TRL sets VLLM_LOGGING_LEVEL=ERROR) in this process, where some tests train
+# in-process; a user's shell does not have them.
+IMPORT_SIDE_EFFECTS = [k for k in ("VLLM_LOGGING_LEVEL",) if k not in os.environ]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """The real command line, in a subprocess, as a user would run it."""
+    env = {k: v for k, v in os.environ.items() if k not in IMPORT_SIDE_EFFECTS}
     return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

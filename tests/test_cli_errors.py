@@ -65,3 +65,12 @@ def test_an_eval_set_in_a_format_distill_does_not_read_is_refused_before_generat
     result = run_cli("validate", recipe, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"checked evaluate set 'extra' {good}: jsonl, first 2 rows read" in result.stderr
+
+
+def test_overrides_after_an_option_are_applied_and_a_stray_word_is_refused(tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model)
+    result = run_cli("validate", recipe, "--run-dir", tmp_path / "elsewhere", "train.lora.r=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "r: 3" in result.stdout
+    assert_user_error(run_cli("validate", recipe, "--run-dir", tmp_path / "elsewhere", "stray", cwd=tmp_path),
+                      "unrecognized arguments: stray")

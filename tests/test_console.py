@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import shutil
 
+import pytest
+
 from conftest import TINY_RECIPE, run_cli, write_recipe
 from distill.run_dir import RunDir
 
@@ -46,16 +48,29 @@ def test_verbose_shows_library_output(finished_run):
     assert re.search(r"^Loading weights: 100%", result.stdout.replace("\r", "\n"), re.M)  # transformers' own bar
 
 
-def test_failed_stage_shows_the_end_of_its_log_and_its_path(finished_run, tiny_model, tmp_path):
+@pytest.mark.parametrize("command", ["run", "filter"])
+def test_a_failed_stage_shows_the_end_of_its_log_and_its_path(finished_run, tiny_model, tmp_path, command):
+    """Under `distill run` and as a stage command alone."""
     shutil.copytree(finished_run[0] / "runs", tmp_path / "runs")  # a copy: generate is up to date there
-    folder, run = tmp_path, RunDir(tmp_path / "runs" / "tiny")
-    (folder / "crash.py").write_text("def check(row):\n    raise RuntimeError('verifier crashed on row ' + row['id'])\n")
+    run = RunDir(tmp_path / "runs" / "tiny")
+    (tmp_path / "crash.py").write_text("def check(row):\n    raise RuntimeError('verifier crashed on row ' + row['id'])\n")
     failing = TINY_RECIPE.replace("    - {{type: exact_dedup, fields: [input]}}",
                                   "    - {{type: exact_dedup, fields: [input]}}\n    - {{type: verifier, function: 'crash.py:check'}}")
-    recipe = write_recipe(folder, tiny_model, failing, name="crashing.yaml")
-    result = run_cli("run", recipe, cwd=folder)
+    recipe = write_recipe(tmp_path, tiny_model, failing, name="crashing.yaml")
+    result = run_cli(command, recipe, cwd=tmp_path)
     assert result.returncode == 1
     assert "RuntimeError: verifier crashed on row" in result.stderr  # the log's last lines
     assert "stage filter failed with exit code 1; log: runs/tiny/logs/filter.log" in result.stderr
     assert "RuntimeError: verifier crashed on row" in (run.logs / "filter.log").read_text()
 
+
+def test_a_stage_command_alone_is_as_quiet_as_under_run(finished_run, tmp_path):
+    shutil.copytree(finished_run[0] / "runs", tmp_path / "runs")
+    run = RunDir(tmp_path / "runs" / "tiny")
+    result = run_cli("generate", run.root, "--force", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert "[generate] done" in result.stdout and "generate (complete):" in console
+    assert not VLLM_LOG_LINE.search(console) and "Loading safetensors" not in console
+    log = (run.logs / "generate.log").read_text()
+    assert VLLM_LOG_LINE.search(log) and "[generate] done" in log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from distill.errors import RecipeError
 from distill.recipe import load_recipe
 

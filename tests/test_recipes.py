@@ -65,8 +65,8 @@ def test_the_white_box_quickstart_reproduces_its_readme_table(tmp_path):
     # the fidelity line of the README, from the same run
     text = (ROOT / "README.md").read_text()
     fidelity = report["fidelity"]["sets"]["plural"]["models"]
-    line = re.search(r"top-1 agreement with the teacher: base ([\d.]+), student ([\d.]+); KL per token: base ([\d.]+), "
-                     r"student ([\d.]+)", text)
+    line = re.search(r"top-1 agreement with the teacher: base (\d+\.\d+), student (\d+\.\d+); KL per token: "
+                     r"base (\d+\.\d+), student (\d+\.\d+)", text)
     assert line, "README states the quickstart-kd fidelity figures"
     assert line.groups() == (f"{fidelity['base']['top1_agreement']:.3f}", f"{fidelity['student']['top1_agreement']:.3f}",
                              f"{fidelity['base']['kl_per_token']:.2f}", f"{fidelity['student']['kl_per_token']:.2f}")

@@ -63,8 +63,6 @@ def test_the_run_lock_excludes_another_process(tmp_path):
 def test_without_flock_the_lock_falls_back_to_lock_files_and_says_so(tmp_path, monkeypatch, capsys):
     import fcntl
 
-    from filelock import Timeout
-
     def no_flock(fd, op):  # a file system mounted without flock support answers like this
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 

@@ -1,4 +1,5 @@
-"""Charts of a report: each model's difference from the baseline with its interval, and a curve over checkpoints."""
+"""Charts of a report: each model's difference from the baseline with its interval on every metric that moved, and a
+curve over checkpoints."""
 
 from __future__ import annotations
 
@@ -21,19 +22,35 @@ def _save(fig, out: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def _moved(entry: dict, metric: str) -> bool:
+    """Whether any comparison on `metric` differs from the baseline at all (a nonzero difference or interval)."""
+    return any(c["delta"] is not None and (c["delta"], c["low"], c["high"]) != (0, 0, 0)
+               for cmp in entry["vs_base"].values() for c in [cmp["metrics"][metric]["overall"], *cmp["metrics"][metric]["slices"].values()])
+
+
+def panels(report: dict) -> list[tuple[str, str]]:
+    """(set, metric) for each panel: per set every metric that moved, or its headline metric when none did. A guard
+    set's exact match that is 0 for every model says nothing; its NLL jump is the story."""
+    out = []
+    for set_name, entry in report["sets"].items():
+        moved = [m for m in entry["metrics"] if _moved(entry, m)]
+        out += [(set_name, m) for m in (moved or entry["metrics"][:1])]
+    return out
+
+
 def plot_differences(report: dict, out: Path) -> None:
-    """One panel per set (headline metric): a row per model and slice, the bootstrap interval as a bar, red when the
-    gate found it degraded, green when improved, grey otherwise (and for models that are reported only)."""
+    """One panel per set and metric that moved (`panels`): a row per model and slice, the bootstrap interval as a
+    bar, red when the gate found it degraded, green when improved, grey otherwise (and for models reported only)."""
     plt = _plt()
-    sets = list(report["sets"].items())
-    heights = [max(1, sum(1 + len(c["slices"]) for c in e["vs_base"].values())) for _, e in sets]
-    fig, axes = plt.subplots(len(sets), 1, figsize=(7, 1.2 + 0.35 * sum(heights) + 0.6 * len(sets)),
+    shown = panels(report)
+    heights = [max(1, sum(1 + len(c["metrics"][m]["slices"]) for c in report["sets"][s]["vs_base"].values())) for s, m in shown]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 1.2 + 0.35 * sum(heights) + 0.6 * len(shown)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (set_name, entry) in zip(axes[:, 0], sets):
-        metric = entry["metrics"][0]
+    for ax, (set_name, metric) in zip(axes[:, 0], shown):
+        entry = report["sets"][set_name]
         info = entry["metric_info"][metric]
         rows = [(f"{m} · {where}" + ("" if c.get("gated") else " (reported only)"), c) for m, cmp in entry["vs_base"].items()
-                for where, c in [("all", cmp["overall"]), *cmp["slices"].items()]]
+                for where, c in [("all", cmp["metrics"][metric]["overall"]), *cmp["metrics"][metric]["slices"].items()]]
         for y, (label, c) in enumerate(reversed(rows)):
             if c["delta"] is None:
                 continue

@@ -29,5 +29,5 @@ def write_outputs(folder: Path, report: dict, predictions: list[dict], title: st
     if plot_curve(report, folder / "curve.png"):
         paths["curve.png"] = folder / "curve.png"
         images.append(paths["curve.png"])
-    write_text(paths["report.html"], render_html(report, images, title))
+    write_text(paths["report.html"], render_html(report, images, title, predictions))
     return paths

@@ -303,6 +303,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
         return min(chunk_size, len(items) - c * chunk_size)
 
     mine = [c for c in range(n_chunks) if c % shard_count == shard_index]
+    _remove_partial_writes(run, mine)
     todo = [c for c in mine if not _chunk_path(run, c).is_file()]
     stats = _Stats()
     generating = 0.0
@@ -412,6 +413,14 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
         else:
             summary.update(merged=False)
     return summary
+
+
+def _remove_partial_writes(run: RunDir, chunks: list[int]) -> None:
+    """Temporary files a killed process left while writing these chunks (this shard's only: another shard's may be
+    in progress). Never read as chunks, they would only pile up."""
+    for c in chunks:
+        for tmp in run.chunks.glob(f".chunk-{c:05d}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _chunk_path(run: RunDir, c: int) -> Path:
