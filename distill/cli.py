@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command in ("run", "generate"):
             preflight(recipe)  # every input file's format and first rows, before any work
+        if args.command in ("run", "train", "evaluate", "validate"):
+            from distill.tracking import check_installed
+
+            check_installed(recipe)
         if args.command == "validate":
             import yaml
 

@@ -102,10 +102,10 @@ def _filter_settings(r: Recipe) -> dict:
 
 
 def _train_settings(r: Recipe) -> dict:
-    # logging_steps only says how often the loss is logged: the same adapter and checkpoints. save_steps counts:
-    # it decides which checkpoints are written (and evaluated with evaluate.checkpoints).
-    # The name is written into the adapter's training_data.json.
-    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps"}), "name": r.name}
+    # logging_steps and report_to only say how often and where the loss is logged: the same adapter and
+    # checkpoints. save_steps counts: it decides which checkpoints are written (and evaluated with
+    # evaluate.checkpoints). The name is written into the adapter's training_data.json.
+    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps", "report_to"}), "name": r.name}
 
 
 def _evaluate_settings(r: Recipe) -> dict:

@@ -608,6 +608,12 @@ class TrainSettings(Section):
     )
     kd: KDSettings = Field(default_factory=lambda: KDSettings(), description="The distillation term of objective kd / sft+kd.")
     logging_steps: int = Field(1, gt=0, description="Log the loss every this many steps.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        [], description="Experiment trackers for the training curves and the evaluate / compare figures (per set, "
+        "metric and slice, with intervals), in one tracker run per run directory, offline under RUN/tracking/ by "
+        "default: `tensorboard --logdir RUN/tracking/tensorboard`; W&B: `wandb sync` the offline run, or set "
+        "WANDB_MODE=online. Changes no output: a finished stage is not redone for it (use --force to log one)."
+    )
     save_steps: int | None = Field(None, gt=0, description="Also save a checkpoint every this many steps.")
 
 

@@ -190,6 +190,7 @@ def test_train_reruns_for_what_shapes_the_adapter_not_for_logging(tmp_path, reci
     run = upstream_done(RunDir(tmp_path / "run"), "filter")
     before = stage_fp(recipe, "train", run=run)
     assert stage_fp(recipe, "train", "train.logging_steps=5", run=run) == before
+    assert stage_fp(recipe, "train", "train.report_to=[tensorboard]", run=run) == before
     assert stage_fp(recipe, "train", "models.teacher.dtype=bfloat16", run=run) == before  # train never runs the teacher
     for override in ("train.learning_rate=0.001", "train.save_steps=2", "models.student.dtype=bfloat16"):
         assert stage_fp(recipe, "train", override, run=run) != before, override

@@ -19,6 +19,7 @@ from distill.evaluate.sets import load_items
 from distill.evaluate.stage import seed_pool
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
+from distill.tracking import check_installed, log_report
 
 
 def _recipe_and_run(targets: list[str], recipe_path: str | None, run_dir: str | None, overrides: list[str]):
@@ -37,6 +38,7 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
                 baseline: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.time()
     recipe, run = _recipe_and_run(targets, recipe_path, run_dir, overrides or [])
+    check_installed(recipe)
     candidates = resolve_candidates(targets, recipe)
     names = [c.name for c in candidates]
     baseline = baseline or names[0]
@@ -59,6 +61,7 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
     report["targets"] = {c.name: {"model": str(c.model_dir), "adapter": str(c.adapter) if c.adapter else None, "role": c.role}
                          for c in candidates}
     paths = write_outputs(Path(out), report, predictions, f"compare: {', '.join(names)} (baseline {baseline})")
+    log_report(recipe, run, report, "compare")
     print(f"[compare] {len(candidates)} models, {len(sets)} sets, {len(report['degraded'])} degraded, "
           f"{time.time() - started:.0f}s: {paths['report.html']}", flush=True)
     return report

@@ -20,6 +20,7 @@ from distill.evaluate.sets import load_items as load_set_items
 from distill.models.context import resolved_model
 from distill.recipe import EvalSet, Recipe
 from distill.run_dir import RunDir
+from distill.tracking import log_report
 from distill.train.formats import check_eval_agreement
 
 
@@ -82,6 +83,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
         report["fidelity"] = fidelity
     report["cache"] = cache_record(cache, predictions)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
+    log_report(recipe, run, report, "eval")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}
     summary = {"models": len(candidates), "sets": len(sets), "degraded": len(report["degraded"]), "scores": headline,
                "results_from_cache": sum(len(v) for v in report["cache"]["from_cache"].values())}

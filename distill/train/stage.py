@@ -21,6 +21,7 @@ from distill.progress import console, progress
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
+from distill.tracking import trainer_callbacks
 from distill.train.plots import plot_loss, plot_loss_terms
 
 
@@ -152,6 +153,9 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
 
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
     trainer.add_callback(loss_bar())
+    if trainer.is_world_process_zero():
+        for callback in trainer_callbacks(recipe, run):
+            trainer.add_callback(callback)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     try:
         if not trainer.is_world_process_zero():
