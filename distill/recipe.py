@@ -103,6 +103,11 @@ class DataSettings(Section):
     )
     input_field: str = Field("input", description="Column holding the input (the seed the teacher answers).")
     target_field: str | None = Field("target", description="Column holding the reference answer, if any.")
+    target_names: dict[str, str] = Field(
+        {}, description="Rename reference values as the data is read, {value in the file: value used}, e.g. label codes "
+        "to words a small teacher knows (`add_to_playlist: playlist`); the renamed values are what few-shot examples "
+        "show and what the held-out split is scored against. Values not listed stay as they are."
+    )
     slice_field: str | None = Field(None, description="Column naming each row's slice for per-slice results.")
     heldout: HeldoutSplit = Field(description="The held-out evaluation split of this data.")
     max_seeds: int | None = Field(None, gt=0, description="Use at most this many non-held-out rows as seeds (a reproducible sample, in file order).")
@@ -173,7 +178,11 @@ class GridSettings(Section):
 class LabelSettings(Section):
     """label mode: the teacher's answer is constrained (vLLM structured outputs) and checked; failures are kept with a reason."""
 
-    choice: list[str] | None = Field(None, min_length=2, description="The label set: the answer is exactly one of these.")
+    choice: list[str] | None = Field(
+        None, min_length=2, description="The label set: the answer is exactly one of these. Decoding produces the "
+        "string as written: after a prompt ending in 'Label:' write each with its leading space (' music'), as the "
+        "tokenizer would; the row keeps it without."
+    )
     json_schema: dict[str, Any] | None = Field(None, description="The answer is a JSON document valid under this schema.")
     regex: str | None = Field(None, description="The answer matches this regular expression in full.")
     retries: int = Field(2, ge=0, description="Requests again for rows whose answer does not parse, up to this many times.")

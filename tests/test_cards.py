@@ -135,7 +135,7 @@ INTENTS = ["add_to_playlist", "book_restaurant", "get_weather", "play_music", "s
 
 
 def test_a_label_run_whose_teacher_gives_one_label_to_nearly_every_row_is_warned_about(documented, tmp_path):
-    """recipes/intent's SmolLM2 teacher put 285 of 300 rows under one intent; the real labels are spread out."""
+    """A zero-shot SmolLM2-135M teacher put 285 of 300 intent utterances under one intent; the real labels are spread out."""
     run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
     examples = json.loads((PLURAL.parents[2] / "intent" / "data" / "intent_recognition.json").read_text())["examples"]
     items = [(e["input"], max(e["target_scores"], key=e["target_scores"].get)) for e in examples]

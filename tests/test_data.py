@@ -200,3 +200,12 @@ def test_validate_refuses_an_unlabelled_heldout_split_before_any_work(tmp_path, 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "data.target_field is null" in result.stderr
     assert run_cli("validate", recipe).returncode == 0
+
+
+def test_target_names_rename_the_references_of_seeds_and_heldout_items(tmp_path, tiny_model):
+    rows = [{"input": f"w{i}", "target": "add_to_playlist" if i % 2 else "get_weather", "comment": "regular",
+             "_line": i + 1} for i in range(30)]
+    (held, seeds), _ = prepared(tmp_path, tiny_model, rows, {"size": 10},
+                                target_names={"add_to_playlist": "playlist"})  # get_weather is not listed: it stays
+    assert {r["reference"] for r in held + seeds} == {"playlist", "get_weather"}
+    assert all(r["references"] == [r["reference"]] for r in held + seeds)

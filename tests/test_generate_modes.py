@@ -112,6 +112,15 @@ def test_label_mode_answers_only_with_a_label(tmp_path, tiny_model, teacher):
     assert {r["provenance"]["attempts"] for r in rows} == {1}
 
 
+def test_a_label_written_with_its_leading_space_is_kept_without_it(tmp_path, tiny_model, teacher):
+    """After a prompt ending in "Intent:" the label is a new word: the choice carries the space the tokenizer puts
+    before it, and the row keeps the bare label."""
+    spaced = json.dumps([" " + intent for intent in INTENTS])
+    rows = generate(tmp_path, tiny_model, f"generate.label={{choice: {spaced}}}", text=LABEL_RECIPE, data=INTENT,
+                    engine=teacher)
+    assert all(r["completion"] in INTENTS and r["failure"] is None for r in rows)
+
+
 def test_unparseable_labels_are_retried_then_kept_with_the_reason(tmp_path, tiny_model, teacher):
     schema = {"type": "object", "properties": {"intent": {"enum": INTENTS}, "confidence": {"type": "number"}},
               "required": ["intent", "confidence"]}

@@ -311,7 +311,7 @@ def intent_items() -> list[tuple[str, str]]:
 def test_label_mode_flags_a_teacher_that_gives_nearly_every_row_one_label(intent_items):
     seeds, held = intent_items[:300], intent_items[300:450]
     heldout = _heldout(held)
-    # 285 of 300 rows one label, as the SmolLM2 teacher of recipes/intent labelled them.
+    # 285 of 300 rows one label, as a zero-shot SmolLM2-135M teacher labelled these utterances.
     skewed = _rows([i for i, _ in seeds], ["play_music"] * 285 + [t for _, t in seeds[:15]])
     result = check_synthetic_vs_real("label", INTENTS, skewed, heldout, SyntheticVsRealSettings(), seed=0)
     assert result["test"] == "categorical" and result["why_test"] == "label mode with a fixed set of 7 labels"

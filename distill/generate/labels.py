@@ -30,7 +30,7 @@ def check_answer(label: LabelSettings, text: str, finish_reason: str | None) -> 
     cut = " (cut off at max_tokens)" if finish_reason == "length" else ""
     answer = text.strip()
     if label.choice is not None:
-        if answer in label.choice:
+        if answer in {c.strip() for c in label.choice}:  # a choice may be written with the space that follows the prompt
             return answer, None
         return None, f"not one of the {len(label.choice)} labels: {answer[:80]!r}{cut}"
     if label.json_schema is not None:

@@ -71,7 +71,7 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     def norm(r: dict, held: bool = False) -> dict:
         target = r.get(d.target_field) if d.target_field else None
         targets = target if isinstance(target, list) else [target]
-        refs = [str(t) for t in targets if t not in (None, "")]
+        refs = [d.target_names.get(str(t), str(t)) for t in targets if t not in (None, "")]
         return {
             # a held-out id names the source line too: an input repeated in the data stays two items in the report
             C.ID: row_id(r[d.input_field], r["_line"]) if held else row_id(r[d.input_field]),

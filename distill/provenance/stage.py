@@ -78,7 +78,8 @@ def synthetic_vs_real_check(recipe: Recipe, rows: list[dict], heldout: list[dict
     if not settings.enabled:
         return {"skipped": "turned off (coverage.synthetic_vs_real.enabled: false)", "flagged": False}
     mode = getattr(recipe.generate, "mode", "complete")
-    choices = recipe.generate.label.choice if mode == "label" and recipe.generate.label else None
+    label = recipe.generate.label if mode == "label" else None
+    choices = [c.strip() for c in label.choice] if label and label.choice else None  # as the rows keep them
     return check_synthetic_vs_real(mode, choices, rows, heldout, settings, recipe.seed)
 
 
