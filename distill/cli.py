@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from distill.errors import StageError, UserError
+from distill.preemption import PREEMPTED_EXIT, Preempted, stopped_at_request
 
 STAGE_HELP = {
     "generate": "the teacher writes completions for the seed inputs (vLLM)",
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
             code = pipeline.run_stage_command(run, args.command, sys.argv[1:] if argv is None else [str(a) for a in argv],
                                               log_name=args.command if n == 1 else f"{args.command}-shard{i}of{n}",
-                                              exit_codes=(0, DEGRADED_EXIT))
+                                              exit_codes=(0, DEGRADED_EXIT, PREEMPTED_EXIT))
             if code == DEGRADED_EXIT:
                 _say_degraded(run.stage("evaluate"), json.loads(run.marker("evaluate").read_text())["summary"])
             return code
@@ -281,10 +282,29 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        from distill.progress import console
+
+        if os.environ.get("RANK", "0") == "0":  # every process of a launch stops; one says so
+            console(f"[{args.command}] {e}")
+        stopped_at_request()
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 
 
+def _exit_without_teardown(code: int) -> None:
+    """End a process of a multi-process launch (accelerate, torchrun) without running destructors: torch's gloo
+    process group can hang or abort in them at exit once another process has gone (seen after a resumed DDP
+    training). Everything is written and synced before this point; only the console buffers are left."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_without_teardown(code)
+    sys.exit(code)

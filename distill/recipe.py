@@ -897,6 +897,11 @@ class SlurmSettings(Section):
     profile: str = Field("local", description="Cluster profile: a name in configs/clusters/ or a YAML file.")
     shards: int = Field(1, ge=1, description="Generation runs as a job array of this many tasks (`--shard i/N`).")
     requeue: bool = Field(True, description="Let Slurm requeue preempted jobs; a requeued stage resumes its own work.")
+    stop_grace: int = Field(
+        300, ge=10, le=65535, description="With requeue: seconds before preemption or the time limit at which Slurm "
+        "signals the job (--signal=B:USR1@N); generation then stops after the chunk in hand and training after saving "
+        "a checkpoint, and the job requeues itself. Long enough for one chunk or one checkpoint save."
+    )
     generate: StageResources = Field(default_factory=StageResources, description="Resources of each generation array task.")
     filter: StageResources = Field(default_factory=StageResources, description="Resources of the merge + filter job.")
     train: TrainResources = Field(default_factory=TrainResources, description="Resources of the training job.")

@@ -71,6 +71,15 @@ def trainer_callbacks(recipe: Recipe, run: RunDir) -> list:
     return callbacks
 
 
+def finish_tracking(recipe: Recipe) -> None:
+    """Close the trainer's tracker runs now, not at interpreter exit (a multi-process launch skips that)."""
+    if "wandb" in recipe.train.report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def last_training_step(run: RunDir) -> int:
     """The trained student's optimizer steps, as the train stage recorded them (0 before training)."""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import shutil
 import socket
@@ -131,17 +132,23 @@ def wait_until_finished(env: dict, run: Path, timeout: float = 480) -> dict:
         time.sleep(1)
 
 
+def submit_recipe(env: dict, folder: Path, tiny_model: Path, text: str = RECIPE) -> Path:
+    """`distill slurm submit` of a tiny recipe on the test node; the run directory."""
+    recipe = write_recipe(folder, tiny_model, text)
+    profile = folder / "test-node.yaml"
+    profile.write_text(PROFILE)
+    submitted = distill(env, "slurm", "submit", recipe, "--run-dir", folder / "run", "--profile", profile)
+    assert submitted.returncode == 0, submitted.stderr
+    return folder / "run"
+
+
 @pytest.fixture(scope="module")
 def finished_run(slurm_env, tiny_model, tmp_path_factory):
     """Submit the tiny recipe; requeue generation task 0 once it has written a chunk; wait for the end."""
     folder = tmp_path_factory.mktemp("slurm-run")
-    recipe = write_recipe(folder, tiny_model, RECIPE)
-    profile = folder / "test-node.yaml"
-    profile.write_text(PROFILE)
-    run = folder / "run"
     env = dict(slurm_env)
-    submitted = distill(env, "slurm", "submit", recipe, "--run-dir", run, "--profile", profile)
-    assert submitted.returncode == 0, submitted.stderr
+    run = submit_recipe(env, folder, tiny_model)
+    recipe = folder / "recipe.yaml"
     gen = job_ids(run)["generate"]
 
     chunks = run / "generate" / "chunks"
@@ -308,3 +315,108 @@ def test_on_a_cluster_without_kill_invalid_depend_dependents_of_a_failed_stage_d
     assert cancel_never_starting(RunDir(run)) == [stuck, after_stuck]
     assert {task_state(env, stuck), task_state(env, after_stuck)} == {"CANCELLED"}
     assert active_tasks(RunDir(run)) == {}
+
+
+def test_a_submit_that_fails_midway_cancels_what_it_had_submitted(slurm_env, tiny_model, tmp_path):
+    """The train script cannot be written (its path is a folder) after generate and filter were queued: no half
+    chain is left to run, and the user gets one line, not a traceback."""
+    recipe = write_recipe(tmp_path, tiny_model, RECIPE)
+    profile = tmp_path / "test-node.yaml"
+    profile.write_text(PROFILE)
+    run = tmp_path / "run"
+    (run / "slurm" / "train.sbatch").mkdir(parents=True)
+    result = distill(slurm_env, "slurm", "submit", recipe, "--run-dir", run, "--profile", profile)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "error: submitting train failed (IsADirectoryError" in result.stderr
+    submitted = job_ids(run)
+    assert set(submitted) == {"generate", "filter"}
+    assert f"cancelled the jobs it had submitted (generate {submitted['generate']}, filter {submitted['filter']})" in result.stderr
+    deadline = time.time() + 60
+    states: set = set()
+    while time.time() < deadline:
+        out = slurm(slurm_env, "squeue", "-h", "-r", "--states=all", "-j", ",".join(submitted.values()), "-o", "%T")
+        states = set(out.split())
+        if states <= {"CANCELLED"}:
+            break
+        time.sleep(0.5)
+    assert states <= {"CANCELLED"}, states
+
+
+def test_without_scontrol_accounting_is_asked_of_sacct_itself(slurm_env, monkeypatch):
+    from distill.slurm import status
+
+    with_config = status.accounting_enabled()  # read from `scontrol show config`
+    which = shutil.which
+    monkeypatch.setattr(status.shutil, "which", lambda cmd: None if cmd == "scontrol" else which(cmd))
+    assert status.accounting_enabled() == with_config
+
+
+def read_log(path: Path) -> str:
+    """A job's log, perhaps while the job writes it (a progress bar's character may be cut in two)."""
+    return path.read_text(errors="replace")
+
+
+def _wait_until(what: str, check, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def _signal_and_restart(env: dict, job: str, log: Path) -> None:
+    """USR1 to the job's batch shell, as Slurm sends before preemption; wait until the job has put itself back
+    in the queue, then let it start at once (a requeued job otherwise waits two minutes)."""
+    slurm(env, "scancel", "--signal=USR1", "--batch", job)
+    _wait_until(f"{job} to requeue itself",
+                lambda: "requeueing job" in read_log(log) and task_state(env, job) == "PENDING")
+    # Started again in the second the node revoked its last credential, the job is refused ("credential revoked":
+    # Slurm's times have one-second resolution), so wait for the node, and a little more.
+    _wait_until("the node to be idle", lambda: slurm(env, "sinfo", "-h", "-o", "%T").strip() == "idle")
+    time.sleep(2)
+    slurm(env, "scontrol", "update", f"jobid={job}", "starttime=now")
+
+
+@pytest.fixture(scope="module")
+def preempted_run(slurm_env, tiny_model, tmp_path_factory):
+    """The tiny recipe, long enough to be interrupted (one generation task of 1,000 prompts; 30 epochs on 40 of
+    them), with generation and then training told to stop by the USR1 Slurm sends before preemption, each once
+    it has work in hand."""
+    folder = tmp_path_factory.mktemp("slurm-preempted")
+    text = (RECIPE.replace("shards: 2", "shards: 1").replace("max_seeds: 40", "max_seeds: 1000")
+            .replace("train:\n  prompt_template", "train:\n  epochs: 30\n  max_rows: 40\n  prompt_template"))
+    assert "max_seeds: 1000" in text and "epochs: 30" in text
+    env = dict(slurm_env)
+    run = submit_recipe(env, folder, tiny_model, text)
+    jobs = job_ids(run)
+    logs = run / "logs" / "slurm"
+    gen_log = logs / f"distill-tiny-generate-{jobs['generate']}_0.out"
+    _wait_until("the first chunk", lambda: (run / "generate" / "chunks" / "chunk-00000.parquet").is_file())
+    _signal_and_restart(env, f"{jobs['generate']}_0", gen_log)
+    train_log = logs / f"distill-tiny-train-{jobs['train']}.out"
+    _wait_until("training steps", lambda: train_log.is_file() and "train:" in read_log(train_log), timeout=480)
+    _signal_and_restart(env, jobs["train"], train_log)
+    status = wait_until_finished(env, run)
+    return {"run": run, "status": status, "generate_log": read_log(gen_log), "train_log": read_log(train_log)}
+
+
+def test_usr1_before_preemption_stops_generation_after_a_chunk_and_the_requeued_task_finishes_it(preempted_run):
+    run, log = preempted_run["run"], preempted_run["generate_log"]
+    assert {s["state"] for s in preempted_run["status"]["stages"].values()} == {"COMPLETED"}
+    first, rerun = log.split("restart 1", 1)
+    assert "[generate] generate: stopped after chunk" in first and "requeueing job" in first
+    done = re.search(r"prompts=(\d+), chunks=(\d+), .*chunks_this_run=(\d+),", rerun)
+    prompts, chunks, made_after = map(int, done.groups())
+    assert 0 < made_after < chunks  # stopped mid-run; the requeued task made only the rest
+    rows = pq.read_table(run / "generate" / "rows.parquet").to_pylist()
+    assert len(rows) == prompts and len({r["id"] for r in rows}) == prompts  # every prompt once
+
+
+def test_usr1_before_preemption_stops_training_with_a_checkpoint_and_the_requeued_job_resumes_from_it(preempted_run):
+    run, log = preempted_run["run"], preempted_run["train_log"]
+    first, rerun = log.split("restart 1", 1)
+    stopped_at = int(re.search(r"\[train\] train: stopped after step (\d+) with a checkpoint", first).group(1))
+    summary = json.loads((run / "train" / "_COMPLETE.json").read_text())["summary"]
+    assert summary["resumed"] is True and 0 < stopped_at < summary["steps"]
+    steps = json.loads((run / "train" / "log.json").read_text())["steps"]
+    assert steps == list(range(1, summary["steps"] + 1))  # every step once: none lost, none trained twice

@@ -61,6 +61,17 @@ def test_dry_run_prints_one_script_per_stage_and_the_chained_sbatch_commands(gpu
     assert not run.exists()  # a dry run writes nothing
 
 
+def test_requeueable_jobs_ask_to_be_warned_before_preemption_and_the_rest_do_not(gpu_recipe, tmp_path):
+    warned = run_cli("slurm", "submit", gpu_recipe, "--run-dir", tmp_path / "run", "--dry-run", "slurm.stop_grace=600")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stdout.count("#SBATCH --signal=B:USR1@600") == 4
+    assert warned.stdout.count("run_stage srun") == 6  # generate, filter (merge, filter), train, evaluate (2)
+    plain = run_cli("slurm", "submit", gpu_recipe, "--run-dir", tmp_path / "run", "--dry-run", "slurm.requeue=false")
+    assert plain.returncode == 0, plain.stderr
+    assert "--signal" not in plain.stdout and "DISTILL_STOP_FILE" not in plain.stdout
+    assert "#SBATCH --no-requeue" in plain.stdout
+
+
 @pytest.mark.parametrize("override, reason", [
     ("slurm.train.gpus_per_node=16", "16 GPUs per node asked, 8 available"),
     ("slurm.generate.time=3-00:00:00", "time 3-00:00:00 asked, at most 2-00:00:00"),

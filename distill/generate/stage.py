@@ -31,6 +31,7 @@ from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
 from distill.progress import console, progress
 from distill.recipe import Recipe
+from distill.preemption import Preempted, stop_requested
 from distill.run_dir import RunDir, atomic_path, hash_json, run_lock, write_json
 
 
@@ -391,6 +392,10 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
             bar.update(len(chunk_items))
             elapsed = max(time.time() - t0, 1e-9)
             bar.set_postfix(rows_s=f"{stats.rows / elapsed:.1f}", tok_s=f"{stats.tokens / elapsed:.0f}", failed=stats.failures)
+            if c != todo[-1] and stop_requested():
+                bar.close()
+                raise Preempted(f"generate: stopped after chunk {c}, as the scheduler asked; the chunks written are kept "
+                                f"and the next start makes the rest")
         bar.close()
         generating = time.time() - t0
         if own_engine:

@@ -116,6 +116,7 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "array": array,
             "output": _sbatch_path("run directory", run_dir / "logs" / "slurm" / log_name),
             "requeue": s.requeue,
+            "stop_grace": s.stop_grace,
             "sbatch_options": profile.sbatch_options,
             "setup": profile.setup,
             "workdir": _sbatch_path("working directory", Path(workdir or Path.cwd()).resolve()),

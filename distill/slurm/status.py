@@ -35,12 +35,20 @@ def read_jobs(run: RunDir) -> dict:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: run this where the Slurm client commands are on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{cmd[0]} gave no answer in 60 s: is the Slurm controller reachable from here?") from None
 
 
 def accounting_enabled() -> bool:
+    """Whether the cluster keeps job accounting (sacct knows finished jobs), read from its configuration."""
     if not shutil.which("sacct"):
         return False
+    if not shutil.which("scontrol"):  # no configuration to read: ask sacct itself, which fails without a database
+        return _run(["sacct", "-n", "-X", "-j", "1"]).returncode == 0
     out = _run(["scontrol", "show", "config"]).stdout
     for line in out.splitlines():
         key, _, value = line.partition("=")

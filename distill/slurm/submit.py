@@ -50,6 +50,19 @@ def cancel_never_starting(run: RunDir, active: dict[str, list[dict]] | None = No
     return jobs
 
 
+def _cancel_partial_chain(submitted: dict[str, str]) -> str:
+    """Cancel the stages a failed submit had already queued (half a chain must not run on its own); says what it did."""
+    if not submitted:
+        return ""
+    jobs = ", ".join(f"{stage} {job}" for stage, job in submitted.items())
+    try:
+        if subprocess.run(["scancel", *submitted.values()], capture_output=True, timeout=60).returncode == 0:
+            return f"; cancelled the jobs it had submitted ({jobs})"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"; could not cancel the jobs it had submitted ({jobs}): scancel them"
+
+
 def dry_run(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> str:
     """The scripts and the sbatch commands that submit would run, as text; nothing is written."""
     profile = load_profile(profile_name or recipe.slurm.profile)
@@ -103,11 +116,11 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
             write_json(jobs_file(run), record)
             print(f"[slurm] {job.stage:<9} job {job_id}" + (f" (array {job.array})" if job.array else "")
                   + f" on {job.partition}" + (f", after {job.depends_on}" if job.depends_on else ""), flush=True)
-    except (UserError, subprocess.SubprocessError) as e:
-        if submitted:  # do not leave half a chain behind
-            subprocess.run(["scancel", *submitted.values()], capture_output=True, timeout=60)
-        if isinstance(e, UserError):
+    except (UserError, subprocess.SubprocessError, OSError) as e:
+        note = _cancel_partial_chain(submitted)
+        if isinstance(e, UserError) and not note:
             raise
-        raise StageError(f"sbatch failed: {e}") from None
+        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        raise StageError(f"submitting {job.stage} failed ({why}){note}") from None
     print(f"[slurm] submitted {len(submitted)} jobs; follow with: distill slurm status {run.root}", flush=True)
     return record

@@ -17,11 +17,12 @@ from distill import rows as C
 from distill.data.split import sample_in_order
 from distill.errors import UserError
 from distill.models.context import resolved_model
+from distill.preemption import STOP_FILE_ENV, Preempted, stop_requested
 from distill.progress import console, progress
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
-from distill.tracking import trainer_callbacks
+from distill.tracking import finish_tracking, trainer_callbacks
 from distill.train.plots import plot_loss, plot_loss_terms
 
 
@@ -111,6 +112,35 @@ def loss_bar():
     return LossBar()
 
 
+def stop_on_request():
+    """A trainer callback that ends training after the optimizer step in hand, saving a checkpoint, when the
+    scheduler asks (distill.preemption). Every process decides at the same step, or the others would wait forever
+    in the next collective."""
+    from transformers import TrainerCallback
+
+    class StopOnRequest(TrainerCallback):
+        stopped = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if _all_agree_any(stop_requested(), args.device):
+                control.should_save = control.should_training_stop = True
+                self.stopped = True
+
+    return StopOnRequest()
+
+
+def _all_agree_any(flag: bool, device) -> bool:
+    """True on every process when it is true on any (one all-reduce of one number per step)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def run_train(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     t = recipe.train
@@ -153,15 +183,24 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
 
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
     trainer.add_callback(loss_bar())
+    stopper = stop_on_request() if os.environ.get(STOP_FILE_ENV) else None  # under a scheduler that may ask
+    if stopper is not None:
+        trainer.add_callback(stopper)
     if trainer.is_world_process_zero():
         for callback in trainer_callbacks(recipe, run):
             trainer.add_callback(callback)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
+    if stopper is not None and stopper.stopped:
+        _leave_process_group(trainer)
+        raise Preempted(f"train: stopped after step {trainer.state.global_step} with a checkpoint, as the scheduler "
+                        f"asked; the next start resumes from it")
     try:
         if not trainer.is_world_process_zero():
             return {}
-        return _save_adapter(recipe, run, student, trainer, tokenizer, rows, len(kept), result, resume, format_check,
-                             started, teacher_targets)
+        summary = _save_adapter(recipe, run, student, trainer, tokenizer, rows, len(kept), result, resume, format_check,
+                                started, teacher_targets)
+        finish_tracking(recipe)
+        return summary
     finally:
         _leave_process_group(trainer)
 
