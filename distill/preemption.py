@@ -20,6 +20,11 @@ class Preempted(Exception):
     """The stage stopped at a safe point because the scheduler asked; its work so far is kept."""
 
 
+def stop_may_be_requested() -> bool:
+    """Whether this process runs under a job script that can ask it to stop."""
+    return bool(os.environ.get(STOP_FILE_ENV))
+
+
 def stop_requested() -> bool:
     path = os.environ.get(STOP_FILE_ENV)
     return bool(path) and os.path.exists(path)

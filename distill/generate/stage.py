@@ -29,9 +29,9 @@ from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
 from distill.generate.score_targets import SCORED_WITH, score_chunk
 from distill.generate.work import template_variables, work_items
 from distill.models.context import resolved_model
+from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
 from distill.recipe import Recipe
-from distill.preemption import Preempted, stop_requested
 from distill.run_dir import RunDir, atomic_path, hash_json, run_lock, write_json
 
 

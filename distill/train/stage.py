@@ -17,12 +17,12 @@ from distill import rows as C
 from distill.data.split import sample_in_order
 from distill.errors import UserError
 from distill.models.context import resolved_model
-from distill.preemption import STOP_FILE_ENV, Preempted, stop_requested
+from distill.preemption import Preempted, stop_may_be_requested, stop_requested
 from distill.progress import console, progress
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
-from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
 from distill.tracking import finish_tracking, trainer_callbacks
+from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
 from distill.train.plots import plot_loss, plot_loss_terms
 
 
@@ -183,7 +183,7 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
 
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
     trainer.add_callback(loss_bar())
-    stopper = stop_on_request() if os.environ.get(STOP_FILE_ENV) else None  # under a scheduler that may ask
+    stopper = stop_on_request() if stop_may_be_requested() else None
     if stopper is not None:
         trainer.add_callback(stopper)
     if trainer.is_world_process_zero():
