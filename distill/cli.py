@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--profile", help="cluster profile: a name in configs/clusters/ or a YAML file (default: the recipe's slurm.profile)")
     q = slurm.add_parser("status", help="each stage's job id and state, read from Slurm")
     q.add_argument("run_dir", metavar="RUN", help="the run directory")
+    q = slurm.add_parser("serve-teacher", help="the body of the teacher server job (slurm.teacher_server): serve the "
+                         "teacher until the run's generation tasks have ended")
+    _add_recipe_args(q)
 
     p = sub.add_parser("review", help="export filtered rows for people to check (export) and read their verdicts back (import)")
     review = p.add_subparsers(dest="review_command", required=True, metavar="REVIEW_COMMAND")
@@ -149,6 +152,11 @@ def _slurm(args) -> int:
     from distill.slurm.submit import dry_run, submit
 
     recipe, run = _load(args)
+    if args.slurm_command == "serve-teacher":
+        from distill.slurm.teacher_server import serve
+
+        serve(recipe, run)
+        return 0
     if args.dry_run:
         print(dry_run(recipe, run, args.profile))
     else:

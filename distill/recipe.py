@@ -6,6 +6,7 @@ names the recipe file, the line, the key path and what was expected.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -891,6 +892,49 @@ class TrainResources(StageResources):
     )
 
 
+VLLM_SERVE_OPTION = re.compile(r"--[a-z][a-z0-9-]*(\.[a-z][a-z0-9_-]*)*(=[\x21-\x7e]+)?")
+
+
+class TeacherServerSettings(StageResources):
+    """A `vllm serve` job for a teacher larger than one generation task can hold: its nodes and GPUs, how the
+    model is split over them, and how long it may take to start. The generation tasks start once it runs,
+    wait until it answers and send their prompts to it; it ends when they have all ended."""
+
+    time: str = Field("04:00:00", description="Wall-clock limit of the server job: long enough for all of generation.")
+    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs each layer is split over; default gpus_per_node.")
+    pipeline_parallel_size: int | None = Field(None, ge=1, description="Stages the layers are split into; default nodes.")
+    port: int = Field(8000, ge=1024, le=65535, description="Port the server listens on, on the job's first node.")
+    ray_port: int = Field(6379, ge=1024, le=65535, description="Port of the Ray head when the server spans nodes.")
+    vllm_args: list[str] = Field(default_factory=list, description="Extra `vllm serve` options, each --key or "
+                                 "--key=value (e.g. --max-num-seqs=256); the teacher's engine settings are passed already.")
+    ready_timeout_s: float = Field(1800, gt=0, description="Seconds the server may take to answer after its job starts "
+                                   "(loading weights, starting Ray); then the job ends with an error and so does generation.")
+    concurrency: int = Field(64, gt=0, description="Requests each generation task keeps in flight on the server.")
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for option in v:
+            if not VLLM_SERVE_OPTION.fullmatch(option):
+                raise ValueError(f"{option!r}: write each option as --key or --key=value, without spaces or quotes")
+        return v
+
+    @model_validator(mode="after")
+    def _layout(self) -> "TeacherServerSettings":
+        if self.nodes > 1 and not self.gpus_per_node:
+            raise ValueError("a server over several nodes splits the model over their GPUs: set gpus_per_node")
+        if self.gpus_per_node:
+            world = self.nodes * self.gpus_per_node
+            if self.parallel_sizes()[0] * self.parallel_sizes()[1] != world:
+                raise ValueError(f"tensor_parallel_size × pipeline_parallel_size must use every GPU of the job "
+                                 f"({self.nodes} nodes × {self.gpus_per_node} GPUs = {world})")
+        return self
+
+    def parallel_sizes(self) -> tuple[int, int]:
+        """(tensor, pipeline) parallel sizes, defaults filled in: each node's GPUs split every layer, nodes hold stages."""
+        return self.tensor_parallel_size or max(self.gpus_per_node, 1), self.pipeline_parallel_size or self.nodes
+
+
 class SlurmSettings(Section):
     """How `distill slurm submit` runs this recipe: one job per stage, chained with afterok."""
 
@@ -906,6 +950,9 @@ class SlurmSettings(Section):
     filter: StageResources = Field(default_factory=StageResources, description="Resources of the merge + filter job.")
     train: TrainResources = Field(default_factory=TrainResources, description="Resources of the training job.")
     evaluate: StageResources = Field(default_factory=StageResources, description="Resources of the evaluation job.")
+    teacher_server: TeacherServerSettings | None = Field(
+        None, description="Serve the teacher from its own job (`vllm serve`, over several nodes with Ray) instead of an "
+        "engine in every generation task; for a teacher larger than one task's GPUs.")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -940,6 +987,17 @@ class Recipe(Section):
     def _score_needs_targets(self) -> "Recipe":
         if self.generate.mode == "score" and not self.data.target_field:
             raise ValueError("generate.mode: score scores the real targets, but data.target_field is null")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_server_serves_the_vllm_teacher(self) -> "Recipe":
+        if self.slurm.teacher_server is not None:
+            if self.generate.backend != "vllm":
+                raise ValueError("slurm.teacher_server serves models.teacher with vLLM for the generation tasks: it "
+                                 "replaces generate.backend: openai (a server someone else runs); use one or the other")
+            if self.generate.mode == "score":
+                raise ValueError("slurm.teacher_server: mode: score reads prompt log-probabilities from the in-process "
+                                 "engine, which a server does not return; score with the generation tasks' own engine")
         return self
 
     @model_validator(mode="after")

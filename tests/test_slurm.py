@@ -420,3 +420,78 @@ def test_usr1_before_preemption_stops_training_with_a_checkpoint_and_the_requeue
     assert summary["resumed"] is True and 0 < stopped_at < summary["steps"]
     steps = json.loads((run / "train" / "log.json").read_text())["steps"]
     assert steps == list(range(1, summary["steps"] + 1))  # every step once: none lost, none trained twice
+
+
+# The teacher in its own job: one core for the server, one for a generation task beside it.
+SERVER_RECIPE = RECIPE.replace("  generate:\n    cpus_per_task: 2", "  generate:\n    cpus_per_task: 1") + """\
+  teacher_server:
+    cpus_per_task: 1
+    mem_gb: 4
+    time: "15:00"
+    ready_timeout_s: {ready}
+    concurrency: 8
+"""
+assert "  generate:\n    cpus_per_task: 1" in SERVER_RECIPE
+
+
+def _submit_with_server(env: dict, folder: Path, tiny_model: Path, ready: int) -> tuple[Path, dict]:
+    """Submit the recipe with a teacher server; wait until the server and generation have ended, then cancel
+    the stages after them (other tests cover those)."""
+    run = submit_recipe(env, folder, tiny_model, SERVER_RECIPE.replace("{ready}", str(ready)))
+    jobs = job_ids(run)
+    deadline = time.time() + 300
+    while not all(tasks_ended(jobs[s]) for s in ("teacher_server", "generate")):
+        if time.time() > deadline:
+            subprocess.run(["scancel", *jobs.values()], env=env)
+            pytest.fail("the server and generation jobs did not end in 300 s:\n" + "\n".join(
+                f"== {p.name}\n{read_log(p)[-3000:]}" for p in sorted((run / "logs" / "slurm").glob("*"))))
+        time.sleep(1)
+    subprocess.run(["scancel", jobs["filter"], jobs["train"], jobs["evaluate"]], env=env)
+    return run, jobs
+
+
+def summarize_states(env: dict, job: str) -> str:
+    from distill.slurm.status import job_states, summarize
+
+    return summarize(job_states(job))
+
+
+def tasks_ended(job: str) -> bool:
+    from distill.slurm.status import job_states
+
+    tasks = job_states(job)
+    return bool(tasks) and all(t["state"] in TERMINAL for t in tasks)
+
+
+def test_a_teacher_server_job_serves_every_generation_task_and_ends_after_them(slurm_env, tiny_model, tmp_path):
+    env = dict(slurm_env)
+    run, jobs = _submit_with_server(env, tmp_path, tiny_model, ready=240)
+    logs = run / "logs" / "slurm"
+    server_log = read_log(logs / f"distill-tiny-teacher_server-{jobs['teacher_server']}.out")
+    assert summarize_states(env, jobs["teacher_server"]) == "COMPLETED", server_log[-3000:]
+    assert summarize_states(env, jobs["generate"]) == "COMPLETED"
+    # it announced itself once it answered, and stopped by itself once both generation tasks had ended
+    assert re.search(r"\[teacher-server\] http://\S+:8000/v1 answers after [\d.]+s", server_log), server_log[-3000:]
+    assert "[teacher-server] the generation tasks have ended: server stopped" in server_log
+    info = json.loads((run / "slurm" / "teacher-server.json").read_text())
+    assert info["job_id"] == jobs["teacher_server"] and info["stopped"] == "the generation tasks have ended"
+    # every row was written by the server, reached through the endpoint, from both tasks
+    rows = pq.read_table(run / "generate" / "rows.parquet").to_pylist()
+    assert rows and {r["provenance"]["backend"]["url"] for r in rows} == {info["url"]}
+    assert {r["provenance"]["backend"]["served_model"] for r in rows} == {"teacher"}
+    assert {r["provenance"]["shard"] for r in rows} == {"0/2", "1/2"}
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_a_teacher_server_that_is_not_ready_in_time_ends_its_job_and_generation_with_its_reason(
+        slurm_env, tiny_model, tmp_path):
+    env = dict(slurm_env)
+    run, jobs = _submit_with_server(env, tmp_path, tiny_model, ready=1)  # vLLM takes longer than a second to start
+    logs = run / "logs" / "slurm"
+    reason = "teacher server: not answering within slurm.teacher_server.ready_timeout_s = 1s; the job ends"
+    server_log = read_log(logs / f"distill-tiny-teacher_server-{jobs['teacher_server']}.out")
+    assert summarize_states(env, jobs["teacher_server"]) == "FAILED" and reason in server_log, server_log[-3000:]
+    assert summarize_states(env, jobs["generate"]) == "FAILED"
+    for task in logs.glob(f"distill-tiny-generate-{jobs['generate']}_*.out"):  # each task stops with the server's reason
+        assert reason in read_log(task), read_log(task)[-3000:]
+    assert not (run / "generate" / "chunks").is_dir() or not any((run / "generate" / "chunks").glob("chunk-*.parquet"))

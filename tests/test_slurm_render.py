@@ -3,6 +3,7 @@ cluster profiles, and requests refused before anything is submitted."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,64 @@ def test_status_says_nothing_of_jobs_that_merely_wait():
     status = _status(waiting)
     assert never_starting({s: v["tasks"] for s, v in status["stages"].items()}) == {}
     assert "never start" not in format_status(status)
+
+
+SERVER_SECTION = """\
+  teacher_server:
+    nodes: 2
+    gpus_per_node: 8
+    cpus_per_task: 32
+    mem_gb: 512
+    time: "12:00:00"
+    pipeline_parallel_size: 2
+    vllm_args: [--max-num-seqs=256, --enable-prefix-caching]
+"""
+
+
+def test_a_teacher_over_two_nodes_gets_a_ray_server_job_that_generation_starts_after(tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model, TINY_RECIPE + GPU_SECTION + SERVER_SECTION)
+    proc = run_cli("slurm", "submit", recipe, "--run-dir", tmp_path / "run", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    scripts = dict(part.split("\n", 1) for part in proc.stdout.split("# ---- ")[1:])
+    server = next(body for head, body in scripts.items() if head.startswith("teacher_server"))
+    assert "#SBATCH --nodes=2" in server and "#SBATCH --gres=gpu:h100:8" in server
+    assert "#SBATCH --no-requeue" in server  # a requeued server would come up at another address
+    # Ray: a head on the first node, one worker on the other; the server on the head, over both
+    assert "ray start --head" in server and "--nodes=1 --ntasks=1 --ntasks-per-node=1 --exclude=\"$HEAD\"" in server
+    assert "slurm serve-teacher \"$RECIPE\" --run-dir \"$RUN_DIR\"" in server and '-w "$HEAD"' in server
+    syntax = subprocess.run(["bash", "-n"], input=server, text=True, capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
+    # generation and the merge reach it through its file; the server is queued first and generation starts once it runs
+    generate = next(body for head, body in scripts.items() if head.startswith("generate"))
+    assert 'export DISTILL_TEACHER_SERVER="$RUN_DIR/slurm/teacher-server.json"' in generate
+    submit = scripts["submit"]
+    assert submit.index("TEACHER_SERVER_JOB=$(sbatch") < submit.index("GENERATE_JOB=$(sbatch")
+    assert "GENERATE_JOB=$(sbatch --parsable --dependency=after:$TEACHER_SERVER_JOB --kill-on-invalid-dep=yes" in submit
+
+
+def test_the_server_command_carries_the_teachers_engine_settings_and_the_jobs_layout(tmp_path, tiny_model):
+    from distill.recipe import load_recipe
+    from distill.slurm.teacher_server import serve_command
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model, TINY_RECIPE + GPU_SECTION + SERVER_SECTION))
+    cmd = serve_command(recipe, tiny_model)
+    flags = dict(zip(cmd, cmd[1:]))
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and flags["--model"] == str(tiny_model)
+    assert flags["--tensor-parallel-size"] == "8" and flags["--pipeline-parallel-size"] == "2"  # 16 GPUs in all
+    assert flags["--distributed-executor-backend"] == "ray" and flags["--served-model-name"] == "teacher"
+    assert flags["--dtype"] == "float32" and flags["--max-model-len"] == "1024" and "--enforce-eager" in cmd
+    assert cmd[-2:] == ["--max-num-seqs=256", "--enable-prefix-caching"]
+
+
+@pytest.mark.parametrize("server, message", [
+    ("{nodes: 2, gpus_per_node: 4, tensor_parallel_size: 4, pipeline_parallel_size: 1}",
+     "tensor_parallel_size × pipeline_parallel_size must use every GPU of the job (2 nodes × 4 GPUs = 8)"),
+    ("{vllm_args: ['--model x; rm -rf ~']}", "write each option as --key or --key=value"),
+    ("{nodes: 2}", "a server over several nodes splits the model over their GPUs: set gpus_per_node"),
+])
+def test_a_teacher_server_that_cannot_run_is_refused_when_the_recipe_loads(tmp_path, tiny_model, server, message):
+    braces = server.replace("{", "{{").replace("}", "}}")  # write_recipe formats the text
+    recipe = write_recipe(tmp_path, tiny_model, TINY_RECIPE + f"slurm:\n  teacher_server: {braces}\n")
+    proc = run_cli("validate", recipe)
+    assert proc.returncode == 2 and message in proc.stderr and "slurm.teacher_server" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -49,18 +49,17 @@ def item_fidelity(model, sequences: list[list[int]], starts: list[int], targets:
     """Per sequence (prompt + the teacher's tokens): tokens measured, the summed KL and the count of top-1 agreements."""
     import torch
 
+    from distill.models.device import padded
     from distill.train.kd_losses import top1_agreement, topk_divergence
 
-    width = max(len(x) for x in sequences)
-    ids = torch.tensor([x + [pad] * (width - len(x)) for x in sequences])
-    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in sequences])
+    ids, mask = padded(sequences, pad, model.device)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
     out = []
     for row, (start, t) in enumerate(zip(starts, targets)):
         n = len(t["top_ids"])
-        here = logits[row, start - 1:start - 1 + n]  # position j predicts token j + 1
-        t_ids, t_lps = torch.tensor(t["top_ids"]), torch.tensor(t["top_logprobs"])
+        here = logits[row, start - 1:start - 1 + n].float()  # position j predicts token j + 1
+        t_ids, t_lps = torch.tensor(t["top_ids"], device=here.device), torch.tensor(t["top_logprobs"], device=here.device)
         kl = topk_divergence(here, t_ids, t_lps, "forward_kl", tail=True)
         agree = top1_agreement(here, t_ids, t_lps)
         out.append({"tokens": n, "kl_sum": float(kl.sum()), "agree": int(agree.sum())})

@@ -1,5 +1,6 @@
 """Score candidates on evaluation sets: generate answers (vLLM, LoRA adapters per request) and/or
-read the log-probabilities of the references (transformers + PEFT), then apply the set's metrics per item.
+read the log-probabilities of the references (the engine's prompt log-probabilities, or transformers + PEFT
+where no engine runs), then apply the set's metrics per item.
 
 Every candidate sees the same items with the same generation settings; item i is sampled
 with seed + i, so any answer can be reproduced on its own. Results are kept in the evaluation cache
@@ -27,7 +28,7 @@ from distill.run_dir import hash_json
 from distill.train.formats import student_prompt
 
 # Bump when a change to this module changes an answer or a score: cached results made before then are not reused.
-SCORING_VERSION = 1
+SCORING_VERSION = 2
 
 
 def build_prompts(recipe: Recipe, cand: Candidate, s: EvalSet, items: list[dict], seed_pool: list[dict], engine) -> list[str]:
@@ -78,7 +79,7 @@ class Scorer:
         self._hf_key: tuple | None = None
         self._hf_model = None
         self._model_keys: dict[tuple, dict] = {}
-        self.nll_batch = 16
+        self.nll_sources: dict[tuple[str, str], dict] = {}  # (model, set) -> how its reference NLL was read, seconds
         # fidelity: the teacher's answers carry its top K; set name -> item id -> teacher_target
         self.fidelity_k = fidelity_k(recipe)
         self.teacher_targets: dict[str, dict] = {}
@@ -135,14 +136,15 @@ class Scorer:
             "nll_references": [reference_text(self.recipe, cand, it[C.REFERENCE]) for it in items] if logprob_metrics else None,
         })
 
-    def _reference_logprobs(self, engine, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str]) -> list[list[float]]:
-        """Log-probability of each reference token after its prompt, from transformers (PEFT for adapters).
-
-        A plain forward pass: exact, and independent of the serving engine's batching.
-        """
-        import torch
-
-        tok = engine.tokenizer
+    def _reference_logprobs(self, prompter, cand: Candidate, s: EvalSet, items: list[dict], prompts: list[str],
+                            engine=None) -> list[list[float]]:
+        """Log-probability of each reference token after its prompt. From the vLLM engine's prompt log-probabilities
+        when the engine is up for this model anyway and serves no adapters (no second copy of the weights; the same
+        figures for any batch size on this build), else from a transformers forward pass (PEFT for adapters). With
+        LoRA enabled, vLLM 0.32's CPU logits path fails on batched prompt log-probabilities once the engine has
+        generated, and one prompt per call is slower than the forward pass. Both read the same token ids; which
+        one ran, and how long it took, is kept in `nll_sources`."""
+        tok = prompter.tokenizer
         sequences, starts = [], []
         for item, prompt in zip(items, prompts):
             full = tok(prompt + reference_text(self.recipe, cand, item[C.REFERENCE])).input_ids
@@ -154,30 +156,66 @@ class Scorer:
                 raise DataError(f"evaluate set {s.name}: reference {item[C.REFERENCE]!r} adds no tokens to its prompt")
             sequences.append(full)
             starts.append(max(start, 1))  # the first token of a sequence has no log-probability
+        t0 = time.time()
+        if engine is not None and not engine.lora_enabled:
+            result, source = self._engine_logprobs(engine, cand, sequences, starts), "vLLM prompt log-probabilities"
+        else:
+            result, source = self._forward_logprobs(tok, cand, sequences, starts), "transformers forward pass"
+        self.nll_sources[(cand.name, s.name)] = {"source": source, "seconds": round(time.time() - t0, 2)}
+        return result
+
+    def _engine_logprobs(self, engine, cand: Candidate, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # temperature 1: the model's own distribution (the engine may report processed log-probabilities)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, seed=self.seed)
+        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=x) for x in sequences], params,
+                                   lora_request=self._lora(cand), use_tqdm=False)
+        return [[out.prompt_logprobs[j][x[j]].logprob for j in range(start, len(x))]
+                for out, x, start in zip(outs, sequences, starts)]
+
+    def _forward_logprobs(self, tok, cand: Candidate, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """A plain forward pass on the device this machine has: sequences go longest first in batches of about equal
+        length, as many tokens per pass as the device holds (distill.models.device). Left-padded, with positions
+        counted from each sequence's first token, so that the references end every row and the vocabulary projection
+        runs only over the last positions (`logits_to_keep`), those that predict reference tokens."""
+        import torch
+
+        from distill.models.device import length_sorted_batches, padded, tokens_per_pass
+
         model = self._forward_model(cand)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        result: list[list[float]] = []
+        budget = tokens_per_pass(model.device, model.config.get_text_config().vocab_size, model.dtype.itemsize)
+        result: list[list[float]] = [[] for _ in sequences]
         with torch.no_grad():
-            for k in range(0, len(sequences), self.nll_batch):
-                batch = sequences[k:k + self.nll_batch]
-                width = max(len(x) for x in batch)
-                ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch])
-                mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch])
-                logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-                for row, (x, start) in enumerate(zip(batch, starts[k:k + self.nll_batch])):
-                    positions = torch.arange(start, len(x))
-                    result.append(logprobs[row, positions - 1, torch.tensor(x[start:])].tolist())
+            for batch in length_sorted_batches([len(x) for x in sequences], budget):
+                ids, mask = padded([sequences[i] for i in batch], pad, model.device, left=True)
+                keep = max(len(sequences[i]) - starts[i] for i in batch) + 1
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                               logits_to_keep=keep).logits
+                for row, i in enumerate(batch):
+                    x, start = sequences[i], starts[i]
+                    n = len(x) - start  # reference tokens, each predicted by the position before it
+                    lp = torch.log_softmax(logits[row, keep - n - 1:keep - 1].float(), dim=-1)
+                    target = torch.tensor(x[start:], device=lp.device).unsqueeze(1)
+                    result[i] = lp.gather(1, target).squeeze(1).tolist()
         return result
 
     def _forward_model(self, cand: Candidate):
-        """The candidate as a transformers model (base weights plus its LoRA adapter), kept for its sets."""
+        """The candidate as a transformers model (base weights plus its LoRA adapter) on the device this
+        machine has, kept for its sets."""
         key = (str(cand.model_dir), str(cand.adapter))
         if self._hf_key != key:
             import torch
             from transformers import AutoModelForCausalLM
 
+            from distill.models.device import torch_device
+
+            self._hf_key, self._hf_model = None, None  # the previous model's memory is freed before the next loads
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cand.spec.dtype, "auto")
-            model = AutoModelForCausalLM.from_pretrained(cand.model_dir, dtype=dtype, trust_remote_code=cand.spec.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(cand.model_dir, dtype=dtype, trust_remote_code=cand.spec.trust_remote_code,
+                                                         device_map=torch_device())
             if cand.adapter is not None:
                 from peft import PeftModel
 
@@ -222,7 +260,9 @@ class Scorer:
                 self.teacher_targets[name] = dict(zip(ids, targets))
             headline = s.metrics[0]
             mean = sum(per_item[headline]) / max(len(items), 1)
-            console(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s)")
+            nll = self.nll_sources.get((cand.name, name)) if stored is None else None
+            via = f"; reference NLL from the {nll['source']} in {nll['seconds']:.1f}s" if nll else ""
+            console(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s{via})")
             for i, (item, prompt) in enumerate(zip(items, prompts)):
                 rows.append({
                     "set": name, "model": cand.name, "step": cand.step, "item_id": item[C.ID], C.INPUT: item[C.INPUT],
@@ -244,7 +284,7 @@ class Scorer:
         per_item: dict[str, list[float]] = {}
         for m in s.metrics:
             if M.METRICS[m].needs_logprobs:
-                result = M.compute(m, self._reference_logprobs(prompter, cand, s, items, prompts), [it[C.REFERENCE] for it in items])
+                result = M.compute(m, self._reference_logprobs(prompter, cand, s, items, prompts, engine), [it[C.REFERENCE] for it in items])
             else:
                 result = M.compute(m, texts, [it[C.REFERENCES] for it in items])
             per_item[m] = result["scores"]

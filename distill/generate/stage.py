@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, atomic_path, hash_json, run_lock, write_json
+from distill.slurm.teacher_server import SERVER_FILE_VARIABLE
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -117,9 +119,16 @@ def fingerprint_settings(recipe: Recipe) -> dict:
     return stage_inputs(recipe, "generate")
 
 
-def open_teacher(recipe: Recipe, teacher_dir: Path):
-    """The engine that serves the teacher: in-process vLLM, or an OpenAI-compatible server."""
+def open_teacher(recipe: Recipe, run: RunDir, teacher_dir: Path):
+    """The engine that serves the teacher: in-process vLLM, an OpenAI-compatible server, or the run's own teacher
+    server job (distill.slurm.teacher_server) when the job script names its file."""
     g = recipe.generate
+    server = os.environ.get(SERVER_FILE_VARIABLE)
+    if server and recipe.slurm.teacher_server is not None:
+        from distill.generate.openai_backend import OpenAIEndpoint
+        from distill.slurm.teacher_server import wait_for_server
+
+        return OpenAIEndpoint(teacher_dir, wait_for_server(recipe, run, Path(server)))
     if g.backend == "openai":
         from distill.generate.openai_backend import OpenAIEndpoint
 
@@ -315,7 +324,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
 
     if todo:
         own_engine = engine is None
-        engine = open_teacher(recipe, teacher_dir) if own_engine else engine
+        engine = open_teacher(recipe, run, teacher_dir) if own_engine else engine
         backend = engine.describe()
         bar = progress(total=sum(size(c) for c in mine), desc=f"generate ({g.mode})", unit="prompt",
                        initial=sum(size(c) for c in mine if c not in todo))

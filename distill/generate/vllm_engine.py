@@ -72,6 +72,7 @@ class VLLMEngine:
             allowed = [r for r in VLLM_LORA_RANKS if r >= max_lora_rank]
             options.update(enable_lora=True, max_lora_rank=allowed[0] if allowed else max_lora_rank, max_loras=1)
         self.llm = LLM(**options)
+        self.lora_enabled = bool(max_lora_rank)
         self._lora_ids: dict[str, int] = {}
         self.tokenizer = self.llm.get_tokenizer()
 

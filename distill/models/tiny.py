@@ -24,7 +24,7 @@ def _corpus() -> list[str]:
 
 
 def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, layers: int = 2, seed: int = 0,
-                     vocab_size: int = 1024) -> Path:
+                     vocab_size: int = 1024, heads: int = 2) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -46,7 +46,7 @@ def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, lay
 
     common = dict(
         vocab_size=len(hf_tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+        num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1), max_position_embeddings=1024,
         eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id, bos_token_id=None, tie_word_embeddings=True,
     )
     torch.manual_seed(seed)

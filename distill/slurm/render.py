@@ -25,8 +25,9 @@ from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
 TEMPLATES_DIR = REPO_ROOT / "slurm"
 ACCELERATE_DIR = REPO_ROOT / "configs" / "accelerate"
 SLURM_STAGES = ("generate", "filter", "train", "evaluate")
+TEACHER_SERVER = "teacher_server"  # a job before generation when the recipe serves its teacher (slurm.teacher_server)
 # afterok on the stage before; evaluate also reads generate's held-out split, done long before.
-DEPENDS_ON = {"generate": None, "filter": "generate", "train": "filter", "evaluate": "train"}
+DEPENDS_ON = {TEACHER_SERVER: None, "generate": None, "filter": "generate", "train": "filter", "evaluate": "train"}
 
 
 @dataclass
@@ -38,6 +39,7 @@ class StageJob:
     script: str
     array: str | None = None
     depends_on: str | None = None
+    dependency: str = "afterok"  # after: starts once the job it depends on has started (the teacher server)
     resources: dict = field(default_factory=dict)
 
 
@@ -89,19 +91,21 @@ def _srun_args(profile: ClusterProfile) -> str:
 
 def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_file: Path,
                 workdir: Path | None = None) -> list[StageJob]:
-    """Every stage's script, in submission order. Refuses (UserError) before rendering anything
-    if some stage's request fits no partition of the profile."""
+    """Every stage's script, in submission order (the teacher server first, when the recipe has one). Refuses
+    (UserError) before rendering anything if some stage's request fits no partition of the profile."""
     s = recipe.slurm
     run_dir, recipe_file = Path(run_dir).resolve(), Path(recipe_file).resolve()
-    chosen = {stage: choose_partition(profile, stage, getattr(s, stage)) for stage in SLURM_STAGES}
+    stages = ((TEACHER_SERVER,) if s.teacher_server is not None else ()) + SLURM_STAGES
+    chosen = {stage: choose_partition(profile, stage, getattr(s, stage)) for stage in stages}
     env = _environment()
     jobs = []
-    for stage in SLURM_STAGES:
+    for stage in stages:
         res: StageResources = getattr(s, stage)
         partition = chosen[stage]
         array = f"0-{s.shards - 1}" if stage == "generate" else None
         processes = res.nodes * max(res.gpus_per_node, 1) if stage == "train" else 1
         log_name = "%x-%A_%a.out" if array else "%x-%j.out"
+        server = stage == TEACHER_SERVER
         context = {
             "stage": stage,
             "job_name": f"distill-{recipe.name}-{stage}",
@@ -115,7 +119,8 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "gres": _gres(res, partition.gpu_type),
             "array": array,
             "output": _sbatch_path("run directory", run_dir / "logs" / "slurm" / log_name),
-            "requeue": s.requeue,
+            # a server back in the queue would come up elsewhere, after its clients gave up on the old address
+            "requeue": s.requeue and not server,
             "stop_grace": s.stop_grace,
             "sbatch_options": profile.sbatch_options,
             "setup": profile.setup,
@@ -128,12 +133,18 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "processes": processes,
             "threads_per_process": max(res.cpus_per_task * res.nodes // processes, 1),
             "accelerate_config": str(ACCELERATE_DIR / f"{s.train.accelerate_config}.yaml"),
+            # generation (and the merge before filtering) reach the teacher through the server job
+            "teacher_server": s.teacher_server is not None and stage in ("generate", "filter"),
+            "ray_port": s.teacher_server.ray_port if server else None,
         }
         script = env.get_template(f"{stage}.sbatch.j2").render(**context)
         head = script.split("\nset -euo pipefail\n")[0]  # the template's header, before the job's first command
         written = [line for line in head.splitlines() if line.startswith("#SBATCH")]
         if sbatch_header(script) != written:  # a line that sbatch would not read: the block ended early
             raise UserError(f"{stage}: the rendered script's #SBATCH block ends early; check the cluster profile")
+        depends_on, dependency = DEPENDS_ON[stage], "afterok"
+        if stage == "generate" and s.teacher_server is not None:
+            depends_on, dependency = TEACHER_SERVER, "after"
         jobs.append(StageJob(stage=stage, partition=partition.name, script=script, array=array,
-                             depends_on=DEPENDS_ON[stage], resources=res.model_dump(mode="json")))
+                             depends_on=depends_on, dependency=dependency, resources=res.model_dump(mode="json")))
     return jobs

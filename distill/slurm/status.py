@@ -14,7 +14,7 @@ from pathlib import Path
 from distill.errors import UserError
 from distill.run_dir import RunDir
 
-STAGE_ORDER = ("generate", "filter", "train", "evaluate")
+STAGE_ORDER = ("teacher_server", "generate", "filter", "train", "evaluate")
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 NEVER_SATISFIED = "DependencyNeverSatisfied"
@@ -147,10 +147,10 @@ def never_starting(tasks_by_stage: dict[str, list[dict]]) -> dict[str, list[str]
 def format_status(status: dict) -> str:
     lines = [f"run {status['run_dir']} (profile {status['profile']}; states from "
              f"{'sacct' if status['accounting'] else 'squeue'})",
-             f"{'stage':<9} {'job':<10} {'state':<12} {'output':<9} reason"]
+             f"{'stage':<14} {'job':<10} {'state':<12} {'output':<9} reason"]
     for stage, s in status["stages"].items():
         output = "complete" if s["output_complete"] else "-"
-        lines.append(f"{stage:<9} {s['job_id']:<10} {s['state']:<12} {output:<9} {s['reason']}")
+        lines.append(f"{stage:<14} {s['job_id']:<10} {s['state']:<12} {output:<9} {s['reason']}")
         if len(s["tasks"]) > 1:
             for t in s["tasks"]:
                 lines.append(f"  {t['job']:<16} {t['state']:<12} {t['reason']}")

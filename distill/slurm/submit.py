@@ -20,12 +20,13 @@ from distill.run_dir import RunDir, write_json, write_text
 from distill.slurm.profile import load_profile
 from distill.slurm.render import render_jobs
 from distill.slurm.status import NEVER_SATISFIED, active_tasks, jobs_file, never_starting
+from distill.slurm.teacher_server import server_file
 
 
-def sbatch_command(script: Path, dependency_id: str | None) -> list[str]:
+def sbatch_command(script: Path, dependency_id: str | None, dependency: str = "afterok") -> list[str]:
     cmd = ["sbatch", "--parsable"]
     if dependency_id is not None:  # cancelled if the job before fails, whatever the cluster's default
-        cmd += [f"--dependency=afterok:{dependency_id}", "--kill-on-invalid-dep=yes"]
+        cmd += [f"--dependency={dependency}:{dependency_id}", "--kill-on-invalid-dep=yes"]
     return cmd + [str(script)]
 
 
@@ -76,7 +77,7 @@ def dry_run(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> str
         script = run.root.resolve() / "slurm" / f"{job.stage}.sbatch"
         dep = f"${job.depends_on.upper()}_JOB" if job.depends_on else None
         out.append(f"{job.stage.upper()}_JOB=$(" + " ".join(shlex.quote(c) if not c.startswith("--dependency") else c
-                                                          for c in sbatch_command(script, dep)) + ")")
+                                                          for c in sbatch_command(script, dep, job.dependency)) + ")")
     return "\n".join(out)
 
 
@@ -100,6 +101,7 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
     save_resolved_recipe(recipe, run)
     slurm_dir = run.root / "slurm"
     (run.logs / "slurm").mkdir(parents=True, exist_ok=True)  # sbatch --output needs the folder
+    server_file(run).unlink(missing_ok=True)  # an earlier submission's server address (its job id tells it apart too)
 
     record = {"profile": profile.name, "recipe": str(run.recipe.resolve()), "submitted_at": time.time(), "stages": {}}
     submitted: dict[str, str] = {}
@@ -107,7 +109,7 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
         for job in jobs:
             script = slurm_dir / f"{job.stage}.sbatch"
             write_text(script, job.script)
-            cmd = sbatch_command(script.resolve(), submitted.get(job.depends_on) if job.depends_on else None)
+            cmd = sbatch_command(script.resolve(), submitted.get(job.depends_on) if job.depends_on else None, job.dependency)
             job_id = _sbatch(cmd)
             submitted[job.stage] = job_id
             record["stages"][job.stage] = {"job_id": job_id, "array": job.array, "partition": job.partition,
@@ -115,7 +117,8 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
                                            "command": cmd, "resources": job.resources}
             write_json(jobs_file(run), record)
             print(f"[slurm] {job.stage:<9} job {job_id}" + (f" (array {job.array})" if job.array else "")
-                  + f" on {job.partition}" + (f", after {job.depends_on}" if job.depends_on else ""), flush=True)
+                  + f" on {job.partition}" + (f", after {job.depends_on}" if job.depends_on else "")
+                  + (" has started" if job.dependency == "after" else ""), flush=True)
     except (UserError, subprocess.SubprocessError, OSError) as e:
         note = _cancel_partial_chain(submitted)
         if isinstance(e, UserError) and not note:

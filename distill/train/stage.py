@@ -32,20 +32,17 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, "auto")
 
 
-def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], output_dir: Path):
-    """(TRL's SFTTrainer for these prompt / completion examples, the student's tokenizer), as training uses them."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+def training_arguments(recipe: Recipe, output_dir: Path):
+    """TRL's SFTConfig for the recipe. Made before the model loads: under `accelerate launch` with DeepSpeed
+    ZeRO-3 it registers the DeepSpeed config, so that transformers partitions the weights as it loads them
+    instead of loading a full copy in every process."""
+    from trl import SFTConfig
 
-    t = recipe.train
-    spec = recipe.models.student
-    tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code)
-    on_gpu = torch.cuda.is_available()
-    config = SFTConfig(
+    from distill.models.device import torch_device
+
+    t, spec = recipe.train, recipe.models.student
+    on_gpu = torch_device().type == "cuda"
+    return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
@@ -66,6 +63,20 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
         dataloader_num_workers=0,
         disable_tqdm=True,  # distill's own bar (loss_bar) instead; the per-step dict is printed to the log
     )
+
+
+def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], output_dir: Path):
+    """(TRL's SFTTrainer for these prompt / completion examples, the student's tokenizer), as training uses them."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    t = recipe.train
+    spec = recipe.models.student
+    config = training_arguments(recipe, output_dir)  # before the model: see training_arguments
+    tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code)
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                       target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
     trainer_class = SFTTrainer

@@ -1,0 +1,224 @@
+"""The teacher as its own Slurm job: `vllm serve` on the job's nodes, used by the generation tasks, ended after them.
+
+`distill slurm submit` queues the server job first and the generation array with `--dependency=after:SERVER`
+(it starts once the server's job runs). In the server job, `distill slurm serve-teacher`:
+
+1. starts vLLM's OpenAI server on models.teacher with the recipe's engine settings (over a Ray cluster that
+   the job script started when the server spans nodes);
+2. waits until it answers, for at most slurm.teacher_server.ready_timeout_s; a server that does not answer in
+   time, or exits, ends the job with the reason written to RUN/slurm/teacher-server.json;
+3. writes the address there: each generation task (DISTILL_TEACHER_SERVER names the file) waits for it and
+   sends its prompts through the endpoint backend;
+4. stops the server when no task of the generation job is queued or running any more, and ends.
+
+The file carries the server job's id, so a task never reads the address left by an earlier submission.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from distill.errors import StageError, UserError
+from distill.progress import console
+from distill.recipe import EndpointSettings, Recipe
+from distill.run_dir import RunDir, write_json
+
+SERVED_NAME = "teacher"
+SERVER_FILE_VARIABLE = "DISTILL_TEACHER_SERVER"
+STAGE = "teacher_server"
+
+
+def server_file(run: RunDir) -> Path:
+    return run.root / "slurm" / "teacher-server.json"
+
+
+def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
+    """The `vllm serve` command line (as vLLM's OpenAI server module, which every vLLM build ships) for the teacher:
+    the engine settings the in-process engine would use, the job's parallel layout, then the recipe's extra options."""
+    from distill.generate.logprobs import LOGPROBS_MODE
+
+    ts, spec, g = recipe.slurm.teacher_server, recipe.models.teacher, recipe.generate
+    e = spec.engine
+    tensor, pipeline = ts.parallel_sizes()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(teacher_dir),
+           "--served-model-name", SERVED_NAME, "--host", "0.0.0.0", "--port", str(ts.port),
+           "--dtype", spec.dtype, "--max-model-len", str(e.max_model_len), "--seed", str(g.sampling.seed),
+           "--tensor-parallel-size", str(tensor), "--pipeline-parallel-size", str(pipeline),
+           # as the in-process engine: JSON answers without free whitespace (a per-engine setting in vLLM)
+           "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+    if e.enforce_eager:
+        cmd.append("--enforce-eager")
+    if spec.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    if e.quantization:
+        cmd += ["--quantization", e.quantization]
+    if e.max_num_seqs:
+        cmd += ["--max-num-seqs", str(e.max_num_seqs)]
+    if g.logprobs:
+        cmd += ["--max-logprobs", str(max(g.logprobs, 20)), "--logprobs-mode", LOGPROBS_MODE]
+    if ts.gpus_per_node:
+        cmd += ["--gpu-memory-utilization", str(e.gpu_memory_utilization)]
+    if ts.nodes > 1:
+        cmd += ["--distributed-executor-backend", "ray"]
+    return cmd + list(ts.vllm_args)
+
+
+def _server_environment(recipe: Recipe) -> dict:
+    env = dict(os.environ)
+    if not recipe.slurm.teacher_server.gpus_per_node:  # vLLM's CPU build sizes its KV cache from the environment
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(recipe.models.teacher.engine.kv_cache_gb)))))
+    return env
+
+
+def _answers(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _generation_active(run: RunDir) -> bool:
+    """Whether a task of this submission's generation job is still queued or running (True until it is recorded)."""
+    from distill.slurm.status import ACTIVE, job_states, jobs_file
+
+    try:
+        job = json.loads(jobs_file(run).read_text())["stages"]["generate"]["job_id"]
+    except (OSError, ValueError, KeyError):
+        return True  # submit records it right after queuing the server
+    tasks = job_states(str(job))
+    return not tasks or any(t["state"] in ACTIVE for t in tasks)  # no record: the controller has not shown it yet
+
+
+def _wait_for_ray(nodes: int, deadline: float) -> None:
+    """Until the Ray cluster the job script started (RAY_ADDRESS) has a node per job node."""
+    import ray
+
+    while True:
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="ERROR")
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+            ray.shutdown()
+            if alive >= nodes:
+                return
+        except (ConnectionError, RuntimeError):
+            alive = 0
+        if time.time() > deadline:
+            raise StageError(f"the Ray cluster has {alive} of {nodes} nodes after slurm.teacher_server.ready_timeout_s")
+        time.sleep(5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def serve(recipe: Recipe, run: RunDir, poll_s: float = 5.0) -> dict:
+    """Run the teacher's server until generation has ended (the body of the server job); a summary."""
+    from distill.models.context import resolved_model
+
+    ts = recipe.slurm.teacher_server
+    if ts is None:
+        raise UserError("slurm.teacher_server is not set in this recipe: there is no server to start")
+    job_id = os.environ.get("SLURM_JOB_ID", "local")
+    path = server_file(run)
+    started = time.time()
+    deadline = started + ts.ready_timeout_s
+
+    def fail(message: str) -> StageError:
+        write_json(path, {"job_id": job_id, "failed": message})
+        return StageError(message)
+
+    teacher_dir, _ = resolved_model(recipe, "teacher")
+    if ts.nodes > 1:
+        try:
+            _wait_for_ray(ts.nodes, deadline)
+        except StageError as e:
+            raise fail(str(e)) from None
+    # The server's output goes to this job's log; its own process group, so that stopping it stops its workers.
+    proc = subprocess.Popen(serve_command(recipe, teacher_dir), env=_server_environment(recipe), start_new_session=True)
+    previous = {s: signal.signal(s, lambda *_: (_stop(proc), sys.exit(143))) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not _answers(ts.port):
+            if proc.poll() is not None:
+                raise fail(f"teacher server: vLLM exited with code {proc.returncode} before answering (its output is in "
+                           f"the server job's log)")
+            if time.time() > deadline:
+                _stop(proc)
+                raise fail(f"teacher server: not answering within slurm.teacher_server.ready_timeout_s = "
+                           f"{ts.ready_timeout_s:g}s; the job ends (vLLM's output is in its log)")
+            time.sleep(1)
+        url = f"http://{socket.gethostname()}:{ts.port}/v1"
+        ready = round(time.time() - started, 1)
+        write_json(path, {"job_id": job_id, "url": url, "model": SERVED_NAME, "ready_after_s": ready})
+        console(f"[teacher-server] {url} answers after {ready}s; serving until the generation tasks have ended")
+        while _generation_active(run):
+            if proc.poll() is not None:
+                raise fail(f"teacher server: vLLM exited with code {proc.returncode} while serving")
+            time.sleep(poll_s)
+        _stop(proc)
+        served = round(time.time() - started, 1)
+        write_json(path, {"job_id": job_id, "url": url, "model": SERVED_NAME, "ready_after_s": ready,
+                          "stopped": "the generation tasks have ended", "served_s": served})
+        console(f"[teacher-server] the generation tasks have ended: server stopped after {served}s")
+        return {"url": url, "ready_after_s": ready, "served_s": served}
+    finally:
+        _stop(proc)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def recorded_server_job(run: RunDir) -> str | None:
+    from distill.slurm.status import jobs_file
+
+    try:
+        return str(json.loads(jobs_file(run).read_text())["stages"][STAGE]["job_id"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def wait_for_server(recipe: Recipe, run: RunDir, path: Path, poll_s: float = 2.0) -> EndpointSettings:
+    """In a generation task: the endpoint of this submission's teacher server, once it answers. Stops with the
+    server's own reason when it failed, or when its job ended without ever answering."""
+    from distill.slurm.status import ACTIVE, job_states
+
+    ts = recipe.slurm.teacher_server
+    job = recorded_server_job(run)
+    deadline = time.time() + ts.ready_timeout_s + 120  # the server's own limit, counted from its start, comes first
+    announced = False
+    while True:
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info and (job is None or info.get("job_id") == job):
+            if info.get("failed"):
+                raise StageError(f"{info['failed']} ({path})")
+            if info.get("stopped"):
+                raise StageError(f"the teacher server (job {info['job_id']}) has already stopped ({path}): submit again")
+            if info.get("url"):
+                return EndpointSettings(url=info["url"], model=info["model"], concurrency=ts.concurrency,
+                                        chunks_in_flight=4, ready_timeout_s=60)
+        tasks = job_states(job) if job is not None else []
+        if tasks and not any(t["state"] in ACTIVE for t in tasks):
+            raise StageError(f"the teacher server job {job} has ended without answering: see its log in {run.logs / 'slurm'}")
+        if time.time() > deadline:
+            raise StageError(f"no teacher server answered within slurm.teacher_server.ready_timeout_s "
+                             f"({ts.ready_timeout_s:g}s) + 120s: see the server job's log in {run.logs / 'slurm'}")
+        if not announced:
+            console(f"[generate] waiting for the teacher server (job {job}) to answer")
+            announced = True
+        time.sleep(poll_s)
