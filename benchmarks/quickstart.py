@@ -7,8 +7,8 @@ read from that run directory, with none of distill's bookkeeping:
 
 - generate: one vLLM engine, the stage's own prompts and sampling settings;
 - train: TRL's SFTTrainer with the same LoRA settings on the kept rows, rendered as the stage does;
-- evaluate: one vLLM engine with LoRA for base, student and teacher on the stage's own prompts,
-  then reference NLL with a transformers forward pass per model (PEFT for the student).
+- evaluate: one vLLM engine with LoRA for base and student and one for the teacher (in its own dtype) on the
+  stage's own prompts, then reference NLL with a transformers forward pass per item and model (PEFT for the student).
 
     .venv/bin/python benchmarks/quickstart.py       # about 8 minutes on 2 cores
 """
@@ -93,6 +93,8 @@ def plain_train(run_dir: str) -> None:
 
 
 def plain_evaluate(run_dir: str) -> None:
+    import gc
+
     import pyarrow.parquet as pq
     import torch
 
@@ -100,29 +102,36 @@ def plain_evaluate(run_dir: str) -> None:
     from distill.generate.vllm_engine import configure_cpu_environment
     from distill.models.context import resolved_model
 
-    folder, _ = resolved_model(recipe, "student")
-    spec = recipe.models.student
-    configure_cpu_environment(spec)
+    table = pq.read_table(run.stage("evaluate") / "predictions.parquet").to_pylist()
+    configure_cpu_environment(recipe.models.student)
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    table = pq.read_table(run.stage("evaluate") / "predictions.parquet").to_pylist()
-    llm = LLM(model=str(folder), dtype=spec.dtype, max_model_len=spec.engine.max_model_len, enforce_eager=True, seed=0,
-              kv_cache_memory_bytes=int(spec.engine.kv_cache_gb * 1024**3), enable_lora=True,
-              max_lora_rank=recipe.train.lora.r, max_loras=1)
     params = SamplingParams(temperature=0.0, max_tokens=recipe.evaluate.max_tokens, stop=recipe.evaluate.stop or None)
-    for model in ("base", "student", "teacher"):
-        prompts = [r["prompt"] for r in table if r["model"] == model]
-        lora = LoRARequest("student", 1, str(run.adapter)) if model == "student" else None
-        llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+    # base and student on one engine with LoRA; the teacher on an engine in its own dtype
+    for role, models in (("student", ("base", "student")), ("teacher", ("teacher",))):
+        folder, _ = resolved_model(recipe, role)
+        spec = getattr(recipe.models, role)
+        llm = LLM(model=str(folder), dtype=spec.dtype, max_model_len=spec.engine.max_model_len, enforce_eager=True,
+                  seed=0, kv_cache_memory_bytes=int(spec.engine.kv_cache_gb * 1024**3), enable_lora=role == "student",
+                  max_lora_rank=recipe.train.lora.r, max_loras=1)
+        for model in models:
+            prompts = [r["prompt"] for r in table if r["model"] == model]
+            lora = LoRARequest("student", 1, str(run.adapter)) if model == "student" else None
+            llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        del llm
+        gc.collect()
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     nll_sets = {s.name for s in recipe.evaluate.sets if "nll" in s.metrics}
     for model in ("base", "student", "teacher"):
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        role = "teacher" if model == "teacher" else "student"
+        folder, _ = resolved_model(recipe, role)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[getattr(recipe.models, role).dtype]
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         if model == "student":
             lm = PeftModel.from_pretrained(lm, str(run.adapter)).eval()
         for r in (r for r in table if r["model"] == model and r["set"] in nll_sets):

@@ -205,7 +205,7 @@ class Scorer:
     def _forward_model(self, cand: Candidate):
         """The candidate as a transformers model (base weights plus its LoRA adapter) on the device this
         machine has, kept for its sets."""
-        key = (str(cand.model_dir), str(cand.adapter))
+        key = (str(cand.model_dir), str(cand.adapter), cand.spec.dtype)
         if self._hf_key != key:
             import torch
             from transformers import AutoModelForCausalLM
@@ -293,20 +293,23 @@ class Scorer:
 
 def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str, tuple[EvalSet, list[dict]]],
                      seed_pool: list[dict], cache: EvalCache | None = None, teacher_targets: dict | None = None) -> list[dict]:
-    """Every candidate on every set; one engine per model folder, candidates in the order given. With a cache,
-    results found there are not scored again, and a folder whose every answer is cached starts no engine.
+    """Every candidate on every set; one engine per model folder and engine settings, candidates in the order given.
+    With a cache, results found there are not scored again, and a folder whose every answer is cached starts no engine.
     `teacher_targets`, when given, is filled with the teacher's answer tokens and top K per set (for fidelity)."""
     from distill.generate.vllm_engine import VLLMEngine
 
     names, set_names = [c.name for c in candidates], list(sets)
 
-    groups: dict[Path, list[Candidate]] = defaultdict(list)
+    # One engine per model folder and engine settings: a teacher that shares the student's weights but runs in
+    # another dtype (or with other engine settings) gets an engine of its own, as its results' cache key says.
+    groups: dict[tuple[Path, str], list[Candidate]] = defaultdict(list)
     for cand in candidates:
-        groups[Path(cand.model_dir).resolve()].append(cand)
+        groups[(Path(cand.model_dir).resolve(), cand.spec.model_dump_json(include={"dtype", "engine", "revision",
+                                                                                   "trust_remote_code"}))].append(cand)
     scorer = Scorer(recipe)
     by_name: dict[str, list[dict]] = {}
     bar = progress(len(candidates), "evaluate", unit="model")
-    for folder, group in groups.items():
+    for (folder, _), group in groups.items():
         prompter = Prompter(folder, group[0].spec)
         engine = None
         if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
