@@ -481,6 +481,9 @@ def test_a_teacher_server_job_serves_every_generation_task_and_ends_after_them(s
     assert {r["provenance"]["backend"]["served_model"] for r in rows} == {"teacher"}
     assert {r["provenance"]["shard"] for r in rows} == {"0/2", "1/2"}
     assert len({r["id"] for r in rows}) == len(rows)
+    shown = distill(env, "slurm", "status", run)  # the server has its own line, first
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[2].split()[:3] == ["teacher_server", jobs["teacher_server"], "COMPLETED"]
 
 
 def test_a_teacher_server_that_is_not_ready_in_time_ends_its_job_and_generation_with_its_reason(
