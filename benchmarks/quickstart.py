@@ -38,8 +38,12 @@ def timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - started
 
 
+sys.path.insert(0, str(ROOT))
+from distill.models.dtype import model_dtype, torch_dtype  # noqa: E402  (this checkout's distill)
+from distill.models.hardware import this_machine  # noqa: E402
+
+
 def _recipe_and_run(run_dir: str):
-    sys.path.insert(0, str(ROOT))
     from distill.recipe import load_recipe
     from distill.run_dir import RunDir
 
@@ -59,7 +63,8 @@ def plain_generate(run_dir: str) -> None:
     from vllm import LLM, SamplingParams
 
     prompts = pq.read_table(run.generated, columns=["prompt"]).column("prompt").to_pylist()
-    llm = LLM(model=str(folder), dtype=spec.dtype, max_model_len=spec.engine.max_model_len, enforce_eager=True,
+    # vLLM's own defaults beside the dtype distill chose for this machine (prefix caching on, vLLM's block size)
+    llm = LLM(model=str(folder), dtype=model_dtype(spec, "teacher", folder).dtype, max_model_len=spec.engine.max_model_len, enforce_eager=True,
               seed=s.seed, kv_cache_memory_bytes=int(spec.engine.kv_cache_gb * 1024**3))
     params = [SamplingParams(temperature=s.temperature, max_tokens=s.max_tokens, stop=s.stop or None, seed=s.seed + i)
               for i in range(len(prompts))]
@@ -112,7 +117,7 @@ def plain_evaluate(run_dir: str) -> None:
     for role, models in (("student", ("base", "student")), ("teacher", ("teacher",))):
         folder, _ = resolved_model(recipe, role)
         spec = getattr(recipe.models, role)
-        llm = LLM(model=str(folder), dtype=spec.dtype, max_model_len=spec.engine.max_model_len, enforce_eager=True,
+        llm = LLM(model=str(folder), dtype=model_dtype(spec, role, folder).dtype, max_model_len=spec.engine.max_model_len, enforce_eager=True,
                   seed=0, kv_cache_memory_bytes=int(spec.engine.kv_cache_gb * 1024**3), enable_lora=role == "student",
                   max_lora_rank=recipe.train.lora.r, max_loras=1)
         for model in models:
@@ -130,7 +135,7 @@ def plain_evaluate(run_dir: str) -> None:
         role = "teacher" if model == "teacher" else "student"
         folder, _ = resolved_model(recipe, role)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[getattr(recipe.models, role).dtype]
+        dtype = torch_dtype(model_dtype(getattr(recipe.models, role), role, folder).dtype)
         lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         if model == "student":
             lm = PeftModel.from_pretrained(lm, str(run.adapter)).eval()
@@ -153,6 +158,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.part:
         return PARTS[args.part[0]](args.part[1])
+    machine = this_machine()
+    print(f"machine: {machine.cpu}, {machine.cores} cores; CPU features: {machine.cpu_summary()}; "
+          f"GPUs: {', '.join(g.name for g in machine.gpus) or 'none'}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     distill = [sys.executable, "-m", "distill.cli"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +174,8 @@ def main() -> None:
             print(f"{stage:<9} distill {seconds:6.1f} s" + (f"   {PLAIN[stage]} {plain:6.1f} s" if plain else ""), flush=True)
         report = json.loads((Path(run_dir) / "evaluate" / "report.json").read_text())
     plural = report["sets"]["plural"]["models"]
-    print(f"\nstudent {plural['student']['score']:.3f}, teacher {plural['teacher']['score']:.3f} on the held-out plurals\n")
+    print(f"\nmachine: {machine.cpu}, {machine.cores} cores; CPU features: {machine.cpu_summary()}")
+    print(f"student {plural['student']['score']:.3f}, teacher {plural['teacher']['score']:.3f} on the held-out plurals\n")
     print("| stage | distill (s) | plain script | plain (s) | distill / plain |\n|---|---:|---|---:|---:|")
     for stage, seconds, plain in rows:
         print(f"| {stage} | {seconds:.1f} | {PLAIN.get(stage, '-')} | " + (f"{plain:.1f} | {seconds / plain:.2f}x |" if plain else "- | - |"))

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe and print it resolved, without running anything")
     _add_recipe_args(p)
 
+    p = sub.add_parser("doctor", help="what this machine has, the dtype each model will run in, and a recipe's checks "
+                       "that would otherwise fail late (prompt lengths, KD vocabularies, log-probabilities, prefix "
+                       "caching, the Slurm profile against the cluster); exit 2 with any finding")
+    p.add_argument("recipe", nargs="?", help="recipe YAML file, or a run directory (without it: the machine only)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override single recipe fields")
+    p.add_argument("--profile", help="cluster profile to check against `sinfo` (default: the recipe's slurm.profile)")
+    p.set_defaults(overrides_anywhere=True, run_dir=None)
+
     p = sub.add_parser("tiny-model", help="build a tiny random-init model and tokenizer (for tests and demos)")
     p.add_argument("out", help="output folder")
     p.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2")
@@ -164,6 +172,26 @@ def _slurm(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    from distill.doctor import checkup, machine_lines
+    from distill.models.hardware import this_machine
+
+    for line in machine_lines(this_machine()):
+        print(line)
+    if args.recipe is None:
+        return 0
+    print(f"recipe: {args.recipe}")
+    try:
+        recipe, _ = _load(args)
+    except UserError as e:
+        print(f"  PROBLEM  {e}\n1 finding")
+        return 2
+    found = checkup(recipe, args.profile)
+    print("\n".join(found.lines))
+    print(f"{len(found.findings)} finding(s)" if found.findings else "all well")
+    return 2 if found.findings else 0
+
+
 def _export(args) -> int:
     from distill.export import run_export
 
@@ -238,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "doctor":
+            return _doctor(args)
         recipe, run = _load(args)
         if args.command in STAGE_HELP and _quiet_stage_command(args):
             i, n = getattr(args, "shard", (0, 1))
@@ -269,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             for line in checked:
                 print(f"checked {line}", file=sys.stderr)
             for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
+                print(f"warning: {warning}", file=sys.stderr)
+            from distill.models.dtype import dtype_lines, machine_line
+
+            print(machine_line(recipe), file=sys.stderr)
+            for warning in dtype_lines(recipe)[1]:
                 print(f"warning: {warning}", file=sys.stderr)
             return 0
         from distill import pipeline

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill.errors import UserError
+from distill.models.dtype import model_dtype, stored_dtype
 from distill.run_dir import RunDir, hash_file, write_json, write_text
 
 EXPORT_RECORD = "export.json"  # marks a folder this command wrote, so that exporting again may replace it
@@ -95,9 +96,7 @@ def locate(target: str | Path) -> Source:
 
 def base_dtype(folder: Path) -> str:
     """The dtype the base's weights are stored in (config.json), so the merged folder is the size of its base."""
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return str(dtype).replace("torch.", "")
+    return stored_dtype(folder) or "float32"
 
 
 def serve_command(src: Source, out: Path, merged: bool, name: str) -> str:
@@ -113,7 +112,8 @@ def serve_command(src: Source, out: Path, merged: bool, name: str) -> str:
     if hub and spec.revision:
         parts += ["--revision", shlex.quote(spec.revision)]
     if spec is not None:
-        parts += ["--dtype", spec.dtype] + (["--trust-remote-code"] if spec.trust_remote_code else [])
+        dtype = model_dtype(spec, "student", src.base_dir).dtype  # as evaluated here: `dtype: auto` resolved on this machine
+        parts += ["--dtype", dtype] + (["--trust-remote-code"] if spec.trust_remote_code else [])
     # vLLM takes only some ranks as --max-lora-rank; any adapter up to it is served.
     max_rank = next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
     parts += ["--enable-lora", "--max-lora-rank", str(max_rank), "--lora-modules", shlex.quote(f"{name}={out}")]

@@ -25,6 +25,7 @@ import yaml
 
 from distill.errors import StageError, UserError
 from distill.models.context import model_fingerprint, resolved_model
+from distill.models.dtype import dtype_lines, machine_line
 from distill.models.identity import folder_hash
 from distill.progress import CONSOLE_COLUMNS_ENV, CONSOLE_FD_ENV, console, print_summary
 from distill.recipe import Recipe
@@ -268,6 +269,9 @@ def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stage
     from distill.provenance.lineage import enforce_chaining_policy
 
     for warning in enforce_chaining_policy(recipe):  # raises instead when the recipe forbids chaining
+        print(f"warning: {warning}", flush=True)
+    print(f"[run] {machine_line(recipe)}", flush=True)
+    for warning in dtype_lines(recipe)[1]:
         print(f"warning: {warning}", flush=True)
     recipe_file = save_resolved_recipe(recipe, run)
     started = time.time()

@@ -36,8 +36,8 @@ TINY_RECIPE = """\
 name: tiny
 seed: 0
 models:
-  teacher: {{path: {model}}}
-  student: {{path: {model}}}
+  teacher: {{path: {model}, dtype: float32}}  # pinned: the tiny model's figures compare across machines
+  student: {{path: {model}, dtype: float32}}
 data:
   path: {data}
   slice_field: comment

@@ -22,7 +22,7 @@ def test_a_data_row_missing_a_field_names_its_file_and_line(tmp_path, tiny_model
 
 def test_unknown_model_folder_fails_before_any_work(tmp_path, tiny_model):
     recipe = write_recipe(tmp_path, tiny_model)
-    recipe.write_text(recipe.read_text().replace(f"teacher: {{path: {tiny_model}}}", "teacher: {path: missing-model}"))
+    recipe.write_text(recipe.read_text().replace(f"teacher: {{path: {tiny_model}, dtype: float32}}", "teacher: {path: missing-model}"))
     result = run_cli("run", recipe, cwd=tmp_path)
     assert_user_error(result, "models.teacher.path: folder does not exist")
     assert not (tmp_path / "runs").exists()

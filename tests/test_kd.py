@@ -35,7 +35,7 @@ def captured(tmp_path_factory, tiny_model):
     model.model.norm.weight.data *= 40  # logits 40 times larger: a peaked distribution at every position
     model.save_pretrained(teacher)
     recipe = write_recipe(folder, tiny_model)
-    recipe.write_text(recipe.read_text().replace(f"teacher: {{path: {tiny_model}}}", f"teacher: {{path: {teacher}}}"))
+    recipe.write_text(recipe.read_text().replace(f"teacher: {{path: {tiny_model}, dtype: float32}}", f"teacher: {{path: {teacher}, dtype: float32}}"))
     run = folder / "base"
     for stage in ("generate", "filter"):
         proc = run_cli(stage, recipe, *KD, "--run-dir", run)
@@ -208,7 +208,7 @@ def test_a_student_with_another_vocabulary_is_refused_before_any_work(tmp_path, 
 
     other = build_tiny_model(tmp_path / "other", "qwen2", vocab_size=600)
     recipe = write_recipe(tmp_path, tiny_model)
-    recipe.write_text(recipe.read_text().replace(f"student: {{path: {tiny_model}}}", f"student: {{path: {other}}}"))
+    recipe.write_text(recipe.read_text().replace(f"student: {{path: {tiny_model}, dtype: float32}}", f"student: {{path: {other}}}"))
     proc = run_cli("generate", recipe, *KD, "train.objective=sft+kd", "--run-dir", tmp_path / "run")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "share a vocabulary" in proc.stderr and str(tiny_model) in proc.stderr and str(other) in proc.stderr

@@ -56,14 +56,14 @@ def test_missing_data_file(tiny_recipe):
 
 
 def test_missing_model_folder(tiny_recipe, tiny_model):
-    text = tiny_recipe.read_text().replace(f"student: {{path: {tiny_model}}}", "student: {path: ./no/such/model}")
+    text = tiny_recipe.read_text().replace(f"student: {{path: {tiny_model}, dtype: float32}}", "student: {path: ./no/such/model}")
     tiny_recipe.write_text(text)
     msg = error_of(tiny_recipe)
     assert "models.student.path: folder does not exist" in msg
 
 
 def test_model_needs_exactly_one_source(tiny_recipe, tiny_model):
-    edited(tiny_recipe, f"student: {{path: {tiny_model}}}", f"student: {{path: {tiny_model}, hub: org/model}}")
+    edited(tiny_recipe, f"student: {{path: {tiny_model}, dtype: float32}}", f"student: {{path: {tiny_model}, hub: org/model}}")
     assert "models.student: give exactly one of path, hub, packaged (got path, hub)" in error_of(tiny_recipe)
 
 

@@ -77,7 +77,7 @@ def test_reference_nll_is_the_same_whatever_the_batching(scoring, monkeypatch, b
 
 
 def test_reference_nll_from_the_engine_equals_the_forward_pass(finished_run):
-    """An engine without adapters gives the NLL from its prompt log-probabilities; an engine serving adapters
+    """An engine without adapters or prefix caching gives the NLL from its prompt log-probabilities; an engine serving adapters
     (whose batched prompt log-probabilities this vLLM build cannot give) leaves it to the forward pass. The figures
     are the same either way, and the adapter counts."""
     from distill.evaluate.candidates import Candidate, adapter_rank
@@ -96,8 +96,9 @@ def test_reference_nll_from_the_engine_equals_the_forward_pass(finished_run):
     base = Candidate(name="base", model_dir=model_dir, spec=spec)
     student = Candidate(name="student", model_dir=model_dir, spec=spec, adapter=run.adapter)
     read = {}
+    no_prefix_cache = spec.model_copy(update={"engine": spec.engine.model_copy(update={"prefix_caching": False})})
     for lora, cand in ((None, base), (adapter_rank(run.adapter), student)):
-        engine = VLLMEngine(model_dir, spec, max_lora_rank=lora)
+        engine = VLLMEngine(model_dir, no_prefix_cache, max_lora_rank=lora)
         try:
             scorer = Scorer(recipe)
             scorer._generate(engine, cand, plural, prompts)  # evaluate answers before it reads NLL

@@ -498,3 +498,20 @@ def test_a_teacher_server_that_is_not_ready_in_time_ends_its_job_and_generation_
     for task in logs.glob(f"distill-tiny-generate-{jobs['generate']}_*.out"):  # each task stops with the server's reason
         assert reason in read_log(task), read_log(task)[-3000:]
     assert not (run / "generate" / "chunks").is_dir() or not any((run / "generate" / "chunks").glob("chunk-*.parquet"))
+
+
+def test_doctor_holds_a_cluster_profile_against_what_sinfo_reports(slurm_env, tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model)
+    right = tmp_path / "test-node.yaml"
+    right.write_text(PROFILE)
+    proc = distill(slurm_env, "doctor", recipe, "--profile", right)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok       slurm profile 'test-node': partition 'debug': 1 node(s), 2 CPUs, 2 GPUs" in proc.stdout
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(PROFILE.replace("gpus_per_node: 2", "gpus_per_node: 8")
+                     + "  - {name: gpu, cpus_per_node: 2, mem_gb: 16}\n")
+    proc = distill(slurm_env, "doctor", recipe, "--profile", wrong)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "partition 'debug' promises more than the cluster has: gpus_per_node 8 (the cluster's nodes have 2)" in proc.stdout
+    assert "partition 'gpu' is not on this cluster (sinfo lists debug)" in proc.stdout

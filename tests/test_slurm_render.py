@@ -344,7 +344,7 @@ def test_the_server_command_carries_the_teachers_engine_settings_and_the_jobs_la
     recipe = load_recipe(write_recipe(tmp_path, tiny_model, TINY_RECIPE + GPU_SECTION + SERVER_SECTION))
     cmd = serve_command(recipe, tiny_model)
     flags = dict(zip(cmd, cmd[1:]))
-    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and flags["--model"] == str(tiny_model)
+    assert cmd[1:3] == ["-m", "distill.slurm.vllm_server"] and flags["--model"] == str(tiny_model)
     assert flags["--tensor-parallel-size"] == "8" and flags["--pipeline-parallel-size"] == "2"  # 16 GPUs in all
     assert flags["--distributed-executor-backend"] == "ray" and flags["--served-model-name"] == "teacher"
     assert flags["--dtype"] == "float32" and flags["--max-model-len"] == "1024" and "--enforce-eager" in cmd

@@ -97,7 +97,8 @@ def model_key(cand: Candidate) -> dict:
     its adapter's files by content. Any model folder, not only the recipe's roles (compare scores others)."""
     from distill.models.context import spec_fingerprint
 
-    return {**spec_fingerprint(cand.spec, _folder_identity(Path(cand.model_dir).resolve())),
+    folder = Path(cand.model_dir).resolve()
+    return {**spec_fingerprint(cand.spec, _folder_identity(folder), cand.role, folder),
             "adapter": hash_tree(cand.adapter) if cand.adapter is not None else None}
 
 

@@ -21,6 +21,7 @@ from distill.evaluate.cache import EvalCache, library_versions, metric_code, mod
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.evaluate.fidelity import fidelity_k, teacher_target
 from distill.generate.prompts import PromptTemplate
+from distill.models.dtype import model_dtype, torch_dtype
 from distill.generate.stage import teacher_prompts
 from distill.progress import console, progress
 from distill.recipe import EvalSet, ModelSpec, Recipe
@@ -142,7 +143,8 @@ class Scorer:
         when the engine is up for this model anyway and serves no adapters (no second copy of the weights; the same
         figures for any batch size on this build), else from a transformers forward pass (PEFT for adapters). With
         LoRA enabled, vLLM 0.32's CPU logits path fails on batched prompt log-probabilities once the engine has
-        generated, and one prompt per call is slower than the forward pass. Both read the same token ids; which
+        generated, and one prompt per call is slower than the forward pass; with prefix caching on, vLLM can return
+        stale prompt log-probabilities (vllm#42019). Both read the same token ids; which
         one ran, and how long it took, is kept in `nll_sources`."""
         tok = prompter.tokenizer
         sequences, starts = [], []
@@ -157,7 +159,7 @@ class Scorer:
             sequences.append(full)
             starts.append(max(start, 1))  # the first token of a sequence has no log-probability
         t0 = time.time()
-        if engine is not None and not engine.lora_enabled:
+        if engine is not None and not engine.lora_enabled and not engine.prefix_caching:
             result, source = self._engine_logprobs(engine, cand, sequences, starts), "vLLM prompt log-probabilities"
         else:
             result, source = self._forward_logprobs(tok, cand, sequences, starts), "transformers forward pass"
@@ -205,16 +207,15 @@ class Scorer:
     def _forward_model(self, cand: Candidate):
         """The candidate as a transformers model (base weights plus its LoRA adapter) on the device this
         machine has, kept for its sets."""
-        key = (str(cand.model_dir), str(cand.adapter), cand.spec.dtype)
+        dtype = model_dtype(cand.spec, cand.role, cand.model_dir).dtype
+        key = (str(cand.model_dir), str(cand.adapter), dtype)
         if self._hf_key != key:
-            import torch
             from transformers import AutoModelForCausalLM
 
             from distill.models.device import torch_device
 
             self._hf_key, self._hf_model = None, None  # the previous model's memory is freed before the next loads
-            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cand.spec.dtype, "auto")
-            model = AutoModelForCausalLM.from_pretrained(cand.model_dir, dtype=dtype, trust_remote_code=cand.spec.trust_remote_code,
+            model = AutoModelForCausalLM.from_pretrained(cand.model_dir, dtype=torch_dtype(dtype), trust_remote_code=cand.spec.trust_remote_code,
                                                          device_map=torch_device())
             if cand.adapter is not None:
                 from peft import PeftModel
@@ -302,21 +303,22 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
 
     # One engine per model folder and engine settings: a teacher that shares the student's weights but runs in
     # another dtype (or with other engine settings) gets an engine of its own, as its results' cache key says.
-    groups: dict[tuple[Path, str], list[Candidate]] = defaultdict(list)
+    groups: dict[tuple[Path, str, str], list[Candidate]] = defaultdict(list)
     for cand in candidates:
-        groups[(Path(cand.model_dir).resolve(), cand.spec.model_dump_json(include={"dtype", "engine", "revision",
-                                                                                   "trust_remote_code"}))].append(cand)
+        folder = Path(cand.model_dir).resolve()
+        settings = cand.spec.model_dump_json(include={"engine", "revision", "trust_remote_code"})
+        groups[(folder, model_dtype(cand.spec, cand.role, folder).dtype, settings)].append(cand)
     scorer = Scorer(recipe)
     by_name: dict[str, list[dict]] = {}
     bar = progress(len(candidates), "evaluate", unit="model")
-    for (folder, _), group in groups.items():
+    for (folder, _, _), group in groups.items():
         prompter = Prompter(folder, group[0].spec)
         engine = None
         if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
             ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None]
             capture = max((scorer._capture_k(c) or 0 for c in group), default=0) or None
             engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None,
-                                max_logprobs=capture)
+                                max_logprobs=capture, role=group[0].role)
         try:
             for cand in group:
                 by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool, cache, prompter)

@@ -149,7 +149,7 @@ class Judge(Filter):
         if self.engine is None:
             from distill.generate.vllm_engine import VLLMEngine
 
-            self.engine, self.owns_engine = VLLMEngine(self.folder, self.spec, seed=self.cfg.seed), True
+            self.engine, self.owns_engine = VLLMEngine(self.folder, self.spec, seed=self.cfg.seed, role=self.cfg.model), True
         return self.engine
 
     def prompts(self, batch: dict[str, list]) -> list[str]:

@@ -56,6 +56,14 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
 
 def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     """Split the real data into held-out items and seeds; write both to the run directory."""
+    heldout_rows, seed_rows = split_data(recipe)
+    _write_jsonl(run.heldout, heldout_rows)
+    _write_jsonl(run.seeds, seed_rows)
+    return heldout_rows, seed_rows
+
+
+def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
+    """(held-out items, seeds) of the real data, as the recipe splits it."""
     from distill.evaluate.sets import require_heldout_references
 
     d = recipe.data
@@ -90,10 +98,7 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     held_inputs = {r[C.INPUT] for r in heldout_rows}
     # The same input may appear twice in real data: a seed must never equal a held-out item.
     seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
-    seed_rows = sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)
-    _write_jsonl(run.heldout, heldout_rows)
-    _write_jsonl(run.seeds, seed_rows)
-    return heldout_rows, seed_rows
+    return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)
 
 
 def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict], pool: list[dict], render_chat=None) -> list[str]:
@@ -135,7 +140,8 @@ def open_teacher(recipe: Recipe, run: RunDir, teacher_dir: Path):
         return OpenAIEndpoint(teacher_dir, g.endpoint)
     from distill.generate.vllm_engine import VLLMEngine
 
-    return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed, max_logprobs=g.logprobs)
+    return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed, max_logprobs=g.logprobs,
+                      role="teacher", reads_prompt_logprobs=g.mode == "score")
 
 
 def _shard_lock(run: RunDir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from distill.models.dtype import model_dtype
 from distill.models.identity import CONTENT_KEYS, model_identity
 from distill.models.resolve import resolve_model
 from distill.recipe import ModelSpec, Recipe
@@ -34,7 +35,7 @@ def resolved_model(recipe: Recipe, role: str) -> tuple[Path, dict]:
 # results in the last bits (vLLM promises no batch invariance), as re-running on another machine can, so they
 # never redo a stage. max_model_len (a longer prompt is refused or cut) and quantization (other weights) count.
 SCHEDULING_ENGINE_SETTINGS = frozenset({"gpu_memory_utilization", "kv_cache_gb", "max_num_seqs", "enforce_eager",
-                                        "tensor_parallel_size"})
+                                        "tensor_parallel_size", "prefix_caching", "block_size"})
 MODEL_LOCATION = frozenset({"path", "hub", "packaged"})  # where a model is found; its files are hashed instead
 
 
@@ -42,12 +43,14 @@ def model_fingerprint(recipe: Recipe, role: str) -> dict:
     """What the model playing `role` computes: its files by content (weights, config.json, generation_config.json,
     tokenizer and chat template, shipped code) and the settings it runs with (dtype, revision, trust_remote_code,
     engine settings that change outputs). Not where it lives: the same files in another folder are the same model."""
-    _, identity = resolved_model(recipe, role)
-    return spec_fingerprint(getattr(recipe.models, role), identity)
+    folder, identity = resolved_model(recipe, role)
+    return spec_fingerprint(getattr(recipe.models, role), identity, role, folder)
 
 
-def spec_fingerprint(spec: ModelSpec, identity: dict) -> dict:
-    """model_fingerprint for any model folder (its `model_identity`) run with `spec`'s settings."""
+def spec_fingerprint(spec: ModelSpec, identity: dict, role: str, folder: Path) -> dict:
+    """model_fingerprint for any model folder (its `model_identity`) run with `spec`'s settings as `role`. The dtype
+    counts as resolved on this machine (`dtype: auto` is bf16 on one machine, float32 on another)."""
     settings = spec.model_dump(mode="json", exclude=set(MODEL_LOCATION | {"engine"}))
+    settings["dtype"] = model_dtype(spec, role, folder).dtype
     settings["engine"] = spec.engine.model_dump(mode="json", exclude=set(SCHEDULING_ENGINE_SETTINGS))
     return {**settings, **{key: identity.get(key) for key in CONTENT_KEYS}}

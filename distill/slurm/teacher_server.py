@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from distill.errors import StageError, UserError
+from distill.models.dtype import model_dtype
 from distill.progress import console
 from distill.recipe import EndpointSettings, Recipe
 from distill.run_dir import RunDir, write_json
@@ -40,21 +41,30 @@ def server_file(run: RunDir) -> Path:
 
 
 def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
-    """The `vllm serve` command line (as vLLM's OpenAI server module, which every vLLM build ships) for the teacher:
+    """The `vllm serve` command line (vLLM's OpenAI server module, which every vLLM build ships, started by
+    distill.slurm.vllm_server so that its CPU engine may use AMX) for the teacher:
     the engine settings the in-process engine would use, the job's parallel layout, then the recipe's extra options."""
     from distill.generate.logprobs import LOGPROBS_MODE
 
     ts, spec, g = recipe.slurm.teacher_server, recipe.models.teacher, recipe.generate
     e = spec.engine
     tensor, pipeline = ts.parallel_sizes()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(teacher_dir),
+    cmd = [sys.executable, "-m", "distill.slurm.vllm_server", "--model", str(teacher_dir),
            "--served-model-name", SERVED_NAME, "--host", "0.0.0.0", "--port", str(ts.port),
-           "--dtype", spec.dtype, "--max-model-len", str(e.max_model_len), "--seed", str(g.sampling.seed),
+           "--dtype", model_dtype(spec, "teacher", teacher_dir).dtype, "--max-model-len", str(e.max_model_len),
+           "--seed", str(g.sampling.seed),
            "--tensor-parallel-size", str(tensor), "--pipeline-parallel-size", str(pipeline),
            # as the in-process engine: JSON answers without free whitespace (a per-engine setting in vLLM)
            "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
     if e.enforce_eager:
         cmd.append("--enforce-eager")
+    if e.prefix_caching is False:
+        cmd.append("--no-enable-prefix-caching")
+    else:  # generation only: the server is never asked for prompt log-probabilities (mode: score is refused)
+        from distill.generate.vllm_engine import CPU_PREFIX_BLOCK, _on_gpu
+
+        block = e.block_size or (None if _on_gpu() else CPU_PREFIX_BLOCK)
+        cmd += ["--enable-prefix-caching"] + (["--block-size", str(block)] if block else [])
     if spec.trust_remote_code:
         cmd.append("--trust-remote-code")
     if e.quantization:

