@@ -68,8 +68,8 @@ def choose_dtype(requested: str, machine: Machine, *, trained: bool = False, sto
     if machine.cpu_bf16:
         units = " and ".join(u.upper().replace("_", "-") for u in ("amx_bf16", "avx512_bf16") if u in machine.features)
         return DtypeChoice("bfloat16", requested, f"this CPU computes bf16 natively ({units})")
-    return DtypeChoice("float32", requested, f"this CPU has no AMX or AVX512-BF16 ({machine.cpu_summary()}): "
-                                             "bf16 would be emulated, many times slower")
+    return DtypeChoice("float32", requested, "this CPU has no AMX or AVX512-BF16: bf16 would be emulated, many "
+                                             "times slower")
 
 
 def model_dtype(spec: ModelSpec, role: str, folder: str | Path | None = None,

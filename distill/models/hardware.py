@@ -1,9 +1,11 @@
 """What this machine computes fast: the CPU's vector and matrix units, the GPUs, memory.
 
 Read once per process. A CPU's features are its `lscpu` flags, less those that a cap set in the environment hides
-from the libraries that do the arithmetic: `ATEN_CPU_CAPABILITY` (torch's kernels) and `ONEDNN_MAX_CPU_ISA`
-(oneDNN's, under torch and vLLM's CPU backend). Setting them emulates an older CPU, for example an AVX2-only
-laptop on a machine with AMX, and distill then chooses as it would there.
+from the libraries that do the arithmetic: `ATEN_CPU_CAPABILITY` (torch's kernels), `ONEDNN_MAX_CPU_ISA` (oneDNN's,
+under torch and vLLM's CPU backend) and `MKL_ENABLE_INSTRUCTIONS` (MKL's BLAS). Setting all three emulates an
+older CPU, for example an AVX2-only laptop on a machine with AMX, and distill then chooses as it would there. The
+emulation is partial: vLLM's own CPU kernels still use what the CPU has, so an emulated run is faster than a real
+one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _ONEDNN_CAPS = {
 }
 # ATEN_CPU_CAPABILITY: the vector width torch's own kernels may use.
 _ATEN_CAPS = {"default": _AVX512_AND_UP + ("avx2",), "avx2": _AVX512_AND_UP}
+# MKL_ENABLE_INSTRUCTIONS: the ISA MKL's BLAS (torch's float32 matrix products on x86) may use.
+_MKL_CAPS = {"sse4_2": _AVX512_AND_UP + ("avx",), "avx": _AVX512_AND_UP + ("avx2",), "avx2": _AVX512_AND_UP,
+             "avx512": ("avx512_bf16", "avx512_fp16", "amx"), "avx512_e1": ("avx512_bf16", "avx512_fp16", "amx")}
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class Machine:
 def hidden_by_caps(flags: frozenset[str], env: dict[str, str]) -> tuple[tuple[str, ...], frozenset[str]]:
     """(the caps in force, the flags they hide) for environment `env`."""
     caps, prefixes = [], set()
-    for var, table in (("ONEDNN_MAX_CPU_ISA", _ONEDNN_CAPS), ("ATEN_CPU_CAPABILITY", _ATEN_CAPS)):
+    for var, table in (("ONEDNN_MAX_CPU_ISA", _ONEDNN_CAPS), ("ATEN_CPU_CAPABILITY", _ATEN_CAPS),
+                       ("MKL_ENABLE_INSTRUCTIONS", _MKL_CAPS)):
         value = env.get(var, "").strip()
         if value.lower() in table:
             caps.append(f"{var}={value}")
