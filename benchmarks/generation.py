@@ -38,9 +38,10 @@ def load(recipe_path: str, overrides: list[str], n_prompts: int):
 
 def build_prompts(recipe, run) -> list[str]:
     """The prompts the generate stage itself sends (few-shot drawn from the seeds, as in a run)."""
-    from distill.generate.prompts import PromptTemplate
-    from distill.generate.stage import prepare_data, teacher_prompts
+    from distill.generate.stage import prepare_data
     from distill.generate.work import work_items
+    from distill.prompts.teacher import teacher_prompts
+    from distill.prompts.template import PromptTemplate
 
     _, seeds = prepare_data(recipe, run)
     template = PromptTemplate(recipe.generate.template, "generate.template")
@@ -64,8 +65,8 @@ def bench_vllm(recipe, prompts: list[str], repeats: int) -> dict:
     from vllm import LLM, SamplingParams
 
     from distill.generate.stage import run_generate
-    from distill.generate.vllm_engine import VLLMEngine
     from distill.models.context import resolved_model
+    from distill.models.vllm_engine import VLLMEngine
     from distill.run_dir import RunDir
 
     folder, _ = resolved_model(recipe, "teacher")
@@ -165,7 +166,7 @@ def main() -> None:
             table[f"HF generate, batch {args.batch_size}, {threads} thread(s)"] = (got["seconds"], got["tokens"])
 
     base_s, base_tok = table["plain vLLM"]
-    print(f"\n| contender | seconds | generated tokens | tokens/s | prompts/s | time vs plain vLLM |")
+    print("\n| contender | seconds | generated tokens | tokens/s | prompts/s | time vs plain vLLM |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, (seconds, tokens) in table.items():
         print(f"| {name} | {seconds:.2f} | {tokens} | {tokens / seconds:.1f} | {len(prompts) / seconds:.1f} | "

@@ -126,9 +126,9 @@ def bench_fidelity(recipe, model: Path, devices: list[str]) -> dict:
 
     import torch
 
+    from distill.evaluate.candidates import Candidate
     from distill.evaluate.fidelity import item_fidelity
     from distill.evaluate.scoring import Scorer
-    from distill.evaluate.candidates import Candidate
 
     rng = random.Random(0)
     cand = Candidate(name="student", role="student", model_dir=model, spec=recipe.models.student)

@@ -54,8 +54,8 @@ def plain_generate(run_dir: str) -> None:
     import pyarrow.parquet as pq
 
     recipe, run = _recipe_and_run(run_dir)
-    from distill.generate.vllm_engine import configure_cpu_environment
     from distill.models.context import resolved_model
+    from distill.models.vllm_engine import configure_cpu_environment
 
     folder, _ = resolved_model(recipe, "teacher")
     spec, s = recipe.models.teacher, recipe.generate.sampling
@@ -104,8 +104,8 @@ def plain_evaluate(run_dir: str) -> None:
     import torch
 
     recipe, run = _recipe_and_run(run_dir)
-    from distill.generate.vllm_engine import configure_cpu_environment
     from distill.models.context import resolved_model
+    from distill.models.vllm_engine import configure_cpu_environment
 
     table = pq.read_table(run.stage("evaluate") / "predictions.parquet").to_pylist()
     configure_cpu_environment(recipe.models.student)

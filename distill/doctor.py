@@ -95,9 +95,10 @@ def _tokenizer(recipe: Recipe, role: str):
 
 def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     """Every teacher prompt of the generation pass, with its answer, must fit models.teacher.engine.max_model_len."""
-    from distill.generate.prompts import PromptTemplate
-    from distill.generate.stage import split_data, teacher_prompts
+    from distill.generate.stage import split_data
     from distill.generate.work import work_items
+    from distill.prompts.teacher import teacher_prompts
+    from distill.prompts.template import PromptTemplate
 
     g = recipe.generate
     tok = _tokenizer(recipe, "teacher")
@@ -141,7 +142,7 @@ def check_vocabularies(recipe: Recipe, c: Checkup) -> None:
     """KD reads the teacher's token ids as the student's: the vocabularies must agree, and so should the stop."""
     if recipe.train.objective == "sft":
         return
-    from distill.train.kd import check_shared_vocabulary
+    from distill.models.vocabulary import check_shared_vocabulary
 
     try:
         sizes = check_shared_vocabulary(recipe)

@@ -103,7 +103,7 @@ def serve_command(src: Source, out: Path, merged: bool, name: str) -> str:
     """The `vllm serve` command line for the exported folder (merged) or for base + adapter."""
     if merged:
         return f"vllm serve {shlex.quote(str(out))} --served-model-name {shlex.quote(name)}"
-    from distill.generate.vllm_engine import VLLM_LORA_RANKS
+    from distill.models.vllm_engine import VLLM_LORA_RANKS
 
     rank = int(json.loads((src.adapter / "adapter_config.json").read_text()).get("r") or 8)
     spec = src.spec

@@ -8,8 +8,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import PLURAL, write_recipe
+
 from distill import rows as C
 from distill.generate.stage import write_parquet
 from distill.provenance.stage import run_document

@@ -13,8 +13,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import PLURAL, run_cli, write_recipe
+
 from distill import rows as C
 from distill.generate.stage import write_parquet
 from distill.pipeline import fingerprint, save_resolved_recipe

@@ -7,8 +7,8 @@ import re
 import shutil
 
 import pytest
-
 from conftest import TINY_RECIPE, run_cli, write_recipe
+
 from distill.run_dir import RunDir
 
 VLLM_LOG_LINE = re.compile(r"^\(\w+ pid=\d+\) (INFO|WARNING) ", re.M)

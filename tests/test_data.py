@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import PLURAL
+
 from distill.data.loaders import read_rows
 from distill.data.split import split_heldout
 from distill.errors import DataError

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli, write_recipe
 
 KD = ("generate.logprobs=5", "train.objective=sft+kd")

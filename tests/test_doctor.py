@@ -10,7 +10,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import run_cli
 
 KD = ("train.objective=sft+kd", "generate.logprobs=5")

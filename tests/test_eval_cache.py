@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PLURAL, ROOT, write_recipe
+
 from distill.evaluate.cache import NO_CACHE_ENV, EvalCache, open_cache
 from distill.evaluate.candidates import Candidate
 from distill.evaluate.scoring import Prompter, Scorer, score_candidates

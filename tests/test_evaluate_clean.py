@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-
 from conftest import run_cli
 from test_cards import _report, documented  # noqa: F401  (a documented run, as a fixture)
+
 from distill.evaluate.contamination import attach, measure
 from distill.evaluate.report import build_report, render_markdown
 from distill.recipe import EvalSet, EvaluateSettings, Recipe

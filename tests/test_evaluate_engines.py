@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from conftest import PLURAL, write_recipe
+
 from distill import rows as C
 
 

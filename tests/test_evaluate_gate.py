@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from distill.errors import RecipeError
 from distill.evaluate.metrics import METRICS
 from distill.evaluate.report import build_report, render_markdown
 from distill.evaluate.stats import degradation_test, gate
-from distill.errors import RecipeError
 from distill.recipe import EvalSet, EvaluateSettings
 
 FAMILIES = 200
@@ -227,7 +227,6 @@ def test_tolerances_are_per_metric_and_a_set_can_override_them():
 ])
 def test_bad_gate_settings_fail_before_any_work(tmp_path, evaluate, message):
     import yaml
-
     from conftest import TINY_RECIPE, write_recipe
 
     model = tmp_path / "model"

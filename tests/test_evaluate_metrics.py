@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import PLURAL, write_recipe
+
 from distill.errors import DataError, RecipeError
 from distill.evaluate.metrics import METRICS, compute
 from distill.evaluate.sets import load_items

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from distill.data.split import row_id
 from distill.filters.decontam import Decontaminate, EvalItem
 from distill.filters.stage import apply_filters, build_filters, filter_table

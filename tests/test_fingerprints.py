@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import PLURAL, ROOT, run_cli, write_recipe
+
 from distill.generate.stage import fingerprint_settings
 from distill.pipeline import fingerprint
 from distill.recipe import load_recipe

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_recipe
+
 from distill.errors import StageError
 from distill.generate.stage import run_generate
 from distill.recipe import load_recipe

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, run_cli, write_recipe
+
 from distill.generate.stage import run_generate
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
@@ -46,7 +46,7 @@ evaluate: {{sets: [{{name: intent, path: {data}, limit: 20}}]}}  # the held-out 
 @pytest.fixture(scope="module")
 def teacher(tiny_model):
     """One engine for the module: the stage takes an open engine as well as opening its own."""
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
     from distill.recipe import ModelSpec
 
     engine = VLLMEngine(tiny_model, ModelSpec(path=str(tiny_model)))

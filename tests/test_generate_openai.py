@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_recipe
+from test_generate_modes import INTENT, INTENTS, LABEL_RECIPE
+
 from distill.generate.stage import run_generate
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
-from test_generate_modes import INTENT, INTENTS, LABEL_RECIPE
 
 STARTUP_LIMIT_S = 400
 

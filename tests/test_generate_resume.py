@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli, write_recipe
+
 from distill.generate.stage import run_generate
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir

@@ -7,13 +7,14 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli, write_recipe
+
 from distill import rows as C
+from distill.data.captures import captured_completion
 from distill.errors import RecipeError
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
-from distill.train.kd import captured_completion, kd_example
+from distill.train.kd import kd_example
 
 K = 5
 KD = ("generate.logprobs=5", "generate.sampling.temperature=1.0")  # sampled: the tiny model writes varied tokens
@@ -161,7 +162,7 @@ def test_score_mode_measures_the_teachers_distribution_on_the_real_targets(captu
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.train.kd import captured_completion
+    from distill.data.captures import captured_completion
 
     folder, recipe, _ = captured
     run = RunDir(folder / "scored")

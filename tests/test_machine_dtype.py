@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_recipe
+
 from distill.models.dtype import choose_dtype, slow_dtype_warning
 from distill.models.hardware import Gpu, Machine, hidden_by_caps
 from distill.recipe import ModelSpec
@@ -135,7 +135,7 @@ def test_validate_names_the_dtype_of_each_model_and_warns_of_a_slow_pinned_one(a
 
 def test_the_teachers_engine_shares_few_shot_prefixes_and_answers_as_without(tiny_model):
     """Prefix caching with a block that fits a shared prefix: the same greedy answers as with no cache."""
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
 
     prefix = "".join(f"Q: plural of '{w}'? A: {w}s\n" for w in ("cat", "dog", "cup", "hat", "pen", "map", "bag"))
     prompts = [prefix + f"Q: plural of '{w}'? A:" for w in ("box", "fox", "bus", "car", "key", "toy", "day", "egg")]
@@ -155,7 +155,7 @@ def test_the_teachers_engine_shares_few_shot_prefixes_and_answers_as_without(tin
 
 def test_an_engine_whose_prompt_log_probabilities_are_read_never_caches_prefixes(tiny_model):
     from distill.errors import UserError
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(tiny_model, ModelSpec(path=str(tiny_model), dtype="float32"), reads_prompt_logprobs=True)
     try:

@@ -6,11 +6,10 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli, write_recipe
+
 from distill.models.identity import weights_hash
 from distill.run_dir import RunDir
-
 
 CHANGED = "filter.steps.0.max_chars=20"  # the tests after the one that makes this change keep it
 
@@ -155,9 +154,9 @@ def test_stage_alone_needs_its_inputs(tmp_path, tiny_model):
 def _heldout_prompts(run: RunDir):
     from transformers import AutoTokenizer
 
-    from distill.generate.prompts import PromptTemplate
+    from distill.prompts.student import student_prompt
+    from distill.prompts.template import PromptTemplate
     from distill.recipe import load_recipe
-    from distill.train.formats import student_prompt
 
     recipe = load_recipe(run.recipe)
     tokenizer = AutoTokenizer.from_pretrained(recipe.models.student.path)
@@ -217,7 +216,7 @@ def test_merged_export_answers_the_heldout_items_like_the_adapter(finished_run):
 def test_vllm_serves_the_merged_export_as_evaluation_served_the_adapter(finished_run):
     import pyarrow.compute as pc
 
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
     from distill.recipe import load_recipe
 
     _, _, run, _, _ = finished_run

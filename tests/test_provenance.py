@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import PLURAL, run_cli, write_recipe
+
 from distill import rows as C
 from distill.errors import RecipeError
 from distill.provenance.coverage import audit_coverage, link_eval_slices

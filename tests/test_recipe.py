@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_cli
+
 from distill.errors import RecipeError
 from distill.recipe import load_recipe
 

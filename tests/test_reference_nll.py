@@ -82,7 +82,7 @@ def test_reference_nll_from_the_engine_equals_the_forward_pass(finished_run):
     are the same either way, and the adapter counts."""
     from distill.evaluate.candidates import Candidate, adapter_rank
     from distill.evaluate.scoring import Prompter, Scorer
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
     from distill.recipe import load_recipe
 
     folder, recipe_file, run, _, _ = finished_run

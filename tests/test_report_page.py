@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from distill.evaluate.answers import disagreements
 from distill.evaluate.chart import panels, plot_differences
 from distill.evaluate.html import render_html

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import yaml
-
 from conftest import run_cli
-from distill.filters.calibration import PIPELINE, calibrate
 from test_filters import prepared_run, row
+
+from distill.filters.calibration import PIPELINE, calibrate
 
 
 def test_calibration_figures_on_a_hand_made_gold_set():

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, TINY_RECIPE, write_recipe
 
 SCRIPTS = ROOT / "scripts" / "slurm"

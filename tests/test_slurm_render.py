@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_RECIPE, run_cli, write_recipe
+
 from distill.errors import UserError
 from distill.recipe import StageResources
 from distill.slurm.profile import PROFILES_DIR, choose_partition, load_profile, slurm_minutes

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import PLURAL, run_cli, write_recipe
+
 from distill.filters.stage import apply_filters, build_filters
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
@@ -121,8 +121,8 @@ def test_teacher_evaluation_needs_a_prompt_that_answers_an_input(tmp_path, tiny_
 
 
 def test_an_answer_template_that_reads_only_the_input_prompts_the_evaluated_teacher(tmp_path, tiny_model):
-    from distill.evaluate.scoring import build_prompts
     from distill.evaluate.candidates import Candidate
+    from distill.evaluate.scoring import build_prompts
 
     head, _, tail = SYNTH_RECIPE.partition("  teacher_template:")
     text = head + tail[tail.index("  max_tokens:"):]

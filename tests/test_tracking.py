@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from distill.run_dir import RunDir
 
 TRACKERS = "train.report_to=[tensorboard, wandb]"

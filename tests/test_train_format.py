@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import run_cli
+from test_filters import recipe_dict, row
+
 from distill.errors import UserError
 from distill.recipe import Recipe
 from distill.run_dir import RunDir
 from distill.train.formats import check_stop_learned, training_examples
 from distill.train.stage import build_trainer
-from test_filters import recipe_dict, row
 
 SHORT = ["cats", "dogs", "boxes", "churches", "leaves", "mice", "geese", "feet"]
 LONG = "the plural of this word is written out here at great length so that it cannot fit " * 3

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-
 from conftest import run_cli
 from test_filters import prepared_run, row
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 
 from distill import rows as C
-from distill.generate.logprobs import TokenCapture
+from distill.data.captures import TokenCapture, captured_completion
 from distill.recipe import EvalSet, Recipe
 from distill.run_dir import hash_json
-from distill.train.kd import captured_completion
 
 # Bump when a change here changes a figure: cached fidelity results made before then are not reused.
 FIDELITY_VERSION = 1

@@ -20,13 +20,13 @@ from distill.evaluate import metrics as M
 from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.evaluate.fidelity import fidelity_k, teacher_target
-from distill.generate.prompts import PromptTemplate
 from distill.models.dtype import model_dtype, torch_dtype
-from distill.generate.stage import teacher_prompts
 from distill.progress import console, progress
+from distill.prompts.student import student_prompt
+from distill.prompts.teacher import teacher_prompts
+from distill.prompts.template import PromptTemplate
 from distill.recipe import EvalSet, ModelSpec, Recipe
 from distill.run_dir import hash_json
-from distill.train.formats import student_prompt
 
 # Bump when a change to this module changes an answer or a score: cached results made before then are not reused.
 SCORING_VERSION = 2
@@ -297,7 +297,7 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
     """Every candidate on every set; one engine per model folder and engine settings, candidates in the order given.
     With a cache, results found there are not scored again, and a folder whose every answer is cached starts no engine.
     `teacher_targets`, when given, is filled with the teacher's answer tokens and top K per set (for fidelity)."""
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
 
     names, set_names = [c.name for c in candidates], list(sets)
 

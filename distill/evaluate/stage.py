@@ -18,10 +18,10 @@ from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
 from distill.evaluate.sets import load_items as load_set_items
 from distill.models.context import resolved_model
+from distill.prompts.student import check_eval_agreement
 from distill.recipe import EvalSet, Recipe
 from distill.run_dir import RunDir
 from distill.tracking import log_report
-from distill.train.formats import check_eval_agreement
 
 
 def load_items(recipe: Recipe, run: RunDir, s: EvalSet) -> list[dict]:
@@ -69,7 +69,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, trained)
     cache = open_cache(recipe)
     if fidelity_k(recipe):  # before any scoring: the teacher's token ids must mean the same to the student
-        from distill.train.kd import check_shared_vocabulary
+        from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe, "evaluate.fidelity", "Set evaluate.fidelity: false")
     targets: dict = {}

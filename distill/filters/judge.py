@@ -17,7 +17,7 @@ import json
 from distill import rows as C
 from distill.errors import UserError
 from distill.filters.base import Filter
-from distill.generate.prompts import PromptTemplate
+from distill.prompts.template import PromptTemplate
 from distill.recipe import JudgeFilter
 
 JUDGE_COLUMN = "judge"
@@ -147,7 +147,7 @@ class Judge(Filter):
 
     def _engine(self):
         if self.engine is None:
-            from distill.generate.vllm_engine import VLLMEngine
+            from distill.models.vllm_engine import VLLMEngine
 
             self.engine, self.owns_engine = VLLMEngine(self.folder, self.spec, seed=self.cfg.seed, role=self.cfg.model), True
         return self.engine

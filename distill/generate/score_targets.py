@@ -5,7 +5,7 @@ labelled set is distilled with soft targets as well as generated text is."""
 from __future__ import annotations
 
 from distill import rows as C
-from distill.generate.prompts import PromptTemplate
+from distill.prompts.template import PromptTemplate
 
 # Where the numbers come from (provenance and the stage summary): vLLM's prompt log-probabilities, measured to work
 # on the CPU build in batches of 400 few-shot prompts (36k tokens).

@@ -21,17 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill import rows as C
+from distill.data.captures import LOGPROBS_MODE, merge_captures, write_captures
 from distill.data.loaders import read_rows
 from distill.data.split import row_id, sample_in_order, split_heldout, thin_slices
 from distill.errors import UserError
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
-from distill.generate.logprobs import LOGPROBS_MODE, merge_captures, write_captures
-from distill.generate.prompts import PromptTemplate, draw_examples, row_seed
 from distill.generate.score_targets import SCORED_WITH, score_chunk
-from distill.generate.work import template_variables, work_items
+from distill.generate.work import work_items
 from distill.models.context import resolved_model
 from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
+from distill.prompts.teacher import teacher_prompts
+from distill.prompts.template import PromptTemplate, row_seed
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, atomic_path, hash_json, run_lock, write_json
 from distill.slurm.teacher_server import SERVER_FILE_VARIABLE
@@ -101,22 +102,6 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)
 
 
-def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict], pool: list[dict], render_chat=None) -> list[str]:
-    """The teacher's prompt for each item, few-shot examples drawn from `pool` (seeds only)."""
-    g = recipe.generate
-    fixed = None if g.few_shot.per_row else draw_examples(pool, g.few_shot.k, g.few_shot.seed)
-    prompts = []
-    for item in items:
-        examples = fixed if fixed is not None else draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
-        if g.mode == "score" and any(e[C.ID] == item[C.ID] for e in examples):
-            # scored on its own target, the teacher must not find it among the examples
-            examples = draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
-        examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]
-        text = template.render(**template_variables(item, examples))
-        prompts.append(render_chat(text, g.system_prompt) if g.chat else text)
-    return prompts
-
-
 def fingerprint_settings(recipe: Recipe) -> dict:
     """What shapes the chunks: the stage's own fingerprint inputs (data by content, settings, the teacher by content)."""
     from distill.pipeline import stage_inputs
@@ -130,15 +115,15 @@ def open_teacher(recipe: Recipe, run: RunDir, teacher_dir: Path):
     g = recipe.generate
     server = os.environ.get(SERVER_FILE_VARIABLE)
     if server and recipe.slurm.teacher_server is not None:
-        from distill.generate.openai_backend import OpenAIEndpoint
+        from distill.models.openai_engine import OpenAIEndpoint
         from distill.slurm.teacher_server import wait_for_server
 
         return OpenAIEndpoint(teacher_dir, wait_for_server(recipe, run, Path(server)))
     if g.backend == "openai":
-        from distill.generate.openai_backend import OpenAIEndpoint
+        from distill.models.openai_engine import OpenAIEndpoint
 
         return OpenAIEndpoint(teacher_dir, g.endpoint)
-    from distill.generate.vllm_engine import VLLMEngine
+    from distill.models.vllm_engine import VLLMEngine
 
     return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed, max_logprobs=g.logprobs,
                       role="teacher", reads_prompt_logprobs=g.mode == "score")
@@ -296,7 +281,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     started = time.time()
     g = recipe.generate
     if recipe.train.objective != "sft":  # before the teacher writes anything the student could not learn from
-        from distill.train.kd import check_shared_vocabulary
+        from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe)
     teacher_dir, teacher = resolved_model(recipe, "teacher")
@@ -351,7 +336,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                 samples = generate_chunk(engine, g, prompts, request_seeds, chunk_stats, answer_prompts)
             return chunk_items, prompts, request_seeds, samples, chunk_stats
 
-        in_flight = getattr(engine, "chunks_in_flight", 1)  # the in-process engine takes one batch at a time
+        in_flight = engine.chunks_in_flight
         for c, (chunk_items, prompts, request_seeds, samples, chunk_stats) in chunks_in_order(todo, make, in_flight):
             stats.tokens += chunk_stats.tokens
             stats.retried += chunk_stats.retried

@@ -38,11 +38,3 @@ def work_items(g: GenerateSettings, seeds: list[dict]) -> list[dict]:
     return items
 
 
-def template_variables(item: dict, examples: list[dict]) -> dict:
-    """What a prompt template sees. A grid item without an input yet has no `input` variable: reading it is an error,
-    not the word None in the prompt."""
-    cell = item.get(C.CELL)
-    variables = {**(cell or {}), "examples": examples, "row": item, "cell": cell, "index": item.get("index", 0)}
-    if item[C.INPUT] is not None or cell is None:
-        variables["input"] = item[C.INPUT]
-    return variables

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from distill.generate.prompts import template_hash
 from distill.models.context import resolved_model
+from distill.prompts.template import template_hash
 from distill.provenance.lineage import chaining_findings, lineage
 from distill.recipe import Recipe
 from distill.run_dir import DATA_MANIFEST, MARKER, RunDir, hash_file, hash_json, hash_tree

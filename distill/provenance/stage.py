@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.data.loaders import read_rows
-from distill.generate.prompts import template_hash
+from distill.progress import console
+from distill.prompts.template import template_hash
 from distill.provenance.cards import DATA_SPLITS, dataset_card, model_card
 from distill.provenance.coverage import audit_coverage, cell_column, link_eval_slices, real_slice_counts
 from distill.provenance.lineage import chaining_findings, lineage
 from distill.provenance.manifest import build_manifest, model_identities
-from distill.progress import console
 from distill.provenance.two_sample import check_synthetic_vs_real, gap_text
 from distill.recipe import Recipe
 from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_file, write_json, write_text

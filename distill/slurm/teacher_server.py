@@ -44,7 +44,7 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
     """The `vllm serve` command line (vLLM's OpenAI server module, which every vLLM build ships, started by
     distill.slurm.vllm_server so that its CPU engine may use AMX) for the teacher:
     the engine settings the in-process engine would use, the job's parallel layout, then the recipe's extra options."""
-    from distill.generate.logprobs import LOGPROBS_MODE
+    from distill.data.captures import LOGPROBS_MODE
 
     ts, spec, g = recipe.slurm.teacher_server, recipe.models.teacher, recipe.generate
     e = spec.engine
@@ -61,7 +61,7 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
     if e.prefix_caching is False:
         cmd.append("--no-enable-prefix-caching")
     else:  # generation only: the server is never asked for prompt log-probabilities (mode: score is refused)
-        from distill.generate.vllm_engine import CPU_PREFIX_BLOCK, _on_gpu
+        from distill.models.vllm_engine import CPU_PREFIX_BLOCK, _on_gpu
 
         block = e.block_size or (None if _on_gpu() else CPU_PREFIX_BLOCK)
         cmd += ["--enable-prefix-caching"] + (["--block-size", str(block)] if block else [])

@@ -8,58 +8,11 @@ copies of the teacher side.
 
 from __future__ import annotations
 
+from distill.data.captures import captured_completion, read_captures
 from distill.errors import UserError
-from distill.generate.logprobs import read_captures
-from distill.models.identity import ids_that_differ, vocabulary
 from distill.recipe import Recipe
 
 TEACHER_COLUMNS = ["teacher_positions", "teacher_ids", "teacher_logprobs"]
-
-
-def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead: str | None = None) -> dict:
-    """Every teacher token must have the same id in the student's vocabulary, or the captured ids mean other strings
-    to the student. Raises a UserError (exit 2) naming both tokenizers. `setting` names what needs it (default the
-    training objective), `instead` what to do otherwise."""
-    from distill.models.context import resolved_model
-
-    setting = setting or f"train.objective {recipe.train.objective!r}"
-    instead = instead or "Use train.objective: sft to train on the teacher's text instead"
-
-    teacher_dir, teacher = resolved_model(recipe, "teacher")
-    student_dir, student = resolved_model(recipe, "student")
-    tv, sv = vocabulary(teacher_dir), vocabulary(student_dir)
-    if tv is None or sv is None:
-        missing = teacher if tv is None else student
-        raise UserError(f"{setting}: cannot read the vocabulary of {missing} (no tokenizer.json, vocab.json or "
-                        f"sentencepiece model) to check that teacher and student share token ids. {instead}")
-    differ = ids_that_differ(tv, sv)
-    if differ:
-        example = differ[0]
-        raise UserError(
-            f"{setting} needs teacher and student to share a vocabulary, but "
-            f"{len(differ)} of the teacher's {len(tv)} tokens have another id (or none) in the student's: e.g. "
-            f"{example!r} is {tv[example]} in {teacher} and {sv.get(example)} in {student}. {instead}"
-        )
-    return {"teacher_tokens": len(tv), "student_tokens": len(sv)}
-
-
-def captured_completion(capture: dict | None, text: str, tokenizer):
-    """(the teacher's tokens of its kept text, whether the token after them is EOS), or (None, why).
-
-    The captured ids may run past the text: the stop (EOS, or a stop string's token, which the text leaves out), or
-    the bytes of a character cut at max_tokens, which vLLM holds back from the text. The longest prefix of at most a
-    few tokens less that decodes to the text exactly is the completion; none means the row's text is not what the
-    teacher's distributions were measured on.
-    """
-    if capture is None:
-        return None, "no capture"
-    ids = list(capture["token_ids"])
-    eos = tokenizer.eos_token_id
-    end = len(ids) - 1 if ids and ids[-1] == eos else len(ids)
-    for n in range(end, max(end - 4, 0) - 1, -1):
-        if tokenizer.decode(ids[:n], skip_special_tokens=True) == text:
-            return (ids[:n], ids[n:] == [eos]), None
-    return None, "text is not the captured tokens"
 
 
 def kd_example(prompt_ids: list[int], capture: dict, completion: list[int], teacher_eos: bool, eos: int,
@@ -81,7 +34,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> t
     train.kd.max_mismatch_share of the rows are left out. Also counts the rows whose text the student's tokenizer
     would split otherwise than the teacher generated it (trained on the teacher's tokens either way)."""
     from distill import rows as C
-    from distill.generate.prompts import PromptTemplate
+    from distill.prompts.template import PromptTemplate
 
     kd = recipe.train.kd
     prompt_t = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")

@@ -20,10 +20,11 @@ from distill.models.context import resolved_model
 from distill.models.dtype import model_dtype, torch_dtype
 from distill.preemption import Preempted, stop_may_be_requested, stop_requested
 from distill.progress import console, progress
+from distill.prompts.student import check_eval_agreement
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.tracking import finish_tracking, trainer_callbacks
-from distill.train.formats import check_eval_agreement, check_stop_learned, training_examples
+from distill.train.formats import check_stop_learned, training_examples
 from distill.train.plots import plot_loss, plot_loss_terms
 
 
@@ -154,7 +155,7 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     t = recipe.train
     check_eval_agreement(recipe)
     if t.objective != "sft":
-        from distill.train.kd import check_shared_vocabulary
+        from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe)
     student_dir, student = resolved_model(recipe, "student")

@@ -1,17 +1,16 @@
-"""The vLLM engine, in-process, behind one small interface used by generation and evaluation."""
+"""The vLLM engine, in process: a TeacherEngine (distill.models.engine) with LoRA adapters per request."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from distill.data.captures import LOGPROBS_MODE, TokenCapture
 from distill.errors import UserError
-from distill.generate.logprobs import LOGPROBS_MODE, TokenCapture
 from distill.models.dtype import model_dtype
+from distill.models.engine import Completion
 from distill.models.hardware import request_amx_permission
 from distill.recipe import ModelSpec
-
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The CPU attention backend takes block sizes in multiples of 32 and defaults to 128, longer than a typical few-shot
@@ -34,16 +33,12 @@ def configure_cpu_environment(spec: ModelSpec) -> None:
     request_amx_permission()  # for an engine process forked from this one, should the user turn multiprocessing on
 
 
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str | None
-    num_tokens: int
-    capture: "TokenCapture | None" = None  # the teacher's top-K log-probabilities, when asked for
 
 
 class VLLMEngine:
     """One vLLM engine for one model folder; optional LoRA adapters per request."""
+
+    chunks_in_flight = 1  # one batch at a time: vLLM batches a chunk's prompts itself
 
     def __init__(self, folder: Path, spec: ModelSpec, seed: int = 0, max_lora_rank: int | None = None,
                  max_logprobs: int | None = None, role: str = "teacher", reads_prompt_logprobs: bool = False):

@@ -99,3 +99,22 @@ def read_captures(path: Path, ids: set[str], batch_size: int = 1024) -> Iterator
         wanted = pc.is_in(batch.column("id"), value_set=value_set)
         for record in batch.filter(wanted).to_pylist():
             yield record
+
+
+def captured_completion(capture: dict | None, text: str, tokenizer):
+    """(the teacher's tokens of its kept text, whether the token after them is EOS), or (None, why).
+
+    The captured ids may run past the text: the stop (EOS, or a stop string's token, which the text leaves out), or
+    the bytes of a character cut at max_tokens, which vLLM holds back from the text. The longest prefix of at most a
+    few tokens less that decodes to the text exactly is the completion; none means the row's text is not what the
+    teacher's distributions were measured on.
+    """
+    if capture is None:
+        return None, "no capture"
+    ids = list(capture["token_ids"])
+    eos = tokenizer.eos_token_id
+    end = len(ids) - 1 if ids and ids[-1] == eos else len(ids)
+    for n in range(end, max(end - 4, 0) - 1, -1):
+        if tokenizer.decode(ids[:n], skip_special_tokens=True) == text:
+            return (ids[:n], ids[n:] == [eos]), None
+    return None, "text is not the captured tokens"

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from distill.data.captures import TokenCapture
 from distill.errors import StageError, UserError
-from distill.generate.logprobs import TokenCapture
-from distill.generate.vllm_engine import Completion
+from distill.models.engine import Completion
 from distill.recipe import EndpointSettings
 
 RETRIED_STATUS = {408, 429}  # and every 5xx: the server is busy or starting, not refusing this request

@@ -1,0 +1,34 @@
+"""Whether teacher and student share token ids: KD and fidelity read the teacher's ids as the student's."""
+
+from __future__ import annotations
+
+from distill.errors import UserError
+from distill.models.identity import ids_that_differ, vocabulary
+from distill.recipe import Recipe
+
+
+def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead: str | None = None) -> dict:
+    """Every teacher token must have the same id in the student's vocabulary, or the captured ids mean other strings
+    to the student. Raises a UserError (exit 2) naming both tokenizers. `setting` names what needs it (default the
+    training objective), `instead` what to do otherwise."""
+    from distill.models.context import resolved_model
+
+    setting = setting or f"train.objective {recipe.train.objective!r}"
+    instead = instead or "Use train.objective: sft to train on the teacher's text instead"
+
+    teacher_dir, teacher = resolved_model(recipe, "teacher")
+    student_dir, student = resolved_model(recipe, "student")
+    tv, sv = vocabulary(teacher_dir), vocabulary(student_dir)
+    if tv is None or sv is None:
+        missing = teacher if tv is None else student
+        raise UserError(f"{setting}: cannot read the vocabulary of {missing} (no tokenizer.json, vocab.json or "
+                        f"sentencepiece model) to check that teacher and student share token ids. {instead}")
+    differ = ids_that_differ(tv, sv)
+    if differ:
+        example = differ[0]
+        raise UserError(
+            f"{setting} needs teacher and student to share a vocabulary, but "
+            f"{len(differ)} of the teacher's {len(tv)} tokens have another id (or none) in the student's: e.g. "
+            f"{example!r} is {tv[example]} in {teacher} and {sv.get(example)} in {student}. {instead}"
+        )
+    return {"teacher_tokens": len(tv), "student_tokens": len(sv)}

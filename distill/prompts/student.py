@@ -1,0 +1,26 @@
+"""The student's prompt for a row, the same in training and in evaluation, and the check that they agree."""
+
+from __future__ import annotations
+
+from distill import rows as C
+from distill.errors import UserError
+from distill.prompts.template import PromptTemplate
+from distill.recipe import Recipe
+
+
+def student_prompt(recipe: Recipe, template: PromptTemplate, row: dict, tokenizer) -> str:
+    """The exact text the student is prompted with, in training and in evaluation."""
+    text = template.render(input=row[C.INPUT], row=row)
+    if recipe.train.chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def check_eval_agreement(recipe: Recipe) -> None:
+    """The student must be evaluated with the prompt it was trained on."""
+    for i, s in enumerate(recipe.evaluate.sets):
+        if s.data == "heldout" and s.prompt_template is not None and s.prompt_template != recipe.train.prompt_template:
+            raise UserError(
+                f"evaluate.sets.{i}.prompt_template differs from train.prompt_template: the student would be "
+                f"evaluated in a format it was not trained on ({s.prompt_template!r} vs {recipe.train.prompt_template!r})"
+            )

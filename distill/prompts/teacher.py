@@ -1,0 +1,34 @@
+"""The teacher's prompt for an item: its template, few-shot examples drawn from the seeds, its chat template. Used
+where the teacher is asked (generation) and where it is measured (evaluation), so both ask the same way."""
+
+from __future__ import annotations
+
+from distill import rows as C
+from distill.prompts.template import PromptTemplate, draw_examples, row_seed
+from distill.recipe import Recipe
+
+
+def template_variables(item: dict, examples: list[dict]) -> dict:
+    """What a prompt template sees. A grid item without an input yet has no `input` variable: reading it is an error,
+    not the word None in the prompt."""
+    cell = item.get(C.CELL)
+    variables = {**(cell or {}), "examples": examples, "row": item, "cell": cell, "index": item.get("index", 0)}
+    if item[C.INPUT] is not None or cell is None:
+        variables["input"] = item[C.INPUT]
+    return variables
+
+
+def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict], pool: list[dict], render_chat=None) -> list[str]:
+    """The teacher's prompt for each item, few-shot examples drawn from `pool` (seeds only)."""
+    g = recipe.generate
+    fixed = None if g.few_shot.per_row else draw_examples(pool, g.few_shot.k, g.few_shot.seed)
+    prompts = []
+    for item in items:
+        examples = fixed if fixed is not None else draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
+        if g.mode == "score" and any(e[C.ID] == item[C.ID] for e in examples):
+            # scored on its own target, the teacher must not find it among the examples
+            examples = draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
+        examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]
+        text = template.render(**template_variables(item, examples))
+        prompts.append(render_chat(text, g.system_prompt) if g.chat else text)
+    return prompts
