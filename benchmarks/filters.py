@@ -82,7 +82,8 @@ def planted_near(rows: int) -> dict[int, int]:
 def run_distill(data: Path, ev: Path, backend: str) -> dict:
     import datasets  # noqa: F401  (imported before the clock starts, like the libraries of the plain loops)
 
-    from distill.filters.decontam import Decontaminate, EvalItem
+    from distill.filters.decontam import Decontaminate
+    from distill.data.contamination import EvalItem
     from distill.filters.dedup import ExactDedup, NearDedup
     from distill.filters.stage import filter_table
     from distill.recipe import DecontaminateFilter, ExactDedupFilter, NearDedupFilter

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             import yaml
 
-            from distill.evaluate.sets import require_heldout_references
+            from distill.data.eval_sets import require_heldout_references
             from distill.provenance.lineage import enforce_chaining_policy
 
             require_heldout_references(recipe)  # an unlabelled held-out split is caught here too, not after generation

@@ -95,7 +95,7 @@ def _tokenizer(recipe: Recipe, role: str):
 
 def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     """Every teacher prompt of the generation pass, with its answer, must fit models.teacher.engine.max_model_len."""
-    from distill.generate.stage import split_data
+    from distill.data.split import split_data
     from distill.generate.work import work_items
     from distill.prompts.teacher import teacher_prompts
     from distill.prompts.template import PromptTemplate

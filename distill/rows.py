@@ -5,6 +5,8 @@ filter adds:     kept, rejected_by, reason
 evaluate writes: set, model, item_id, input, reference, slice, prompt, prediction, score
 """
 
+import hashlib
+
 ID = "id"
 INPUT = "input"
 REFERENCE = "reference"
@@ -24,3 +26,8 @@ REASON = "reason"
 
 GENERATED_COLUMNS = (ID, INPUT, REFERENCE, SLICE, CELL, PROMPT, COMPLETION, SAMPLE_INDEX, FINISH_REASON, FAILURE, PROVENANCE)
 FILTER_COLUMNS = (KEPT, REJECTED_BY, REASON)
+
+
+def row_id(*parts: object) -> str:
+    """A stable id from the row's content: the same input always gets the same id."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]

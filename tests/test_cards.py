@@ -11,7 +11,7 @@ import yaml
 from conftest import PLURAL, write_recipe
 
 from distill import rows as C
-from distill.generate.stage import write_parquet
+from distill.run_dir import write_parquet
 from distill.provenance.stage import run_document
 from distill.recipe import load_recipe
 from distill.run_dir import DATA_MANIFEST, RunDir, write_json, write_text

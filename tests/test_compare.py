@@ -16,7 +16,7 @@ import pytest
 from conftest import PLURAL, run_cli, write_recipe
 
 from distill import rows as C
-from distill.generate.stage import write_parquet
+from distill.run_dir import write_parquet
 from distill.pipeline import fingerprint, save_resolved_recipe
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir

@@ -169,7 +169,7 @@ def test_a_repeated_input_stays_two_heldout_items_and_never_becomes_a_seed(tmp_p
     assert len(held) == 20 and len({r["id"] for r in held}) == 20
     assert any(a["input"] == b["input"] for a in held for b in held if a is not b)  # some input is held out twice
     assert not {r["input"] for r in held} & {r["input"] for r in seeds}
-    from distill.evaluate.sets import load_items
+    from distill.data.eval_sets import load_items
     from distill.recipe import EvalSet
 
     items = load_items(EvalSet(name="plural", data="heldout"), run.heldout)  # what evaluate and decontamination read
@@ -178,7 +178,7 @@ def test_a_repeated_input_stays_two_heldout_items_and_never_becomes_a_seed(tmp_p
 
 def test_an_unlabelled_heldout_split_is_refused_before_any_model_is_scored(tmp_path, tiny_model):
     from distill.errors import UserError
-    from distill.evaluate.sets import load_items
+    from distill.data.eval_sets import load_items
     from distill.recipe import EvalSet
 
     with pytest.raises(UserError, match=r"evaluate.sets.0 \('plural'\) scores the held-out split, but data.target_field is null"):

@@ -14,7 +14,7 @@ from conftest import PLURAL, ROOT, write_recipe
 from distill.evaluate.cache import NO_CACHE_ENV, EvalCache, open_cache
 from distill.evaluate.candidates import Candidate
 from distill.evaluate.scoring import Prompter, Scorer, score_candidates
-from distill.evaluate.sets import load_items
+from distill.data.eval_sets import load_items
 from distill.generate import vllm_engine
 from distill.recipe import load_recipe
 

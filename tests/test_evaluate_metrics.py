@@ -10,7 +10,7 @@ from conftest import PLURAL, write_recipe
 
 from distill.errors import DataError, RecipeError
 from distill.evaluate.metrics import METRICS, compute
-from distill.evaluate.sets import load_items
+from distill.data.eval_sets import load_items
 from distill.recipe import load_recipe
 
 GUARDS = PLURAL.parent

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from distill.data.split import row_id
-from distill.filters.decontam import Decontaminate, EvalItem
+from distill.rows import row_id
+from distill.filters.decontam import Decontaminate
+from distill.data.contamination import EvalItem
 from distill.filters.stage import apply_filters, build_filters, filter_table
 from distill.recipe import DecontaminateFilter, Recipe
 from distill.run_dir import RunDir

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.train.kd_losses import DIVERGENCES, top1_agreement, topk_divergence, with_tail
+from distill.divergence import DIVERGENCES, top1_agreement, topk_divergence, with_tail
 
 V, K = 12, 4
 

@@ -26,7 +26,7 @@ def _check_text(path: Path, fmt: str) -> str:
 def preflight(recipe: Recipe, rows: int = PEEK_ROWS) -> list[str]:
     """Check the recipe's data file and each evaluation set file: format, UTF-8, and the first `rows` rows with the
     fields the run reads. Raises DataError on the first problem; returns one line per file checked."""
-    from distill.evaluate.sets import peek_items
+    from distill.data.eval_sets import peek_items
 
     d = recipe.data
     path = Path(d.path)

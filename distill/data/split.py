@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import defaultdict
 
+from distill import rows as C
+from distill.rows import row_id
+from distill.data.loaders import read_rows
 from distill.errors import UserError
-
-
-def row_id(*parts: object) -> str:
-    """A stable id from the row's content: the same input always gets the same id."""
-    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+from distill.progress import console
+from distill.recipe import Recipe
 
 
 def _slices(rows: list[dict], order: list[int], slice_field: str) -> dict[str, list[int]]:
@@ -70,3 +69,42 @@ def sample_in_order(rows: list, n: int | None, seed: int) -> list:
         return rows
     keep = sorted(random.Random(seed).sample(range(len(rows)), n))
     return [rows[i] for i in keep]
+
+
+def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
+    """(held-out items, seeds) of the real data, as the recipe splits it."""
+    from distill.data.eval_sets import require_heldout_references
+
+    d = recipe.data
+    require_heldout_references(recipe)  # before reading anything: target_field null with a held-out eval set
+    need = (d.input_field,) + ((d.target_field,) if recipe.generate.few_shot.k and d.target_field else ())
+    raw = read_rows(d.path, d.format, required=need)
+    if d.heldout.size >= len(raw):
+        raise UserError(f"data.heldout.size = {d.heldout.size} leaves no seeds: {d.path} has {len(raw)} rows")
+    heldout, rest = split_heldout(raw, d.heldout.size, d.heldout.seed, d.slice_field, d.heldout.min_per_slice)
+    thin = thin_slices(raw, d.slice_field, d.heldout.min_per_slice)
+    if thin:
+        console(f"[generate] warning: {len(thin)} slice(s) of {d.slice_field!r} have no more rows than "
+                f"data.heldout.min_per_slice = {d.heldout.min_per_slice}, so all are held out and none is a seed: "
+                + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""))
+
+    def norm(r: dict, held: bool = False) -> dict:
+        target = r.get(d.target_field) if d.target_field else None
+        targets = target if isinstance(target, list) else [target]
+        refs = [d.target_names.get(str(t), str(t)) for t in targets if t not in (None, "")]
+        return {
+            # a held-out id names the source line too: an input repeated in the data stays two items in the report
+            C.ID: row_id(r[d.input_field], r["_line"]) if held else row_id(r[d.input_field]),
+            C.INPUT: str(r[d.input_field]),
+            C.REFERENCE: refs[0] if refs else None,
+            C.REFERENCES: refs,
+            C.SLICE: None if not d.slice_field else str(r.get(d.slice_field)),
+            "source_line": r["_line"],
+        }
+
+    heldout_rows = [norm(r, held=True) for r in heldout]
+    require_heldout_references(recipe, heldout_rows)
+    held_inputs = {r[C.INPUT] for r in heldout_rows}
+    # The same input may appear twice in real data: a seed must never equal a held-out item.
+    seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
+    return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)

@@ -15,8 +15,8 @@ from distill.evaluate.fidelity import measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
-from distill.evaluate.sets import load_items
-from distill.evaluate.stage import seed_pool
+from distill.data.eval_sets import load_items
+from distill.data.eval_sets import seed_pool
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
 from distill.tracking import check_installed, log_report

@@ -15,11 +15,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distill import rows as C
-from distill.filters.decontam import CONTAMINATED_ITEMS_FILE, EvalIndex, eval_items
+from distill.data.contamination import CONTAMINATED_ITEMS_FILE, TRAINED_FIELDS, EvalIndex, eval_items, leak_rule, trained_on_text
 from distill.recipe import DecontaminateFilter, Recipe
 from distill.run_dir import RunDir, hash_file
 
-TRAINED_FIELDS = (C.INPUT, C.COMPLETION)  # what the student is shown in training
 BATCH = 4096
 MAX_RECORDS = 1000  # row-item pairs kept in report.json; the item ids are always complete
 
@@ -113,22 +112,6 @@ def attach(report: dict, measured: dict | None, caught: dict[str, list[str]] | N
                                   "reached_training": len(reached), "caught_by_filter": len(removed),
                                   "caught_but_reached": len(removed & reached)}
     return report
-
-
-def trained_on_text(contamination: dict) -> str:
-    """Which rows were measured, in words: 'the 300 kept rows of runs/x/filter/rows.parquet that the student was trained on'."""
-    parts = [f"the {t['rows']} kept rows of {t['rows_file']}" for t in contamination.get("trained_on", [])]
-    who = "the student was" if len(parts) == 1 else "the compared students were"
-    return " and ".join(parts) + f" that {who} trained on" if parts else "no training rows"
-
-
-def leak_rule(measured: dict) -> str:
-    """What counts as a leak, in words (the detector's definition, see distill/filters/decontam.py)."""
-    n = measured.get("ngram", 13)
-    texts = "its input, its input and reference, or a reference of at least {n} words" if measured.get("check_references", True) \
-        else "its input"
-    return (f"a row's {' or '.join(measured.get('fields', TRAINED_FIELDS))} holds the item's input whole "
-            f"or shares a {n}-word sequence with " + texts.format(n=n))
 
 
 def contamination_lines(report: dict, entry: dict, label: str, fmt) -> list[str]:

@@ -49,7 +49,7 @@ def item_fidelity(model, sequences: list[list[int]], starts: list[int], targets:
     import torch
 
     from distill.models.device import padded
-    from distill.train.kd_losses import top1_agreement, topk_divergence
+    from distill.divergence import top1_agreement, topk_divergence
 
     ids, mask = padded(sequences, pad, model.device)
     with torch.no_grad():

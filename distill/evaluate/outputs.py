@@ -8,7 +8,7 @@ from pathlib import Path
 from distill.evaluate.chart import plot_curve, plot_differences
 from distill.evaluate.html import render_html
 from distill.evaluate.report import render_markdown
-from distill.generate.stage import write_parquet
+from distill.run_dir import write_parquet
 from distill.run_dir import write_json, write_text
 
 

@@ -16,24 +16,12 @@ from distill.evaluate.fidelity import fidelity_k, measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
-from distill.evaluate.sets import load_items as load_set_items
+from distill.data.eval_sets import load_items, seed_pool
 from distill.models.context import resolved_model
 from distill.prompts.student import check_eval_agreement
-from distill.recipe import EvalSet, Recipe
+from distill.recipe import Recipe
 from distill.run_dir import RunDir
 from distill.tracking import log_report
-
-
-def load_items(recipe: Recipe, run: RunDir, s: EvalSet) -> list[dict]:
-    """The items of one evaluation set, exactly as this stage reads them (decontamination reads them too)."""
-    return load_set_items(s, run.heldout)
-
-
-def seed_pool(run: RunDir) -> list[dict]:
-    if not run.seeds.is_file():
-        return []
-    with open(run.seeds) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def stage_candidates(recipe: Recipe, run: RunDir) -> list[Candidate]:
@@ -62,7 +50,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     e = recipe.evaluate
     check_eval_agreement(recipe)
-    sets = {s.name: (s, load_items(recipe, run, s)) for s in e.sets}
+    sets = {s.name: (s, load_items(s, run.heldout)) for s in e.sets}
     candidates = stage_candidates(recipe, run)
     # true leaks: items in the rows the evaluated student was trained on (its checkpoints saw the same rows)
     trained = [run.adapter] if any(c.adapter is not None for c in candidates) else []

@@ -33,7 +33,7 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 2000, seed: i
 
 
 def _t_upper_tail(t: float, df: int) -> float:
-    from scipy.special import stdtr,  # scipy: a dependency of scikit-learn, which the filters need
+    from scipy.special import stdtr  # scipy: a dependency of scikit-learn, which the filters need
 
     return float(stdtr(df, -t))
 

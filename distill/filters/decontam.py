@@ -7,8 +7,8 @@ A row leaks an eval item when the item's question appears in a field the step re
 - a reference alone only when it has at least `ngram` words: labels, numbers and one-word
   answers repeat across items by nature, so an equal short answer is no leak;
 - optionally, a row's embedding is a near match of an eval input (paraphrases).
-The same detector (EvalIndex) measures, at evaluation, which items reached the rows a student
-was trained on (distill/evaluate/contamination.py). The leaks are written to
+The detector (distill.data.contamination) is the one evaluation uses to measure which items reached
+the rows a student was trained on. The leaks are written to
 filter/contamination.jsonl and the leaked item ids, per eval set, to filter/contaminated_items.json.
 """
 
@@ -16,152 +16,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from distill import rows as C
+from distill.data.contamination import CONTAMINATED_ITEMS_FILE, CONTAMINATION_FILE, EvalIndex, EvalItem, load_eval_items
 from distill.filters.base import Filter
-from distill.filters.ngrams import NgramHasher, shared_hasher, words
+from distill.data.ngrams import words
 from distill.recipe import DecontaminateFilter
-
-CONTAMINATION_FILE = "contamination.jsonl"
-CONTAMINATED_ITEMS_FILE = "contaminated_items.json"
-PARTS = ("input", "reference", "input+reference")  # which text of an item a row matched, most specific first
-
-
-@dataclass
-class EvalItem:
-    set: str
-    id: str
-    texts: list[str]  # input, then references
-
-
-@dataclass(frozen=True)
-class Leak:
-    method: str  # "13-gram" (shared n-grams), "contained" (whole short item inside the text), "exact" (equal)
-    part: str  # one of PARTS
-    count: int  # shared n-grams (1 for a short item)
-
-    def label(self) -> str:
-        return self.method if self.part == "input" else f"{self.method} of its {self.part}"
-
-
-def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int8)
-
-
-def _sorted_unique(hashes: np.ndarray, items: np.ndarray, parts: np.ndarray):
-    """Sorted by hash; one entry per (hash, item), naming the most specific part that has the hash."""
-    order = np.lexsort((parts, items, hashes))
-    hashes, items, parts = hashes[order], items[order], parts[order]
-    if len(hashes) > 1:
-        first = np.ones(len(hashes), bool)
-        first[1:] = (hashes[1:] != hashes[:-1]) | (items[1:] != items[:-1])
-        hashes, items, parts = hashes[first], items[first], parts[first]
-    return hashes, items, parts
-
-
-def _match(hashes: np.ndarray, owner: np.ndarray, index: tuple, n_items: int):
-    """(text, item, part, count) of every text that shares a hash with an item, counted per distinct position."""
-    index_h, index_item, index_part = index
-    if not len(hashes) or not len(index_h):
-        return []
-    pos = np.searchsorted(index_h, hashes)
-    hit = index_h[np.minimum(pos, len(index_h) - 1)] == hashes
-    if not hit.any():
-        return []
-    lo, h, o = pos[hit], hashes[hit], owner[hit]
-    span = np.searchsorted(index_h, h, "right") - lo  # several items can share a hash
-    entry = np.repeat(lo - np.cumsum(span) + span, span) + np.arange(int(span.sum()))
-    text, item, part = np.repeat(o, span), index_item[entry], index_part[entry]
-    keys, first, counts = np.unique(text * n_items + item, return_index=True, return_counts=True)
-    return [(int(k // n_items), int(k % n_items), int(part[f]), int(c)) for k, f, c in zip(keys, first, counts)]
-
-
-class EvalIndex:
-    """Every eval item's question texts, hashed once, looked up for a batch of row texts at a time."""
-
-    def __init__(self, items: list[EvalItem], n: int, hasher: NgramHasher | None = None):
-        self.items, self.n = items, n
-        self.hasher = hasher or shared_hasher()
-        long_texts, long_item, long_part = [], [], []
-        short: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
-        for k, item in enumerate(items):
-            question = self.hasher.text_hashes(item.texts[0]) if item.texts else np.zeros(0, np.uint64)
-            texts = [(0, question)]
-            for ref in item.texts[1:]:
-                answer = self.hasher.text_hashes(ref)
-                if len(answer) and len(question) + len(answer) >= n:
-                    texts.append((2, np.concatenate([question, answer])))
-                if len(answer) >= n:
-                    texts.append((1, answer))
-            for part, hashes in texts:
-                if len(hashes) >= n:
-                    long_texts.append(hashes)
-                    long_item.append(k)
-                    long_part.append(part)
-                elif len(hashes):  # only an input can be short: the longer texts above need n words
-                    short[len(hashes)].append((k, hashes))
-        hashes, text_of = self.hasher.ngrams(long_texts, n, short_whole=False)
-        self.long = (_sorted_unique(hashes, np.asarray(long_item, np.int64)[text_of], np.asarray(long_part, np.int8)[text_of])
-                     if len(text_of) else _empty())
-        # a short input is one run of its own length: hashed exactly as the rows' runs are
-        self.short: dict[int, tuple] = {}
-        if short:
-            flat = [(size, k, h) for size, entries in short.items() for k, h in entries]
-            for size, run_hashes, owner in self.hasher.runs([h for _, _, h in flat], set(short)):
-                mine = np.array([flat[o][0] == size for o in owner.tolist()], bool)
-                items_of = np.array([flat[o][1] for o in owner[mine].tolist()], np.int64)
-                self.short[size] = _sorted_unique(run_hashes[mine], items_of, np.zeros(len(items_of), np.int8))
-
-    def leaks(self, texts: list) -> list[dict[int, Leak]]:
-        """Per text: {eval item index: the leak found}, exact and contained matches before shared n-grams."""
-        out: list[dict[int, Leak]] = [dict() for _ in texts]
-        sizes = set(self.short) | ({self.n} if len(self.long[0]) else set())
-        if not sizes:
-            return out
-        arrays = [self.hasher.text_hashes(t) for t in texts]
-        for size, hashes, owner in self.hasher.runs(arrays, sizes):
-            if size in self.short:
-                for t, k, _, _ in _match(hashes, owner, self.short[size], len(self.items)):
-                    out[t].setdefault(k, Leak("exact" if len(arrays[t]) == size else "contained", "input", 1))
-            if size == self.n:
-                for t, k, part, count in _match(hashes, owner, self.long, len(self.items)):
-                    out[t].setdefault(k, Leak(f"{self.n}-gram", PARTS[part], count))
-        return out
-
-    def leaks_in(self, batch: dict[str, list], fields) -> list[dict[int, tuple[str, Leak]]]:
-        """Per row of a columnar batch: {eval item index: (field, leak)}, the first field listed that leaks it."""
-        size = len(batch[fields[0]]) if fields else 0
-        found: list[dict[int, tuple[str, Leak]]] = [dict() for _ in range(size)]
-        for f in fields:
-            for i, leaks in enumerate(self.leaks(batch[f])):
-                for k, leak in leaks.items():
-                    found[i].setdefault(k, (f, leak))
-        return found
-
-
-def eval_items(set_name: str, items: list[dict], check_references: bool = True) -> list[EvalItem]:
-    """Loaded eval items (see distill.evaluate.sets) as the detector reads them."""
-    out = []
-    for it in items:
-        refs = [r for r in (it.get(C.REFERENCES) or [it.get(C.REFERENCE)]) if r] if check_references else []
-        out.append(EvalItem(set_name, it[C.ID], [str(it[C.INPUT])] + [str(r) for r in refs]))
-    return out
-
-
-def load_eval_items(recipe, run, check_references: bool = True) -> list[EvalItem]:
-    """The items of every evaluation set of the recipe, as the evaluate stage will read them."""
-    from distill.evaluate.stage import load_items
-
-    items = []
-    for s in recipe.evaluate.sets:
-        if s.data == "heldout" and not Path(run.heldout).is_file():
-            continue
-        items += eval_items(s.name, load_items(recipe, run, s), check_references)
-    return items
 
 
 class Decontaminate(Filter):

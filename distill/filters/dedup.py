@@ -12,7 +12,7 @@ import numpy as np
 
 from distill import rows as C
 from distill.filters.base import Filter
-from distill.filters.ngrams import shared_hasher
+from distill.data.ngrams import shared_hasher
 from distill.recipe import ExactDedupFilter, NearDedupFilter, SemanticDedupFilter
 
 NEAR_DUP_CLUSTER = "near_dup_cluster"

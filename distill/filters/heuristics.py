@@ -6,7 +6,7 @@ import json
 import re
 
 from distill.filters.base import Filter
-from distill.filters.ngrams import words
+from distill.data.ngrams import words
 from distill.recipe import JsonSchemaFilter, LengthFilter, RefusalFilter, RegexFilter, RepetitionFilter
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from distill.errors import UserError
 from distill.filters.base import Filter
-from distill.filters.ngrams import normalize_text
+from distill.data.ngrams import normalize_text
 from distill.recipe import MajorityVoteFilter, ReferenceMatchFilter, VerifierFilter
 
 

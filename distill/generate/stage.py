@@ -17,14 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.data.captures import LOGPROBS_MODE, merge_captures, write_captures
-from distill.data.loaders import read_rows
-from distill.data.split import row_id, sample_in_order, split_heldout, thin_slices
-from distill.errors import UserError
+from distill.rows import row_id
+from distill.data.split import split_data
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
 from distill.generate.score_targets import SCORED_WITH, score_chunk
 from distill.generate.work import work_items
@@ -34,72 +32,16 @@ from distill.progress import console, progress
 from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, row_seed
 from distill.recipe import Recipe
-from distill.run_dir import RunDir, atomic_path, hash_json, run_lock, write_json
+from distill.run_dir import RunDir, hash_json, run_lock, write_json, write_jsonl, write_parquet
 from distill.slurm.teacher_server import SERVER_FILE_VARIABLE
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_parquet(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
 def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
     """Split the real data into held-out items and seeds; write both to the run directory."""
     heldout_rows, seed_rows = split_data(recipe)
-    _write_jsonl(run.heldout, heldout_rows)
-    _write_jsonl(run.seeds, seed_rows)
+    write_jsonl(run.heldout, heldout_rows)
+    write_jsonl(run.seeds, seed_rows)
     return heldout_rows, seed_rows
-
-
-def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
-    """(held-out items, seeds) of the real data, as the recipe splits it."""
-    from distill.evaluate.sets import require_heldout_references
-
-    d = recipe.data
-    require_heldout_references(recipe)  # before reading anything: target_field null with a held-out eval set
-    need = (d.input_field,) + ((d.target_field,) if recipe.generate.few_shot.k and d.target_field else ())
-    raw = read_rows(d.path, d.format, required=need)
-    if d.heldout.size >= len(raw):
-        raise UserError(f"data.heldout.size = {d.heldout.size} leaves no seeds: {d.path} has {len(raw)} rows")
-    heldout, rest = split_heldout(raw, d.heldout.size, d.heldout.seed, d.slice_field, d.heldout.min_per_slice)
-    thin = thin_slices(raw, d.slice_field, d.heldout.min_per_slice)
-    if thin:
-        console(f"[generate] warning: {len(thin)} slice(s) of {d.slice_field!r} have no more rows than "
-                f"data.heldout.min_per_slice = {d.heldout.min_per_slice}, so all are held out and none is a seed: "
-                + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""))
-
-    def norm(r: dict, held: bool = False) -> dict:
-        target = r.get(d.target_field) if d.target_field else None
-        targets = target if isinstance(target, list) else [target]
-        refs = [d.target_names.get(str(t), str(t)) for t in targets if t not in (None, "")]
-        return {
-            # a held-out id names the source line too: an input repeated in the data stays two items in the report
-            C.ID: row_id(r[d.input_field], r["_line"]) if held else row_id(r[d.input_field]),
-            C.INPUT: str(r[d.input_field]),
-            C.REFERENCE: refs[0] if refs else None,
-            C.REFERENCES: refs,
-            C.SLICE: None if not d.slice_field else str(r.get(d.slice_field)),
-            "source_line": r["_line"],
-        }
-
-    heldout_rows = [norm(r, held=True) for r in heldout]
-    require_heldout_references(recipe, heldout_rows)
-    held_inputs = {r[C.INPUT] for r in heldout_rows}
-    # The same input may appear twice in real data: a seed must never equal a held-out item.
-    seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
-    return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)
 
 
 def fingerprint_settings(recipe: Recipe) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 
 from distill import rows as C
-from distill.data.split import row_id
+from distill.rows import row_id
 from distill.errors import RecipeError
 from distill.recipe import GenerateSettings, GridSettings
 

@@ -24,7 +24,7 @@ from distill.provenance.lineage import chaining_findings, lineage
 from distill.provenance.manifest import build_manifest, model_identities
 from distill.provenance.two_sample import check_synthetic_vs_real, gap_text
 from distill.recipe import Recipe
-from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_file, write_json, write_text
+from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_file, read_jsonl, write_json, write_text
 
 ROOT_COPIES = ("manifest.json", "dataset_card.md", "model_card.md")
 CARD_CONTEXT = "card_context.json"
@@ -37,14 +37,10 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def decontamination(run: RunDir, eval_report: dict | None = None) -> dict | None:
     """What the decontamination filter found and rejected, when one ran (filter/contaminat*.json[l]), and which
     eval items evaluation found in the rows the student was trained on (report.json's contamination)."""
-    from distill.evaluate.contamination import leak_rule, trained_on_text
+    from distill.data.contamination import leak_rule, trained_on_text
 
     items = _read_json(run.stage("filter") / "contaminated_items.json")
     leaks = run.stage("filter") / "contamination.jsonl"
@@ -60,7 +56,7 @@ def decontamination(run: RunDir, eval_report: dict | None = None) -> dict | None
     if not filter_ran and training is None:
         return None
     return {"filter_ran": filter_ran, "leaked_items": {s: len(ids) for s, ids in (items or {}).items()},
-            "leak_records": len(_read_jsonl(leaks)), "training": training}
+            "leak_records": len(read_jsonl(leaks)), "training": training}
 
 
 def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None) -> dict:
@@ -177,7 +173,7 @@ def run_document(recipe: Recipe, run: RunDir) -> dict:
     eval_report = _read_json(run.eval_report)
     chaining = chaining_findings(recipe)
     coverage = coverage_audit(recipe, rows, eval_report)
-    two_sample = synthetic_vs_real_check(recipe, rows, _read_jsonl(run.heldout))
+    two_sample = synthetic_vs_real_check(recipe, rows, read_jsonl(run.heldout))
     decontam = decontamination(run, eval_report)
     warnings = warnings_of(chaining, coverage, two_sample)
 

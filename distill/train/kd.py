@@ -105,7 +105,7 @@ def kd_trainer_class():
     import torch.nn.functional as F
     from trl import SFTTrainer
 
-    from distill.train.kd_losses import top1_agreement, topk_divergence
+    from distill.divergence import top1_agreement, topk_divergence
 
     class KDTrainer(SFTTrainer):
         objective = "sft+kd"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from distill import rows as C
 from distill.data.loaders import read_rows
-from distill.data.split import row_id
+from distill.rows import row_id
 from distill.errors import DataError, UserError
 from distill.recipe import EvalSet, Recipe
+from distill.run_dir import RunDir
 
 
 def _open_datasets_folder(s: EvalSet):
@@ -108,3 +109,10 @@ def require_heldout_references(recipe: Recipe, heldout: list[dict] | None = None
         raise UserError(f"{recipe.data.path}:{missing[0].get('source_line')}: held-out row has no "
                         f"{recipe.data.target_field!r} value ({len(missing)} of the {len(heldout)} held-out rows have "
                         f"none), and evaluate.sets.{i} ({s.name!r}) scores against it: fill them in or drop those rows")
+
+
+def seed_pool(run: RunDir) -> list[dict]:
+    if not run.seeds.is_file():
+        return []
+    with open(run.seeds) as f:
+        return [json.loads(line) for line in f if line.strip()]
