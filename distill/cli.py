@@ -10,14 +10,8 @@ from pathlib import Path
 
 from distill.errors import StageError, UserError
 from distill.preemption import PREEMPTED_EXIT, Preempted, stopped_at_request
+from distill.stages import NAMES, STAGES
 
-STAGE_HELP = {
-    "generate": "the teacher writes completions for the seed inputs (vLLM)",
-    "filter": "flag generated rows with the recipe's filters",
-    "train": "LoRA fine-tuning of the student on the kept rows",
-    "evaluate": "score base student, trained student and teacher on held-out real data (RECIPE or a run directory)",
-    "document": "write the run's manifest, dataset card and model card (lineage, coverage, synthetic vs real)",
-}
 
 
 DEGRADED_EXIT = 3
@@ -54,25 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage of a recipe, skipping stages that are up to date")
     _add_recipe_args(p)
-    p.add_argument("--force", action="append", default=[], choices=list(STAGE_HELP),
+    p.add_argument("--force", action="append", default=[], choices=list(NAMES),
                    help="redo this stage even if it is up to date (repeatable)")
     p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show everything the stages write (library logs and progress bars) on the console, "
                         "not only their progress, summaries and warnings; it all goes to runs/<name>/logs/ either way")
 
-    for stage, text in STAGE_HELP.items():
-        p = sub.add_parser(stage, help=text)
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=stage.help)
         _add_recipe_args(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if it is up to date")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="show everything the stage writes (library logs and progress bars) on the console; "
                             "without it that goes to runs/<name>/logs/<stage>.log and the console shows progress, "
                             "the summary and warnings")
-        if stage == "generate":
+        if stage.name == "generate":
             p.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N",
                            help="process only shard i of N (chunks c with c %% N == i); the last shard to finish merges")
-        if stage == "evaluate":
+        if stage.name == "evaluate":
             p.add_argument("--fail-on-degradation", action="store_true", help=FAIL_ON_DEGRADATION_HELP)
             p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
 
@@ -269,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             return _doctor(args)
         recipe, run = _load(args)
-        if args.command in STAGE_HELP and _quiet_stage_command(args):
+        if args.command in NAMES and _quiet_stage_command(args):
             i, n = getattr(args, "shard", (0, 1))
             from distill import pipeline
 

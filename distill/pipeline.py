@@ -1,15 +1,14 @@
 """Stage order, skip / force logic, logs and the run's report.
 
 A stage is skipped when its completion marker records the same fingerprint: a hash of what
-its own declaration says shapes its output (settings, the models it runs, by content and run
-settings, and the content, never the path, of its input files) and of the outputs of the
+its declaration in distill.stages says shapes its output (settings, the models it runs, by content
+and run settings, and the content, never the path, of its input files) and of the outputs of the
 stages before it. Partial work left by a killed run is kept and resumed only while the
 fingerprint is unchanged.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import selectors
@@ -24,148 +23,14 @@ from pathlib import Path
 import yaml
 
 from distill.errors import StageError, UserError
-from distill.models.context import model_fingerprint, resolved_model
+from distill.models.context import resolved_model
 from distill.models.dtype import dtype_lines, machine_line
-from distill.models.identity import folder_hash
 from distill.progress import CONSOLE_COLUMNS_ENV, CONSOLE_FD_ENV, console, print_summary
 from distill.recipe import Recipe
-from distill.run_dir import STAGES, RunDir, hash_file, hash_json, hash_tree, write_json, write_text
+from distill.run_dir import RunDir, write_json, write_text
+from distill.stages import NAMES, fingerprint, stage
 
 STARTED = "_STARTED.json"
-UPSTREAM = {"generate": (), "filter": ("generate",), "train": ("filter",), "evaluate": ("generate", "filter", "train"),
-            "document": ("generate", "filter", "train", "evaluate")}
-
-
-def _upstream_hash(run: RunDir, stage: str) -> str:
-    marker = run.read_marker(stage)
-    if not marker:
-        raise UserError(f"stage {stage} has not completed in {run.root}: run it first (distill {stage} ...)")
-    return marker["output_hash"]
-
-
-# --------------------------------------------------------------------------- what shapes each stage's output
-#
-# Each stage declares what shapes its output (STAGE_SETTINGS, STAGE_MODELS); its fingerprint hashes exactly that,
-# with the output hashes of the stages before it. Settings count by value and every field of a section counts
-# unless excluded here as cosmetic, so a new recipe field redoes its stage until someone decides otherwise.
-# Files count by content, never by path: the same bytes moved elsewhere change nothing. Models count by
-# content and the settings they run with (model_fingerprint).
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of a file, or of every file under a folder (a `datasets` folder)."""
-    path = Path(path)
-    return hash_tree(path) if path.is_dir() else hash_file(path)
-
-
-def _file(path: str) -> dict:
-    """A data file by content, with its suffix: `format: auto` reads the format from it."""
-    return {"sha256": content_hash(path), "suffix": Path(path).suffix.lower()}
-
-
-def _data(r: Recipe) -> dict:
-    return {**r.data.model_dump(mode="json", exclude={"path"}), "file": _file(r.data.path)}
-
-
-# What decontamination reads of an eval set: its items (evaluate reads the rest: metrics, tolerances, prompts).
-DECONTAMINATION_FIELDS = {"name", "data", "path", "format", "split", "input_field", "target_field", "limit"}
-
-
-def _eval_set(s, fields: set[str] | None = None) -> dict:
-    out = s.model_dump(mode="json", include=fields)
-    if s.path:
-        out["path"] = _file(s.path)
-    return out
-
-
-def _generate_settings(r: Recipe) -> dict:
-    g = r.generate.model_dump(mode="json")
-    if g.get("endpoint"):  # the server and the model it serves count; how requests travel does not
-        g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k in ("url", "model")}
-    return {"data": _data(r), "generate": g}
-
-
-def _filter_settings(r: Recipe) -> dict:
-    f = r.filter.model_dump(mode="json", exclude={"num_proc"})  # processes for per-row checks: the same rows either way
-    for step in f["steps"]:
-        if step["type"] == "verifier":
-            target, _, name = step["function"].rpartition(":")
-            if target.endswith(".py"):
-                step["function"] = {"file": content_hash(target), "name": name}
-        if step.get("embedder") and Path(step["embedder"]).is_dir():
-            step["embedder"] = folder_hash(Path(step["embedder"]))
-    if f["calibration"]["gold"]:
-        f["calibration"]["gold"] = _file(f["calibration"]["gold"])
-    settings = {"filter": f}
-    if any(step.type == "decontaminate" for step in r.filter.steps):  # the held-out split comes in as generate's output
-        settings["eval_sets"] = [_eval_set(s, DECONTAMINATION_FIELDS) for s in r.evaluate.sets]
-    return settings
-
-
-def _train_settings(r: Recipe) -> dict:
-    # logging_steps and report_to only say how often and where the loss is logged: the same adapter and
-    # checkpoints. save_steps counts: it decides which checkpoints are written (and evaluated with
-    # evaluate.checkpoints). The name is written into the adapter's training_data.json.
-    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps", "report_to"}), "name": r.name}
-
-
-def _evaluate_settings(r: Recipe) -> dict:
-    e = r.evaluate.model_dump(mode="json", exclude={"cache"})  # where results are reused from: the same scores
-    e["sets"] = [_eval_set(s) for s in r.evaluate.sets]
-    return {"evaluate": e, "seed": r.seed, "name": r.name,
-            "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
-                               "chat": r.train.chat},
-            "teacher_prompt": {"template": r.generate.answering_template(), "few_shot": r.generate.few_shot.model_dump(),
-                               "chat": r.generate.chat, "system_prompt": r.generate.system_prompt}}
-
-
-def _input_paths(r: Recipe) -> list[str]:
-    paths = [r.data.path] + [s.path for s in r.evaluate.sets if s.path]
-    paths += [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
-    return paths + ([r.filter.calibration.gold] if r.filter.calibration.gold else [])
-
-
-def _document_settings(r: Recipe) -> dict:
-    # The manifest and cards record the whole recipe, the input files by path and content and the models'
-    # full identities (paths included): any change to what they record redoes the stage.
-    return {"recipe": r.model_dump(mode="json"),
-            "inputs": {p: content_hash(p) for p in sorted(set(_input_paths(r))) if Path(p).exists()},
-            "identities": {role: resolved_model(r, role)[1] for role in _all_roles(r)}}
-
-
-def _judges(r: Recipe) -> tuple[str, ...]:
-    return tuple(sorted({step.model for step in r.filter.steps if step.type == "judge"}))
-
-
-def _evaluated(r: Recipe) -> tuple[str, ...]:
-    return (("student",) if {"base", "student"} & set(r.evaluate.models) else ()) + (("teacher",) if "teacher" in r.evaluate.models else ())
-
-
-def _all_roles(r: Recipe) -> tuple[str, ...]:
-    return ("teacher", "student") + (("judge",) if r.models.judge is not None else ())
-
-
-STAGE_SETTINGS = {"generate": _generate_settings, "filter": _filter_settings, "train": _train_settings,
-                  "evaluate": _evaluate_settings, "document": _document_settings}
-# The roles whose model each stage runs (see model_fingerprint for what of a model counts).
-STAGE_MODELS = {"generate": lambda r: ("teacher",), "filter": _judges, "train": lambda r: ("student",),
-                "evaluate": _evaluated, "document": _all_roles}
-
-
-def stage_settings(recipe: Recipe, stage: str) -> dict:
-    """Everything in the recipe that can change a stage's output: settings by value, files by content."""
-    return STAGE_SETTINGS[stage](recipe)
-
-
-def stage_inputs(recipe: Recipe, stage: str) -> dict:
-    """A stage's settings and the models it runs, as its fingerprint hashes them (without upstream outputs)."""
-    return {"stage": stage, "settings": stage_settings(recipe, stage),
-            "models": {role: model_fingerprint(recipe, role) for role in STAGE_MODELS[stage](recipe)}}
-
-
-def fingerprint(recipe: Recipe, run: RunDir, stage: str) -> str:
-    upstream = {u: _upstream_hash(run, u) for u in UPSTREAM[stage]}
-    return hash_json({**stage_inputs(recipe, stage), "upstream": upstream})
 
 
 def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> Path | None:
@@ -196,48 +61,37 @@ def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> Path | None:
     return moved
 
 
-STAGE_FUNCTIONS = {"filter": "distill.filters.stage:run_filter", "train": "distill.train.stage:run_train",
-                   "evaluate": "distill.evaluate.stage:run_evaluate", "document": "distill.provenance.stage:run_document"}
-
-
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def execute_stage(recipe: Recipe, run: RunDir, stage: str, force: bool = False, shard: tuple[int, int] = (0, 1)) -> dict | None:
+def execute_stage(recipe: Recipe, run: RunDir, name: str, force: bool = False, shard: tuple[int, int] = (0, 1)) -> dict | None:
     """Run one stage in this process unless it is complete; return its summary."""
     from distill.provenance.lineage import enforce_chaining_policy
 
     enforce_chaining_policy(recipe)  # allow_chaining: false stops even a single stage before any work
-    fp = fingerprint(recipe, run, stage)
-    if not force and run.is_complete(stage, fp):
-        summary = run.read_marker(stage)["summary"]
-        console(f"[{stage}] up to date, skipped ({run.stage(stage)})")
+    fp = fingerprint(recipe, run, name)
+    if not force and run.is_complete(name, fp):
+        summary = run.read_marker(name)["summary"]
+        console(f"[{name}] up to date, skipped ({run.stage(name)})")
         return summary
     moved = None
     if _is_main_process():
         from distill.run_dir import run_lock
 
-        with run_lock(run.root / f".{stage}.lock"):  # shards started together must not wipe each other's work
-            moved = begin_stage(run, stage, fp, force and shard == (0, 1))
-    if stage == "generate":
-        from distill.generate.stage import run_generate
-
-        summary = run_generate(recipe, run, shard)
-        if not summary.get("merged"):
-            print_summary(stage, summary)
-            console(f"[generate] shard {shard[0]}/{shard[1]} finished; other shards are still missing")
-            return None
-    else:
-        # import only this stage's module: each stage process pays for its own libraries alone
-        module, function = STAGE_FUNCTIONS[stage].split(":")
-        summary = getattr(importlib.import_module(module), function)(recipe, run)
+        with run_lock(run.root / f".{name}.lock"):  # shards started together must not wipe each other's work
+            moved = begin_stage(run, name, fp, force and shard == (0, 1))
+    summary = stage(name).run(recipe, run, **({"shard": shard} if shard != (0, 1) else {}))
+    if summary is not None and summary.get("merged") is False:  # a generation shard whose siblings are still at work
+        print_summary(name, summary)
+        console(f"[{name}] shard {shard[0]}/{shard[1]} finished; other shards are still missing")
+        return None
     if not _is_main_process():
         return None
     if moved:  # the earlier work this run set aside, so the summary says where it is
         summary["moved_aside"] = str(moved)
-    run.mark_complete(stage, fp, summary)
-    print_summary(stage, summary)
+    run.mark_complete(name, fp, summary)
+    print_summary(name, summary)
     write_run_report(run)
     return summary
 
@@ -251,14 +105,14 @@ def save_resolved_recipe(recipe: Recipe, run: RunDir) -> Path:
 
 def write_run_report(run: RunDir) -> dict:
     report = {"run_dir": str(run.root), "stages": {}}
-    for stage in STAGES:
-        marker = run.read_marker(stage)
-        report["stages"][stage] = {"complete": bool(marker), "summary": marker["summary"] if marker else None}
+    for name in NAMES:
+        marker = run.read_marker(name)
+        report["stages"][name] = {"complete": bool(marker), "summary": marker["summary"] if marker else None}
     write_json(run.report, report)
     return report
 
 
-def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stages: tuple[str, ...] = STAGES,
+def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stages: tuple[str, ...] = NAMES,
                  verbose: bool = False) -> dict:
     """Each stage in its own process (a clean engine and memory per stage), its output logged to run/logs/<stage>.log.
 
@@ -275,19 +129,19 @@ def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stage
         print(f"warning: {warning}", flush=True)
     recipe_file = save_resolved_recipe(recipe, run)
     started = time.time()
-    for stage in stages:
+    for name in stages:
         fp = None
         try:
-            fp = fingerprint(recipe, run, stage)
+            fp = fingerprint(recipe, run, name)
         except UserError:
             pass  # upstream incomplete: the child will say so
-        if fp and stage not in force and run.is_complete(stage, fp):
-            print(f"[{stage}] up to date, skipped", flush=True)
+        if fp and name not in force and run.is_complete(name, fp):
+            print(f"[{name}] up to date, skipped", flush=True)
             continue
-        cmd = [sys.executable, "-m", "distill.cli", stage, str(recipe_file), "--run-dir", str(run.root)]
-        if stage in force:
+        cmd = [sys.executable, "-m", "distill.cli", name, str(recipe_file), "--run-dir", str(run.root)]
+        if name in force:
             cmd.append("--force")
-        _run_logged(cmd, run.logs / f"{stage}.log", stage, verbose)
+        _run_logged(cmd, run.logs / f"{name}.log", name, verbose)
     report = write_run_report(run)
     print(f"run complete in {time.time() - started:.0f}s: {run.root}", flush=True)
     return report

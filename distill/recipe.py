@@ -897,8 +897,6 @@ class StageResources(Section):
     @field_validator("time")
     @classmethod
     def _slurm_time(cls, v: str) -> str:
-        from distill.slurm.profile import slurm_minutes
-
         if slurm_minutes(v) is None:
             raise ValueError("give a finite time limit")
         return v.strip()  # written into an #SBATCH line
@@ -1172,3 +1170,27 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                     break
             problems.append(f"{where}: {dotted}: {_describe(error)}")
         raise RecipeError("\n".join(problems)) from None
+
+
+UNLIMITED = ("UNLIMITED", "INFINITE")
+
+
+def slurm_minutes(text: str) -> int | None:
+    """Minutes in a Slurm time string (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None if unlimited."""
+    text = str(text).strip()
+    if text.upper() in UNLIMITED:
+        return None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not m:
+        raise ValueError(f"not a Slurm time (M, H:M:S or D-H:M:S): {text!r}")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        h, mi, s = int(a), int(b or 0), int(c or 0)
+        seconds = ((int(days) * 24 + h) * 60 + mi) * 60 + s
+    elif c is not None:  # H:M:S
+        seconds = (int(a) * 60 + int(b)) * 60 + int(c)
+    elif b is not None:  # M:S
+        seconds = int(a) * 60 + int(b)
+    else:  # M
+        seconds = int(a) * 60
+    return -(-seconds // 60)

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-STAGES = ("generate", "filter", "train", "evaluate", "document")
 MARKER = "_COMPLETE.json"
 # Written into the adapter folder by the document stage after train completed: not part of train's output hash.
 DATA_MANIFEST = "data_manifest.json"

@@ -17,7 +17,8 @@ from conftest import PLURAL, run_cli, write_recipe
 
 from distill import rows as C
 from distill.run_dir import write_parquet
-from distill.pipeline import fingerprint, save_resolved_recipe
+from distill.stages import fingerprint
+from distill.pipeline import save_resolved_recipe
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
 

@@ -172,7 +172,7 @@ def test_compare_reports_reused_results_and_no_cache_scores_afresh(tmp_path, tin
 
 
 def test_cache_folder_is_relative_to_the_recipe_and_not_part_of_the_stage_fingerprint(tmp_path, tiny_model):
-    from distill.pipeline import stage_settings
+    from distill.stages import stage_settings
 
     recipe = write_recipe(tmp_path, tiny_model)
     here = load_recipe(recipe, ["evaluate.cache=shared/eval"])

@@ -15,7 +15,7 @@ import pytest
 from conftest import PLURAL, ROOT, run_cli, write_recipe
 
 from distill.generate.stage import fingerprint_settings
-from distill.pipeline import fingerprint
+from distill.stages import fingerprint
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
 

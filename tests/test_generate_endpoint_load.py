@@ -213,7 +213,7 @@ def test_a_chunks_slowest_request_does_not_idle_the_other_slots(tmp_path, recipe
 def test_retry_and_concurrency_settings_keep_the_generated_rows(recipe):
     """How requests travel (slots, chunks in flight, retries, waits) leaves the rows as they are, so changing it must
     not invalidate generated chunks; another server or served model does."""
-    from distill.pipeline import stage_inputs
+    from distill.stages import stage_inputs
 
     def inputs(**endpoint):
         return stage_inputs(load_recipe(recipe, ["generate.backend=openai",

@@ -89,7 +89,7 @@ def auto_recipe(tmp_path, tiny_model) -> Path:
 
 def _fingerprint(recipe_file: Path, stage: str, machine: Machine, monkeypatch, *overrides: str) -> str:
     import distill.models.dtype as D
-    from distill.pipeline import fingerprint
+    from distill.stages import fingerprint
     from distill.recipe import load_recipe
     from distill.run_dir import RunDir
 

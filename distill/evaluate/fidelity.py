@@ -11,37 +11,13 @@ from __future__ import annotations
 import time
 
 from distill import rows as C
-from distill.data.captures import TokenCapture, captured_completion
+from distill.evaluate.targets import fidelity_k
 from distill.recipe import EvalSet, Recipe
 from distill.run_dir import hash_json
 
 # Bump when a change here changes a figure: cached fidelity results made before then are not reused.
 FIDELITY_VERSION = 1
-DEFAULT_K = 20
 BATCH = 16
-
-
-def fidelity_k(recipe: Recipe) -> int | None:
-    """The teacher's top K to measure fidelity with, or None when it is not measured (evaluate.fidelity)."""
-    e = recipe.evaluate
-    on = e.fidelity if e.fidelity is not None else recipe.train.objective != "sft"
-    if not on or "teacher" not in e.models:
-        return None
-    return recipe.generate.logprobs or DEFAULT_K
-
-
-def teacher_target(answer, k: int, tokenizer) -> dict | None:
-    """The teacher's tokens of its answer (as its text keeps them, plus its EOS when it stopped with one) and its top K
-    at each; None when the answer has no tokens or its text is not its tokens."""
-    capture = TokenCapture.from_vllm(answer.token_ids, answer.logprobs, k)
-    found, _ = captured_completion({"token_ids": capture.token_ids}, answer.text, tokenizer)
-    if found is None:
-        return None
-    tokens, eos = found
-    n = len(tokens) + eos
-    if n == 0:
-        return None
-    return {"token_ids": tokens, "eos": eos, "top_ids": capture.top_ids[:n], "top_logprobs": capture.top_logprobs[:n]}
 
 
 def item_fidelity(model, sequences: list[list[int]], starts: list[int], targets: list[dict], pad: int) -> list[dict]:

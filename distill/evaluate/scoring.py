@@ -19,7 +19,7 @@ from distill.errors import DataError
 from distill.evaluate import metrics as M
 from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
 from distill.evaluate.candidates import Candidate, adapter_rank
-from distill.evaluate.fidelity import fidelity_k, teacher_target
+from distill.evaluate.targets import fidelity_k, teacher_target
 from distill.models.dtype import model_dtype, torch_dtype
 from distill.progress import console, progress
 from distill.prompts.student import student_prompt

@@ -12,7 +12,8 @@ import time
 from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import Candidate, checkpoint_step, training_checkpoints
 from distill.evaluate.contamination import attach, caught_by_filter, measure
-from distill.evaluate.fidelity import fidelity_k, measure_fidelity
+from distill.evaluate.targets import fidelity_k
+from distill.evaluate.fidelity import measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates

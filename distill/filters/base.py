@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from distill.recipe import Recipe
+
 
 class Filter:
     name: ClassVar[str]
@@ -37,3 +39,9 @@ class Filter:
     def summary(self) -> dict:
         """Figures for the stage summary beyond rows in and out (e.g. leaked eval items)."""
         return {}
+
+
+def filter_labels(recipe: Recipe) -> list[str]:
+    """How each step is named in reports; a type used twice is labelled by position (regex#1, regex#3)."""
+    types = [step.type for step in recipe.filter.steps]
+    return [t if types.count(t) == 1 else f"{t}#{i}" for i, t in enumerate(types)]

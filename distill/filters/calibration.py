@@ -129,7 +129,7 @@ def calibrate_run(recipe, run, gold: str | Path, folder: Path) -> dict:
     """Calibrate a run's filtered rows against a gold file; write calibration.json / .md; print warnings."""
     import pyarrow.parquet as pq
 
-    from distill.filters.stage import filter_labels
+    from distill.filters.base import filter_labels
 
     if not run.filtered.is_file():
         raise DataError(f"{run.filtered}: no filtered rows; run `distill filter` first")

@@ -108,7 +108,7 @@ def export_queue(target: str | Path, size: int = 100, seed: int = 0, out: str | 
 
 def import_verdicts(target: str | Path, file: str | Path, run_dir: str | Path | None = None) -> dict:
     """Merge a reviewed file into review/verdicts.jsonl and write review/calibration.{json,md}."""
-    from distill.filters.stage import filter_labels
+    from distill.filters.base import filter_labels
 
     recipe, run = open_run(target, run_dir)
     new = read_verdicts(file)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.errors import UserError
-from distill.filters.base import Filter
+from distill.filters.base import Filter, filter_labels
 from distill.filters.decontam import Decontaminate
 from distill.filters.dedup import ExactDedup, NearDedup, SemanticDedup
 from distill.filters.heuristics import JsonSchema, Length, Refusal, Regex, Repetition
@@ -42,12 +42,6 @@ class FilterContext:
 
     recipe: Recipe | None
     run: RunDir | None
-
-
-def filter_labels(recipe: Recipe) -> list[str]:
-    """How each step is named in reports; a type used twice is labelled by position (regex#1, regex#3)."""
-    types = [step.type for step in recipe.filter.steps]
-    return [t if types.count(t) == 1 else f"{t}#{i}" for i, t in enumerate(types)]
 
 
 def build_filters(recipe: Recipe) -> list[Filter]:

