@@ -7,6 +7,7 @@ names the recipe file, the line, the key path and what was expected.
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from distill.errors import RecipeError
+from distill.metrics import DEFAULT_TOLERANCES, METRICS
 
 PACKAGED_MODELS = ("smollm2-135m-instruct",)
 
@@ -648,7 +650,7 @@ class TrainSettings(Section):
 # --------------------------------------------------------------------------- evaluate
 
 
-MetricName = Literal["exact_match", "exact_match_normalized", "accuracy", "multi_ref_match", "token_f1", "nll"]
+MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  (the names of distill.metrics.METRICS)
 
 
 class EvalSet(Section):
@@ -707,8 +709,6 @@ class EvalSet(Section):
 
 
 def _default_tolerances() -> str:
-    from distill.evaluate.metrics import DEFAULT_TOLERANCES
-
     return ", ".join(f"{name} {value:g}" for name, value in DEFAULT_TOLERANCES.items())
 
 
@@ -741,8 +741,6 @@ class GateSettings(Section):
     @field_validator("tolerance")
     @classmethod
     def _over_defaults(cls, v: dict) -> dict:
-        from distill.evaluate.metrics import DEFAULT_TOLERANCES
-
         return {**DEFAULT_TOLERANCES, **v}  # resolved: `distill validate` shows every metric's tolerance
 
 
@@ -1128,8 +1126,9 @@ def _friendly_loc(loc: tuple) -> tuple:
     return tuple(part for i, part in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and isinstance(part, str) and part in _FILTER_TAGS))
 
 
-_FILTER_TAGS = {"length", "exact_dedup", "regex", "verifier", "near_dedup", "semantic_dedup", "decontaminate",
-                "repetition", "json_schema", "refusal", "reference_match", "majority_vote", "judge"}
+# the `type` of every filter step, read from the union itself
+_FILTER_TAGS = {tag for step in typing.get_args(typing.get_args(FilterStep)[0])
+                for tag in typing.get_args(step.model_fields["type"].annotation)}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

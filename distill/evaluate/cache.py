@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from distill.evaluate.candidates import Candidate
-from distill.evaluate.metrics import METRICS_DIR
+from distill.metrics import METRICS_DIR
 from distill.run_dir import hash_file, hash_json, hash_tree, write_text
 
 # `distill run --no-cache` reaches the evaluate stage's own process through its environment.
