@@ -450,13 +450,14 @@ def _submit_with_server(env: dict, folder: Path, tiny_model: Path, ready: int) -
 
 
 def summarize_states(env: dict, job: str) -> str:
-    from distill.slurm.status import job_states, summarize
+    from distill.cluster import job_states
+    from distill.slurm.status import summarize
 
     return summarize(job_states(job))
 
 
 def tasks_ended(job: str) -> bool:
-    from distill.slurm.status import job_states
+    from distill.cluster import job_states
 
     tasks = job_states(job)
     return bool(tasks) and all(t["state"] in TERMINAL for t in tasks)

@@ -274,7 +274,8 @@ SQUEUE_STUCK = """\
 
 
 def _status(squeue_text: str) -> dict:
-    from distill.slurm.status import parse_squeue, summarize
+    from distill.cluster import parse_squeue
+    from distill.slurm.status import summarize
 
     tasks = parse_squeue(squeue_text)
     by_stage = {"generate": tasks[:2], "filter": tasks[2:3], "train": tasks[3:4], "evaluate": tasks[4:5]}

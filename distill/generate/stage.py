@@ -33,7 +33,7 @@ from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, row_seed
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_json, run_lock, write_json, write_jsonl, write_parquet
-from distill.slurm.teacher_server import SERVER_FILE_VARIABLE
+from distill.models.teacher_server import SERVER_FILE_VARIABLE
 
 
 def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
@@ -58,7 +58,7 @@ def open_teacher(recipe: Recipe, run: RunDir, teacher_dir: Path):
     server = os.environ.get(SERVER_FILE_VARIABLE)
     if server and recipe.slurm.teacher_server is not None:
         from distill.models.openai_engine import OpenAIEndpoint
-        from distill.slurm.teacher_server import wait_for_server
+        from distill.models.teacher_server import wait_for_server
 
         return OpenAIEndpoint(teacher_dir, wait_for_server(recipe, run, Path(server)))
     if g.backend == "openai":

@@ -20,13 +20,14 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from distill.errors import UserError
 from distill.recipe import Recipe, StageResources
+from distill.models.teacher_server import JOB
 from distill.stages import slurm_jobs
 from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
 
 TEMPLATES_DIR = REPO_ROOT / "slurm"
 ACCELERATE_DIR = REPO_ROOT / "configs" / "accelerate"
 SLURM_STAGES = slurm_jobs()  # one job per stage, document inside the evaluation job
-TEACHER_SERVER = "teacher_server"  # a job before generation when the recipe serves its teacher (slurm.teacher_server)
+TEACHER_SERVER = JOB  # a job before generation when the recipe serves its teacher (slurm.teacher_server)
 # afterok on the stage before; evaluate also reads generate's held-out split, done long before.
 DEPENDS_ON = {TEACHER_SERVER: None, **{job: before for before, job in zip((None,) + SLURM_STAGES, SLURM_STAGES)}}
 

@@ -27,17 +27,10 @@ from pathlib import Path
 
 from distill.errors import StageError, UserError
 from distill.models.dtype import model_dtype
+from distill.models.teacher_server import SERVED_NAME, server_file
 from distill.progress import console
-from distill.recipe import EndpointSettings, Recipe
+from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json
-
-SERVED_NAME = "teacher"
-SERVER_FILE_VARIABLE = "DISTILL_TEACHER_SERVER"
-STAGE = "teacher_server"
-
-
-def server_file(run: RunDir) -> Path:
-    return run.root / "slurm" / "teacher-server.json"
 
 
 def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
@@ -98,7 +91,7 @@ def _answers(port: int) -> bool:
 
 def _generation_active(run: RunDir) -> bool:
     """Whether a task of this submission's generation job is still queued or running (True until it is recorded)."""
-    from distill.slurm.status import ACTIVE, job_states, jobs_file
+    from distill.cluster import ACTIVE, job_states, jobs_file
 
     try:
         job = json.loads(jobs_file(run).read_text())["stages"]["generate"]["job_id"]
@@ -191,44 +184,3 @@ def serve(recipe: Recipe, run: RunDir, poll_s: float = 5.0) -> dict:
             signal.signal(s, handler)
 
 
-def recorded_server_job(run: RunDir) -> str | None:
-    from distill.slurm.status import jobs_file
-
-    try:
-        return str(json.loads(jobs_file(run).read_text())["stages"][STAGE]["job_id"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def wait_for_server(recipe: Recipe, run: RunDir, path: Path, poll_s: float = 2.0) -> EndpointSettings:
-    """In a generation task: the endpoint of this submission's teacher server, once it answers. Stops with the
-    server's own reason when it failed, or when its job ended without ever answering."""
-    from distill.slurm.status import ACTIVE, job_states
-
-    ts = recipe.slurm.teacher_server
-    job = recorded_server_job(run)
-    deadline = time.time() + ts.ready_timeout_s + 120  # the server's own limit, counted from its start, comes first
-    announced = False
-    while True:
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if info and (job is None or info.get("job_id") == job):
-            if info.get("failed"):
-                raise StageError(f"{info['failed']} ({path})")
-            if info.get("stopped"):
-                raise StageError(f"the teacher server (job {info['job_id']}) has already stopped ({path}): submit again")
-            if info.get("url"):
-                return EndpointSettings(url=info["url"], model=info["model"], concurrency=ts.concurrency,
-                                        chunks_in_flight=4, ready_timeout_s=60)
-        tasks = job_states(job) if job is not None else []
-        if tasks and not any(t["state"] in ACTIVE for t in tasks):
-            raise StageError(f"the teacher server job {job} has ended without answering: see its log in {run.logs / 'slurm'}")
-        if time.time() > deadline:
-            raise StageError(f"no teacher server answered within slurm.teacher_server.ready_timeout_s "
-                             f"({ts.ready_timeout_s:g}s) + 120s: see the server job's log in {run.logs / 'slurm'}")
-        if not announced:
-            console(f"[generate] waiting for the teacher server (job {job}) to answer")
-            announced = True
-        time.sleep(poll_s)
