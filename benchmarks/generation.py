@@ -39,7 +39,7 @@ def load(recipe_path: str, overrides: list[str], n_prompts: int):
 def build_prompts(recipe, run) -> list[str]:
     """The prompts the generate stage itself sends (few-shot drawn from the seeds, as in a run)."""
     from distill.generate.stage import prepare_data
-    from distill.generate.work import work_items
+    from distill.generate.modes import mode_for
     from distill.prompts.teacher import teacher_prompts
     from distill.prompts.template import PromptTemplate
 
@@ -57,7 +57,7 @@ def build_prompts(recipe, run) -> list[str]:
             return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         chat = None
-    return teacher_prompts(recipe, template, work_items(recipe.generate, seeds), seeds, chat)
+    return teacher_prompts(recipe, template, mode_for(recipe).items(seeds), seeds, chat)
 
 
 def bench_vllm(recipe, prompts: list[str], repeats: int) -> dict:

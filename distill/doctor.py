@@ -96,14 +96,14 @@ def _tokenizer(recipe: Recipe, role: str):
 def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     """Every teacher prompt of the generation pass, with its answer, must fit models.teacher.engine.max_model_len."""
     from distill.data.split import split_data
-    from distill.generate.work import work_items
+    from distill.generate.modes import mode_for
     from distill.prompts.teacher import teacher_prompts
     from distill.prompts.template import PromptTemplate
 
     g = recipe.generate
     tok = _tokenizer(recipe, "teacher")
     _, seeds = split_data(recipe)
-    items = work_items(g, seeds)
+    items = mode_for(recipe).items(seeds)
 
     def chat(text: str, system: str | None = None) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]

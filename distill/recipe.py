@@ -349,6 +349,16 @@ class GenerateSettings(Section):
                              "JSON object, not the answer the student is trained on")
         return self
 
+    @property
+    def scores_targets(self) -> bool:
+        """score mode: the teacher writes nothing; the seeds' real targets are its completions, scored teacher-forced."""
+        return self.mode == "score"
+
+    @property
+    def retries_cut_answers(self) -> bool:
+        """label mode retries an answer cut at max_tokens itself, so the filter stage need not reject it."""
+        return self.mode == "label"
+
     def answering_template(self) -> str | None:
         """The template under which the teacher answers a real input, as evaluation prompts it: `template`, or in
         synthesize mode the second pass's `answer_template` when it reads nothing a real item lacks (a grid cell)."""

@@ -151,7 +151,7 @@ def run_filter(recipe: Recipe, run: RunDir) -> dict:
 
     # always first: failed generations, then answers cut at max_tokens (label mode checks and retries its own)
     if (C.FINISH_REASON in table.column_names and not recipe.filter.keep_truncated
-            and recipe.generate.mode != "label"):
+            and not recipe.generate.retries_cut_answers):
         filters.insert(0, Truncated(recipe.generate.sampling.max_tokens))
     if C.FAILURE in table.column_names:
         filters.insert(0, GenerationFailure())

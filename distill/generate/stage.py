@@ -23,9 +23,7 @@ from distill import rows as C
 from distill.data.captures import LOGPROBS_MODE, merge_captures, write_captures
 from distill.rows import row_id
 from distill.data.split import split_data
-from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
-from distill.generate.score_targets import SCORED_WITH, score_chunk
-from distill.generate.work import work_items
+from distill.generate.modes import mode_for
 from distill.models.context import resolved_model
 from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
@@ -68,7 +66,7 @@ def open_teacher(recipe: Recipe, run: RunDir, teacher_dir: Path):
     from distill.models.vllm_engine import VLLMEngine
 
     return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed, max_logprobs=g.logprobs,
-                      role="teacher", reads_prompt_logprobs=g.mode == "score")
+                      role="teacher", reads_prompt_logprobs=mode_for(recipe).reads_prompt_logprobs)
 
 
 def _shard_lock(run: RunDir):
@@ -89,30 +87,8 @@ def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperat
                            logprobs=g.logprobs if capture else None)
 
 
-def _parsed_answers(g):
-    """(structured request, check, retry settings) of the modes whose answers must parse, else (None, None, None).
-
-    check(text, finish_reason) -> (what the sample keeps, None) or (None, why not).
-    """
-    if g.mode == "label":
-        def check(text, finish_reason):
-            answer, why = check_answer(g.label, text, finish_reason)
-            return (None if why else {"text": answer}), why
-
-        return structured_request(g.label), check, g.label
-    if g.mode == "synthesize":
-        with_output = g.answer_template is None
-
-        def check(text, finish_reason):
-            pair, why = check_pair(g.grid, text, finish_reason, with_output)
-            return (None if why else {"input": pair[0], "text": pair[1]}), why
-
-        return {"json": pair_schema(g.grid, with_output)}, check, g.grid
-    return None, None, None
-
-
 def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stats: _Stats,
-                   answer_prompts=None) -> list[list[dict]]:
+                   answer_prompts=None, parsed=(None, None, None)) -> list[list[dict]]:
     """Per prompt, its n samples: text, finish reason, tokens, failure (None or why) and attempts.
 
     In label and synthesize mode an answer that fails its check is requested again (alone,
@@ -120,8 +96,9 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
     synthesize samples also carry the `input` the teacher wrote and its `raw` JSON.
     `answer_prompts(indices, inputs)`: the second-pass prompts of synthesize mode with
     generate.answer_template; the first pass then writes one input per prompt, the second n answers.
+    `parsed`: the mode's (structured request, check, retry settings), see distill.generate.modes.
     """
-    structured, check, retry = _parsed_answers(g)
+    structured, check, retry = parsed
     n = 1 if answer_prompts else g.sampling.n
     # with an answer pass, the first pass writes inputs: the answers are what gets captured
     capture = answer_prompts is None
@@ -221,14 +198,14 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     """Generate this shard's missing chunks; merge when every chunk exists. `engine`: an open teacher engine to
     reuse (left open), else one is opened for the run and closed after it."""
     started = time.time()
-    g = recipe.generate
+    g, mode = recipe.generate, mode_for(recipe)
     if recipe.train.objective != "sft":  # before the teacher writes anything the student could not learn from
         from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe)
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     _, seeds = prepare_data(recipe, run)
-    items = work_items(g, seeds)
+    items = mode.items(seeds)
     chunk_size = g.chunk_size
     n_chunks = (len(items) + chunk_size - 1) // chunk_size
     shard_index, shard_count = shard
@@ -252,14 +229,13 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     generating = 0.0
     template = PromptTemplate(g.template, "generate.template")
     answer_template = PromptTemplate(g.answer_template, "generate.answer_template") if g.answer_template else None
-    sampling = g.sampling.model_dump(mode="json") if g.mode != "score" else None
-    scored_template = PromptTemplate(g.completion_template, "generate.completion_template")
+    sampling = mode.sampling()
 
     if todo:
         own_engine = engine is None
         engine = open_teacher(recipe, run, teacher_dir) if own_engine else engine
         backend = engine.describe()
-        bar = progress(total=sum(size(c) for c in mine), desc=f"generate ({g.mode})", unit="prompt",
+        bar = progress(total=sum(size(c) for c in mine), desc=f"generate ({mode.name})", unit="prompt",
                        initial=sum(size(c) for c in mine if c not in todo))
         t0 = time.time()
 
@@ -272,10 +248,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                     recipe, answer_template, [{**items_[i], C.INPUT: x} for i, x in zip(idx, inputs)], seeds,
                     engine.apply_chat_template))
             chunk_stats = _Stats()  # one per chunk: chunks in flight run in threads
-            if g.mode == "score":
-                samples = score_chunk(engine, g, scored_template, prompts, chunk_items, chunk_stats)
-            else:
-                samples = generate_chunk(engine, g, prompts, request_seeds, chunk_stats, answer_prompts)
+            samples = mode.samples(engine, prompts, request_seeds, chunk_items, chunk_stats, answer_prompts)
             return chunk_items, prompts, request_seeds, samples, chunk_stats
 
         in_flight = engine.chunks_in_flight
@@ -301,7 +274,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                         C.FINISH_REASON: s["finish_reason"],
                         C.FAILURE: s["failure"],
                         C.PROVENANCE: {
-                            "mode": g.mode,
+                            "mode": mode.name,
                             "teacher": teacher,
                             "backend": backend,
                             "template_sha256": template.sha256,
@@ -315,16 +288,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                             "created_at": now,
                             **({"logprobs": {"k": g.logprobs, "mode": LOGPROBS_MODE,
                                              "captured": s.get("capture") is not None}} if g.logprobs else {}),
-                            **({"scored": {"completion": "the seed's real target", "method": SCORED_WITH,
-                                           "completion_template_sha256": scored_template.sha256}}
-                               if g.mode == "score" else {}),
-                            **({"synthesis": {
-                                "raw": s["raw"],  # the teacher's JSON object as written
-                                "input_prompt": prompt if answer_template else None,
-                                "input_tokens": s.get("input_tokens"),
-                                "answer_seed": s.get("answer_seed"),
-                                "answer_template_sha256": answer_template.sha256 if answer_template else None,
-                            }} if g.mode == "synthesize" else {}),
+                            **mode.provenance(s, prompt, answer_template),
                         },
                     })
             if g.logprobs:  # before the rows: a chunk whose rows exist always has its captures
@@ -344,12 +308,12 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
             engine.close()
 
     seconds = time.time() - started
-    summary = {"mode": g.mode, "prompts": len(items), "chunks": n_chunks, "shard": f"{shard_index}/{shard_count}",
+    summary = {"mode": mode.name, "prompts": len(items), "chunks": n_chunks, "shard": f"{shard_index}/{shard_count}",
                "chunks_this_run": len(todo), "rows_this_run": stats.rows, "failures_this_run": stats.failures,
-               "retried": stats.retried, ("scored_tokens" if g.mode == "score" else "new_tokens"): stats.tokens,
+               "retried": stats.retried, **mode.summary(stats.tokens),
                "tokens_per_s": round(stats.tokens / generating, 1) if generating else 0.0,
                "generating_seconds": round(generating, 1), "seconds": round(seconds, 1),
-               **({"scored_with": SCORED_WITH} if g.mode == "score" else {})}
+               "teacher_did": mode.card_text}
     with _shard_lock(run):
         if all(_chunk_path(run, c).is_file() for c in range(n_chunks)):
             merged, failures = merge_chunks(run, n_chunks)

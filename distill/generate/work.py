@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import itertools
 
-from distill import rows as C
-from distill.rows import row_id
 from distill.errors import RecipeError
-from distill.recipe import GenerateSettings, GridSettings
+from distill.recipe import GridSettings
 
 RESERVED_VARIABLES = ("input", "examples", "row", "cell", "index")
 
@@ -25,16 +23,5 @@ def grid_cells(grid: GridSettings) -> list[dict[str, str]]:
         raise RecipeError(f"generate.grid.attributes: {clash[0]!r} is a template variable already; rename the attribute")
     return [dict(zip(names, values)) for values in itertools.product(*(grid.attributes[n] for n in names))]
 
-
-def work_items(g: GenerateSettings, seeds: list[dict]) -> list[dict]:
-    """The prompts to make, each with its id and what the template sees."""
-    if g.mode != "synthesize":
-        return [{**s, C.CELL: None, "index": 0} for s in seeds]
-    items = []
-    for cell in grid_cells(g.grid):
-        for index in range(g.grid.per_cell):
-            items.append({C.ID: row_id("cell", *(f"{k}={v}" for k, v in cell.items()), index), C.INPUT: None,
-                          C.REFERENCE: None, C.REFERENCES: [], C.SLICE: None, C.CELL: cell, "index": index})
-    return items
 
 

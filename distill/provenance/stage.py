@@ -28,9 +28,7 @@ from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_fil
 
 ROOT_COPIES = ("manifest.json", "dataset_card.md", "model_card.md")
 CARD_CONTEXT = "card_context.json"
-MODE_TEXT = {"complete": "answered real seed inputs",
-             "synthesize": "wrote inputs and answers for every cell of an attribute grid",
-             "label": "labelled real inputs under a structured-output constraint"}
+
 
 
 def _read_json(path: Path) -> dict | None:
@@ -210,9 +208,11 @@ def card_context(recipe: Recipe, run: RunDir, manifest: dict, chaining: list[dic
     filter_marker = run.read_marker("filter")
     train_marker = run.read_marker("train")
     mode = getattr(recipe.generate, "mode", "complete")
+    generated = (run.read_marker("generate") or {}).get("summary") or {}
     return {
         "name": recipe.name, "created_at": manifest["created_at"], "manifest_sha": manifest["content_sha256"],
-        "mode": mode, "mode_text": MODE_TEXT.get(mode, "answered real seed inputs"),
+        # what the teacher did, as the generate stage's mode says it in its summary
+        "mode": mode, "mode_text": generated.get("teacher_did") or f"ran in {mode} mode",
         "generate": recipe.generate.model_dump(mode="json"), "template_sha": template_hash(recipe.generate.template),
         "data": {"path": recipe.data.path, "sha256": hash_file(Path(recipe.data.path)), "heldout": recipe.data.heldout.size},
         "models": model_identities(recipe), "lineage": lineage(recipe), "chaining": chaining,
