@@ -74,7 +74,7 @@ def check_prefix_caching(recipe: Recipe, machine: Machine, c: Checkup) -> None:
             c.problem(f"models.{role}.engine.block_size: {e.block_size}, but vLLM's CPU attention backend takes "
                       f"multiples of {CPU_BLOCK_MULTIPLE}")
     e = recipe.models.teacher.engine
-    if g.mode == "score":
+    if g.scores_targets:
         c.ok("prefix caching: off for the teacher's engine in score mode, whose prompt log-probabilities are read")
     elif e.prefix_caching is False:
         c.note("prefix caching: off for the teacher (models.teacher.engine.prefix_caching: false)")
@@ -111,7 +111,7 @@ def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
 
     prompts = teacher_prompts(recipe, PromptTemplate(g.template, "generate.template"), items, seeds, chat)
     lengths = [len(tok(p).input_ids) for p in prompts]
-    if g.mode == "score":
+    if g.scores_targets:
         answer = max((len(tok(str(it.get("reference") or "")).input_ids) for it in items), default=0)
         what = "its longest real target"
     else:

@@ -25,7 +25,7 @@ def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict],
     prompts = []
     for item in items:
         examples = fixed if fixed is not None else draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
-        if g.mode == "score" and any(e[C.ID] == item[C.ID] for e in examples):
+        if g.scores_targets and any(e[C.ID] == item[C.ID] for e in examples):
             # scored on its own target, the teacher must not find it among the examples
             examples = draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
         examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]
