@@ -662,6 +662,12 @@ class TrainSettings(Section):
 
 MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  (the names of distill.metrics.METRICS)
 
+    @property
+    def learns_from_captures(self) -> bool:
+        """The objective learns the teacher's token distributions (captured by generation), not only its text."""
+        return self.objective in ("kd", "sft+kd")
+
+
 
 class EvalSet(Section):
     name: str = Field(description="Name used in reports.")
@@ -1034,7 +1040,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _kd_needs_captures(self) -> "Recipe":
-        if self.train.objective != "sft":
+        if self.train.learns_from_captures:
             if not self.generate.logprobs:
                 raise ValueError(f"train.objective {self.train.objective!r} learns the teacher's token distributions: "
                                  "set generate.logprobs (e.g. 20) so the generation pass captures them")

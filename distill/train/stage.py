@@ -24,7 +24,8 @@ from distill.prompts.student import check_eval_agreement
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.tracking import finish_tracking, trainer_callbacks
-from distill.train.formats import check_stop_learned, training_examples
+from distill.train.formats import check_stop_learned
+from distill.train.objectives import objective_for
 from distill.train.plots import plot_loss, plot_loss_terms
 
 
@@ -32,14 +33,14 @@ def training_arguments(recipe: Recipe, output_dir: Path):
     """TRL's SFTConfig for the recipe. Made before the model loads: under `accelerate launch` with DeepSpeed
     ZeRO-3 it registers the DeepSpeed config, so that transformers partitions the weights as it loads them
     instead of loading a full copy in every process."""
-    from trl import SFTConfig
-
     from distill.models.device import torch_device
 
     t, spec = recipe.train, recipe.models.student
     on_gpu = torch_device().type == "cuda"
     dtype = model_dtype(spec, "student").dtype
-    return SFTConfig(
+    objective = objective_for(recipe)
+    return objective.config_class()(
+        **objective.config_fields(),
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
@@ -63,11 +64,10 @@ def training_arguments(recipe: Recipe, output_dir: Path):
 
 
 def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], output_dir: Path):
-    """(TRL's SFTTrainer for these prompt / completion examples, the student's tokenizer), as training uses them."""
+    """(the objective's trainer for these examples, the student's tokenizer), as training uses them."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
 
     t = recipe.train
     spec = recipe.models.student
@@ -77,13 +77,7 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch_dtype(dtype), trust_remote_code=spec.trust_remote_code)
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                       target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
-    trainer_class = SFTTrainer
-    if t.objective != "sft":
-        from distill.train.kd import kd_trainer_class
-
-        trainer_class = kd_trainer_class()
-        trainer_class.objective, trainer_class.divergence = t.objective, t.kd.divergence
-        trainer_class.weight, trainer_class.tail = t.kd.weight, t.kd.tail
+    trainer_class = objective_for(recipe).trainer_class()
     try:
         trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(examples),
                                 processing_class=tokenizer, peft_config=lora)
@@ -154,27 +148,13 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     t = recipe.train
     check_eval_agreement(recipe)
-    if t.objective != "sft":
-        from distill.models.vocabulary import check_shared_vocabulary
-
-        check_shared_vocabulary(recipe)
+    objective = objective_for(recipe)
+    objective.check()
     student_dir, student = resolved_model(recipe, "student")
     kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
     if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
-    rows = sample_in_order(kept, t.max_rows, t.seed)
-    teacher_targets = None
-    if t.objective == "sft":
-        examples = training_examples(recipe, rows)
-    else:
-        from transformers import AutoTokenizer
-
-        from distill.train.kd import kd_examples
-
-        tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=recipe.models.student.trust_remote_code)
-        examples, teacher_targets, used = kd_examples(recipe, rows, tokenizer, run.teacher_logprobs)
-        trained = set(used)
-        rows = [r for r in rows if r[C.ID] in trained]
+    examples, rows, teacher_targets = objective.examples(sample_in_order(kept, t.max_rows, t.seed), student_dir, run)
 
     stage_dir = run.stage("train")
     checkpoints = stage_dir / "checkpoints"
@@ -185,10 +165,7 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
         console(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
                 f"{t.max_length} ({format_check['rows_dropped_by_max_length']} of them dropped)")
 
-    if t.objective != "sft":
-        from distill.train.kd import TeacherTargetCollator
-
-        trainer.data_collator = TeacherTargetCollator(trainer.data_collator, t.kd.top_k or recipe.generate.logprobs)
+    trainer.data_collator = objective.collator(trainer.data_collator)
 
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else False
     trainer.add_callback(loss_bar())
@@ -241,7 +218,8 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
     })
     shutil.rmtree(run.adapter, ignore_errors=True)
     os.replace(tmp, run.adapter)
-    terms = {name: [float(h[name]) for h in history] for name in ("ce_loss", "kd_loss")
+    objective = objective_for(recipe)
+    terms = {name: [float(h[name]) for h in history] for name in objective.loss_terms
              if history and all(name in h for h in history)}
     write_json(stage_dir / "log.json", {"steps": steps, "losses": losses, **{f"{n}es": v for n, v in terms.items()},
                                         "log_history": trainer.state.log_history})
@@ -250,9 +228,7 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
         if terms:
             plot_loss_terms(steps, terms, stage_dir / "loss_terms.png",
                             f"{recipe.name}: {t.objective}, {t.kd.divergence}, per token")
-    kd = {} if teacher_targets is None else {"objective": t.objective, "teacher_targets": teacher_targets, **{
-        f"first_{n}": round(v[0], 4) for n, v in terms.items()}, **{f"last_{n}": round(v[-1], 4) for n, v in terms.items()}}
-    return {**kd,
+    return {**objective.summary(teacher_targets, terms),
         "rows": len(rows), **({"rows_kept": kept} if len(rows) < kept else {}), "steps": trainer.state.global_step, "first_loss": round(losses[0], 4) if losses else None,
         "last_loss": round(losses[-1], 4) if losses else None, "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
         "resumed": resume, "format_check": format_check, "seconds": round(time.time() - started, 1),
