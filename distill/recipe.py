@@ -656,17 +656,16 @@ class TrainSettings(Section):
     )
     save_steps: int | None = Field(None, gt=0, description="Also save a checkpoint every this many steps.")
 
-
-# --------------------------------------------------------------------------- evaluate
-
-
-MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  (the names of distill.metrics.METRICS)
-
     @property
     def learns_from_captures(self) -> bool:
         """The objective learns the teacher's token distributions (captured by generation), not only its text."""
         return self.objective in ("kd", "sft+kd")
 
+
+# --------------------------------------------------------------------------- evaluate
+
+
+MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  (the names of distill.metrics.METRICS)
 
 
 class EvalSet(Section):

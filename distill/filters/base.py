@@ -45,3 +45,27 @@ def filter_labels(recipe: Recipe) -> list[str]:
     """How each step is named in reports; a type used twice is labelled by position (regex#1, regex#3)."""
     types = [step.type for step in recipe.filter.steps]
     return [t if types.count(t) == 1 else f"{t}#{i}" for i, t in enumerate(types)]
+
+
+# Modules of this package that hold no filter step.
+_NOT_FILTERS = {"base", "stage", "report", "calibration", "review"}
+
+
+def filter_classes() -> dict[str, type[Filter]]:
+    """Each filter class by the `type` a recipe step names it with (its `name`): every module of this package is a
+    filter's, so a new filter is one module here plus its settings in the recipe schema."""
+    import importlib
+    import pkgutil
+
+    import distill.filters as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _NOT_FILTERS:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    found, todo = {}, list(Filter.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if "name" in cls.__dict__:
+            found[cls.name] = cls
+    return found

@@ -17,20 +17,11 @@ import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.errors import UserError
-from distill.filters.base import Filter, filter_labels
-from distill.filters.decontam import Decontaminate
-from distill.filters.dedup import ExactDedup, NearDedup, SemanticDedup
-from distill.filters.heuristics import JsonSchema, Length, Refusal, Regex, Repetition
-from distill.filters.judge import Judge
+from distill.filters.base import Filter, filter_classes, filter_labels
 from distill.filters.report import funnel, write_funnel
-from distill.filters.verify import MajorityVote, ReferenceMatch, Verifier
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, atomic_path
 
-BUILDERS = {"length": Length, "exact_dedup": ExactDedup, "regex": Regex, "verifier": Verifier,
-            "near_dedup": NearDedup, "semantic_dedup": SemanticDedup, "decontaminate": Decontaminate,
-            "repetition": Repetition, "json_schema": JsonSchema, "refusal": Refusal,
-            "reference_match": ReferenceMatch, "majority_vote": MajorityVote, "judge": Judge}
 BATCH = 1024
 SCORES = "scores"
 FLAGGED = "flagged"
@@ -46,9 +37,9 @@ class FilterContext:
 
 def build_filters(recipe: Recipe) -> list[Filter]:
     """The recipe's filters in order."""
-    filters = []
+    filters, classes = [], filter_classes()
     for step, label in zip(recipe.filter.steps, filter_labels(recipe)):
-        f = BUILDERS[step.type](step)
+        f = classes[step.type](step)
         f.label = label
         filters.append(f)
     return filters
