@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _review(args) -> int:
+def _review(args, argv=None) -> int:
     from distill.filters.review import export_queue, import_verdicts
 
     if args.review_command == "export":
@@ -143,7 +143,7 @@ def _review(args) -> int:
     return 0
 
 
-def _slurm(args) -> int:
+def _slurm(args, argv=None) -> int:
     from distill.run_dir import RunDir
 
     if args.slurm_command == "status":
@@ -166,7 +166,7 @@ def _slurm(args) -> int:
     return 0
 
 
-def _doctor(args) -> int:
+def _doctor(args, argv=None) -> int:
     from distill.doctor import checkup, machine_lines
     from distill.models.hardware import this_machine
 
@@ -186,7 +186,7 @@ def _doctor(args) -> int:
     return 2 if found.findings else 0
 
 
-def _export(args) -> int:
+def _export(args, argv=None) -> int:
     from distill.export import run_export
 
     export = run_export(args.target, args.out, args.merge)
@@ -195,7 +195,7 @@ def _export(args) -> int:
     return 0
 
 
-def _compare(args) -> int:
+def _compare(args, argv=None) -> int:
     from distill.evaluate.compare import run_compare
 
     report = run_compare(args.targets, args.out, args.recipe, args.run_dir, args.baseline, args.overrides)
@@ -225,6 +225,81 @@ def _say_degraded(evaluate_dir: Path, summary: dict) -> None:
     print(f"degraded: {summary['degraded']} finding(s), see {evaluate_dir / 'report.md'}", file=sys.stderr)
 
 
+def _tiny_model(args, argv=None) -> int:
+    from distill.models.tiny import build_tiny_model
+
+    print(build_tiny_model(args.out, args.arch))
+    return 0
+
+
+def _validate(args, argv=None) -> int:
+    import yaml
+
+    from distill.data.eval_sets import require_heldout_references
+    from distill.data.preflight import preflight
+    from distill.models.dtype import dtype_lines, machine_line
+    from distill.provenance.lineage import enforce_chaining_policy
+    from distill.tracking import check_installed
+
+    recipe, _ = _load(args)
+    check_installed(recipe)
+    require_heldout_references(recipe)  # an unlabelled held-out split is caught here too, not after generation
+    checked = preflight(recipe)
+    print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
+    for line in checked:
+        print(f"checked {line}", file=sys.stderr)
+    for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
+        print(f"warning: {warning}", file=sys.stderr)
+    print(machine_line(recipe), file=sys.stderr)
+    for warning in dtype_lines(recipe)[1]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _run(args, argv=None) -> int:
+    from distill import pipeline
+    from distill.data.preflight import preflight
+    from distill.tracking import check_installed
+
+    recipe, run = _load(args)
+    preflight(recipe)  # every input file's format and first rows, before any work
+    check_installed(recipe)
+    pipeline.run_pipeline(recipe, run, force=tuple(args.force), verbose=args.verbose)
+    return 0
+
+
+def _stage(args, argv=None) -> int:
+    """`distill generate|filter|train|evaluate|document`: quiet (a logged child process) unless -v, in a launch or
+    already that child; then the stage itself, in this process."""
+    from distill import pipeline
+
+    recipe, run = _load(args)
+    if _quiet_stage_command(args):
+        i, n = getattr(args, "shard", (0, 1))
+        code = pipeline.run_stage_command(run, args.command, sys.argv[1:] if argv is None else [str(a) for a in argv],
+                                          log_name=args.command if n == 1 else f"{args.command}-shard{i}of{n}",
+                                          exit_codes=(0, DEGRADED_EXIT, PREEMPTED_EXIT))
+        if code == DEGRADED_EXIT:
+            _say_degraded(run.stage("evaluate"), json.loads(run.marker("evaluate").read_text())["summary"])
+        return code
+    if args.command == "generate":
+        from distill.data.preflight import preflight
+
+        preflight(recipe)  # every input file's format and first rows, before any work
+    if args.command in ("train", "evaluate"):
+        from distill.tracking import check_installed
+
+        check_installed(recipe)
+    if Path(args.recipe).resolve() != run.recipe.resolve():
+        pipeline.save_resolved_recipe(recipe, run)
+    summary = pipeline.execute_stage(recipe, run, args.command, force=args.force, shard=getattr(args, "shard", (0, 1)))
+    if getattr(args, "fail_on_degradation", False) and summary and summary.get("degraded"):
+        if not pipeline.in_stage_process():  # else the command the user typed says it, on its stderr
+            _say_degraded(run.stage("evaluate"), summary)
+        return DEGRADED_EXIT
+    return 0
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Overrides may come after options too (`distill filter R --run-dir D key=value`): argparse stops filling a
     positional list at the first option, so the rest arrive as extras."""
@@ -234,6 +309,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+COMMANDS = {"run": _run, "validate": _validate, "doctor": _doctor, "tiny-model": _tiny_model, "export": _export,
+            "compare": _compare, "slurm": _slurm, "review": _review}  # the stage commands: _stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,72 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ[NO_CACHE_ENV] = "1"  # `run` starts each stage in a child process, which inherits it
     try:
-        if args.command == "tiny-model":
-            from distill.models.tiny import build_tiny_model
-
-            print(build_tiny_model(args.out, args.arch))
-            return 0
-        if args.command == "slurm":
-            return _slurm(args)
-        if args.command == "review":
-            return _review(args)
-        if args.command == "compare":
-            return _compare(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "doctor":
-            return _doctor(args)
-        recipe, run = _load(args)
-        if args.command in NAMES and _quiet_stage_command(args):
-            i, n = getattr(args, "shard", (0, 1))
-            from distill import pipeline
-
-            code = pipeline.run_stage_command(run, args.command, sys.argv[1:] if argv is None else [str(a) for a in argv],
-                                              log_name=args.command if n == 1 else f"{args.command}-shard{i}of{n}",
-                                              exit_codes=(0, DEGRADED_EXIT, PREEMPTED_EXIT))
-            if code == DEGRADED_EXIT:
-                _say_degraded(run.stage("evaluate"), json.loads(run.marker("evaluate").read_text())["summary"])
-            return code
-        from distill.data.preflight import preflight
-
-        if args.command in ("run", "generate"):
-            preflight(recipe)  # every input file's format and first rows, before any work
-        if args.command in ("run", "train", "evaluate", "validate"):
-            from distill.tracking import check_installed
-
-            check_installed(recipe)
-        if args.command == "validate":
-            import yaml
-
-            from distill.data.eval_sets import require_heldout_references
-            from distill.provenance.lineage import enforce_chaining_policy
-
-            require_heldout_references(recipe)  # an unlabelled held-out split is caught here too, not after generation
-            checked = preflight(recipe)
-            print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
-            for line in checked:
-                print(f"checked {line}", file=sys.stderr)
-            for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
-                print(f"warning: {warning}", file=sys.stderr)
-            from distill.models.dtype import dtype_lines, machine_line
-
-            print(machine_line(recipe), file=sys.stderr)
-            for warning in dtype_lines(recipe)[1]:
-                print(f"warning: {warning}", file=sys.stderr)
-            return 0
-        from distill import pipeline
-
-        if args.command == "run":
-            pipeline.run_pipeline(recipe, run, force=tuple(args.force), verbose=args.verbose)
-        else:
-            if Path(args.recipe).resolve() != run.recipe.resolve():
-                pipeline.save_resolved_recipe(recipe, run)
-            summary = pipeline.execute_stage(recipe, run, args.command, force=args.force, shard=getattr(args, "shard", (0, 1)))
-            if getattr(args, "fail_on_degradation", False) and summary and summary.get("degraded"):
-                if not pipeline.in_stage_process():  # else the command the user typed says it, on its stderr
-                    _say_degraded(run.stage("evaluate"), summary)
-                return DEGRADED_EXIT
-        return 0
+        return COMMANDS.get(args.command, _stage)(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
