@@ -70,7 +70,8 @@ def train_settings(r: Recipe) -> dict:
     # logging_steps and report_to only say how often and where the loss is logged: the same adapter and
     # checkpoints. save_steps counts: it decides which checkpoints are written (and evaluated with
     # evaluate.checkpoints). The name is written into the adapter's training_data.json.
-    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps", "report_to"}), "name": r.name}
+    unused = set() if r.train.objective == "on_policy" else {"on_policy"}  # settings of an objective not run
+    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps", "report_to"} | unused), "name": r.name}
 
 
 def evaluate_settings(r: Recipe) -> dict:
@@ -95,6 +96,11 @@ def document_settings(r: Recipe) -> dict:
     return {"recipe": r.model_dump(mode="json"),
             "inputs": {p: content_hash(p) for p in sorted(set(_input_paths(r))) if Path(p).exists()},
             "identities": {role: resolved_model(r, role)[1] for role in all_roles(r)}}
+
+
+def trained_roles(r: Recipe) -> tuple[str, ...]:
+    """The student, and the teacher when training asks it (on-policy scoring)."""
+    return ("student",) + (("teacher",) if r.train.runs_the_teacher else ())
 
 
 def judge_roles(r: Recipe) -> tuple[str, ...]:

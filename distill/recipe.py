@@ -584,6 +584,46 @@ class FilterSettings(Section):
 # --------------------------------------------------------------------------- train
 
 
+class OnPolicySettings(Section):
+    """objective on_policy: the student answers the seed prompts itself (vLLM, its current LoRA adapter), the teacher
+    scores exactly those tokens on its own prompt for the same seed (vLLM prompt log-probabilities, teacher-forced),
+    and the student learns from the per-token difference. Seeds only: no labels needed."""
+
+    steps: int = Field(20, gt=0, description="Optimizer steps.")
+    prompts_per_step: int = Field(16, gt=0, description="Seed prompts per step, taken in order and cycling.")
+    samples_per_prompt: int = Field(1, ge=1, description="Student answers sampled per prompt.")
+    max_tokens: int = Field(16, gt=0, description="Most tokens per student answer.")
+    temperature: float = Field(1.0, gt=0, description="The student's sampling temperature (1: its own distribution).")
+    reverse_kl_weight: float = Field(
+        1.0, ge=0, description="Weight of the per-token reverse KL on the sampled tokens, log p_student - log "
+        "p_teacher, used as the advantage of an importance-weighted policy gradient with discount 0 (the form of "
+        "tinker-cookbook's on-policy distillation).")
+    forward_kl_weight: float = Field(
+        0.0, ge=0, description="Weight of the forward KL over the teacher's top-K (plus a tail bucket) at each of the "
+        "student's tokens (the GKD form).")
+    top_k: int = Field(1, ge=1, description="Teacher log-probabilities kept per position: 1 suffices for the "
+                       "reverse KL; the forward KL uses them all (20 or so).")
+    lmbda: float = Field(1.0, ge=0, le=1, description="Share of steps that are on-policy (GKD's lmbda): the others "
+                         "train on the kept rows' text (cross-entropy), drawn per step with train.seed.")
+    sync_every: int = Field(1, ge=1, description="Load the new adapter into the sampling engine every this many "
+                            "optimizer steps (1: every sample comes from the current policy).")
+    start_from: str = Field(
+        "base", description="base: a fresh adapter on the base student; sft: first train the recipe's SFT on the "
+        "kept rows, then continue on-policy from that adapter; or an adapter folder or run directory (its "
+        "train/adapter), relative to the recipe.")
+
+    @field_validator("start_from")
+    @classmethod
+    def _start_folder(cls, v: str, info: ValidationInfo) -> str:
+        if v in ("base", "sft"):
+            return v
+        folder = Path(_resolve_existing(v, info, folder=True))
+        adapter = next((f for f in (folder, folder / "train" / "adapter") if (f / "adapter_config.json").is_file()), None)
+        if adapter is None:
+            raise ValueError(f"{folder} is neither an adapter folder nor a run directory with train/adapter/")
+        return str(adapter)
+
+
 class KDSettings(Section):
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
         "forward_kl", description="forward_kl: KL(teacher || student), covers the teacher's modes. reverse_kl: "
@@ -640,12 +680,14 @@ class TrainSettings(Section):
         None, gt=0, description="Train on at most this many of the kept rows, a reproducible sample (train.seed) in "
         "file order, as transformers' max_train_samples: for learning curves. The adapter records which rows."
     )
-    objective: Literal["sft", "kd", "sft+kd"] = Field(
+    objective: Literal["sft", "kd", "sft+kd", "on_policy"] = Field(
         "sft", description="sft: cross-entropy on the teacher's text. kd: the teacher's captured token distributions "
         "(generate.logprobs) at every completion token, cross-entropy only where the teacher gave none (the EOS "
-        "label after a stop string). sft+kd: both, the divergence weighted by kd.weight. kd and sft+kd need teacher "
-        "and student to share a vocabulary."
+        "label after a stop string). sft+kd: both, the divergence weighted by kd.weight. on_policy: the student "
+        "samples, the teacher scores its tokens (train.on_policy). All but sft need teacher and student to share a "
+        "vocabulary."
     )
+    on_policy: OnPolicySettings = Field(default_factory=lambda: OnPolicySettings(), description="objective on_policy.")
     kd: KDSettings = Field(default_factory=lambda: KDSettings(), description="The distillation term of objective kd / sft+kd.")
     logging_steps: int = Field(1, gt=0, description="Log the loss every this many steps.")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
@@ -655,6 +697,11 @@ class TrainSettings(Section):
         "WANDB_MODE=online. Changes no output: a finished stage is not redone for it (use --force to log one)."
     )
     save_steps: int | None = Field(None, gt=0, description="Also save a checkpoint every this many steps.")
+
+    @property
+    def runs_the_teacher(self) -> bool:
+        """Training itself asks the teacher (on_policy): the train stage then counts the teacher among its models."""
+        return self.objective == "on_policy"
 
     @property
     def learns_from_captures(self) -> bool:
@@ -1016,6 +1063,18 @@ class Recipe(Section):
     def _score_needs_targets(self) -> "Recipe":
         if self.generate.mode == "score" and not self.data.target_field:
             raise ValueError("generate.mode: score scores the real targets, but data.target_field is null")
+        return self
+
+    @model_validator(mode="after")
+    def _on_policy_scores_right(self) -> "Recipe":
+        if self.train.objective == "on_policy":
+            if self.models.teacher.engine.prefix_caching is True:
+                raise ValueError("models.teacher.engine.prefix_caching: true, but train.objective on_policy reads the "
+                                 "teacher's prompt log-probabilities, which vLLM can return stale with prefix caching "
+                                 "(vllm#42019): use auto (off for the scoring engine) or false")
+            if self.train.chat:
+                raise ValueError("train.objective on_policy samples the student on its plain prompt: train.chat is "
+                                 "not supported with it yet")
         return self
 
     @model_validator(mode="after")

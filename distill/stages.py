@@ -57,7 +57,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("filter", "flag generated rows with the recipe's filters", ("generate",),
           F.filter_settings, F.judge_roles, "distill.filters.stage:run_filter", "filter"),
     Stage("train", "LoRA fine-tuning of the student on the kept rows", ("filter",),
-          F.train_settings, lambda r: ("student",), "distill.train.stage:run_train", "train"),
+          F.train_settings, F.trained_roles, "distill.train.stage:run_train", "train"),
     Stage("evaluate", "score base student, trained student and teacher on held-out real data (RECIPE or a run "
           "directory)", ("generate", "filter", "train"),
           F.evaluate_settings, F.evaluated_roles, "distill.evaluate.stage:run_evaluate", "evaluate"),

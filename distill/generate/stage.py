@@ -199,7 +199,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     reuse (left open), else one is opened for the run and closed after it."""
     started = time.time()
     g, mode = recipe.generate, mode_for(recipe)
-    if recipe.train.learns_from_captures:  # before the teacher writes anything the student could not learn from
+    if recipe.train.learns_from_captures or recipe.train.runs_the_teacher:  # before the teacher writes anything the student could not learn from
         from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe)

@@ -159,6 +159,19 @@ class VLLMEngine:
         return [Completion(text, None, len(tail), TokenCapture.from_vllm(tail, out.prompt_logprobs[len(head):], logprobs))
                 for text, head, tail, out in zip(completions, heads, tails, outputs)]
 
+    def score_ids(self, prompts: list[str], completions: list[list[int]], logprobs: int) -> list[Completion]:
+        """As `score`, for completions given as token ids (a student's sampled tokens): the scored ids are exactly
+        these, never a re-tokenisation of their text. At temperature 1: the model's own distribution."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        heads = [self.tokenizer(p)["input_ids"] for p in prompts]
+        params = SamplingParams(prompt_logprobs=logprobs, max_tokens=1, temperature=1.0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=h + list(t)) for h, t in zip(heads, completions)],
+                                    params, use_tqdm=False)
+        return [Completion("", None, len(tail), TokenCapture.from_vllm(tail, out.prompt_logprobs[len(head):], logprobs))
+                for head, tail, out in zip(heads, completions, outputs)]
+
     def close(self) -> None:
         import gc
 

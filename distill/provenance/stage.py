@@ -54,7 +54,7 @@ def decontamination(run: RunDir, eval_report: dict | None = None) -> dict | None
     if not filter_ran and training is None:
         return None
     return {"filter_ran": filter_ran, "leaked_items": {s: len(ids) for s, ids in (items or {}).items()},
-            "leak_records": len(read_jsonl(leaks)), "training": training}
+            "leak_records": len(read_jsonl(leaks)) if leaks.is_file() else 0, "training": training}
 
 
 def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None) -> dict:

@@ -17,6 +17,7 @@ class Objective:
     name: ClassVar[str]
     needs_captures: ClassVar[bool] = False  # the teacher's top-K, captured by the generation pass
     loss_terms: ClassVar[tuple[str, ...]] = ()  # what its trainer logs beside the loss
+    own_loop: ClassVar[bool] = False  # trains with its own loop (`train`) instead of a TRL trainer
 
     def __init__(self, recipe: Recipe):
         self.recipe, self.t = recipe, recipe.train
@@ -111,7 +112,26 @@ class SFTPlusKD(KD):
     name = "sft+kd"
 
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SFT, KD, SFTPlusKD)}
+class OnPolicy(Objective):
+    """The student samples through vLLM with its current adapter, the teacher scores exactly its tokens, and the
+    student learns from the per-token difference (distill.train.on_policy). Needs a teacher engine, and teacher and
+    student to share a vocabulary; the seeds are its prompts."""
+
+    name = "on_policy"
+    own_loop = True
+
+    def check(self) -> None:
+        from distill.models.vocabulary import check_shared_vocabulary
+
+        check_shared_vocabulary(self.recipe, instead="Use train.objective: sft to train on the teacher's text instead")
+
+    def train(self, run: RunDir, kept: list[dict]) -> dict:
+        from distill.train.on_policy import OnPolicyLoop
+
+        return OnPolicyLoop(self.recipe, run, kept).train()
+
+
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SFT, KD, SFTPlusKD, OnPolicy)}
 
 
 def objective_for(recipe: Recipe) -> Objective:

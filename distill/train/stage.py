@@ -154,6 +154,10 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
     if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
+    if objective.own_loop:
+        summary = objective.train(run, kept)
+        finish_tracking(recipe)
+        return summary
     examples, rows, teacher_targets = objective.examples(sample_in_order(kept, t.max_rows, t.seed), student_dir, run)
 
     stage_dir = run.stage("train")

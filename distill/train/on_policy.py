@@ -1,0 +1,356 @@
+"""On-policy distillation: the student samples, the teacher scores its tokens, the student learns from the difference.
+
+Each step:
+1. sample: the student's vLLM engine answers the step's seed prompts with the current adapter, loaded as a LoRA
+   request of its own (vLLM caches adapters by id: an id reused for a new folder would serve the old weights);
+2. score: the teacher's engine (no LoRA, no prefix caching) reads exactly those token ids after its own prompt for the
+   same seed, teacher-forced, and returns each token's log-probability and its top K;
+3. learn: a forward pass of the trained student over its prompt and the same tokens gives log p_student. The reverse
+   KL per token, log p_sampler - log p_teacher, is the advantage of an importance-weighted policy gradient with
+   discount 0 (tinker-cookbook's form); the forward KL over the teacher's top K and a tail bucket may be added (GKD's);
+4. sync: the new adapter is saved to a folder of its own and sampled from at the next step.
+A checkpoint holds the adapter, the optimizer, the step and the costs so far, so a killed run resumes at the next step
+with the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill import rows as C
+from distill.errors import UserError
+from distill.models.context import resolved_model
+from distill.preemption import Preempted, stop_requested
+from distill.progress import progress
+from distill.prompts.student import student_prompt
+from distill.prompts.teacher import teacher_prompts
+from distill.prompts.template import PromptTemplate, row_seed
+from distill.recipe import Recipe
+from distill.run_dir import RunDir, hash_file, read_jsonl, write_json, write_parquet
+
+STATE = "on_policy_state.json"
+OPTIMIZER = "optimizer.pt"
+
+
+@dataclass
+class Cost:
+    """What the run spent, for the train log, the report and the model card."""
+
+    student_tokens_sampled: int = 0
+    teacher_tokens_scored: int = 0
+    adapter_reloads: int = 0
+    on_policy_steps: int = 0
+    off_policy_steps: int = 0
+    seconds: dict = field(default_factory=lambda: {"sample": 0.0, "score": 0.0, "learn": 0.0, "sync": 0.0})
+
+
+def start_adapter(recipe: Recipe) -> Path | None:
+    """The adapter training starts from (None: a fresh one), from train.on_policy.start_from (resolved by the schema)."""
+    start = recipe.train.on_policy.start_from
+    if start == "base":
+        return None
+    if start == "sft":
+        raise UserError("train.on_policy.start_from: sft is not available yet: run the recipe with objective sft, then "
+                        "set start_from to that run directory")
+    return Path(start)
+
+
+def seed_items(run: RunDir) -> list[dict]:
+    """The seed prompts, once each (the generate stage's seeds)."""
+    if not run.seeds.is_file():
+        raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
+    seen, items = set(), []
+    for item in read_jsonl(run.seeds):
+        if item[C.INPUT] not in seen:
+            seen.add(item[C.INPUT])
+            items.append(item)
+    return items
+
+
+class OnPolicyLoop:
+    def __init__(self, recipe: Recipe, run: RunDir, kept: list[dict]):
+        self.recipe, self.run, self.t, self.o = recipe, run, recipe.train, recipe.train.on_policy
+        self.kept = kept
+        self.stage_dir = run.stage("train")
+        self.adapters = self.stage_dir / "on_policy" / "adapters"
+        self.checkpoints = self.stage_dir / "checkpoints"
+        self.cost, self.history = Cost(), []
+        self.trained: list[dict] = []  # every text the student was trained on, for evaluation's leak check
+        self.items = seed_items(run)
+        self.pool = self.items
+
+    # ------------------------------------------------------------------ set-up
+
+    def _models(self):
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from distill.models.device import torch_device
+        from distill.models.dtype import model_dtype, torch_dtype
+
+        spec = self.recipe.models.student
+        self.student_dir, self.student_identity = resolved_model(self.recipe, "student")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.student_dir, trust_remote_code=spec.trust_remote_code)
+        self.device = torch_device()
+        dtype = torch_dtype(model_dtype(spec, "student", self.student_dir).dtype)
+        base = AutoModelForCausalLM.from_pretrained(self.student_dir, dtype=dtype,
+                                                    trust_remote_code=spec.trust_remote_code).to(self.device)
+        start = start_adapter(self.recipe)
+        lora = self.t.lora
+        if start is not None:
+            self.model = PeftModel.from_pretrained(base, str(start), is_trainable=True)
+        else:
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+            self.model = get_peft_model(base, config)
+        self.rank = self.model.peft_config["default"].r
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate)
+        self.start = start
+
+    def _engines(self):
+        from distill.models.vllm_engine import VLLMEngine
+
+        teacher_dir, _ = resolved_model(self.recipe, "teacher")
+        self.sampler = VLLMEngine(self.student_dir, self.recipe.models.student, seed=self.t.seed, role="student",
+                                  max_lora_rank=self.rank)
+        # vLLM 0.32's CPU build cannot return batched prompt log-probabilities from an engine with LoRA once it has
+        # generated: the teacher scores on an engine of its own, without LoRA and without prefix caching.
+        self.scorer = VLLMEngine(teacher_dir, self.recipe.models.teacher, seed=self.t.seed, role="teacher",
+                                 reads_prompt_logprobs=True, max_logprobs=self.o.top_k)
+
+    # ------------------------------------------------------------------ one step
+
+    def _batch(self, step: int) -> list[dict]:
+        n = len(self.items)
+        return [self.items[(step * self.o.prompts_per_step + i) % n] for i in range(self.o.prompts_per_step)]
+
+    def _sample(self, step: int, batch: list[dict], adapter: Path):
+        template = PromptTemplate(self.t.prompt_template, "train.prompt_template")
+        prompts = [student_prompt(self.recipe, template, item, self.tokenizer) for item in batch]
+        seeds = [row_seed(self.t.seed, f"on-policy:{step}:{item[C.ID]}") for item in batch]
+        out = self.sampler.generate(prompts, seeds=seeds, n=self.o.samples_per_prompt, temperature=self.o.temperature,
+                                    max_tokens=self.o.max_tokens, stop=list(self.recipe.evaluate.stop) or None,
+                                    adapter=adapter, adapter_name="student", logprobs=1)
+        samples = []
+        for item, prompt, completions in zip(batch, prompts, out):
+            for c in completions:
+                if c.capture is not None and c.capture.token_ids:
+                    samples.append({"item": item, "prompt": prompt, "ids": c.capture.token_ids,
+                                    "sampler_logprobs": c.capture.sampled_logprobs, "finish_reason": c.finish_reason})
+        return samples
+
+    def _score(self, samples: list[dict]) -> None:
+        g = self.recipe.generate
+        template = PromptTemplate(g.template, "generate.template")
+        prompts = teacher_prompts(self.recipe, template, [s["item"] for s in samples], self.pool,
+                                  self.scorer.apply_chat_template)
+        scored = self.scorer.score_ids(prompts, [s["ids"] for s in samples], self.o.top_k)
+        for s, prompt, comp in zip(samples, prompts, scored):
+            s.update(teacher_prompt=prompt, teacher=comp.capture)
+
+    def _sequences(self, samples: list[dict]):
+        """(input ids, attention mask, completion start and length per row), right-padded."""
+        from distill.models.device import padded
+
+        heads = [self.tokenizer(s["prompt"])["input_ids"] for s in samples]
+        seqs = [h + list(s["ids"]) for h, s in zip(heads, samples)]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, mask = padded(seqs, pad, self.device)
+        return ids, mask, [(len(h), len(s["ids"])) for h, s in zip(heads, samples)]
+
+    def _on_policy_loss(self, samples: list[dict]) -> tuple:
+        import torch
+
+        from distill.divergence import topk_divergence
+
+        ids, mask, spans = self._sequences(samples)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        pg_terms, fkl_terms, rkl, lag, tokens = [], [], [], 0.0, 0
+        for row, ((start, n), s) in enumerate(zip(spans, samples)):
+            # position j's logits predict token j + 1: the completion's tokens are predicted at start-1 .. start+n-2
+            at = logits[row, start - 1:start - 1 + n]
+            target = torch.tensor(s["ids"], device=at.device)
+            new = torch.log_softmax(at, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            old = torch.tensor(s["sampler_logprobs"], device=at.device)
+            teacher = torch.tensor(s["teacher"].sampled_logprobs, device=at.device)
+            reverse = old - teacher  # per token: log p_student - log p_teacher, on the student's own tokens
+            advantage = -reverse
+            pg_terms.append(-(torch.exp(new - old) * advantage).sum())
+            if self.o.forward_kl_weight:
+                t_ids = torch.tensor(s["teacher"].top_ids, device=at.device)
+                t_lps = torch.tensor(s["teacher"].top_logprobs, device=at.device)
+                fkl_terms.append(topk_divergence(at, t_ids, t_lps, "forward_kl", True).sum())
+            rkl.append(reverse.sum().item())
+            self.trained.append({C.ID: f"{s['item'][C.ID]}:{len(self.history)}:{row}", C.INPUT: s["item"][C.INPUT],
+                                 C.COMPLETION: self.tokenizer.decode(s["ids"], skip_special_tokens=True),
+                                 "source": "student sample", C.KEPT: True})
+            lag = max(lag, (new.detach() - old).abs().max().item())
+            tokens += n
+        pg = torch.stack(pg_terms).sum() / max(tokens, 1)
+        fkl = torch.stack(fkl_terms).sum() / max(tokens, 1) if fkl_terms else torch.zeros((), device=pg.device)
+        loss = self.o.reverse_kl_weight * pg + self.o.forward_kl_weight * fkl
+        return loss, {"reverse_kl": sum(rkl) / max(tokens, 1), "forward_kl": float(fkl), "policy_lag": lag,
+                      "tokens": tokens}
+
+    def _off_policy_loss(self, step: int) -> tuple:
+        """Cross-entropy on kept rows' text (the teacher's answers), for the share of steps that are not on-policy."""
+        import torch
+
+        from distill.train.formats import training_examples
+
+        rng = random.Random(row_seed(self.t.seed, f"off-policy:{step}"))
+        rows = rng.sample(self.kept, min(self.o.prompts_per_step, len(self.kept)))
+        examples = training_examples(self.recipe, rows)
+        self.trained += [{C.ID: r[C.ID], C.INPUT: r[C.INPUT], C.COMPLETION: r[C.COMPLETION], "source": "kept row",
+                          C.KEPT: True} for r in rows]
+        heads = [self.tokenizer(e["prompt"])["input_ids"] for e in examples]
+        tails = [self.tokenizer(e["completion"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                 for e in examples]
+        samples = [{"prompt": e["prompt"], "ids": t} for e, t in zip(examples, tails)]
+        ids, mask, spans = self._sequences(samples)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        terms, tokens = [], 0
+        for row, ((start, n), tail) in enumerate(zip(spans, tails)):
+            at = logits[row, start - 1:start - 1 + n]
+            terms.append(torch.nn.functional.cross_entropy(at, torch.tensor(tail, device=at.device), reduction="sum"))
+            tokens += n
+        del heads
+        return torch.stack(terms).sum() / max(tokens, 1), {"ce_loss": None, "tokens": tokens}
+
+    # ------------------------------------------------------------------ saving and resuming
+
+    def _save_adapter(self, folder: Path) -> Path:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return folder
+
+    def _checkpoint(self, step: int) -> None:
+        import torch
+
+        folder = self.checkpoints / f"checkpoint-{step}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(str(tmp))
+        torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER)
+        write_json(tmp / STATE, {"step": step, "cost": self.cost.__dict__, "history": self.history,
+                                 "trained": self.trained})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    def _resume(self) -> tuple[int, Path | None]:
+        """(the step to start at, the adapter to sample with) from the last complete checkpoint, if any."""
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        done = sorted((p for p in self.checkpoints.glob("checkpoint-*") if (p / STATE).is_file()),
+                      key=lambda p: int(p.name.rpartition("-")[2])) if self.checkpoints.is_dir() else []
+        if not done:
+            return 0, None
+        last = done[-1]
+        set_peft_model_state_dict(self.model, load_file(str(last / "adapter_model.safetensors")))
+        self.optimizer.load_state_dict(torch.load(last / OPTIMIZER, weights_only=True))
+        state = json.loads((last / STATE).read_text())
+        self.cost = Cost(**state["cost"])
+        self.history, self.trained = state["history"], state["trained"]
+        return state["step"], last
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        started = time.time()
+        self._models()
+        step, resumed_from = self._resume()
+        self._engines()
+        adapter = resumed_from or self._save_adapter(self.adapters / f"step-{step}")
+        self.model.train()
+        bar = progress(self.o.steps, "train (on-policy)", unit="step", initial=step)
+        try:
+            while step < self.o.steps:
+                on_policy = random.Random(row_seed(self.t.seed, f"lmbda:{step}")).random() < self.o.lmbda
+                if on_policy:
+                    t0 = time.time()
+                    samples = self._sample(step, self._batch(step), adapter)
+                    t1 = time.time()
+                    self._score(samples)
+                    t2 = time.time()
+                    loss, figures = self._on_policy_loss(samples)
+                    self.cost.student_tokens_sampled += figures["tokens"]
+                    self.cost.teacher_tokens_scored += figures["tokens"]
+                    self.cost.on_policy_steps += 1
+                    self.cost.seconds["sample"] += t1 - t0
+                    self.cost.seconds["score"] += t2 - t1
+                else:
+                    t2 = time.time()
+                    loss, figures = self._off_policy_loss(step)
+                    self.cost.off_policy_steps += 1
+                loss.backward()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                self.cost.seconds["learn"] += time.time() - t2
+                self.history.append({"step": step, "loss": round(loss.item(), 6), "on_policy": on_policy,
+                                     **{k: v for k, v in figures.items() if v is not None}})
+                if step % self.o.sync_every == 0 or step == self.o.steps:
+                    t3 = time.time()
+                    previous, adapter = adapter, self._save_adapter(self.adapters / f"step-{step}")
+                    self.cost.adapter_reloads += 1
+                    if previous.parent == self.adapters and previous != adapter:
+                        shutil.rmtree(previous, ignore_errors=True)  # a sync folder, superseded (not a checkpoint)
+                    self.cost.seconds["sync"] += time.time() - t3
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4g}", **({"rkl": f"{figures['reverse_kl']:.3f}"}
+                                                              if "reverse_kl" in figures else {}))
+                if (self.t.save_steps and step % self.t.save_steps == 0) or stop_requested():
+                    self._checkpoint(step)
+                    if stop_requested():
+                        raise Preempted(f"train: stopped after on-policy step {step} with a checkpoint, as the "
+                                        "scheduler asked; the next start resumes from it")
+        finally:
+            bar.close()
+            self.sampler.close()
+            self.scorer.close()
+        return self._finish(started, resumed_from is not None)
+
+    def _finish(self, started: float, resumed: bool) -> dict:
+        run = self.run
+        tmp = self.stage_dir / "adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        samples = self.stage_dir / "on_policy" / "trained_rows.parquet"
+        write_parquet(samples, self.trained)
+        write_json(tmp / "training_data.json", {
+            "rows_file": str(samples), "rows_sha256": hash_file(samples), "rows_used": len(self.trained),
+            "prompts": f"{len(self.items)} seeds ({run.seeds})",
+            "base_model": self.student_identity, "recipe_name": self.recipe.name,
+            "start_adapter": str(self.start) if self.start else None,
+        })
+        shutil.rmtree(run.adapter, ignore_errors=True)
+        os.replace(tmp, run.adapter)
+        shutil.rmtree(self.adapters, ignore_errors=True)  # sync folders: each a copy of a step's adapter
+        steps = [h["step"] for h in self.history]
+        losses = [h["loss"] for h in self.history]
+        rkl = [h["reverse_kl"] for h in self.history if "reverse_kl" in h]
+        cost = {**self.cost.__dict__, "seconds": {k: round(v, 1) for k, v in self.cost.seconds.items()}}
+        write_json(self.stage_dir / "log.json", {"steps": steps, "losses": losses, "history": self.history, "cost": cost})
+        if steps:
+            from distill.train.plots import plot_loss
+
+            plot_loss(steps, losses, self.stage_dir / "loss.png",
+                      f"{self.recipe.name}: on-policy, LoRA r={self.rank}, {self.o.prompts_per_step} prompts per step")
+        return {"objective": "on_policy", "steps": len(self.history) and self.history[-1]["step"],
+                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                "first_reverse_kl": round(rkl[0], 4) if rkl else None, "last_reverse_kl": round(rkl[-1], 4) if rkl else None,
+                "cost": cost, "resumed": resumed, "seconds": round(time.time() - started, 1)}

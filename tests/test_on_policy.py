@@ -1,0 +1,159 @@
+"""On-policy distillation, asked as a user would: does the student sample from the policy being trained, does the
+teacher score exactly the student's tokens, does the gap to the teacher close, does a stopped run resume where it
+stopped, and are the settings that would make the scores wrong refused before any work?
+
+The teacher is a second tiny model (other random weights, the same tokenizer), so that there is a gap to close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_RECIPE, run_cli, write_recipe
+
+ON_POLICY = """\
+  objective: on_policy
+  learning_rate: 0.01
+  on_policy: {{{{steps: {steps}, prompts_per_step: 8, max_tokens: 6, sync_every: {sync}}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    from distill.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("teacher") / "qwen2", "qwen2", seed=1)
+
+
+def on_policy_recipe(folder: Path, student: Path, teacher: Path, steps: int = 4, sync: int = 1, extra: str = "") -> Path:
+    text = TINY_RECIPE.replace("  batch_size: 8\n", "  batch_size: 8\n" + ON_POLICY.format(steps=steps, sync=sync) + extra)
+    text = text.replace("  teacher: {{path: {model}, dtype: float32}}", f"  teacher: {{{{path: {teacher}, dtype: float32}}}}")
+    return write_recipe(folder, student, text)
+
+
+def train(recipe: Path, run: Path, *extra: str, env: dict | None = None):
+    for stage in ("generate", "filter"):
+        done = run_cli(stage, recipe, "--run-dir", run, *extra)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return run_cli("train", recipe, "--run-dir", run, *extra)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def history(run: Path) -> list[dict]:
+    return json.loads((run / "train" / "log.json").read_text())["history"]
+
+
+def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1(tmp_path, tiny_model, teacher):
+    """The sampler's log-probability of each sampled token equals the trained model's at that step (policy lag), and
+    the same measure catches an engine left one update behind (sync_every: 2), so a stale engine would fail here."""
+    fresh = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=4, sync=1), tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    lag = [h["policy_lag"] for h in history(tmp_path / "fresh")]
+    assert len(lag) == 4 and max(lag) < 1e-3, lag
+
+    behind = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=4, sync=2), tmp_path / "behind")
+    assert behind.returncode == 0, behind.stdout[-3000:] + behind.stderr[-3000:]
+    lag = [h["policy_lag"] for h in history(tmp_path / "behind")]
+    assert max(lag[0], lag[2]) < 1e-3 and min(lag[1], lag[3]) > 1e-2, lag  # steps 2 and 4 sample the old adapter
+    cost = json.loads((tmp_path / "behind" / "train" / "log.json").read_text())["cost"]
+    assert cost["adapter_reloads"] == 2 and cost["on_policy_steps"] == 4
+    assert cost["student_tokens_sampled"] == cost["teacher_tokens_scored"] > 0
+
+
+def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, tiny_model, teacher):
+    """The teacher's log-probabilities are read at the student's sampled ids, after the teacher's own prompt, and equal
+    a transformers forward pass of the teacher over the same ids; an answer that ends with EOS has its EOS scored."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.recipe import load_recipe
+    from distill.run_dir import RunDir
+    from distill.train.on_policy import OnPolicyLoop
+
+    recipe_file = on_policy_recipe(tmp_path, tiny_model, teacher)
+    run = tmp_path / "run"
+    for stage in ("generate", "filter"):
+        assert run_cli(stage, recipe_file, "--run-dir", run).returncode == 0
+    loop = OnPolicyLoop(load_recipe(recipe_file), RunDir(run), kept=[])
+    loop._models()
+    loop._engines()
+    try:
+        adapter = loop._save_adapter(loop.adapters / "step-0")
+        samples = loop._sample(0, loop._batch(0), adapter)
+        eos = loop.tokenizer.eos_token_id
+        samples.append({**samples[0], "ids": list(samples[0]["ids"][:3]) + [eos]})  # an answer that stopped with EOS
+        loop._score(samples)
+    finally:
+        loop.sampler.close()
+        loop.scorer.close()
+    tok = AutoTokenizer.from_pretrained(teacher)
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    for s in samples:
+        assert s["teacher"].token_ids == list(s["ids"])  # ids and their positions, not a re-tokenisation of the text
+        head = tok(s["teacher_prompt"])["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([head + list(s["ids"])])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        expected = [lp[len(head) + j - 1, t].item() for j, t in enumerate(s["ids"])]
+        assert s["teacher"].sampled_logprobs == pytest.approx(expected, abs=1e-4)
+    assert samples[-1]["teacher"].token_ids[-1] == eos
+
+
+def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(tmp_path, tiny_model, teacher):
+    done = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=12), tmp_path / "run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rkl = [h["reverse_kl"] for h in history(tmp_path / "run")]
+    first, last = sum(rkl[:3]) / 3, sum(rkl[-3:]) / 3
+    assert last < 0.8 * first, rkl
+    # the rest of the run, evaluation and cards, finds the trained rows and states the cost
+    documented = run_cli("run", on_policy_recipe(tmp_path, tiny_model, teacher, steps=12), "--run-dir", tmp_path / "run")
+    assert documented.returncode == 0, documented.stdout[-3000:] + documented.stderr[-3000:]
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "reverse KL per token first / last" in card and "teacher tokens scored" in card
+    assert "trained_rows.parquet" in card
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, tiny_model, teacher):
+    whole = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=4), tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    recipe = on_policy_recipe(tmp_path, tiny_model, teacher, steps=4)
+    stop = tmp_path / "stop"
+    stop.write_text("")  # the scheduler asks at once: the first step ends with a checkpoint
+    stopped = train(recipe, tmp_path / "split", env={"DISTILL_STOP_FILE": str(stop)})
+    assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert (tmp_path / "split" / "train" / "checkpoints" / "checkpoint-1").is_dir()
+    stop.unlink()
+    resumed = run_cli("train", recipe, "--run-dir", tmp_path / "split")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    a, b = history(tmp_path / "whole"), history(tmp_path / "split")
+    assert [h["step"] for h in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):  # the same prompts, seeds and updates as the run that was never stopped
+        assert x["tokens"] == y["tokens"] and x["loss"] == pytest.approx(y["loss"], abs=1e-4), (x, y)
+
+
+def test_a_student_with_another_vocabulary_is_refused_before_any_work(tmp_path, tiny_model):
+    from distill.models.tiny import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", "qwen2", vocab_size=600)
+    recipe = on_policy_recipe(tmp_path, tiny_model, other)
+    proc = run_cli("generate", recipe, "--run-dir", tmp_path / "run")
+    assert proc.returncode == 2 and "share a vocabulary" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "generate" / "rows.parquet").exists()
+
+
+def test_a_prefix_cached_scoring_engine_is_refused_before_any_work(tmp_path, tiny_model, teacher):
+    recipe = on_policy_recipe(tmp_path, tiny_model, teacher)
+    proc = run_cli("generate", recipe, "--run-dir", tmp_path / "run", "models.teacher.engine.prefix_caching=true")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "models.teacher.engine.prefix_caching: true, but train.objective on_policy" in proc.stderr
+    assert not (tmp_path / "run" / "generate").exists()
