@@ -2,7 +2,8 @@
 teacher score exactly the student's tokens, does the gap to the teacher close, does a stopped run resume where it
 stopped, and are the settings that would make the scores wrong refused before any work?
 
-The teacher is a second tiny model (other random weights, the same tokenizer), so that there is a gap to close.
+The student is the tiny model with a peaked output distribution; the teacher, the same with its attention changed
+by a random low-rank step, so that there is a gap to close and the student's adapter can close it.
 """
 
 from __future__ import annotations
@@ -18,19 +19,55 @@ from conftest import TINY_RECIPE, run_cli, write_recipe
 ON_POLICY = """\
   objective: on_policy
   learning_rate: 0.01
-  on_policy: {{{{steps: {steps}, prompts_per_step: 8, max_tokens: 6, sync_every: {sync}}}}}
+  on_policy: {{{{steps: {steps}, prompts_per_step: 8, max_tokens: 6, sync_every: {sync}, forward_kl_weight: {fkl}, top_k: {k}}}}}
 """
 
 
+def _sharpened(folder: Path) -> Path:
+    """The tiny model with its final norm scaled: a peaked next-token distribution instead of a near-uniform one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8.0)
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
+def student(tmp_path_factory) -> Path:
     from distill.models.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("teacher") / "qwen2", "qwen2", seed=1)
+    return _sharpened(build_tiny_model(tmp_path_factory.mktemp("student") / "qwen2", "qwen2"))
 
 
-def on_policy_recipe(folder: Path, student: Path, teacher: Path, steps: int = 4, sync: int = 1, extra: str = "") -> Path:
-    text = TINY_RECIPE.replace("  batch_size: 8\n", "  batch_size: 8\n" + ON_POLICY.format(steps=steps, sync=sync) + extra)
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, student) -> Path:
+    """The student's weights plus a random rank-4 change of its attention projections: a teacher the student's LoRA
+    adapter can reach, far enough from it that there is a gap to close."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(shutil.copytree(student, tmp_path_factory.mktemp("teacher") / "qwen2"))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")):
+                out, inp = weight.shape
+                delta = torch.randn(out, 4, generator=generator) @ torch.randn(4, inp, generator=generator)
+                weight.add_(delta * 0.3)
+    model.save_pretrained(folder)
+    return folder
+
+
+def on_policy_recipe(folder: Path, student: Path, teacher: Path, steps: int = 4, sync: int = 1, fkl: float = 0.0,
+                     k: int = 1, extra: str = "") -> Path:
+    text = TINY_RECIPE.replace("  batch_size: 8\n", "  batch_size: 8\n" + ON_POLICY.format(steps=steps, sync=sync, fkl=fkl, k=k)
+                               + extra)
     text = text.replace("  teacher: {{path: {model}, dtype: float32}}", f"  teacher: {{{{path: {teacher}, dtype: float32}}}}")
     return write_recipe(folder, student, text)
 
@@ -52,15 +89,15 @@ def history(run: Path) -> list[dict]:
     return json.loads((run / "train" / "log.json").read_text())["history"]
 
 
-def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1(tmp_path, tiny_model, teacher):
+def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1(tmp_path, student, teacher):
     """The sampler's log-probability of each sampled token equals the trained model's at that step (policy lag), and
     the same measure catches an engine left one update behind (sync_every: 2), so a stale engine would fail here."""
-    fresh = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=4, sync=1), tmp_path / "fresh")
+    fresh = train(on_policy_recipe(tmp_path, student, teacher, steps=4, sync=1), tmp_path / "fresh")
     assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
     lag = [h["policy_lag"] for h in history(tmp_path / "fresh")]
     assert len(lag) == 4 and max(lag) < 1e-3, lag
 
-    behind = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=4, sync=2), tmp_path / "behind")
+    behind = train(on_policy_recipe(tmp_path, student, teacher, steps=4, sync=2), tmp_path / "behind")
     assert behind.returncode == 0, behind.stdout[-3000:] + behind.stderr[-3000:]
     lag = [h["policy_lag"] for h in history(tmp_path / "behind")]
     assert max(lag[0], lag[2]) < 1e-3 and min(lag[1], lag[3]) > 1e-2, lag  # steps 2 and 4 sample the old adapter
@@ -69,7 +106,7 @@ def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1
     assert cost["student_tokens_sampled"] == cost["teacher_tokens_scored"] > 0
 
 
-def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, tiny_model, teacher):
+def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, student, teacher):
     """The teacher's log-probabilities are read at the student's sampled ids, after the teacher's own prompt, and equal
     a transformers forward pass of the teacher over the same ids; an answer that ends with EOS has its EOS scored."""
     import torch
@@ -79,7 +116,7 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, tiny_model, te
     from distill.run_dir import RunDir
     from distill.train.on_policy import OnPolicyLoop
 
-    recipe_file = on_policy_recipe(tmp_path, tiny_model, teacher)
+    recipe_file = on_policy_recipe(tmp_path, student, teacher)
     run = tmp_path / "run"
     for stage in ("generate", "filter"):
         assert run_cli(stage, recipe_file, "--run-dir", run).returncode == 0
@@ -108,25 +145,26 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, tiny_model, te
     assert samples[-1]["teacher"].token_ids[-1] == eos
 
 
-def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(tmp_path, tiny_model, teacher):
-    done = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=12), tmp_path / "run")
+def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(tmp_path, student, teacher):
+    done = train(on_policy_recipe(tmp_path, student, teacher, steps=12, fkl=1.0, k=20), tmp_path / "run")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rkl = [h["reverse_kl"] for h in history(tmp_path / "run")]
     first, last = sum(rkl[:3]) / 3, sum(rkl[-3:]) / 3
     assert last < 0.8 * first, rkl
     # the rest of the run, evaluation and cards, finds the trained rows and states the cost
-    documented = run_cli("run", on_policy_recipe(tmp_path, tiny_model, teacher, steps=12), "--run-dir", tmp_path / "run")
+    documented = run_cli("run", on_policy_recipe(tmp_path, student, teacher, steps=12, fkl=1.0, k=20), "--run-dir",
+                         tmp_path / "run")
     assert documented.returncode == 0, documented.stdout[-3000:] + documented.stderr[-3000:]
     card = (tmp_path / "run" / "model_card.md").read_text()
     assert "reverse KL per token first / last" in card and "teacher tokens scored" in card
     assert "trained_rows.parquet" in card
 
 
-def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, tiny_model, teacher):
-    whole = train(on_policy_recipe(tmp_path, tiny_model, teacher, steps=4), tmp_path / "whole")
+def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, student, teacher):
+    whole = train(on_policy_recipe(tmp_path, student, teacher, steps=4), tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    recipe = on_policy_recipe(tmp_path, tiny_model, teacher, steps=4)
+    recipe = on_policy_recipe(tmp_path, student, teacher, steps=4)
     stop = tmp_path / "stop"
     stop.write_text("")  # the scheduler asks at once: the first step ends with a checkpoint
     stopped = train(recipe, tmp_path / "split", env={"DISTILL_STOP_FILE": str(stop)})
@@ -151,8 +189,8 @@ def test_a_student_with_another_vocabulary_is_refused_before_any_work(tmp_path, 
     assert not (tmp_path / "run" / "generate" / "rows.parquet").exists()
 
 
-def test_a_prefix_cached_scoring_engine_is_refused_before_any_work(tmp_path, tiny_model, teacher):
-    recipe = on_policy_recipe(tmp_path, tiny_model, teacher)
+def test_a_prefix_cached_scoring_engine_is_refused_before_any_work(tmp_path, student, teacher):
+    recipe = on_policy_recipe(tmp_path, student, teacher)
     proc = run_cli("generate", recipe, "--run-dir", tmp_path / "run", "models.teacher.engine.prefix_caching=true")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "models.teacher.engine.prefix_caching: true, but train.objective on_policy" in proc.stderr
