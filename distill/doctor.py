@@ -140,12 +140,12 @@ def check_logprobs(recipe: Recipe, c: Checkup) -> None:
 
 def check_vocabularies(recipe: Recipe, c: Checkup) -> None:
     """KD reads the teacher's token ids as the student's: the vocabularies must agree, and so should the stop."""
-    if not recipe.train.learns_from_captures:
+    if not (recipe.train.learns_from_captures or recipe.train.runs_the_teacher):
         return
     from distill.models.vocabulary import check_shared_vocabulary
 
     try:
-        sizes = check_shared_vocabulary(recipe)
+        sizes = check_shared_vocabulary(recipe, both_ways=recipe.train.runs_the_teacher)
     except UserError as e:
         c.problem(str(e))
         return

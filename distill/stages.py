@@ -56,7 +56,8 @@ STAGES: tuple[Stage, ...] = (
           F.generate_settings, lambda r: ("teacher",), "distill.generate.stage:run_generate", "generate"),
     Stage("filter", "flag generated rows with the recipe's filters", ("generate",),
           F.filter_settings, F.judge_roles, "distill.filters.stage:run_filter", "filter"),
-    Stage("train", "LoRA fine-tuning of the student on the kept rows", ("filter",),
+    # train reads the kept rows, and generation's own files: the teacher's captures (kd) or the seeds (on_policy)
+    Stage("train", "LoRA fine-tuning of the student on the kept rows", ("generate", "filter"),
           F.train_settings, F.trained_roles, "distill.train.stage:run_train", "train"),
     Stage("evaluate", "score base student, trained student and teacher on held-out real data (RECIPE or a run "
           "directory)", ("generate", "filter", "train"),

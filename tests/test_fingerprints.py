@@ -187,7 +187,7 @@ def test_the_judges_dtype_reruns_filter(tmp_path, recipe):
 
 
 def test_train_reruns_for_what_shapes_the_adapter_not_for_logging(tmp_path, recipe):
-    run = upstream_done(RunDir(tmp_path / "run"), "filter")
+    run = upstream_done(RunDir(tmp_path / "run"), "generate", "filter")
     before = stage_fp(recipe, "train", run=run)
     assert stage_fp(recipe, "train", "train.logging_steps=5", run=run) == before
     assert stage_fp(recipe, "train", "train.report_to=[tensorboard]", run=run) == before

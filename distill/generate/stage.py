@@ -202,7 +202,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     if recipe.train.learns_from_captures or recipe.train.runs_the_teacher:  # before the teacher writes anything the student could not learn from
         from distill.models.vocabulary import check_shared_vocabulary
 
-        check_shared_vocabulary(recipe)
+        check_shared_vocabulary(recipe, both_ways=recipe.train.runs_the_teacher)
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     _, seeds = prepare_data(recipe, run)
     items = mode.items(seeds)

@@ -7,10 +7,12 @@ from distill.models.identity import ids_that_differ, vocabulary
 from distill.recipe import Recipe
 
 
-def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead: str | None = None) -> dict:
+def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead: str | None = None,
+                            both_ways: bool = False) -> dict:
     """Every teacher token must have the same id in the student's vocabulary, or the captured ids mean other strings
-    to the student. Raises a UserError (exit 2) naming both tokenizers. `setting` names what needs it (default the
-    training objective), `instead` what to do otherwise."""
+    to the student; with `both_ways` (the teacher reads the student's tokens too, on-policy) every student token must
+    have the same id in the teacher's. Raises a UserError (exit 2) naming both tokenizers. `setting` names what needs
+    it (default the training objective), `instead` what to do otherwise."""
     from distill.models.context import resolved_model
 
     setting = setting or f"train.objective {recipe.train.objective!r}"
@@ -30,5 +32,13 @@ def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead:
             f"{setting} needs teacher and student to share a vocabulary, but "
             f"{len(differ)} of the teacher's {len(tv)} tokens have another id (or none) in the student's: e.g. "
             f"{example!r} is {tv[example]} in {teacher} and {sv.get(example)} in {student}. {instead}"
+        )
+    differ = ids_that_differ(sv, tv) if both_ways else []
+    if differ:
+        example = differ[0]
+        raise UserError(
+            f"{setting} needs teacher and student to share a vocabulary, but "
+            f"{len(differ)} of the student's {len(sv)} tokens have another id (or none) in the teacher's: e.g. "
+            f"{example!r} is {sv[example]} in {student} and {tv.get(example)} in {teacher}. {instead}"
         )
     return {"teacher_tokens": len(tv), "student_tokens": len(sv)}

@@ -123,7 +123,8 @@ class OnPolicy(Objective):
     def check(self) -> None:
         from distill.models.vocabulary import check_shared_vocabulary
 
-        check_shared_vocabulary(self.recipe, instead="Use train.objective: sft to train on the teacher's text instead")
+        check_shared_vocabulary(self.recipe, instead="Use train.objective: sft to train on the teacher's text instead",
+                                both_ways=True)
 
     def train(self, run: RunDir, kept: list[dict]) -> dict:
         from distill.train.on_policy import OnPolicyLoop

@@ -90,7 +90,7 @@ class OnPolicyLoop:
     def _models(self):
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
         from distill.models.device import torch_device
         from distill.models.dtype import model_dtype, torch_dtype
@@ -104,6 +104,7 @@ class OnPolicyLoop:
                                                     trust_remote_code=spec.trust_remote_code).to(self.device)
         start = start_adapter(self.recipe)
         lora = self.t.lora
+        set_seed(self.t.seed)  # the adapter's initial weights (as the trainer seeds them): a resumed run is the same run
         if start is not None:
             self.model = PeftModel.from_pretrained(base, str(start), is_trainable=True)
         else:
