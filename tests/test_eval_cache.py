@@ -15,7 +15,7 @@ from distill.evaluate.cache import NO_CACHE_ENV, EvalCache, open_cache
 from distill.evaluate.candidates import Candidate
 from distill.evaluate.scoring import Prompter, Scorer, score_candidates
 from distill.data.eval_sets import load_items
-from distill.generate import vllm_engine
+from distill.models import vllm_engine
 from distill.recipe import load_recipe
 
 BOTH = "evaluate.sets=[{{name: plural, path: {data}, limit: 8, metrics: [exact_match, nll]}}]"

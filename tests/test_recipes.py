@@ -85,9 +85,9 @@ def test_the_intent_recipe_reproduces_its_readme_table_and_finding(tmp_path):
         assert cells[0] == f"{scores[model]['score']:.3f}", (model, cells)
     # the README's synthetic-vs-real sentence, from the same run's document stage
     text = (ROOT / "README.md").read_text()
-    found = re.search(r"total variation (\d\.\d\d); the teacher labels (\d+)% of its rows `creative`, where (\d+)% of "
-                      r"the held-out utterances are", " ".join(text.split()))
+    found = re.search(r"total variation (\d\.\d\d); the teacher labels (\d+\.\d)% of its rows `(\w+)`, where "
+                      r"(\d+\.\d)% of the held-out utterances are", " ".join(text.split()))
     assert found, "README states the intent recipe's synthetic-vs-real finding"
-    tv, ours, real = found.groups()
+    tv, ours, label, real = found.groups()
     assert f"total variation distance {tv} " in proc.stdout
-    assert f"largest gap 'creative' {ours}.0% against {real}.0%" in proc.stdout
+    assert f"largest gap '{label}' {ours}% against {real}%" in proc.stdout

@@ -342,12 +342,12 @@ def test_a_submit_that_fails_midway_cancels_what_it_had_submitted(slurm_env, tin
 
 
 def test_without_scontrol_accounting_is_asked_of_sacct_itself(slurm_env, monkeypatch):
-    from distill.slurm import status
+    from distill import cluster
 
-    with_config = status.accounting_enabled()  # read from `scontrol show config`
+    with_config = cluster.accounting_enabled()  # read from `scontrol show config`
     which = shutil.which
-    monkeypatch.setattr(status.shutil, "which", lambda cmd: None if cmd == "scontrol" else which(cmd))
-    assert status.accounting_enabled() == with_config
+    monkeypatch.setattr(cluster.shutil, "which", lambda cmd: None if cmd == "scontrol" else which(cmd))
+    assert cluster.accounting_enabled() == with_config
 
 
 def read_log(path: Path) -> str:
