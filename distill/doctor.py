@@ -187,8 +187,8 @@ def check_slurm_profile(recipe: Recipe, profile_name: str | None, c: Checkup) ->
     """The cluster profile's partitions against what `sinfo` reports, when a cluster answers."""
     from distill.slurm.profile import load_profile
 
-    name = profile_name or recipe.slurm.profile
-    profile = load_profile(name)
+    profile = load_profile(profile_name or recipe.slurm.profile)
+    name = profile.name
     cluster = _sinfo()
     if cluster is None:
         c.note(f"slurm profile {name!r}: no Slurm cluster answers here (sinfo), so its partitions were not checked")

@@ -830,7 +830,7 @@ class EvaluateSettings(Section):
         None, description="Fidelity to the teacher: on the teacher's own answers to each set's items, every "
         "student-prompted model's top-1 agreement with the teacher and forward KL from the teacher's top K "
         "(generate.logprobs, else 20) per token, teacher-forced. Needs teacher among models and a shared vocabulary. "
-        "Default: on when train.objective is kd or sft+kd."
+        "Default: on when train.objective is kd, sft+kd or on_policy."
     )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired bootstrap intervals reported for every model.")
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples per interval.")

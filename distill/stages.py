@@ -40,15 +40,12 @@ class Stage:
                 "models": {role: model_fingerprint(recipe, role) for role in self.models(recipe)}}
 
     def fingerprint(self, recipe: Recipe, run: RunDir) -> str:
-        upstream = {u: _output_hash(run, u) for u in self.upstream}
+        markers = {u: run.read_marker(u) for u in self.upstream}
+        missing = [u for u, marker in markers.items() if not marker]
+        if missing:  # the nearest one, whose output this stage reads directly
+            raise UserError(f"stage {missing[-1]} has not completed in {run.root}: run it first (distill {missing[-1]} ...)")
+        upstream = {u: marker["output_hash"] for u, marker in markers.items()}
         return hash_json({**self.inputs(recipe), "upstream": upstream})
-
-
-def _output_hash(run: RunDir, stage: str) -> str:
-    marker = run.read_marker(stage)
-    if not marker:
-        raise UserError(f"stage {stage} has not completed in {run.root}: run it first (distill {stage} ...)")
-    return marker["output_hash"]
 
 
 STAGES: tuple[Stage, ...] = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,14 +73,27 @@ def on_policy_recipe(folder: Path, student: Path, teacher: Path, steps: int = 4,
     return write_recipe(folder, student, text)
 
 
-def train(recipe: Path, run: Path, *extra: str, env: dict | None = None):
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, student, teacher) -> tuple[Path, Path]:
+    """(the recipe, a run directory whose generate and filter stages are done): each test trains on a copy of it,
+    with its own train settings as overrides (train settings leave the earlier stages up to date)."""
+    folder = tmp_path_factory.mktemp("on-policy")
+    recipe = on_policy_recipe(folder, student, teacher)
     for stage in ("generate", "filter"):
-        done = run_cli(stage, recipe, "--run-dir", run, *extra)
+        done = run_cli(stage, recipe, "--run-dir", folder / "run")
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return recipe, folder / "run"
+
+
+def train(prepared, run: Path, *overrides: str, env: dict | None = None):
+    """`distill train` on a copy of the prepared run directory."""
+    recipe, ready = prepared
+    if not run.exists():
+        shutil.copytree(ready, run)
     old = dict(os.environ)
     os.environ.update(env or {})
     try:
-        return run_cli("train", recipe, "--run-dir", run, *extra)
+        return run_cli("train", recipe, "--run-dir", run, *overrides)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -89,15 +103,25 @@ def history(run: Path) -> list[dict]:
     return json.loads((run / "train" / "log.json").read_text())["history"]
 
 
-def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1(tmp_path, student, teacher):
+# The run most tests read: twelve on-policy steps, reverse KL as the advantage plus forward KL over the top 20.
+SETTINGS = ("train.on_policy.steps=12", "train.on_policy.forward_kl_weight=1.0", "train.on_policy.top_k=20")
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    done = train(prepared, run, *SETTINGS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run
+
+
+def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1(tmp_path, prepared, trained):
     """The sampler's log-probability of each sampled token equals the trained model's at that step (policy lag), and
     the same measure catches an engine left one update behind (sync_every: 2), so a stale engine would fail here."""
-    fresh = train(on_policy_recipe(tmp_path, student, teacher, steps=4, sync=1), tmp_path / "fresh")
-    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
-    lag = [h["policy_lag"] for h in history(tmp_path / "fresh")]
-    assert len(lag) == 4 and max(lag) < 1e-3, lag
+    lag = [h["policy_lag"] for h in history(trained)]
+    assert len(lag) == 12 and max(lag) < 1e-3, lag
 
-    behind = train(on_policy_recipe(tmp_path, student, teacher, steps=4, sync=2), tmp_path / "behind")
+    behind = train(prepared, tmp_path / "behind", "train.on_policy.sync_every=2")
     assert behind.returncode == 0, behind.stdout[-3000:] + behind.stderr[-3000:]
     lag = [h["policy_lag"] for h in history(tmp_path / "behind")]
     assert max(lag[0], lag[2]) < 1e-3 and min(lag[1], lag[3]) > 1e-2, lag  # steps 2 and 4 sample the old adapter
@@ -106,7 +130,7 @@ def test_the_adapter_that_samples_at_step_t_carries_the_update_of_step_t_minus_1
     assert cost["student_tokens_sampled"] == cost["teacher_tokens_scored"] > 0
 
 
-def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, student, teacher):
+def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, prepared, teacher):
     """The teacher's log-probabilities are read at the student's sampled ids, after the teacher's own prompt, and equal
     a transformers forward pass of the teacher over the same ids; an answer that ends with EOS has its EOS scored."""
     import torch
@@ -116,15 +140,12 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, student, teach
     from distill.run_dir import RunDir
     from distill.train.on_policy import OnPolicyLoop
 
-    recipe_file = on_policy_recipe(tmp_path, student, teacher)
-    run = tmp_path / "run"
-    for stage in ("generate", "filter"):
-        assert run_cli(stage, recipe_file, "--run-dir", run).returncode == 0
+    recipe_file, run = prepared[0], shutil.copytree(prepared[1], tmp_path / "run")
     loop = OnPolicyLoop(load_recipe(recipe_file), RunDir(run), kept=[])
     loop._models()
     loop._engines()
     try:
-        adapter = loop._save_adapter(loop.adapters / "step-0")
+        adapter = loop._save_adapter(loop.adapters / "step-0")  # the fresh adapter: the base's answers
         samples = loop._sample(0, loop._batch(0), adapter)
         eos = loop.tokenizer.eos_token_id
         samples.append({**samples[0], "ids": list(samples[0]["ids"][:3]) + [eos]})  # an answer that stopped with EOS
@@ -145,36 +166,30 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, student, teach
     assert samples[-1]["teacher"].token_ids[-1] == eos
 
 
-def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(tmp_path, student, teacher):
-    done = train(on_policy_recipe(tmp_path, student, teacher, steps=12, fkl=1.0, k=20), tmp_path / "run")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rkl = [h["reverse_kl"] for h in history(tmp_path / "run")]
+def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(prepared, trained):
+    rkl = [h["reverse_kl"] for h in history(trained)]
     first, last = sum(rkl[:3]) / 3, sum(rkl[-3:]) / 3
     assert last < 0.8 * first, rkl
     # the rest of the run, evaluation and cards, finds the trained rows and states the cost
-    documented = run_cli("run", on_policy_recipe(tmp_path, student, teacher, steps=12, fkl=1.0, k=20), "--run-dir",
-                         tmp_path / "run")
+    documented = run_cli("run", prepared[0], "--run-dir", trained, *SETTINGS)
     assert documented.returncode == 0, documented.stdout[-3000:] + documented.stderr[-3000:]
-    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "[train] up to date" in documented.stdout
+    card = (trained / "model_card.md").read_text()
     assert "reverse KL per token first / last" in card and "teacher tokens scored" in card
     assert "trained_rows.parquet" in card
 
 
-def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, student, teacher):
-    whole = train(on_policy_recipe(tmp_path, student, teacher, steps=4), tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    recipe = on_policy_recipe(tmp_path, student, teacher, steps=4)
+def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, prepared, trained):
     stop = tmp_path / "stop"
     stop.write_text("")  # the scheduler asks at once: the first step ends with a checkpoint
-    stopped = train(recipe, tmp_path / "split", env={"DISTILL_STOP_FILE": str(stop)})
+    stopped = train(prepared, tmp_path / "split", *SETTINGS, env={"DISTILL_STOP_FILE": str(stop)})
     assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     assert (tmp_path / "split" / "train" / "checkpoints" / "checkpoint-1").is_dir()
     stop.unlink()
-    resumed = run_cli("train", recipe, "--run-dir", tmp_path / "split")
+    resumed = train(prepared, tmp_path / "split", *SETTINGS)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    a, b = history(tmp_path / "whole"), history(tmp_path / "split")
-    assert [h["step"] for h in b] == [1, 2, 3, 4]
+    a, b = history(trained), history(tmp_path / "split")
+    assert [h["step"] for h in b] == list(range(1, 13))
     for x, y in zip(a, b):  # the same prompts, seeds and updates as the run that was never stopped
         assert x["tokens"] == y["tokens"] and x["loss"] == pytest.approx(y["loss"], abs=1e-4), (x, y)
 
@@ -195,3 +210,20 @@ def test_a_prefix_cached_scoring_engine_is_refused_before_any_work(tmp_path, stu
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "models.teacher.engine.prefix_caching: true, but train.objective on_policy" in proc.stderr
     assert not (tmp_path / "run" / "generate").exists()
+
+
+def test_lmbda_mixes_on_policy_steps_with_steps_on_the_kept_rows_text(tmp_path, prepared):
+    """GKD's lmbda: about that share of steps sample the student; the others are cross-entropy on the teacher's text,
+    and the rows file that evaluation reads names both kinds of text."""
+    import pyarrow.parquet as pq
+
+    done = train(prepared, tmp_path / "run", "train.on_policy.steps=6", "train.on_policy.lmbda=0.5")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = history(tmp_path / "run")
+    kinds = [h["on_policy"] for h in steps]
+    assert True in kinds and False in kinds
+    assert all(("reverse_kl" in h) == h["on_policy"] and ("ce_loss" in h) != h["on_policy"] for h in steps)
+    cost = json.loads((tmp_path / "run" / "train" / "log.json").read_text())["cost"]
+    assert cost["on_policy_steps"] == kinds.count(True) and cost["off_policy_steps"] == kinds.count(False)
+    sources = set(pq.read_table(tmp_path / "run" / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist())
+    assert sources == {"student sample", "kept row"}

@@ -11,7 +11,7 @@ DEFAULT_K = 20
 def fidelity_k(recipe: Recipe) -> int | None:
     """The teacher's top K to measure fidelity with, or None when it is not measured (evaluate.fidelity)."""
     e = recipe.evaluate
-    on = e.fidelity if e.fidelity is not None else recipe.train.learns_from_captures
+    on = e.fidelity if e.fidelity is not None else (recipe.train.learns_from_captures or recipe.train.runs_the_teacher)
     if not on or "teacher" not in e.models:
         return None
     return recipe.generate.logprobs or DEFAULT_K

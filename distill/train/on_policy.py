@@ -211,7 +211,6 @@ class OnPolicyLoop:
         examples = training_examples(self.recipe, rows)
         self.trained += [{C.ID: r[C.ID], C.INPUT: r[C.INPUT], C.COMPLETION: r[C.COMPLETION], "source": "kept row",
                           C.KEPT: True} for r in rows]
-        heads = [self.tokenizer(e["prompt"])["input_ids"] for e in examples]
         tails = [self.tokenizer(e["completion"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
                  for e in examples]
         samples = [{"prompt": e["prompt"], "ids": t} for e, t in zip(examples, tails)]
@@ -222,8 +221,8 @@ class OnPolicyLoop:
             at = logits[row, start - 1:start - 1 + n]
             terms.append(torch.nn.functional.cross_entropy(at, torch.tensor(tail, device=at.device), reduction="sum"))
             tokens += n
-        del heads
-        return torch.stack(terms).sum() / max(tokens, 1), {"ce_loss": None, "tokens": tokens}
+        loss = torch.stack(terms).sum() / max(tokens, 1)
+        return loss, {"ce_loss": round(loss.item(), 6), "tokens": tokens}
 
     # ------------------------------------------------------------------ saving and resuming
 
@@ -271,6 +270,9 @@ class OnPolicyLoop:
 
     def train(self) -> dict:
         started = time.time()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("train.objective on_policy trains in one process (its sampler and scorer are vLLM engines "
+                            "beside it): ask slurm.train for one node and at most one GPU")
         self._models()
         step, resumed_from = self._resume()
         self._engines()
