@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from distill import rows as C
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
+from distill.generate.sampling import generate_chunk
 from distill.generate.score_targets import SCORED_WITH, score_chunk
 from distill.generate.work import grid_cells
 from distill.prompts.template import PromptTemplate
@@ -34,8 +35,6 @@ class Mode:
 
     def samples(self, engine, prompts: list[str], request_seeds: list[int], items: list[dict], stats,
                 answer_prompts=None) -> list[list[dict]]:
-        from distill.generate.stage import generate_chunk
-
         return generate_chunk(engine, self.g, prompts, request_seeds, stats, answer_prompts, self.parsed())
 
     def sampling(self) -> dict | None:

@@ -24,11 +24,12 @@ from distill.data.captures import LOGPROBS_MODE, merge_captures, write_captures
 from distill.rows import row_id
 from distill.data.split import split_data
 from distill.generate.modes import mode_for
+from distill.generate.sampling import ChunkStats
 from distill.models.context import resolved_model
 from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
 from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate, row_seed
+from distill.prompts.template import PromptTemplate
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_json, run_lock, write_json, write_jsonl, write_parquet
 from distill.models.teacher_server import SERVER_FILE_VARIABLE
@@ -73,98 +74,6 @@ def _shard_lock(run: RunDir):
     """Held while a shard checks or clears shared files, so concurrently started shards never wipe each other's chunks
     (on other nodes too: run_lock says when the file system's flock cannot be trusted and locks by file creation)."""
     return run_lock(run.root / ".generate.lock")
-
-
-class _Stats:
-    def __init__(self):
-        self.rows = self.failures = self.tokens = self.retried = 0
-
-
-def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperature: float, structured: dict | None,
-            capture: bool = True):
-    return engine.generate(prompts, seeds=seeds, n=n, temperature=temperature, top_p=g.sampling.top_p,
-                           max_tokens=g.sampling.max_tokens, stop=g.sampling.stop, structured=structured,
-                           logprobs=g.logprobs if capture else None)
-
-
-def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stats: _Stats,
-                   answer_prompts=None, parsed=(None, None, None)) -> list[list[dict]]:
-    """Per prompt, its n samples: text, finish reason, tokens, failure (None or why) and attempts.
-
-    In label and synthesize mode an answer that fails its check is requested again (alone,
-    with its own seed) up to `retries` times; one that still fails is kept with the reason.
-    synthesize samples also carry the `input` the teacher wrote and its `raw` JSON.
-    `answer_prompts(indices, inputs)`: the second-pass prompts of synthesize mode with
-    generate.answer_template; the first pass then writes one input per prompt, the second n answers.
-    `parsed`: the mode's (structured request, check, retry settings), see distill.generate.modes.
-    """
-    structured, check, retry = parsed
-    n = 1 if answer_prompts else g.sampling.n
-    # with an answer pass, the first pass writes inputs: the answers are what gets captured
-    capture = answer_prompts is None
-    outputs = _sample(engine, g, prompts, request_seeds, n=n, temperature=g.sampling.temperature, structured=structured,
-                      capture=capture)
-    samples = []
-    for completions in outputs:
-        row = []
-        for comp in completions:
-            stats.tokens += comp.num_tokens
-            failure = None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"
-            row.append({"text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
-                        "failure": failure, "attempts": 1, "capture": comp.capture})
-        samples.append(row)
-    if check is None:
-        return samples
-    for sample_list in samples:
-        for s in sample_list:
-            s["raw"] = s["text"]
-    retry_temperature = g.sampling.temperature or retry.retry_temperature
-    for attempt in range(1, retry.retries + 2):
-        bad = []
-        for p, sample_list in enumerate(samples):
-            for k, s in enumerate(sample_list):
-                if s["attempts"] == attempt:
-                    kept, why = check(s["raw"], s["finish_reason"])
-                    s.update(kept or {"text": s["raw"]}, failure=why)
-                    if why is not None:
-                        bad.append((p, k))
-        if not bad or attempt > retry.retries:
-            break
-        stats.retried += len(bad)
-        retry_seeds = [row_seed(request_seeds[p], f"retry{attempt}:{k}") for p, k in bad]
-        again = _sample(engine, g, [prompts[p] for p, _ in bad], retry_seeds, n=1, temperature=retry_temperature,
-                        structured=structured, capture=capture)
-        for (p, k), retry_seed, completions in zip(bad, retry_seeds, again):
-            comp = completions[0]
-            stats.tokens += comp.num_tokens
-            samples[p][k].update(raw=comp.text, finish_reason=comp.finish_reason, tokens=comp.num_tokens,
-                                 attempts=attempt + 1, retry_seed=retry_seed, capture=comp.capture)
-    if answer_prompts is not None:
-        _answer_inputs(engine, g, samples, request_seeds, stats, answer_prompts)
-    return samples
-
-
-def _answer_inputs(engine, g, samples: list[list[dict]], request_seeds: list[int], stats: _Stats, answer_prompts) -> None:
-    """synthesize with answer_template: the teacher answers each input it wrote, n times, prompted with the template.
-
-    A prompt whose input never parsed keeps its one failed sample; the others get n answer samples
-    that carry the input, its raw JSON, the answer prompt and the answer seed.
-    """
-    ok = [p for p, sample_list in enumerate(samples) if sample_list[0]["failure"] is None]
-    if not ok:
-        return
-    prompts = answer_prompts(ok, [samples[p][0]["input"] for p in ok])
-    seeds = [row_seed(request_seeds[p], "answer") for p in ok]
-    outputs = _sample(engine, g, prompts, seeds, n=g.sampling.n, temperature=g.sampling.temperature, structured=None)
-    for p, prompt, seed, completions in zip(ok, prompts, seeds, outputs):
-        first = samples[p][0]
-        samples[p] = []
-        for comp in completions:
-            stats.tokens += comp.num_tokens
-            samples[p].append({**first, "text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
-                               "capture": comp.capture,
-                               "input_tokens": first["tokens"], "prompt": prompt, "answer_seed": seed,
-                               "failure": None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"})
 
 
 def chunks_in_order(todo: list[int], make, in_flight: int):
@@ -225,7 +134,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     mine = [c for c in range(n_chunks) if c % shard_count == shard_index]
     _remove_partial_writes(run, mine)
     todo = [c for c in mine if not _chunk_path(run, c).is_file()]
-    stats = _Stats()
+    stats = ChunkStats()
     generating = 0.0
     template = PromptTemplate(g.template, "generate.template")
     answer_template = PromptTemplate(g.answer_template, "generate.answer_template") if g.answer_template else None
@@ -247,7 +156,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                 lambda idx, inputs, items_=chunk_items: teacher_prompts(
                     recipe, answer_template, [{**items_[i], C.INPUT: x} for i, x in zip(idx, inputs)], seeds,
                     engine.apply_chat_template))
-            chunk_stats = _Stats()  # one per chunk: chunks in flight run in threads
+            chunk_stats = ChunkStats()  # one per chunk: chunks in flight run in threads
             samples = mode.samples(engine, prompts, request_seeds, chunk_items, chunk_stats, answer_prompts)
             return chunk_items, prompts, request_seeds, samples, chunk_stats
 
