@@ -59,8 +59,12 @@ def defang(text) -> str:
         text = ""
     elif not isinstance(text, str):  # a struct or list field, as readable text
         text = json.dumps(text, sort_keys=True, default=str)
-    for marker in (BEGIN, END, "<<<", ">>>"):
-        text = text.replace(marker, "")
+    # until nothing changes: one removal can join what is left into a new marker ("<<>>><END..." -> "<<<END...")
+    previous = None
+    while previous != text:
+        previous = text
+        for marker in (BEGIN, END, "<<<", ">>>"):
+            text = text.replace(marker, "")
     return text
 
 
