@@ -12,8 +12,6 @@ from distill.errors import StageError, UserError
 from distill.preemption import PREEMPTED_EXIT, Preempted, stopped_at_request
 from distill.stages import NAMES, STAGES
 
-
-
 DEGRADED_EXIT = 3
 FAIL_ON_DEGRADATION_HELP = ("exit with code 3 when a gated model is degraded on any set, slice or guard set: its drop from "
                             "the baseline is shown to exceed the metric's tolerance, corrected across the gated tests "

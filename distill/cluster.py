@@ -12,7 +12,6 @@ from pathlib import Path
 from distill.errors import UserError
 from distill.run_dir import RunDir
 
-
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 

@@ -7,18 +7,18 @@ before running; notes say what was decided or could not be checked. Exit 0 with 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 
 from distill.errors import UserError
-from distill.models.dtype import dtype_lines, model_dtype, recipe_roles
+from distill.models.dtype import model_dtype, slow_dtype_warning
 from distill.models.hardware import Machine, this_machine
 from distill.recipe import Recipe
 
 OPENAI_DEFAULT_MAX_LOGPROBS = 20  # vLLM's --max-logprobs unless the server was started with more
-CPU_BLOCK_MULTIPLE = 32  # vLLM's CPU attention backend takes block sizes in multiples of 32
 
 
 @dataclass
@@ -59,16 +59,21 @@ def machine_lines(machine: Machine) -> list[str]:
 
 
 def check_dtypes(recipe: Recipe, machine: Machine, c: Checkup) -> None:
-    for role in recipe_roles(recipe):
-        choice = model_dtype(getattr(recipe.models, role), role, machine=machine)
+    for role in recipe.models.roles:
+        spec = getattr(recipe.models, role)
+        choice = model_dtype(spec, role, machine=machine)
         c.note(f"models.{role}: runs in {choice.dtype} ({'auto: ' if choice.requested == 'auto' else ''}{choice.why})")
-    for warning in dtype_lines(recipe, machine)[1]:
-        c.problem(warning)
+    for role in recipe.models.roles:
+        warning = slow_dtype_warning(f"models.{role}.dtype", getattr(recipe.models, role), role, machine)
+        if warning:
+            c.problem(warning)
 
 
 def check_prefix_caching(recipe: Recipe, machine: Machine, c: Checkup) -> None:
+    from distill.models.vllm_engine import CPU_BLOCK_MULTIPLE, block_size
+
     g = recipe.generate
-    for role in recipe_roles(recipe):
+    for role in recipe.models.roles:
         e = getattr(recipe.models, role).engine
         if e.block_size and not machine.gpus and e.block_size % CPU_BLOCK_MULTIPLE:
             c.problem(f"models.{role}.engine.block_size: {e.block_size}, but vLLM's CPU attention backend takes "
@@ -79,7 +84,7 @@ def check_prefix_caching(recipe: Recipe, machine: Machine, c: Checkup) -> None:
     elif e.prefix_caching is False:
         c.note("prefix caching: off for the teacher (models.teacher.engine.prefix_caching: false)")
     else:
-        block = e.block_size or ("vLLM's default" if machine.gpus else CPU_BLOCK_MULTIPLE)
+        block = block_size(e, bool(machine.gpus)) or "vLLM's default"
         c.ok(f"prefix caching: on for the teacher's generation (block {block}); reference NLL in evaluation then "
              "comes from a transformers forward pass, not from the engine's prompt log-probabilities")
 
@@ -98,18 +103,14 @@ def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     from distill.data.split import split_data
     from distill.generate.modes import mode_for
     from distill.prompts.teacher import teacher_prompts
-    from distill.prompts.template import PromptTemplate
+    from distill.prompts.template import PromptTemplate, chat_prompt
 
     g = recipe.generate
     tok = _tokenizer(recipe, "teacher")
     _, seeds = split_data(recipe)
     items = mode_for(recipe).items(seeds)
-
-    def chat(text: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    prompts = teacher_prompts(recipe, PromptTemplate(g.template, "generate.template"), items, seeds, chat)
+    prompts = teacher_prompts(recipe, PromptTemplate(g.template, "generate.template"), items, seeds,
+                              functools.partial(chat_prompt, tok))
     lengths = [len(tok(p).input_ids) for p in prompts]
     if g.scores_targets:
         answer = max((len(tok(str(it.get("reference") or "")).input_ids) for it in items), default=0)

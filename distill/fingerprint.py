@@ -112,4 +112,4 @@ def evaluated_roles(r: Recipe) -> tuple[str, ...]:
 
 
 def all_roles(r: Recipe) -> tuple[str, ...]:
-    return ("teacher", "student") + (("judge",) if r.models.judge is not None else ())
+    return r.models.roles

@@ -103,6 +103,11 @@ class Models(Section):
     student: ModelSpec = Field(description="The primary model fine-tuned with LoRA.")
     judge: ModelSpec | None = Field(None, description="Optional LLM judge used by filters.")
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this recipe gives a model."""
+        return ("teacher", "student") + (("judge",) if self.judge is not None else ())
+
 
 # --------------------------------------------------------------------------- data
 

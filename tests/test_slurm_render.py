@@ -10,9 +10,8 @@ import pytest
 from conftest import TINY_RECIPE, run_cli, write_recipe
 
 from distill.errors import UserError
-from distill.recipe import StageResources
+from distill.recipe import StageResources, slurm_minutes
 from distill.slurm.profile import PROFILES_DIR, choose_partition, load_profile
-from distill.recipe import slurm_minutes
 
 GPU_SECTION = """\
 slurm:

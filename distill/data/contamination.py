@@ -21,7 +21,6 @@ import numpy as np
 from distill import rows as C
 from distill.data.ngrams import NgramHasher, shared_hasher
 
-
 CONTAMINATION_FILE = "contamination.jsonl"
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from distill import rows as C
 from distill.data.loaders import read_rows
-from distill.rows import row_id
 from distill.errors import DataError, UserError
 from distill.recipe import EvalSet, Recipe
+from distill.rows import row_id
 from distill.run_dir import RunDir
 
 

@@ -6,11 +6,11 @@ import random
 from collections import defaultdict
 
 from distill import rows as C
-from distill.rows import row_id
 from distill.data.loaders import read_rows
 from distill.errors import UserError
 from distill.progress import console
 from distill.recipe import Recipe
+from distill.rows import row_id
 
 
 def _slices(rows: list[dict], order: list[int], slice_field: str) -> dict[str, list[int]]:

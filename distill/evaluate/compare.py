@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from distill.data.eval_sets import load_items, seed_pool
 from distill.errors import UserError
 from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import resolve_candidates
@@ -15,8 +16,6 @@ from distill.evaluate.fidelity import measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
-from distill.data.eval_sets import load_items
-from distill.data.eval_sets import seed_pool
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
 from distill.tracking import check_installed, log_report

@@ -24,8 +24,8 @@ def item_fidelity(model, sequences: list[list[int]], starts: list[int], targets:
     """Per sequence (prompt + the teacher's tokens): tokens measured, the summed KL and the count of top-1 agreements."""
     import torch
 
-    from distill.models.device import padded
     from distill.divergence import top1_agreement, topk_divergence
+    from distill.models.device import padded
 
     ids, mask = padded(sequences, pad, model.device)
     with torch.no_grad():

@@ -8,8 +8,7 @@ from pathlib import Path
 from distill.evaluate.chart import plot_curve, plot_differences
 from distill.evaluate.html import render_html
 from distill.evaluate.report import render_markdown
-from distill.run_dir import write_parquet
-from distill.run_dir import write_json, write_text
+from distill.run_dir import write_json, write_parquet, write_text
 
 
 def flat_predictions(rows: list[dict]) -> list[dict]:

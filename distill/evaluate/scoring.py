@@ -24,7 +24,7 @@ from distill.models.dtype import model_dtype, torch_dtype
 from distill.progress import console, progress
 from distill.prompts.student import student_prompt
 from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate
+from distill.prompts.template import PromptTemplate, chat_prompt
 from distill.recipe import EvalSet, ModelSpec, Recipe
 from distill.run_dir import hash_json
 
@@ -65,8 +65,7 @@ class Prompter:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
 
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, user, system)
 
 
 class Scorer:

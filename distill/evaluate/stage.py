@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import time
 
+from distill.data.eval_sets import load_items, seed_pool
 from distill.evaluate.cache import cache_record, open_cache
 from distill.evaluate.candidates import Candidate, checkpoint_step, training_checkpoints
 from distill.evaluate.contamination import attach, caught_by_filter, measure
-from distill.evaluate.targets import fidelity_k
 from distill.evaluate.fidelity import measure_fidelity
 from distill.evaluate.outputs import write_outputs
 from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
-from distill.data.eval_sets import load_items, seed_pool
+from distill.evaluate.targets import fidelity_k
 from distill.models.context import resolved_model
 from distill.prompts.student import check_eval_agreement
 from distill.recipe import Recipe

@@ -22,8 +22,8 @@ import numpy as np
 
 from distill import rows as C
 from distill.data.contamination import CONTAMINATED_ITEMS_FILE, CONTAMINATION_FILE, EvalIndex, EvalItem, load_eval_items
-from distill.filters.base import Filter
 from distill.data.ngrams import words
+from distill.filters.base import Filter
 from distill.recipe import DecontaminateFilter
 
 

@@ -11,8 +11,8 @@ import hashlib
 import numpy as np
 
 from distill import rows as C
-from distill.filters.base import Filter
 from distill.data.ngrams import shared_hasher
+from distill.filters.base import Filter
 from distill.recipe import ExactDedupFilter, NearDedupFilter, SemanticDedupFilter
 
 NEAR_DUP_CLUSTER = "near_dup_cluster"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from distill.filters.base import Filter
 from distill.data.ngrams import words
+from distill.filters.base import Filter
 from distill.recipe import JsonSchemaFilter, LengthFilter, RefusalFilter, RegexFilter, RepetitionFilter
 
 

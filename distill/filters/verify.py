@@ -9,9 +9,9 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from distill.data.ngrams import normalize_text
 from distill.errors import UserError
 from distill.filters.base import Filter
-from distill.data.ngrams import normalize_text
 from distill.recipe import MajorityVoteFilter, ReferenceMatchFilter, VerifierFilter
 
 

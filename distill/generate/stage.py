@@ -21,18 +21,18 @@ import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.data.captures import LOGPROBS_MODE, merge_captures, write_captures
-from distill.rows import row_id
 from distill.data.split import split_data
 from distill.generate.modes import mode_for
 from distill.generate.sampling import ChunkStats
 from distill.models.context import resolved_model
+from distill.models.teacher_server import SERVER_FILE_VARIABLE
 from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
 from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate
 from distill.recipe import Recipe
+from distill.rows import row_id
 from distill.run_dir import RunDir, hash_json, run_lock, write_json, write_jsonl, write_parquet
-from distill.models.teacher_server import SERVER_FILE_VARIABLE
 
 
 def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
@@ -108,7 +108,8 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     reuse (left open), else one is opened for the run and closed after it."""
     started = time.time()
     g, mode = recipe.generate, mode_for(recipe)
-    if recipe.train.learns_from_captures or recipe.train.runs_the_teacher:  # before the teacher writes anything the student could not learn from
+    # before the teacher writes anything the student could not learn from
+    if recipe.train.learns_from_captures or recipe.train.runs_the_teacher:
         from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe, both_ways=recipe.train.runs_the_teacher)

@@ -101,16 +101,12 @@ def slow_dtype_warning(key: str, spec: ModelSpec, role: str, machine: Machine | 
     return f"{key}: {why}; `dtype: auto` chooses {faster} here"
 
 
-def recipe_roles(recipe: Recipe) -> list[str]:
-    return ["teacher", "student"] + (["judge"] if recipe.models.judge is not None else [])
-
-
 def dtype_lines(recipe: Recipe, machine: Machine | None = None) -> tuple[str, list[str]]:
     """(one line with the dtype of every model, e.g. 'teacher bfloat16 (auto: ...), student float32 (...)', the slow-
     dtype warnings)."""
     machine = machine or this_machine()
     parts, warnings = [], []
-    for role in recipe_roles(recipe):
+    for role in recipe.models.roles:
         spec = getattr(recipe.models, role)
         choice = model_dtype(spec, role, machine=machine)
         parts.append(f"{role} {choice.dtype} ({'auto: ' if choice.requested == 'auto' else ''}{choice.why})")

@@ -25,6 +25,7 @@ import httpx
 from distill.data.captures import TokenCapture
 from distill.errors import StageError, UserError
 from distill.models.engine import Completion
+from distill.prompts.template import chat_prompt
 from distill.recipe import EndpointSettings
 
 RETRIED_STATUS = {408, 429}  # and every 5xx: the server is busy or starting, not refusing this request
@@ -120,8 +121,7 @@ class OpenAIEndpoint:
         return {"backend": "openai", "url": self.url, "served_model": self.model}
 
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, user, system)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before retry `attempt` + 1: exponential, jittered so clients refused together do not return

@@ -13,7 +13,6 @@ from distill.progress import console
 from distill.recipe import EndpointSettings, Recipe
 from distill.run_dir import RunDir
 
-
 SERVED_NAME = "teacher"
 
 

@@ -9,19 +9,21 @@ from distill.data.captures import LOGPROBS_MODE, TokenCapture
 from distill.errors import UserError
 from distill.models.dtype import model_dtype
 from distill.models.engine import Completion
-from distill.models.hardware import request_amx_permission
-from distill.recipe import ModelSpec
+from distill.models.hardware import request_amx_permission, this_machine
+from distill.prompts.template import chat_prompt
+from distill.recipe import EngineSettings, ModelSpec
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The CPU attention backend takes block sizes in multiples of 32 and defaults to 128, longer than a typical few-shot
 # prefix: with 128, prefix caching shared nothing on the quickstart's 81-token prefix; with 32, 2.7x faster (AVX2).
-CPU_PREFIX_BLOCK = 32
+CPU_BLOCK_MULTIPLE = 32
+CPU_PREFIX_BLOCK = CPU_BLOCK_MULTIPLE  # the smallest block it takes
 
 
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def block_size(engine: EngineSettings, on_gpu: bool, prefix_caching: bool = True) -> int | None:
+    """The KV cache block size to ask vLLM for (None: its own default): the recipe's, else on a CPU with prefix
+    caching the smallest, so that a short shared prefix fills whole blocks."""
+    return engine.block_size or (CPU_PREFIX_BLOCK if prefix_caching and not on_gpu else None)
 
 
 def configure_cpu_environment(spec: ModelSpec) -> None:
@@ -31,8 +33,6 @@ def configure_cpu_environment(spec: ModelSpec) -> None:
     # In-process engine: starts in seconds and avoids the worker-process bf16/AMX crash seen on CPU.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     request_amx_permission()  # for an engine process forked from this one, should the user turn multiprocessing on
-
-
 
 
 class VLLMEngine:
@@ -45,7 +45,7 @@ class VLLMEngine:
         """`role`: the part the model plays (the student runs in its training dtype, see distill.models.dtype);
         `reads_prompt_logprobs`: the caller reads prompt log-probabilities (teacher-forced scores), which vLLM can
         return stale with prefix caching on, so the cache stays off."""
-        on_gpu = _on_gpu()
+        on_gpu = bool(this_machine().gpus)
         if not on_gpu:
             configure_cpu_environment(spec)
         from vllm import LLM
@@ -70,7 +70,7 @@ class VLLMEngine:
             # Whitespace is a per-engine setting: the per-request flag is ignored by this vLLM.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
-        block = spec.engine.block_size or (None if on_gpu or not self.prefix_caching else CPU_PREFIX_BLOCK)
+        block = block_size(spec.engine, on_gpu, self.prefix_caching)
         if block:
             options["block_size"] = block
         if spec.engine.max_num_seqs:
@@ -98,8 +98,7 @@ class VLLMEngine:
                 "dtype_requested": self.dtype.requested}
 
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, user, system)
 
     def generate(
         self,

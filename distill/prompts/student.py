@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distill import rows as C
 from distill.errors import UserError
-from distill.prompts.template import PromptTemplate
+from distill.prompts.template import PromptTemplate, chat_prompt
 from distill.recipe import Recipe
 
 
@@ -12,7 +12,7 @@ def student_prompt(recipe: Recipe, template: PromptTemplate, row: dict, tokenize
     """The exact text the student is prompted with, in training and in evaluation."""
     text = template.render(input=row[C.INPUT], row=row)
     if recipe.train.chat:
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return chat_prompt(tokenizer, text)
     return text
 
 

@@ -34,6 +34,12 @@ class PromptTemplate:
             raise UserError(f"{self.where}: template failed to render: {e}") from None
 
 
+def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
+    """One user message, after an optional system prompt, through the tokenizer's chat template, ready to answer."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def draw_examples(pool: list[dict], k: int, seed: int, exclude_id: str | None = None) -> list[dict]:
     """k examples from `pool`, reproducibly; never the row itself."""
     if k == 0:

@@ -75,7 +75,7 @@ def template_hashes(recipe: Recipe) -> dict[str, str]:
 
 
 def model_identities(recipe: Recipe) -> dict[str, dict]:
-    roles = ["teacher", "student"] + (["judge"] if recipe.models.judge is not None else [])
+    roles = recipe.models.roles
     return {role: resolved_model(recipe, role)[1] for role in roles}
 
 

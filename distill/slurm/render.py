@@ -19,10 +19,10 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from distill.errors import UserError
-from distill.recipe import Recipe, StageResources
 from distill.models.teacher_server import JOB
-from distill.stages import slurm_jobs
+from distill.recipe import Recipe, StageResources
 from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
+from distill.stages import slurm_jobs
 
 TEMPLATES_DIR = REPO_ROOT / "slurm"
 ACCELERATE_DIR = REPO_ROOT / "configs" / "accelerate"

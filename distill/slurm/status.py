@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import shutil
 
-from distill.errors import UserError
 from distill.cluster import ACTIVE, accounting_enabled, job_states, jobs_file, read_jobs
+from distill.errors import UserError
 from distill.run_dir import RunDir
 from distill.stages import slurm_jobs
 

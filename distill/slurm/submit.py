@@ -14,14 +14,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from distill.cluster import jobs_file
 from distill.errors import StageError, UserError
+from distill.models.teacher_server import server_file
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json, write_text
 from distill.slurm.profile import load_profile
 from distill.slurm.render import render_jobs
 from distill.slurm.status import NEVER_SATISFIED, active_tasks, never_starting
-from distill.cluster import jobs_file
-from distill.models.teacher_server import server_file
 
 
 def sbatch_command(script: Path, dependency_id: str | None, dependency: str = "afterok") -> list[str]:

@@ -54,9 +54,10 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
     if e.prefix_caching is False:
         cmd.append("--no-enable-prefix-caching")
     else:  # generation only: the server is never asked for prompt log-probabilities (mode: score is refused)
-        from distill.models.vllm_engine import CPU_PREFIX_BLOCK, _on_gpu
+        from distill.models.hardware import this_machine
+        from distill.models.vllm_engine import block_size
 
-        block = e.block_size or (None if _on_gpu() else CPU_PREFIX_BLOCK)
+        block = block_size(e, bool(this_machine().gpus))
         cmd += ["--enable-prefix-caching"] + (["--block-size", str(block)] if block else [])
     if spec.trust_remote_code:
         cmd.append("--trust-remote-code")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import rows as C
+from distill.data.eval_sets import seed_pool
 from distill.errors import UserError
 from distill.models.context import resolved_model
 from distill.preemption import Preempted, stop_requested
@@ -32,7 +33,7 @@ from distill.prompts.student import student_prompt
 from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, row_seed
 from distill.recipe import Recipe
-from distill.run_dir import RunDir, hash_file, read_jsonl, write_json, write_parquet
+from distill.run_dir import RunDir, hash_file, write_json, write_parquet
 
 STATE = "on_policy_state.json"
 OPTIMIZER = "optimizer.pt"
@@ -61,12 +62,10 @@ def start_adapter(recipe: Recipe) -> Path | None:
     return Path(start)
 
 
-def seed_items(run: RunDir) -> list[dict]:
-    """The seed prompts, once each (the generate stage's seeds)."""
-    if not run.seeds.is_file():
-        raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
+def seed_items(pool: list[dict]) -> list[dict]:
+    """The seed prompts, once each."""
     seen, items = set(), []
-    for item in read_jsonl(run.seeds):
+    for item in pool:
         if item[C.INPUT] not in seen:
             seen.add(item[C.INPUT])
             items.append(item)
@@ -82,35 +81,31 @@ class OnPolicyLoop:
         self.checkpoints = self.stage_dir / "checkpoints"
         self.cost, self.history = Cost(), []
         self.trained: list[dict] = []  # every text the student was trained on, for evaluation's leak check
-        self.items = seed_items(run)
-        self.pool = self.items
+        self.pool = seed_pool(run)  # as generation and evaluation draw the teacher's few-shot examples from it
+        if not self.pool:
+            raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
+        self.items = seed_items(self.pool)
 
     # ------------------------------------------------------------------ set-up
 
     def _models(self):
         import torch
-        from peft import LoraConfig, PeftModel, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+        from peft import PeftModel, get_peft_model
+        from transformers import set_seed
 
         from distill.models.device import torch_device
-        from distill.models.dtype import model_dtype, torch_dtype
+        from distill.train.student import load_student, lora_config
 
-        spec = self.recipe.models.student
         self.student_dir, self.student_identity = resolved_model(self.recipe, "student")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.student_dir, trust_remote_code=spec.trust_remote_code)
         self.device = torch_device()
-        dtype = torch_dtype(model_dtype(spec, "student", self.student_dir).dtype)
-        base = AutoModelForCausalLM.from_pretrained(self.student_dir, dtype=dtype,
-                                                    trust_remote_code=spec.trust_remote_code).to(self.device)
+        base, self.tokenizer = load_student(self.recipe, self.student_dir)
+        base = base.to(self.device)
         start = start_adapter(self.recipe)
-        lora = self.t.lora
         set_seed(self.t.seed)  # the adapter's initial weights (as the trainer seeds them): a resumed run is the same run
         if start is not None:
             self.model = PeftModel.from_pretrained(base, str(start), is_trainable=True)
         else:
-            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-            self.model = get_peft_model(base, config)
+            self.model = get_peft_model(base, lora_config(self.recipe))
         self.rank = self.model.peft_config["default"].r
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate)
         self.start = start

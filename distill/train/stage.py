@@ -17,7 +17,7 @@ from distill import rows as C
 from distill.data.split import sample_in_order
 from distill.errors import UserError
 from distill.models.context import resolved_model
-from distill.models.dtype import model_dtype, torch_dtype
+from distill.models.dtype import model_dtype
 from distill.preemption import Preempted, stop_may_be_requested, stop_requested
 from distill.progress import console, progress
 from distill.prompts.student import check_eval_agreement
@@ -27,6 +27,7 @@ from distill.tracking import finish_tracking, trainer_callbacks
 from distill.train.formats import check_stop_learned
 from distill.train.objectives import objective_for
 from distill.train.plots import plot_loss, plot_loss_terms
+from distill.train.student import load_student, lora_config
 
 
 def training_arguments(recipe: Recipe, output_dir: Path):
@@ -66,17 +67,10 @@ def training_arguments(recipe: Recipe, output_dir: Path):
 def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], output_dir: Path):
     """(the objective's trainer for these examples, the student's tokenizer), as training uses them."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    t = recipe.train
-    spec = recipe.models.student
     config = training_arguments(recipe, output_dir)  # before the model: see training_arguments
-    tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=spec.trust_remote_code)
-    dtype = model_dtype(spec, "student", student_dir).dtype
-    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch_dtype(dtype), trust_remote_code=spec.trust_remote_code)
-    lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
-                      target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
+    model, tokenizer = load_student(recipe, student_dir)
+    lora = lora_config(recipe)
     trainer_class = objective_for(recipe).trainer_class()
     try:
         trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(examples),
