@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-# Padding positions hold -inf: a finite floor keeps 0 * log 0 at 0 instead of nan.
+# A slot without a probability (-inf: padding, or a token a grammar forbade) is floored on both sides: a finite value
+# keeps 0 * log 0 at 0 instead of nan, and equal floors make the slot add nothing to any divergence.
 LOG_FLOOR = -1e4
 
 
@@ -55,9 +56,16 @@ DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": jsd}
 def topk_divergence(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
                     divergence: str = "forward_kl", tail: bool = True) -> torch.Tensor:
     """Per-position divergence between teacher and student over the teacher's top-K ids: with `tail`, plus one bucket
-    for all other tokens (both sides then sum to 1 over the same K+1 outcomes); without, both renormalised over K."""
-    teacher = teacher_logprobs.float().clamp(min=LOG_FLOOR)  # padding (-inf) stays finite
-    student = student_logprobs_at(logits, teacher_ids)
+    for all other tokens (both sides then sum to 1 over the same K+1 outcomes); without, both renormalised over K.
+
+    A slot whose teacher log-probability is -inf is no outcome: padding, or in a constrained capture (label mode) a
+    token the grammar forbade. It is masked on both sides, so the student's mass on it falls in the tail and the
+    divergence is over the tokens the teacher could produce."""
+    teacher = teacher_logprobs.float()
+    has_probability = teacher > LOG_FLOOR
+    floor = torch.tensor(LOG_FLOOR, device=teacher.device)
+    teacher = torch.where(has_probability, teacher, floor)
+    student = torch.where(has_probability, student_logprobs_at(logits, teacher_ids), floor)
     if tail:
         teacher, student = with_tail(teacher), with_tail(student)
     else:

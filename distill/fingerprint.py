@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.models.context import resolved_model
+from distill.models.device import process_count
 from distill.models.identity import folder_hash
 from distill.recipe import Recipe
 from distill.run_dir import hash_file, hash_tree
@@ -43,7 +44,8 @@ def _eval_set(s, fields: set[str] | None = None) -> dict:
 
 
 def generate_settings(r: Recipe) -> dict:
-    g = r.generate.model_dump(mode="json")
+    # chunk_size: how many prompts are written at once; rows are made per item, with per-item seeds
+    g = r.generate.model_dump(mode="json", exclude={"chunk_size"})
     if g.get("endpoint"):  # the server and the model it serves count; how requests travel does not
         g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k in ("url", "model")}
     return {"data": _data(r), "generate": g}
@@ -66,12 +68,18 @@ def filter_settings(r: Recipe) -> dict:
     return settings
 
 
+# Thresholds that refuse a training run, never shape the adapter one makes.
+TRAIN_REFUSAL_THRESHOLDS = {"max_truncated_share": True, "kd": {"max_mismatch_share"}}
+
+
 def train_settings(r: Recipe) -> dict:
     # logging_steps and report_to only say how often and where the loss is logged: the same adapter and
     # checkpoints. save_steps counts: it decides which checkpoints are written (and evaluated with
-    # evaluate.checkpoints). The name is written into the adapter's training_data.json.
-    unused = set() if r.train.objective == "on_policy" else {"on_policy"}  # settings of an objective not run
-    return {"train": r.train.model_dump(mode="json", exclude={"logging_steps", "report_to"} | unused), "name": r.name}
+    # evaluate.checkpoints). The name is written into the adapter's training_data.json. The number of processes
+    # counts: the global batch is batch_size x gradient_accumulation_steps x processes.
+    unused = {} if r.train.objective == "on_policy" else {"on_policy": True}  # settings of an objective not run
+    exclude = {"logging_steps": True, "report_to": True, **TRAIN_REFUSAL_THRESHOLDS, **unused}
+    return {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name, "processes": process_count()}
 
 
 def evaluate_settings(r: Recipe) -> dict:

@@ -286,7 +286,8 @@ class GenerateSettings(Section):
     system_prompt: str | None = Field(None, description="System message when chat is true.")
     few_shot: FewShotSettings = Field(default_factory=FewShotSettings, description="Few-shot examples.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling parameters.")
-    chunk_size: int = Field(256, gt=0, description="Prompts per atomically written chunk; a killed run resumes by chunk.")
+    chunk_size: int = Field(256, gt=0, description="Prompts per atomically written chunk; a killed run resumes by chunk, "
+                            "in the size it started with. Not part of the stage's fingerprint: rows are made per prompt.")
     mode: Literal["complete", "synthesize", "label", "score"] = Field(
         "complete",
         description="complete: the teacher answers each real seed input. synthesize: one prompt per cell of `grid` "
@@ -316,7 +317,8 @@ class GenerateSettings(Section):
         None, ge=1, le=100,
         description="Capture the teacher's top-K log-probabilities (this K, e.g. 20) of every generated token, by token "
         "id, in the same pass, for train.objective kd or sft+kd. Stored in generate/teacher_logprobs.parquet keyed by "
-        "row id; the model's raw distribution, before temperature and top-p. synthesize mode needs answer_template "
+        "row id; the model's raw distribution, before temperature and top-p (in label mode under the grammar's mask: "
+        "the tokens it forbids are -inf, recorded as distribution `constrained`). synthesize mode needs answer_template "
         "(the answer pass is captured).",
     )
 
@@ -634,16 +636,18 @@ class KDSettings(Section):
         "forward_kl", description="forward_kl: KL(teacher || student), covers the teacher's modes. reverse_kl: "
         "KL(student || teacher), seeks one. jsd: generalized Jensen-Shannon at beta 0.5."
     )
-    weight: float = Field(1.0, ge=0, description="sft+kd: weight of the divergence beside the cross-entropy (both are "
-                          "logged, per token, so their scales can be compared).")
+    weight: float = Field(1.0, ge=0, description="sft+kd: weight of the divergence beside the cross-entropy. Both are "
+                          "logged per learned token (ce_loss, kd_loss), so their scales can be compared and the logged "
+                          "loss is ce_loss + weight x kd_loss.")
     top_k: int | None = Field(None, gt=0, description="Use the teacher's K most likely tokens, at most "
                               "generate.logprobs (default: all captured).")
     tail: bool = Field(True, description="Add one bucket for the probability outside the top K, so teacher and "
                        "student distributions are over the same outcomes; false renormalises both over the top K.")
     max_mismatch_share: float = Field(
-        0.05, ge=0, le=1, description="Most training rows (a share) whose completion tokens, as the student tokenizes "
-        "them, differ from the teacher's captured tokens (or that have no capture) before training is refused. Such "
-        "rows are left out of training, counted in the train summary."
+        0.05, ge=0, le=1, description="Most training rows (a share) that have no capture, or whose kept text is not "
+        "the teacher's captured tokens (a filter step that rewrote it), before training is refused. Such rows are left "
+        "out of training and counted in the train summary. Rows the student's tokenizer would split otherwise are "
+        "trained on the teacher's tokens and only counted (rows_the_student_would_tokenize_otherwise)."
     )
 
 
@@ -661,7 +665,10 @@ class TrainSettings(Section):
     completion_template: str = Field(
         " {{ completion }}", description="Jinja template of the training target. Variables: completion, row."
     )
-    chat: bool = Field(False, description="Train in the student's chat format (must match evaluation).")
+    chat: bool = Field(False, description="Train in the student's chat format: the prompt a user turn through its chat "
+                       "template, the answer the assistant turn, ending with the template's end-of-turn token (must match "
+                       "evaluation). With kd / sft+kd the teacher's captured tokens are the assistant turn and its stop is "
+                       "read as the end-of-turn token.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings.")
     epochs: float = Field(1.0, gt=0, description="Passes over the kept rows.")
     batch_size: int = Field(16, gt=0, description="Rows per device per step.")
@@ -744,7 +751,7 @@ class EvalSet(Section):
         description="Per-item metrics; the first is the headline. exact_match (whitespace-folded), exact_match_normalized "
         "(also case, punctuation, articles), accuracy (the answer is the first reference, case-folded), multi_ref_match "
         "(any reference appears in the answer), token_f1, nll (mean negative log-likelihood per token of the reference; "
-        "lower is better; perplexity alongside).",
+        "lower is better; the report adds item_perplexity, exp of the mean item NLL).",
     )
     guard: bool = Field(
         False, description="A guard set: general ability beside the target task, evaluated so that forgetting shows up."
@@ -1107,10 +1114,6 @@ class Recipe(Section):
             if not self.generate.logprobs:
                 raise ValueError(f"train.objective {self.train.objective!r} learns the teacher's token distributions: "
                                  "set generate.logprobs (e.g. 20) so the generation pass captures them")
-            if self.train.chat:
-                raise ValueError(f"train.objective {self.train.objective!r} trains on the teacher's tokens as generated; "
-                                 "with train.chat the student's answer would end in its chat template's tokens, "
-                                 "which have no captured distribution: use train.chat false, or objective sft")
             if self.train.kd.top_k and self.train.kd.top_k > self.generate.logprobs:
                 raise ValueError(f"train.kd.top_k = {self.train.kd.top_k} is more than the "
                                  f"generate.logprobs = {self.generate.logprobs} captured")

@@ -29,6 +29,8 @@ class Stage:
     entry: str  # "module:function(recipe, run) -> summary"
     slurm_job: str  # the Slurm job that runs it (document runs at the end of the evaluation job)
     in_manifest: bool = True  # the manifest hashes its outputs (document writes the manifest itself)
+    # whether it runs its models in vLLM, so their engine settings (max_model_len, quantization) count
+    runs_engines: Callable[[Recipe], bool] = lambda r: True
 
     def run(self, recipe: Recipe, run: RunDir, **options) -> dict:
         module, function = self.entry.split(":")
@@ -37,7 +39,7 @@ class Stage:
     def inputs(self, recipe: Recipe) -> dict:
         """Its settings and the models it runs, as its fingerprint hashes them (without upstream outputs)."""
         return {"stage": self.name, "settings": self.settings(recipe),
-                "models": {role: model_fingerprint(recipe, role) for role in self.models(recipe)}}
+                "models": {role: model_fingerprint(recipe, role, self.runs_engines(recipe)) for role in self.models(recipe)}}
 
     def fingerprint(self, recipe: Recipe, run: RunDir) -> str:
         markers = {u: run.read_marker(u) for u in self.upstream}
@@ -55,7 +57,8 @@ STAGES: tuple[Stage, ...] = (
           F.filter_settings, F.judge_roles, "distill.filters.stage:run_filter", "filter"),
     # train reads the kept rows, and generation's own files: the teacher's captures (kd) or the seeds (on_policy)
     Stage("train", "LoRA fine-tuning of the student on the kept rows", ("generate", "filter"),
-          F.train_settings, F.trained_roles, "distill.train.stage:run_train", "train"),
+          F.train_settings, F.trained_roles, "distill.train.stage:run_train", "train",
+          runs_engines=lambda r: r.train.runs_the_teacher),  # sft / kd: transformers and PEFT only
     Stage("evaluate", "score base student, trained student and teacher on held-out real data (RECIPE or a run "
           "directory)", ("generate", "filter", "train"),
           F.evaluate_settings, F.evaluated_roles, "distill.evaluate.stage:run_evaluate", "evaluate"),

@@ -4,4 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest "$@"
+# Two workers, each test file whole on one of them (its module fixtures built once): most of a test's time is one
+# core importing libraries and starting engines. The slow recipe runs (-m slow) use both cores each: one at a time.
+workers=(-n "${DISTILL_TEST_WORKERS:-2}" --dist loadfile)
+for arg in "$@"; do
+  case "$arg" in slow|-n*|--numprocesses*) workers=() ;; esac
+done
+exec .venv/bin/python -m pytest "${workers[@]}" "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, tiny_model):
     """One complete `distill run` of the tiny recipe, shared by the tests that inspect it (some re-run stages of it):
-    (folder, recipe, run directory, the completed process, each stage log as it was when the run ended)."""
+    (folder, recipe, run directory, the completed process, each stage log as it was when the run ended). A copy of
+    the run as it ended is kept in folder/pristine-runs."""
     from distill.run_dir import RunDir
 
     folder = tmp_path_factory.mktemp("e2e")
@@ -102,4 +104,6 @@ def finished_run(tmp_path_factory, tiny_model):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = RunDir(folder / "runs" / "tiny")
     logs = {p.stem: p.read_bytes() for p in run.logs.glob("*.log")}
+    # as the run ended: tests that rerun stages of `run` change it, and the order tests run in is not fixed
+    shutil.copytree(folder / "runs", folder / "pristine-runs")
     return folder, recipe, run, result, logs

@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PLURAL, write_recipe
+from conftest import PLURAL, ROOT, write_recipe
 
 from distill import rows as C
 from distill.run_dir import write_parquet
@@ -89,9 +89,10 @@ def test_dataset_card_has_a_hub_header_and_reads_alone(documented):
 def test_dataset_card_puts_thin_cells_beside_their_evaluation(documented):
     run, summary, _ = documented
     body = (run.root / "dataset_card.md").read_text()
-    # 10 irregular rows generated, 1 kept: 1.1% of kept rows against a 10% target; drop rate and real share shown.
+    # 10 irregular rows generated, 1 kept: 1.1% of kept rows against a 10% target; drop rate and real share shown
+    # (this hand-made run recorded no seed pool: its share is n/a)
     line = next(x for x in body.splitlines() if x.startswith("| irregular |"))
-    assert "| 10 | 1 | 90.0% | 1.1% | 10.0% | 1.9% | **under-represented** |" in line
+    assert "| 10 | 1 | 90.0% | 1.1% | 10.0% | n/a | 1.9% | **under-represented** |" in line
     assert line.endswith("| 4 | 0.250 | 0.000 | +0.250 [+0.000, +0.750] |")
     assert "coverage: cell 'irregular' is under-represented after filtering: 1 of 10 generated rows kept" in body
     assert summary["flagged_cells"] == 1
@@ -189,6 +190,25 @@ def test_decontamination_results_are_shown_when_the_filter_ran(documented, tmp_p
     body = (run.root / "dataset_card.md").read_text()
     assert "3 leak(s) recorded" in body and "| plural | 2 |" in body
     assert "turned off" in body
+
+
+def test_the_model_card_says_how_far_each_evaluated_set_is_from_the_training_data(documented, tmp_path):
+    """The held-out split was split off before generation; a guard set read from a file is only as far from the
+    training data as decontamination made it, and few-shot examples are never checked against it."""
+    arithmetic = ROOT / "recipes" / "quickstart" / "data" / "arithmetic_2_digit_addition.json"
+    sets = f"evaluate.sets=[{{name: plural, data: heldout}}, {{name: general, path: {arithmetic}, guard: true}}]"
+    recipe = load_recipe(documented[0].root.parent.parent / "recipe.yaml", [sets])
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    run_document(recipe, run)
+    body = (run.root / "model_card.md").read_text()
+    assert "`plural`: real items split off before generation, never seeds or few-shot examples." in body
+    assert "`general`: read from files, not split from the seed data, and not checked against the seeds or few-shot " \
+           "examples (no decontaminate filter)." in body
+    write_json(run.stage("filter") / "contaminated_items.json", {})
+    run_document(recipe, run)
+    body = (run.root / "model_card.md").read_text()
+    assert "`general`: read from files, not split from the seed data; the decontaminate filter rejected generated rows " \
+           "holding their items (seed inputs included), but few-shot examples drawn from the data were not checked" in body
 
 
 def test_cards_parse_with_the_hubs_card_classes_without_warnings(documented, caplog):

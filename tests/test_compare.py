@@ -165,7 +165,7 @@ def test_slices_and_guard_sets_are_reported_with_their_n(compared):
     assert irregular["n"] == 10 and irregular["high"] - irregular["low"] > regular["high"] - regular["low"]
     guard = report["sets"]["arithmetic"]
     assert guard["guard"] and guard["models"]["corrupted"]["n"] == 12
-    assert guard["models"]["base"]["metrics"]["nll"]["perplexity"] > 1
+    assert guard["models"]["base"]["metrics"]["nll"]["item_perplexity"] > 1
     md = (out / "report.md").read_text()
     assert "## arithmetic (guard set)" in md and "| irregular | 10 |" in md
 

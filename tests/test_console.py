@@ -40,9 +40,9 @@ def test_logs_hold_what_the_console_leaves_out(finished_run):
     assert re.search(r"^train: 100%.*5/5", train, re.M)
 
 
-def test_verbose_shows_library_output(finished_run):
-    folder, recipe, *_ = finished_run
-    result = run_cli("run", recipe, "-v", "--force", "document", cwd=folder)
+def test_verbose_shows_library_output(finished_run, tmp_path):
+    shutil.copytree(finished_run[0] / "pristine-runs", tmp_path / "runs")  # the run as it ended, whatever ran since
+    result = run_cli("run", tmp_path / "runs" / "tiny", "-v", "--force", "document", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("up to date, skipped") == 4 and "[document] done" in result.stdout
     assert re.search(r"^Loading weights: 100%", result.stdout.replace("\r", "\n"), re.M)  # transformers' own bar

@@ -10,6 +10,7 @@ from conftest import PLURAL
 from distill.data.loaders import read_rows
 from distill.data.split import split_heldout
 from distill.errors import DataError
+from distill.rows import row_id
 
 
 def test_bigbench_rows_carry_their_line():
@@ -174,6 +175,19 @@ def test_a_repeated_input_stays_two_heldout_items_and_never_becomes_a_seed(tmp_p
 
     items = load_items(EvalSet(name="plural", data="heldout"), run.heldout)  # what evaluate and decontamination read
     assert [it["id"] for it in items] == [r["id"] for r in held]
+
+
+def test_a_repeated_seed_input_keeps_a_row_id_of_its_own(tmp_path, tiny_model):
+    """Captures, calibration and the filter's records are keyed by row id: two seeds with one id would keep one."""
+    rows = words(30)
+    rows += [{**r, "_line": 31 + k, "target": r["target"] + "es"} for k, r in enumerate(rows[:10])]  # relabelled twice
+    (_, seeds), _ = prepared(tmp_path, tiny_model, rows, {"size": 5, "seed": 3})
+    assert len({r["input"] for r in seeds}) < len(seeds)
+    assert len({r["id"] for r in seeds}) == len(seeds)
+    first = {}
+    for r in seeds:  # the first of two keeps the id it always had
+        first.setdefault(r["input"], r["id"])
+    assert all(first[r["input"]] == row_id(r["input"]) for r in seeds)
 
 
 def test_an_unlabelled_heldout_split_is_refused_before_any_model_is_scored(tmp_path, tiny_model):

@@ -107,6 +107,43 @@ def test_a_kept_row_left_out_of_a_sampled_training_set_is_no_leak(tmp_path, tiny
     assert measured["trained_on"][0]["rows"] == 2
 
 
+def test_a_paraphrase_caught_in_one_row_and_trained_in_another_counts_as_reached(tmp_path, tiny_model):
+    """The filter checks completions only; the same paraphrase of an eval item sits in one row's completion (caught,
+    by embedding) and in another row's input (kept, trained on). Evaluation uses the filter's detector, embedding
+    check included, so the item counts as reached and leaves the clean score."""
+    from distill.data.contamination import eval_items, leak_rule
+    from distill.filters.decontam import Decontaminate
+    from distill.filters.stage import apply_filters
+
+    boil = {"id": "i-boil", "input": "What is the boiling point of water at sea level in degrees Celsius?",
+            "reference": "100", "references": ["100"], "slice": None}
+    paraphrase = "At sea level, water boils at what temperature in Celsius?"
+    steps = [{"type": "decontaminate", "fields": ["completion"]}]  # embedding_threshold 0.9 by default
+    r = Recipe.model_validate(recipe_dict(tmp_path, tiny_model, ["base", "student"], steps))
+    cfg = r.filter.steps[0]
+    flt = Decontaminate(cfg, items=eval_items("heldout", ITEMS + [boil]))
+    flt.label = "decontaminate"
+    rows = [{"id": "caught", "input": "Write a quiz question", "completion": paraphrase},
+            {"id": "trained", "input": paraphrase, "completion": "100 degrees"},
+            {"id": "clean", "input": "Name a colour", "completion": "blue"}]
+    filtered = apply_filters(rows, [flt])
+    assert [x["kept"] for x in filtered] == [False, True, True]
+    assert flt.contaminated_items() == {"heldout": ["i-boil"]}
+
+    run = RunDir(tmp_path / "run")
+    run.filtered.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([{k: x[k] for k in ("id", "input", "completion", "kept")} for x in filtered]),
+                   run.filtered)
+    run.adapter.mkdir(parents=True)
+    write_json(run.adapter / "training_data.json", {"rows_file": str(run.filtered), "rows_sha256": hash_file(run.filtered),
+                                                    "rows_used": 2})
+    measured = measure(r, {"heldout": ITEMS + [boil]}, [run.adapter])
+    assert measured["sets"] == {"heldout": ["i-boil"]} and measured["embedding_threshold"] == 0.9
+    assert [(x["row_id"], x["field"], x["method"]) for x in measured["records"]] == [("trained", "input", "embedding")]
+    assert leak_rule(measured).endswith("or its sentence embedding has cosine similarity of at least 0.9 with the "
+                                        "item's input")  # what the report says it checked
+
+
 def test_the_report_separates_true_leaks_from_items_the_filter_removed(tmp_path, tiny_model):
     run = trained_run(tmp_path)
     measured = measure(recipe(tmp_path, tiny_model, ["base", "student"]), {"heldout": ITEMS}, [run.adapter])
@@ -173,6 +210,7 @@ def test_evaluate_reports_the_items_its_student_was_trained_on(tmp_path, tiny_mo
     text = (run.stage("evaluate") / "report.md").read_text()
     assert f"1 item(s) appear in the 2 kept rows of {run.filtered} that the student was trained on" in text
     assert "on the 3 other items: base" in text
+    assert "The scores, intervals and gate above include those items." in text
     assert "The decontaminate filter found 1 item(s) in generated rows and rejected those rows" in text
     report = json.loads(run.eval_report.read_text())
     assert report["contamination"]["sets"] == {"heldout": ["lantern"]}
@@ -199,5 +237,10 @@ def test_the_cards_give_the_same_numbers(documented, tmp_path):
     assert "Evaluation checked the 91 kept rows of runs/tiny/filter/rows.parquet that the student was trained on" in dataset
     assert "| plural | 3 | exact_match on 17: base 0.000, student 0.400 |" in dataset and "| general | 0 |  |" in dataset
     assert "3 item(s) of this set appear in the rows the student was trained on; exact_match on the 17 other items: " \
-           "base 0.000, student 0.400." in model
+           "base 0.000, student 0.400. The table above, the degradation gate and the headline value in this card's " \
+           "header include those items" in model
+    # the card's header: the headline over every item, and the value on the items not in the training rows
+    metrics = yaml.safe_load(model.split("---\n")[1])["model-index"][0]["results"][0]["metrics"]
+    assert [(m["name"], m["value"]) for m in metrics] == [("exact_match", 0.45),
+                                                          ("exact_match on the 17 items not in the training rows", 0.4)]
     assert "Evaluation items appear in the rows the student was trained on (3 of plural)" in model

@@ -41,7 +41,8 @@ def test_token_f1_gives_partial_credit():
 def test_reference_nll_and_perplexity_from_token_logprobs():
     result = compute("nll", [[-1.0, -3.0], [-0.5]], ["two tokens", "one"])
     assert result["scores"] == [2.0, 0.5]
-    assert result["perplexity"] == pytest.approx(math.exp(4.5 / 3))
+    assert result["nll"] == pytest.approx(1.25)  # each item weighs alike
+    assert result["token_perplexity"] == pytest.approx(math.exp(4.5 / 3))  # each token weighs alike
     assert not METRICS["nll"].higher_is_better and METRICS["nll"].needs_logprobs
 
 

@@ -68,6 +68,7 @@ def test_a_teacher_setting_that_changes_its_answers_reruns_generate(recipe, over
     "models.teacher.engine.max_num_seqs=8",
     "models.teacher.engine.enforce_eager=false",
     "models.teacher.engine.tensor_parallel_size=2",
+    "generate.chunk_size=5",  # prompts written at once: rows and their seeds are per item
 ])
 def test_engine_capacity_and_scheduling_do_not_rerun_generate(recipe, override):
     assert stage_fp(recipe, "generate", override) == stage_fp(recipe, "generate")
@@ -194,6 +195,37 @@ def test_train_reruns_for_what_shapes_the_adapter_not_for_logging(tmp_path, reci
     assert stage_fp(recipe, "train", "models.teacher.dtype=bfloat16", run=run) == before  # train never runs the teacher
     for override in ("train.learning_rate=0.001", "train.save_steps=2", "models.student.dtype=bfloat16"):
         assert stage_fp(recipe, "train", override, run=run) != before, override
+
+
+def test_the_number_of_training_processes_reruns_train(tmp_path, recipe, monkeypatch):
+    """Four processes make a four times larger global batch: another adapter, so a run killed under one process
+    is not resumed under four as if nothing changed."""
+    run = upstream_done(RunDir(tmp_path / "run"), "generate", "filter")
+    one = stage_fp(recipe, "train", run=run)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert stage_fp(recipe, "train", run=run) != one
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert stage_fp(recipe, "train", run=run) == one
+
+
+@pytest.mark.parametrize("override", [
+    "models.student.engine.max_model_len=64",  # the student's vLLM engine: evaluation only
+    "models.student.engine.quantization=fp8",
+    "train.max_truncated_share=0.5",  # thresholds that refuse a run, never shape an adapter
+    "train.kd.max_mismatch_share=0.5",
+])
+def test_settings_that_cannot_change_the_adapter_do_not_retrain_it(tmp_path, recipe, override):
+    run = upstream_done(RunDir(tmp_path / "run"), "generate", "filter", "train")
+    assert stage_fp(recipe, "train", override, run=run) == stage_fp(recipe, "train", run=run)
+    if "engine" in override:  # evaluation runs the student in vLLM
+        assert stage_fp(recipe, "evaluate", override, run=run) != stage_fp(recipe, "evaluate", run=run)
+
+
+def test_on_policy_training_samples_in_vllm_so_the_students_engine_counts(tmp_path, recipe):
+    run = upstream_done(RunDir(tmp_path / "run"), "generate", "filter")
+    on_policy = ("train.objective=on_policy",)
+    assert stage_fp(recipe, "train", *on_policy, "models.student.engine.max_model_len=64", run=run) != \
+        stage_fp(recipe, "train", *on_policy, run=run)
 
 
 def test_evaluate_reruns_for_the_teachers_dtype_only_when_the_teacher_is_evaluated(tmp_path, recipe):

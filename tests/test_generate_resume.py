@@ -96,3 +96,22 @@ def test_shards_started_together_one_killed_and_rerun_give_the_rows_of_one_run(r
     assert shard_of_chunk == {c: f"{c % 2}/2" for c in range(20)}
     assert run.read_marker("generate")["summary"]["rows"] == 60
     assert not list(run.chunks.glob(".*.tmp"))  # no half-written chunk left behind
+
+
+def test_a_run_resumed_with_another_chunk_size_finishes_in_the_size_it_started_with(recipe, uninterrupted):
+    """generate.chunk_size is not in the fingerprint (rows and their seeds are per item), so a changed size must not
+    make chunks of two sizes overlap: the chunks already written set the size until the stage is complete."""
+    from distill.generate.stage import open_teacher
+    from distill.models.context import resolved_model
+
+    run = RunDir(recipe.parent / "rechunked")
+    started = load_recipe(recipe, list(SETTINGS))
+    engine = open_teacher(started, run, resolved_model(started, "teacher")[0])
+    try:
+        half = run_generate(started, run, shard=(0, 2), engine=engine)  # every other chunk, as a stopped run leaves them
+        assert not half["merged"]
+        resumed = run_generate(load_recipe(recipe, [*SETTINGS, "generate.chunk_size=5"]), run, engine=engine)
+    finally:
+        engine.close()
+    assert resumed["merged"] and resumed["rows"] == 60 and resumed["chunks_this_run"] == 10
+    assert comparable(run) == uninterrupted

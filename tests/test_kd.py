@@ -4,10 +4,12 @@ learn the teacher's distribution, and is a student that cannot read the teacher'
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import ROOT, run_cli, write_recipe
 
 from distill import rows as C
 from distill.data.captures import captured_completion
@@ -45,18 +47,25 @@ def captured(tmp_path_factory, tiny_model):
 
 
 def test_every_generated_token_carries_the_teachers_top_k_as_a_forward_pass_computes_it(captured):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder, _, run = captured
     rows = pq.read_table(run.generated).to_pylist()
     captures = {c["id"]: c for c in pq.read_table(run.teacher_logprobs).to_pylist()}
     assert set(captures) == {r[C.ID] for r in rows}
-    assert rows[0][C.PROVENANCE]["logprobs"] == {"k": K, "mode": "raw_logprobs", "captured": True}
+    assert rows[0][C.PROVENANCE]["logprobs"] == {"k": K, "mode": "raw_logprobs", "distribution": "raw",
+                                                       "captured": True}
 
-    tokenizer = AutoTokenizer.from_pretrained(folder / "teacher")
-    model = AutoModelForCausalLM.from_pretrained(folder / "teacher", dtype=torch.float32).eval()
-    for row in rows[:6]:
+    assert_captures_are_the_teachers_forward_pass(folder / "teacher", rows[:6], captures)
+
+
+def assert_captures_are_the_teachers_forward_pass(teacher: Path, rows: list[dict], captures: dict) -> None:
+    """Each row's captured top-K, sampled log-probability and tail mass, as a transformers forward pass of the
+    teacher over the row's prompt and the captured tokens computes them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    for row in rows:
         c = captures[row[C.ID]]
         assert len(c["token_ids"]) == len(c["top_ids"]) == row[C.PROVENANCE]["completion_tokens"]
         assert tokenizer.decode(c["token_ids"]).startswith(row[C.COMPLETION])
@@ -88,6 +97,66 @@ def kd_run(captured):
     return run
 
 
+CHAT = (*KD, "generate.chat=true", "train.chat=true", "train.objective=sft+kd", "generate.sampling.max_tokens=12")
+
+
+@pytest.fixture(scope="module")
+def chat_kd(captured, tiny_model):
+    """A teacher prompted through its chat template, and a chat student trained with sft+kd on its tokens: the common
+    case of an instruct student (its prompt a user turn, its answer the assistant turn). The teacher is the tiny model
+    sampled at temperature 1 (the confident one answers a chat prompt with the newline the template ends with)."""
+    folder, recipe, _ = captured
+    run = RunDir(folder / "chat")
+    overrides = (*CHAT, f"models.teacher={{path: {tiny_model}, dtype: float32}}")
+    proc = run_cli("generate", recipe, *overrides, "--run-dir", run.root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return recipe, run, overrides
+
+
+def test_a_chat_teachers_captures_are_its_forward_pass_over_the_chat_prompt(chat_kd, tiny_model):
+    _, run, _ = chat_kd
+    rows = pq.read_table(run.generated).to_pylist()
+    assert rows[0][C.PROMPT].startswith("<|im_start|>user\n") and rows[0][C.PROMPT].endswith("<|im_start|>assistant\n")
+    captures = {c["id"]: c for c in pq.read_table(run.teacher_logprobs).to_pylist()}
+    assert_captures_are_the_teachers_forward_pass(tiny_model, rows[:4], captures)
+
+
+def test_a_chat_student_learns_the_teachers_tokens_as_its_assistant_turn(chat_kd, tiny_model):
+    """Each training sequence is the student's chat prompt, the teacher's tokens, then the template's end-of-turn
+    token; the teacher's distribution is at each of its tokens, and at the end of turn where the teacher stopped."""
+    from transformers import AutoTokenizer
+
+    from distill.prompts.student import student_stop_id
+    from distill.prompts.template import chat_prompt
+    from distill.train.formats import check_stop_learned
+    from distill.train.kd import TeacherTargetCollator, kd_examples
+    from distill.train.stage import build_trainer
+
+    recipe_file, run, overrides = chat_kd
+    recipe = load_recipe(recipe_file, list(overrides))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    kept = pq.read_table(run.generated).to_pylist()  # the filter step would keep them all (keep_truncated)
+    examples, targets, used = kd_examples(recipe, kept, tokenizer, run.teacher_logprobs, {tokenizer.eos_token_id})
+    assert len(examples) == len(kept) == targets["rows_with_teacher_targets"] > 0
+    captures = {c["id"]: c for c in pq.read_table(run.teacher_logprobs).to_pylist()}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row_id, example in zip(used, examples):
+        row = next(r for r in kept if r[C.ID] == row_id)
+        prompt = tokenizer(chat_prompt(tokenizer, f"Plural of {row[C.INPUT]}:"), add_special_tokens=False)["input_ids"]
+        tokens = captures[row_id]["token_ids"]
+        ended = tokens[-1] == im_end
+        answer = tokens[:-1] if ended else tokens[:len(example["input_ids"]) - len(prompt) - 1]
+        assert example["input_ids"] == prompt + answer + [im_end]
+        assert example["teacher_positions"][0] == len(prompt)
+        assert len(example["teacher_positions"]) == len(answer) + ended  # the end-of-turn label only where it stopped
+    # the trainer, as the train stage builds it, learns the end of turn as every example's stop
+    trainer, _ = build_trainer(recipe, tiny_model, examples, run.root / "checkpoints")
+    trainer.data_collator = TeacherTargetCollator(trainer.data_collator, 5)
+    check = check_stop_learned(trainer, tokenizer, [], len(examples), recipe.train.max_length, 0.0,
+                               student_stop_id(recipe, tokenizer))
+    assert check["eos_token"] == "<|im_end|>" and check["rows_without_eos"] == 0
+
+
 def test_kd_training_lowers_the_divergence_from_the_teacher(kd_run):
     run = kd_run
     log = json.loads((run / "train" / "log.json").read_text())
@@ -98,6 +167,9 @@ def test_kd_training_lowers_the_divergence_from_the_teacher(kd_run):
     kd = log["kd_losses"]
     assert len(kd) >= 5 and sum(kd[-3:]) / 3 < 0.97 * sum(kd[:3]) / 3, kd  # per token, logged apart from CE
     assert len(log["ce_losses"]) == len(kd)
+    # the logged terms add up to the loss (objective kd: weight 1, cross-entropy only where no distribution was given)
+    for loss, ce, div in zip(log["losses"], log["ce_losses"], kd):
+        assert loss == pytest.approx(ce + div, rel=2e-3, abs=2e-4)
     assert summary["last_kd_loss"] < summary["first_kd_loss"]
     assert (run / "train" / "loss_terms.png").stat().st_size > 0
     assert (run / "train" / "adapter" / "adapter_model.safetensors").is_file()
@@ -195,6 +267,52 @@ def test_score_mode_measures_the_teachers_distribution_on_the_real_targets(captu
             assert c["sampled_logprobs"][t] == pytest.approx(expected[t][token].item(), abs=2e-3)
 
 
+INTENT = ROOT / "recipes" / "intent" / "data" / "intent_recognition.json"
+LABEL_KD_RECIPE = """\
+name: label-kd
+models:
+  teacher: {{path: {model}, dtype: float32}}
+  student: {{path: {model}, dtype: float32}}
+data:
+  path: {data}
+  target_field: null
+  heldout: {{size: 20}}
+  max_seeds: 16
+generate:
+  mode: label
+  template: "{{{{ input }}}}\\nIntent:"
+  label: {{choice: [" add_to_playlist", " get_weather", " play_music", " rate_book"]}}
+  sampling: {{max_tokens: 24}}
+  logprobs: 5
+  chunk_size: 8
+train: {{prompt_template: "{{{{ input }}}}\\nIntent:", objective: sft+kd, batch_size: 8, max_length: 96, lora: {{r: 4, alpha: 8}}}}
+evaluate: {{sets: [{{name: intent, path: {data}, limit: 8}}]}}
+"""
+
+
+def test_label_mode_rows_train_with_kd_on_the_tokens_the_teacher_wrote(tmp_path, tiny_model):
+    """recipes/intent writes its labels with the space the prompt leaves for them; the rows keep the bare label. KD
+    still trains every row, on the teacher's tokens (space included), and the capture says it is the distribution
+    under the label grammar."""
+    recipe = write_recipe(tmp_path, tiny_model, LABEL_KD_RECIPE, data=INTENT)
+    run = RunDir(tmp_path / "run")
+    for stage in ("generate", "filter", "train"):
+        proc = run_cli(stage, recipe, "--run-dir", run.root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pq.read_table(run.generated).to_pylist()
+    assert rows and all(r[C.COMPLETION] in ("add_to_playlist", "get_weather", "play_music", "rate_book") for r in rows)
+    assert {r[C.PROVENANCE]["logprobs"]["distribution"] for r in rows} == {"constrained"}
+    assert run.read_marker("generate")["summary"]["captured_distribution"] == "constrained"
+    captures = list(pq.read_table(run.teacher_logprobs).to_pylist())
+    # the grammar allows one of four labels, so most positions have fewer than 5 tokens with a probability
+    assert any(float("-inf") in position for c in captures for position in c["top_logprobs"])
+    targets = run.read_marker("train")["summary"]["teacher_targets"]
+    kept = sum(r[C.KEPT] for r in pq.read_table(run.filtered).to_pylist())
+    assert targets["rows_with_teacher_targets"] == targets["rows"] == kept > 0 and not targets["rows_left_out"]
+    log = json.loads((run.root / "train" / "log.json").read_text())
+    assert all(math.isfinite(x) and x < 50 for x in log["kd_losses"]), log["kd_losses"]
+
+
 def test_score_mode_needs_captures_and_the_in_process_engine(tiny_recipe):
     with pytest.raises(RecipeError, match="set logprobs"):
         load_recipe(tiny_recipe, ["generate.mode=score"])
@@ -254,6 +372,13 @@ class TestWhichTokensGetTheTeachersDistribution:
         assert teacher_eos and example["teacher_positions"] == list(range(1, 2 + len(text)))
         assert all(len(row) == 1 for row in example["teacher_ids"])
 
+    def test_a_label_kept_without_its_leading_space_trains_on_the_teachers_tokens_with_it(self, tokenizer):
+        spaced, eos = tokenizer(" playlist")["input_ids"], tokenizer.eos_token_id
+        (completion, teacher_eos), why = captured_completion(self.capture(spaced + [eos]), "playlist", tokenizer)
+        assert why is None and completion == spaced and teacher_eos
+        # only whitespace around the text may differ
+        assert captured_completion(self.capture(spaced), "play list", tokenizer)[0] is None
+
     def test_a_row_whose_text_is_not_its_captured_tokens_is_left_out(self, tokenizer):
         text = tokenizer(" cats")["input_ids"]
         assert captured_completion(self.capture(text), " dogs", tokenizer) == (None, "text is not the captured tokens")
@@ -264,3 +389,42 @@ class TestWhichTokensGetTheTeachersDistribution:
         text = tokenizer.decode(ids[:-1])
         (completion, teacher_eos), _ = captured_completion(self.capture(ids[:-1] + [ids[-1]]), text, tokenizer)
         assert completion == ids[:-1] and not teacher_eos
+
+
+class TestATeacherThatStopsWithAnotherToken:
+    """An instruct teacher ends its turn with <|im_end|> where its base student stops with <|endoftext|>: the same
+    vocabulary, another EOS. The teacher's stop must be the student's EOS, not an ordinary token it learns to write."""
+
+    @pytest.fixture
+    def tokenizer(self, tiny_model):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tiny_model, eos_token="<|endoftext|>")  # the base student's EOS
+
+    def test_the_teachers_stop_ends_the_text_and_its_probability_is_the_students_eos(self, tokenizer):
+        student_eos = tokenizer.eos_token_id
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        text = tokenizer(" cats")["input_ids"]
+        capture = {"token_ids": text + [im_end],
+                   "top_ids": [[t, im_end, student_eos] for t in text] + [[im_end, 7, student_eos]],
+                   "top_logprobs": [[-0.1, -3.0, -4.0] for _ in text] + [[-0.2, -2.0, -5.0]]}
+        (completion, stopped), why = captured_completion(capture, " cats", tokenizer, {im_end})
+        assert why is None and completion == text and stopped  # <|im_end|> is the stop, not part of the text
+        example = kd_example([5, 6], capture, completion, stopped, student_eos, None, {im_end})
+        assert example["input_ids"] == [5, 6, *text, student_eos]
+        assert example["teacher_positions"] == list(range(2, 3 + len(text)))  # the EOS label learns the teacher's stop
+        last_ids, last_lps = example["teacher_ids"][-1], example["teacher_logprobs"][-1]
+        assert last_ids[0] == student_eos and im_end not in last_ids
+        assert last_lps[0] == pytest.approx(math.log(math.exp(-0.2) + math.exp(-5.0)))  # both stops, summed
+        assert last_lps[2] == float("-inf")  # the slot merged away holds no probability
+        assert all(im_end not in ids for ids in example["teacher_ids"])  # at every position
+
+    def test_the_stops_are_read_from_the_teachers_tokenizer_and_generation_config(self, tmp_path, tiny_model):
+        import shutil
+
+        from distill.models.vocabulary import stop_token_ids
+
+        teacher = shutil.copytree(tiny_model, tmp_path / "instruct")
+        config = json.loads((teacher / "generation_config.json").read_text())
+        (teacher / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [2, 1]}))
+        assert stop_token_ids(tiny_model) == {2} and stop_token_ids(teacher) == {1, 2}

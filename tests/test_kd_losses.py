@@ -79,6 +79,35 @@ def test_padding_positions_give_finite_values_and_gradients():
         logits.grad = None
 
 
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+@pytest.mark.parametrize("tail", [True, False])
+def test_a_constrained_capture_gives_the_divergence_over_the_tokens_the_grammar_allowed(name, tail):
+    """Label mode: the grammar masks the teacher's logits before vLLM reads them, so only 2 of the captured top 4
+    have a probability and the others are -inf. The divergence is the one over the allowed tokens (and, with a
+    tail, one bucket for every other token), not a -inf clamped to a large negative number."""
+    torch.manual_seed(4)
+    s_logits = torch.randn(3, V)
+    allowed = torch.tensor([5, 9])
+    t_logits = torch.full((3, V), float("-inf"))
+    t_logits[:, allowed] = torch.randn(3, 2)
+    t_lps = t_logits.log_softmax(-1)
+    ids = torch.tensor([[5, 9, 0, 1]] * 3)  # vLLM fills the top K with forbidden tokens at -inf
+    lps = torch.cat([t_lps[:, allowed], torch.full((3, 2), float("-inf"))], -1)
+
+    s_lps = s_logits.log_softmax(-1)
+    student = s_lps[:, allowed]
+    teacher = t_lps[:, allowed]
+    if tail:
+        student = torch.cat([student, torch.log1p(-student.exp().sum(-1, keepdim=True))], -1)
+        teacher = torch.cat([teacher, torch.full((3, 1), math.log(1e-6))], -1)  # the floor of an empty tail
+    else:
+        student = student - student.logsumexp(-1, keepdim=True)
+    expected = DIVERGENCES[name](teacher, student)
+    got = topk_divergence(s_logits, ids, lps, name, tail=tail)
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)
+    assert got.max() < 20  # a -inf clamped to -1e4 on the teacher side alone gives hundreds
+
+
 def test_a_student_that_already_holds_all_the_mass_in_the_top_k_still_has_finite_gradients():
     logits = torch.full((1, V), -60.0)
     logits[0, :K] = torch.tensor([30.0, 29.0, 28.0, 27.0])

@@ -227,3 +227,31 @@ def test_lmbda_mixes_on_policy_steps_with_steps_on_the_kept_rows_text(tmp_path, 
     assert cost["on_policy_steps"] == kinds.count(True) and cost["off_policy_steps"] == kinds.count(False)
     sources = set(pq.read_table(tmp_path / "run" / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist())
     assert sources == {"student sample", "kept row"}
+
+
+def test_start_from_sft_trains_sft_first_then_continues_on_policy_from_its_adapter(tmp_path, prepared):
+    """SFT, then on-policy, in one run. The SFT phase is stopped by the scheduler after its first step and resumed
+    from its checkpoint; it ends in train/sft/adapter, the on-policy loop starts from that adapter, and the texts
+    evaluation checks for leaks include the rows the SFT phase trained on."""
+    import pyarrow.parquet as pq
+
+    from distill.run_dir import RunDir
+
+    run, stop = tmp_path / "run", tmp_path / "stop"
+    overrides = ("train.on_policy.steps=2", "train.on_policy.start_from=sft")
+    stop.write_text("")
+    stopped = train(prepared, run, *overrides, env={"DISTILL_STOP_FILE": str(stop)})
+    assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert (run / "train" / "sft" / "checkpoints" / "checkpoint-1").is_dir()
+    assert not (run / "train" / "sft" / "adapter").exists()
+    stop.unlink()
+    done = train(prepared, run, *overrides)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = RunDir(run).read_marker("train")["summary"]
+    phase = summary["sft_phase"]
+    assert phase["resumed"] is True and phase["steps"] == 5 and phase["rows"] == 40  # 40 kept rows, 8 per step
+    assert summary["steps"] == 2 and [h["step"] for h in history(run)] == [1, 2]
+    record = json.loads((run / "train" / "adapter" / "training_data.json").read_text())
+    assert record["start_adapter"] == str(run / "train" / "sft" / "adapter")
+    sources = pq.read_table(run / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist()
+    assert sources.count("kept row (sft phase)") == 40 and "student sample" in sources

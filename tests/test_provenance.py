@@ -199,6 +199,35 @@ def test_explicit_targets_and_tolerance_decide_what_is_flagged():
     assert audit_coverage(rows, lenient)["flagged"] == []  # 25% >= 50% x 0.4
 
 
+def test_an_unbiased_teacher_on_a_stratified_split_is_not_flagged(tmp_path, tiny_model):
+    """data.heldout.min_per_slice holds a rare slice out first, so the seed pool under-represents it. A teacher that
+    answers every seed exactly as the data does is judged against the seed pool it was given: nothing is flagged,
+    while the whole data (coverage) and the held-out split (synthetic vs real) would blame it for the split's mix."""
+    from distill.data.split import split_data
+    from distill.provenance.stage import coverage_audit, synthetic_vs_real_check
+
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps({"input": f"request number {i}", "target": kind, "kind": kind}) + "\n"
+                            for i, kind in enumerate(["rare" if i % 20 == 0 else "common" for i in range(400)])))
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model), [
+        f"data.path={data}", "data.slice_field=kind", "data.heldout={size: 40, min_per_slice: 15}", "data.max_seeds=null"])
+    held, seeds = split_data(recipe)
+    assert sum(s["slice"] == "rare" for s in seeds) == 5 and sum(h["slice"] == "rare" for h in held) == 15
+    unbiased = [{C.ID: s["id"], C.INPUT: s["input"], C.SLICE: s["slice"], C.CELL: None, C.COMPLETION: s["reference"],
+                 C.KEPT: True} for s in seeds]
+
+    audit = coverage_audit(recipe, unbiased, None, seeds)
+    assert audit["target_source"] == "seed pool the teacher was given" and audit["flagged"] == []
+    rare = next(c for c in audit["cells"] if c["cell"] == "rare")
+    assert rare["seed_share"] == pytest.approx(5 / 360) and rare["real_share"] == pytest.approx(20 / 400)
+    assert coverage_audit(recipe, unbiased, None)["flagged"] == ["rare"]  # against the whole data
+
+    check = synthetic_vs_real_check(recipe, unbiased, held, seeds)
+    assert check["real_texts"] == "reference answers of the seed pool the teacher was given"
+    assert check["tv_distance"] == 0 and not check["flagged"]
+    assert synthetic_vs_real_check(recipe, unbiased, held)["flagged"]  # against the held-out split
+
+
 def test_real_slices_are_compared_with_the_real_distribution_and_their_evaluation():
     rows = [{C.SLICE: "regular", C.KEPT: True} for _ in range(95)] + [{C.SLICE: "irregular", C.KEPT: i < 1} for i in range(5)]
     audit = audit_coverage(rows, CoverageSettings(), real_counts={"regular": 900, "irregular": 100})

@@ -58,6 +58,15 @@ def test_too_many_rows_without_eos_refuse_training(tiny_model, tmp_path):
         check(recipe, SHORT, tmp_path)
 
 
+def test_a_chat_student_learns_to_end_its_turn(tiny_model, tmp_path):
+    """train.chat: the answer is the assistant turn, ending with the template's end-of-turn token; the newline the
+    template writes after it is learned too, and the turn still counts as ended."""
+    recipe = recipe_for(tiny_model, chat=True, max_length=48)
+    result = check(recipe, SHORT, tmp_path)
+    assert result["eos_token"] == "<|im_end|>" and result["example_completion"] == "cats"
+    assert result["rows_without_eos"] == 0
+
+
 def test_the_check_reads_thousands_of_rows_in_seconds(tiny_model, tmp_path):
     recipe = recipe_for(tiny_model, max_truncated_share=0.5)
     rows = [row(i, SHORT[i % 8] if i % 10 else LONG, inp=f"word{i}") for i in range(5000)]

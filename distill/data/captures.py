@@ -21,6 +21,16 @@ from distill.run_dir import atomic_path
 # vLLM's default: log-probabilities of the model's own distribution, before temperature, top-p and penalties.
 LOGPROBS_MODE = "raw_logprobs"
 
+# Which distribution a capture holds, as the provenance names it. vLLM applies a structured-output grammar's mask to
+# the logits before it reads even the raw log-probabilities, so a constrained pass (label mode) captures the
+# distribution over the tokens the grammar allows: the others are -inf, and fewer than K slots may hold a probability.
+# The divergences (distill.divergence) mask such slots on both sides.
+DISTRIBUTIONS = {
+    "raw": "the model's own next-token distribution, before temperature and top-p",
+    "constrained": "the model's next-token distribution under the structured-output grammar's mask, before "
+                   "temperature and top-p: tokens the grammar forbids have log-probability -inf",
+}
+
 SCHEMA = pa.schema([
     ("id", pa.string()),
     ("token_ids", pa.list_(pa.int32())),
@@ -101,20 +111,26 @@ def read_captures(path: Path, ids: set[str], batch_size: int = 1024) -> Iterator
             yield record
 
 
-def captured_completion(capture: dict | None, text: str, tokenizer):
-    """(the teacher's tokens of its kept text, whether the token after them is EOS), or (None, why).
+def captured_completion(capture: dict | None, text: str, tokenizer, stops: set[int] | None = None):
+    """(the teacher's tokens of its kept text, whether the token after them is the teacher's stop), or (None, why).
+    `stops`: the ids that end the teacher's answer (distill.models.vocabulary.stop_token_ids); default the
+    tokenizer's EOS.
 
     The captured ids may run past the text: the stop (EOS, or a stop string's token, which the text leaves out), or
     the bytes of a character cut at max_tokens, which vLLM holds back from the text. The longest prefix of at most a
-    few tokens less that decodes to the text exactly is the completion; none means the row's text is not what the
-    teacher's distributions were measured on.
+    few tokens less that decodes to the text is the completion; none means the row's text is not what the teacher's
+    distributions were measured on. "Decodes to the text" allows one difference: a label kept without the whitespace
+    around it (label mode stores "playlist" where the teacher wrote " playlist"). The completion is then the tokens
+    the teacher wrote, space included, as the student is trained in every mode.
     """
     if capture is None:
         return None, "no capture"
     ids = list(capture["token_ids"])
-    eos = tokenizer.eos_token_id
-    end = len(ids) - 1 if ids and ids[-1] == eos else len(ids)
+    stops = stops if stops is not None else {tokenizer.eos_token_id}
+    stopped = bool(ids) and ids[-1] in stops
+    end = len(ids) - 1 if stopped else len(ids)
     for n in range(end, max(end - 4, 0) - 1, -1):
-        if tokenizer.decode(ids[:n], skip_special_tokens=True) == text:
-            return (ids[:n], ids[n:] == [eos]), None
+        decoded = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        if decoded == text or (text and text == text.strip() and decoded.strip() == text):
+            return (ids[:n], stopped and n == end), None
     return None, "text is not the captured tokens"

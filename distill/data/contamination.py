@@ -1,13 +1,14 @@
-"""The leak detector: which items of the evaluation sets a text holds. One detector for both places that ask: the
-filter stage, which rejects generated rows that leak an item, and evaluation, which measures which items reached the
-rows a student was trained on.
+"""The leak detector: which items of the evaluation sets a text holds. One detector (LeakDetector), with the recipe's
+decontaminate settings, for both places that ask: the filter stage, which rejects generated rows that leak an item,
+and evaluation, which measures which items reached the rows a student was trained on.
 
 A text leaks an eval item when it holds the item's question:
 - the item's input, and its input and reference read as one text, when they have at least `ngram` words (13 by
   default, as lm-eval): a shared word n-gram;
 - a shorter input: the whole normalised input inside the text, at word boundaries (or equal to it);
 - a reference alone only when it has at least `ngram` words: labels, numbers and one-word answers repeat across
-  items by nature, so an equal short answer is no leak.
+  items by nature, so an equal short answer is no leak;
+- with `embedding_threshold`, a text whose sentence embedding is that close to the item's input (a paraphrase).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from distill import rows as C
-from distill.data.ngrams import NgramHasher, shared_hasher
+from distill.data.ngrams import NgramHasher, shared_hasher, words
 
 CONTAMINATION_FILE = "contamination.jsonl"
 
@@ -142,6 +143,50 @@ class EvalIndex:
         return found
 
 
+class LeakDetector:
+    """What both places call a leak, with one set of settings (the recipe's decontaminate step): the n-gram index
+    above and, with `embedding_threshold`, a row text whose sentence embedding is that close to an item's input (a
+    paraphrase). The embedding check finds the nearest item per row text."""
+
+    def __init__(self, items: list[EvalItem], cfg, embed=None):
+        """`embed(texts, embedder) -> unit vectors` (distill.models.embeddings.embed): needed with
+        cfg.embedding_threshold."""
+        self.items, self.cfg, self.embed = items, cfg, embed
+        self.index = EvalIndex(items, cfg.ngram)
+        self.item_vectors = None
+        if cfg.embedding_threshold is not None and items:
+            if embed is None:
+                raise ValueError("LeakDetector: embedding_threshold is set but no embed function was given")
+            self.item_vectors = embed([it.texts[0] for it in items], cfg.embedder).astype(np.float32)
+            too_short = [len(words(it.texts[0])) < cfg.embedding_min_words for it in items]
+            self.item_vectors[too_short] = 0.0  # never a near match
+
+    def leaks_in(self, batch: dict[str, list], fields) -> tuple[list[dict[int, tuple[str, str, float]]], list[float]]:
+        """(per row {eval item index: (field, method, strength)}, per row the highest embedding similarity to any
+        item, 0 without the embedding check). Shared n-grams and whole inputs come before embeddings."""
+        size = len(batch[fields[0]]) if fields else 0
+        found: list[dict[int, tuple[str, str, float]]] = [dict() for _ in range(size)]
+        for i, leaks in enumerate(self.index.leaks_in(batch, fields)):
+            for k, (f, leak) in leaks.items():
+                found[i][k] = (f, leak.label(), float(leak.count))
+        best = [0.0] * size
+        if self.item_vectors is None:
+            return found, best
+        for f in fields:
+            texts = ["" if v is None else str(v) for v in batch[f]]
+            long_enough = [i for i, t in enumerate(texts) if len(words(t)) >= self.cfg.embedding_min_words]
+            if not long_enough:
+                continue
+            sims = self.embed([texts[i] for i in long_enough], self.cfg.embedder).astype(np.float32) @ self.item_vectors.T
+            for row, i in enumerate(long_enough):
+                k = int(np.argmax(sims[row]))
+                s = float(sims[row, k])
+                best[i] = max(best[i], s)
+                if s >= self.cfg.embedding_threshold:
+                    found[i].setdefault(k, (f, "embedding", round(s, 4)))
+        return found, best
+
+
 def eval_items(set_name: str, items: list[dict], check_references: bool = True) -> list[EvalItem]:
     """Loaded eval items (see distill.data.eval_sets) as the detector reads them."""
     out = []
@@ -178,5 +223,9 @@ def leak_rule(measured: dict) -> str:
     n = measured.get("ngram", 13)
     texts = "its input, its input and reference, or a reference of at least {n} words" if measured.get("check_references", True) \
         else "its input"
-    return (f"a row's {' or '.join(measured.get('fields', TRAINED_FIELDS))} holds the item's input whole "
+    rule = (f"a row's {' or '.join(measured.get('fields', TRAINED_FIELDS))} holds the item's input whole "
             f"or shares a {n}-word sequence with " + texts.format(n=n))
+    threshold = measured.get("embedding_threshold")
+    if threshold is not None:
+        rule += f", or its sentence embedding has cosine similarity of at least {threshold} with the item's input"
+    return rule

@@ -105,6 +105,15 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     heldout_rows = [norm(r, held=True) for r in heldout]
     require_heldout_references(recipe, heldout_rows)
     held_inputs = {r[C.INPUT] for r in heldout_rows}
-    # The same input may appear twice in real data: a seed must never equal a held-out item.
-    seed_rows = [norm(r) for r in rest if str(r[d.input_field]) not in held_inputs]
+    # The same input may appear twice in real data: a seed must never equal a held-out item, and a repeated seed
+    # gets an id of its own (its line's), or the captures and calibration keyed by row id would keep only one.
+    seed_rows, seen = [], set()
+    for r in rest:
+        if str(r[d.input_field]) in held_inputs:
+            continue
+        row = norm(r)
+        if row[C.ID] in seen:
+            row[C.ID] = row_id(r[d.input_field], r["_line"])
+        seen.add(row[C.ID])
+        seed_rows.append(row)
     return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)

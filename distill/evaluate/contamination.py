@@ -2,8 +2,8 @@
 
 The rows are the kept rows of the file the adapter's training_data.json names (checked by
 its sha256), read as the student saw them (input and completion, see train/formats.py).
-They are matched with the decontaminate filter's own detector (EvalIndex) and settings, so
-"leak" means the same at both places. Items the filter caught were in rows it rejected:
+They are matched with the decontaminate filter's own detector (LeakDetector) and settings, embedding
+check included, so "leak" means the same at both places. Items the filter caught were in rows it rejected:
 those never reached training and are reported apart.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distill import rows as C
-from distill.data.contamination import CONTAMINATED_ITEMS_FILE, TRAINED_FIELDS, EvalIndex, eval_items, leak_rule, trained_on_text
+from distill.data.contamination import CONTAMINATED_ITEMS_FILE, TRAINED_FIELDS, LeakDetector, eval_items, leak_rule, trained_on_text
 from distill.recipe import DecontaminateFilter, Recipe
 from distill.run_dir import RunDir, hash_file
 
@@ -24,8 +24,10 @@ MAX_RECORDS = 1000  # row-item pairs kept in report.json; the item ids are alway
 
 
 def detector_settings(recipe: Recipe) -> DecontaminateFilter:
-    """The recipe's decontaminate step (n-gram size, references), else its defaults."""
-    return next((s for s in recipe.filter.steps if s.type == "decontaminate"), None) or DecontaminateFilter(type="decontaminate")
+    """The recipe's decontaminate step, embedding check included; without one, its n-gram defaults (the embedding
+    check, a sentence encoder over every training row, runs only where the recipe asks for the filter)."""
+    step = next((s for s in recipe.filter.steps if s.type == "decontaminate"), None)
+    return step or DecontaminateFilter(type="decontaminate", embedding_threshold=None)
 
 
 def trained_rows(adapter: Path) -> tuple[Path | None, list[dict] | None, str | None]:
@@ -54,16 +56,20 @@ def trained_rows(adapter: Path) -> tuple[Path | None, list[dict] | None, str | N
 def leaks_in_rows(sets: dict[str, list[dict]], rows: list[dict], cfg: DecontaminateFilter) -> list[dict]:
     """One record per (row, eval item) that the row leaks, found in the fields the student saw."""
     items = [it for name, loaded in sets.items() for it in eval_items(name, loaded, cfg.check_references)]
-    index = EvalIndex(items, cfg.ngram)
     fields = [f for f in TRAINED_FIELDS if rows and f in rows[0]]
+    if not items or not fields:
+        return []
+    from distill.models.embeddings import embed
+
+    detector = LeakDetector(items, cfg, embed)
     records = []
     for start in range(0, len(rows), BATCH):
         part = rows[start:start + BATCH]
-        batch = {f: [r.get(f) for r in part] for f in fields}
-        for i, found in enumerate(index.leaks_in(batch, fields)):
-            for k, (field, leak) in sorted(found.items()):
+        found, _ = detector.leaks_in({f: [r.get(f) for r in part] for f in fields}, fields)
+        for i, leaks in enumerate(found):
+            for k, (field, method, strength) in sorted(leaks.items()):
                 records.append({"row_id": part[i].get(C.ID, str(start + i)), "field": field, "set": items[k].set,
-                                "item_id": items[k].id, "method": leak.label(), "strength": leak.count})
+                                "item_id": items[k].id, "method": method, "strength": strength})
     return records
 
 
@@ -73,7 +79,8 @@ def measure(recipe: Recipe, sets: dict[str, list[dict]], adapters: list[Path]) -
         return None
     cfg = detector_settings(recipe)
     out: dict = {"fields": list(TRAINED_FIELDS), "ngram": cfg.ngram, "check_references": cfg.check_references,
-                 "trained_on": [], "not_measured": [], "sets": {}, "records": []}
+                 "embedding_threshold": cfg.embedding_threshold, "trained_on": [], "not_measured": [], "sets": {},
+                 "records": []}
     found: dict[str, set[str]] = {name: set() for name in sets}
     records = []
     seen: set[Path] = set()
@@ -123,7 +130,8 @@ def contamination_lines(report: dict, entry: dict, label: str, fmt) -> list[str]
         c = entry["clean"]
         lines += ["", f"{c['reached_training']} item(s) appear in {trained_on_text(measured)} "
                   f"({leak_rule(measured)}; listed in report.json under contamination); "
-                  f"{label} on the {c['n']} other items: " + ", ".join(f"{m} {fmt(v, signed=False)}" for m, v in c["models"].items()) + "."]
+                  f"{label} on the {c['n']} other items: " + ", ".join(f"{m} {fmt(v, signed=False)}" for m, v in c["models"].items())
+                  + ". The scores, intervals and gate above include those items."]
     if counts.get("caught_by_filter"):
         also = counts.get("caught_but_reached", 0)
         lines += ["", f"The decontaminate filter found {counts['caught_by_filter']} item(s) in generated rows and rejected those rows, "

@@ -25,7 +25,9 @@ def _summary(items: dict, metric: str) -> dict:
             slices[p["slice"]].append(p["scores"][metric])
     out["slices"] = {s: {"score": _mean(v), "n": len(v)} for s, v in sorted(slices.items())}
     if metric == "nll":
-        out["perplexity"] = math.exp(out["score"]) if scores else None  # geometric mean over items
+        # exp of the mean per-item NLL: the geometric mean of the items' perplexities, each item weighing alike as in
+        # the score (the token-weighted perplexity of the metric itself is `token_perplexity`)
+        out["item_perplexity"] = math.exp(out["score"]) if scores else None
     return out
 
 

@@ -20,6 +20,7 @@ class Mode:
     name: ClassVar[str]
     card_text: ClassVar[str]  # what the teacher did, completing "The teacher ... " in the dataset card
     reads_prompt_logprobs: ClassVar[bool] = False  # its engine is asked for prompt log-probabilities
+    captured_distribution: ClassVar[str] = "raw"  # what generate.logprobs captures (distill.data.captures.DISTRIBUTIONS)
 
     def __init__(self, recipe: Recipe):
         self.recipe, self.g = recipe, recipe.generate
@@ -57,6 +58,7 @@ class Complete(Mode):
 class Label(Mode):
     name = "label"
     card_text = "labelled real inputs under a structured-output constraint"
+    captured_distribution = "constrained"  # vLLM applies the grammar's mask before it reads the log-probabilities
 
     def parsed(self):
         label = self.g.label

@@ -116,18 +116,26 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     _, seeds = prepare_data(recipe, run)
     items = mode.items(seeds)
-    chunk_size = g.chunk_size
-    n_chunks = (len(items) + chunk_size - 1) // chunk_size
     shard_index, shard_count = shard
 
     # Chunks written under other settings are stale: moved aside whole (kept for the user) rather than mixed.
     key = hash_json({"settings": fingerprint_settings(recipe), "items": [r[C.ID] for r in items]})
     stamp = run.chunks / "_settings.json"
     with _shard_lock(run):
-        if stamp.is_file() and json.loads(stamp.read_text()).get("key") != key:
+        written = json.loads(stamp.read_text()) if stamp.is_file() else None
+        if written and written.get("key") != key:
             console(f"[generate] chunks written under other settings moved to {run.move_aside(run.chunks, 'generate-chunks')}")
-        if not stamp.is_file():
-            write_json(stamp, {"key": key})
+            written = None
+        if not written:
+            written = {"key": key, "chunk_size": g.chunk_size}
+            write_json(stamp, written)
+    # Rows are made per item, so the chunk size is no setting of the output (not in the fingerprint): work started
+    # with another size is finished with that one, or chunks of two sizes would overlap.
+    chunk_size = written.get("chunk_size", g.chunk_size)
+    if chunk_size != g.chunk_size:
+        console(f"[generate] the chunks already written hold {chunk_size} prompts each: finishing with that size "
+                f"(generate.chunk_size = {g.chunk_size} applies to a fresh run)")
+    n_chunks = (len(items) + chunk_size - 1) // chunk_size
 
     def size(c: int) -> int:
         return min(chunk_size, len(items) - c * chunk_size)
@@ -197,6 +205,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                             "chunk": c,
                             "created_at": now,
                             **({"logprobs": {"k": g.logprobs, "mode": LOGPROBS_MODE,
+                                             "distribution": mode.captured_distribution,
                                              "captured": s.get("capture") is not None}} if g.logprobs else {}),
                             **mode.provenance(s, prompt, answer_template),
                         },
@@ -231,6 +240,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
             if g.logprobs:
                 summary["captured_rows"] = merge_captures((_captures_path(run, c) for c in range(n_chunks)),
                                                           run.teacher_logprobs)
+                summary["captured_distribution"] = mode.captured_distribution
         else:
             summary.update(merged=False)
     return summary

@@ -39,18 +39,20 @@ SCHEDULING_ENGINE_SETTINGS = frozenset({"gpu_memory_utilization", "kv_cache_gb",
 MODEL_LOCATION = frozenset({"path", "hub", "packaged"})  # where a model is found; its files are hashed instead
 
 
-def model_fingerprint(recipe: Recipe, role: str) -> dict:
+def model_fingerprint(recipe: Recipe, role: str, engine: bool = True) -> dict:
     """What the model playing `role` computes: its files by content (weights, config.json, generation_config.json,
     tokenizer and chat template, shipped code) and the settings it runs with (dtype, revision, trust_remote_code,
-    engine settings that change outputs). Not where it lives: the same files in another folder are the same model."""
+    and, where it runs in vLLM (`engine`), the engine settings that change outputs). Not where it lives: the same
+    files in another folder are the same model."""
     folder, identity = resolved_model(recipe, role)
-    return spec_fingerprint(getattr(recipe.models, role), identity, role, folder)
+    return spec_fingerprint(getattr(recipe.models, role), identity, role, folder, engine)
 
 
-def spec_fingerprint(spec: ModelSpec, identity: dict, role: str, folder: Path) -> dict:
+def spec_fingerprint(spec: ModelSpec, identity: dict, role: str, folder: Path, engine: bool = True) -> dict:
     """model_fingerprint for any model folder (its `model_identity`) run with `spec`'s settings as `role`. The dtype
     counts as resolved on this machine (`dtype: auto` is bf16 on one machine, float32 on another)."""
     settings = spec.model_dump(mode="json", exclude=set(MODEL_LOCATION | {"engine"}))
     settings["dtype"] = model_dtype(spec, role, folder).dtype
-    settings["engine"] = spec.engine.model_dump(mode="json", exclude=set(SCHEDULING_ENGINE_SETTINGS))
+    if engine:
+        settings["engine"] = spec.engine.model_dump(mode="json", exclude=set(SCHEDULING_ENGINE_SETTINGS))
     return {**settings, **{key: identity.get(key) for key in CONTENT_KEYS}}

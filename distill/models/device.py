@@ -12,6 +12,11 @@ from collections.abc import Iterator
 CPU_TOKENS_PER_PASS = 4096  # on the CPU the pass is compute-bound: larger batches gain little and cost memory
 
 
+def process_count() -> int:
+    """Processes of this launch (accelerate, torchrun, a Slurm job's srun): WORLD_SIZE, 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def torch_device():
     """`cuda:LOCAL_RANK` when CUDA is available (one process per GPU under accelerate / torchrun), else the CPU.
     DISTILL_DEVICE=cpu keeps the work on the CPU on a machine with a GPU."""

@@ -42,3 +42,22 @@ def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead:
             f"{example!r} is {sv[example]} in {student} and {tv.get(example)} in {teacher}. {instead}"
         )
     return {"teacher_tokens": len(tv), "student_tokens": len(sv)}
+
+
+def stop_token_ids(model_dir, trust_remote_code: bool = False) -> set[int]:
+    """The ids that end a model's answer: its tokenizer's EOS and its generation_config.json's eos_token_id (vLLM
+    stops at either). An instruct teacher stops with its end-of-turn token where its base student has another EOS."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    ids = set()
+    eos = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eos_token_id
+    if eos is not None:
+        ids.add(int(eos))
+    config = Path(model_dir) / "generation_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("eos_token_id")
+        ids.update(int(i) for i in (value if isinstance(value, list) else [value]) if i is not None)
+    return ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distill import rows as C
 from distill.errors import UserError
-from distill.prompts.template import PromptTemplate, chat_prompt
+from distill.prompts.template import PromptTemplate, chat_prompt, end_of_turn_id
 from distill.recipe import Recipe
 
 
@@ -14,6 +14,17 @@ def student_prompt(recipe: Recipe, template: PromptTemplate, row: dict, tokenize
     if recipe.train.chat:
         return chat_prompt(tokenizer, text)
     return text
+
+
+def student_stop_id(recipe: Recipe, tokenizer) -> int | None:
+    """The token the student learns to end its answer with: its EOS, or in the chat format its template's end-of-turn
+    token."""
+    return end_of_turn_id(tokenizer) if recipe.train.chat else tokenizer.eos_token_id
+
+
+def student_prompt_ids(recipe: Recipe, template: PromptTemplate, row: dict, tokenizer) -> list[int]:
+    """The student's prompt as token ids: a chat prompt already holds the template's special tokens."""
+    return tokenizer(student_prompt(recipe, template, row, tokenizer), add_special_tokens=not recipe.train.chat)["input_ids"]
 
 
 def check_eval_agreement(recipe: Recipe) -> None:

@@ -40,6 +40,21 @@ def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token a chat template ends an assistant turn with (<|im_end|>, <|eot_id|>): the first token after the
+    assistant's content when it is a special token, else the tokenizer's EOS. A chat-trained student learns to stop
+    with it, and a teacher's stop is read as it."""
+    marker = "Distill-end-of-answer-marker"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    after = text[text.index(marker) + len(marker):] if marker in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    if ids and (ids[0] in tokenizer.all_special_ids or (ids[0] in added and added[ids[0]].special)):
+        return ids[0]
+    return tokenizer.eos_token_id
+
+
 def draw_examples(pool: list[dict], k: int, seed: int, exclude_id: str | None = None) -> list[dict]:
     """k examples from `pool`, reproducibly; never the row itself."""
     if k == 0:

@@ -110,10 +110,14 @@ def model_card(ctx: dict, export: dict | None = None) -> str:
         if student:
             kind = "guard set, real data" if table["guard"] else "held-out real data"
             # The hub reads dataset.type as a dataset id: the set's name; the description goes in dataset.name.
+            metrics = [{"type": table["metric"], "name": table["metric"], "value": round(student["score"], 4)}]
+            clean = (table.get("clean") or {}).get("models", {}).get("student")
+            if clean is not None:  # items reached training: the value on the others beside the headline
+                metrics.append({"type": table["metric"], "value": round(clean, 4),
+                                "name": f"{table['metric']} on the {table['clean']['n']} items not in the training rows"})
             results.append({"task": {"type": "text-generation", "name": "Text Generation"},
                             "dataset": {"name": f"{table['name']} ({kind})", "type": table["name"]},
-                            "metrics": [{"type": table["metric"], "name": table["metric"],
-                                         "value": round(student["score"], 4)}]})
+                            "metrics": metrics})
     merged = bool(export and export.get("merged"))
     header = {}
     base = hub_base_model(ctx["models"]["student"])

@@ -1,4 +1,4 @@
-"""Coverage audit: kept rows per attribute cell against target shares and the real data.
+"""Coverage audit: kept rows per attribute cell against target shares, the seed pool and the real data.
 
 Filters often drop rare cells hardest, so a grid that asked for every cell equally can
 come out of filtering with a cell nearly empty. The audit reports, per cell, how many rows
@@ -40,11 +40,14 @@ def _share(count: int, total: int) -> float | None:
     return count / total if total else None
 
 
-def audit_coverage(rows: list[dict], settings: CoverageSettings, real_counts: dict[str, int] | None = None) -> dict:
-    """Per cell: generated, kept, drop rate, kept share, target share, real share, status.
+def audit_coverage(rows: list[dict], settings: CoverageSettings, real_counts: dict[str, int] | None = None,
+                   seed_counts: dict[str, int] | None = None) -> dict:
+    """Per cell: generated, kept, drop rate, kept share, target share, seed share, real share, status.
 
-    `rows` are filtered rows (with `kept`); `real_counts` is the real data's count per cell
-    when the cells are real slices.
+    `rows` are filtered rows (with `kept`); when the cells are real slices, `seed_counts` is the count per cell in the
+    seed pool the teacher was given and `real_counts` in the whole real data. Without recipe targets the seed pool
+    sets them: the held-out split takes its rows first (data.heldout.min_per_slice over-represents rare slices there),
+    so the seeds under-represent those slices, and a gap the split made is not the teacher's or the filters'.
     """
     column = cell_column(rows, settings.column)
     generated = Counter(cell_name(r.get(column)) for r in rows)
@@ -53,14 +56,17 @@ def audit_coverage(rows: list[dict], settings: CoverageSettings, real_counts: di
     kept.pop(None, None)
     total_generated, total_kept = sum(generated.values()), sum(kept.values())
     total_real = sum(real_counts.values()) if real_counts else 0
+    total_seeds = sum(seed_counts.values()) if seed_counts else 0
     if settings.targets:
         targets, source = dict(settings.targets), "recipe"
+    elif seed_counts:
+        targets, source = {c: n / total_seeds for c, n in seed_counts.items()}, "seed pool the teacher was given"
     elif real_counts:
         targets, source = {c: n / total_real for c, n in real_counts.items()}, "real data"
     else:
         targets, source = {c: n / total_generated for c, n in generated.items()} if total_generated else {}, "generated rows"
 
-    names = list(dict.fromkeys([*generated, *targets, *(real_counts or {})]))
+    names = list(dict.fromkeys([*generated, *targets, *(seed_counts or {}), *(real_counts or {})]))
     cells = []
     for name in names:
         g, k, target = generated.get(name, 0), kept.get(name, 0), targets.get(name)
@@ -73,6 +79,7 @@ def audit_coverage(rows: list[dict], settings: CoverageSettings, real_counts: di
             status = OK
         cells.append({"cell": name, "generated": g, "kept": k, "drop_rate": None if not g else 1 - k / g,
                       "kept_share": kept_share, "target_share": target,
+                      "seed_share": _share(seed_counts.get(name, 0), total_seeds) if seed_counts else None,
                       "real_share": _share(real_counts.get(name, 0), total_real) if real_counts else None,
                       "status": status})
     overall_drop = None if not total_generated else 1 - total_kept / total_generated
@@ -101,5 +108,5 @@ def link_eval_slices(audit: dict, eval_report: dict | None) -> dict:
 
 
 def real_slice_counts(rows: list[dict], slice_field: str) -> dict[str, int]:
-    """How often each slice occurs in the real data."""
+    """How often each slice occurs in real rows (the data file's, or `slice` of the seed pool's)."""
     return dict(Counter(str(r.get(slice_field)) for r in rows if r.get(slice_field) is not None))

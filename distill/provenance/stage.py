@@ -57,24 +57,29 @@ def decontamination(run: RunDir, eval_report: dict | None = None) -> dict | None
             "leak_records": len(read_jsonl(leaks)) if leaks.is_file() else 0, "training": training}
 
 
-def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None) -> dict:
-    """The audit, compared with the real data's distribution when the cells are its slices."""
-    real_counts = None
+def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None, seeds: list[dict] | None = None) -> dict:
+    """The audit against the seed pool the teacher was given, with the whole real data beside it, when the cells are
+    the data's slices."""
+    real_counts = seed_counts = None
     if cell_column(rows, recipe.coverage.column) == C.SLICE and recipe.data.slice_field:
         real = read_rows(recipe.data.path, recipe.data.format, required=(recipe.data.input_field,))
         real_counts = real_slice_counts(real, recipe.data.slice_field)
-    return link_eval_slices(audit_coverage(rows, recipe.coverage, real_counts), eval_report)
+        seed_counts = real_slice_counts(seeds, C.SLICE) if seeds else None
+    return link_eval_slices(audit_coverage(rows, recipe.coverage, real_counts, seed_counts), eval_report)
 
 
-def synthetic_vs_real_check(recipe: Recipe, rows: list[dict], heldout: list[dict]) -> dict:
-    """What the teacher wrote against the real data at the same place (see distill.provenance.two_sample)."""
+def synthetic_vs_real_check(recipe: Recipe, rows: list[dict], heldout: list[dict], seeds: list[dict] | None = None) -> dict:
+    """What the teacher wrote against the real data at the same place (see distill.provenance.two_sample): the seed
+    pool the teacher was given, whose slices are mixed as the kept rows' are (the held-out split over-represents rare
+    slices); the held-out split where no seed pool was recorded."""
     settings = recipe.coverage.synthetic_vs_real
     if not settings.enabled:
         return {"skipped": "turned off (coverage.synthetic_vs_real.enabled: false)", "flagged": False}
     mode = getattr(recipe.generate, "mode", "complete")
     label = recipe.generate.label if mode == "label" else None
     choices = [c.strip() for c in label.choice] if label and label.choice else None  # as the rows keep them
-    return check_synthetic_vs_real(mode, choices, rows, heldout, settings, recipe.seed)
+    real, where = (seeds, "the seed pool the teacher was given") if seeds else (heldout, "the held-out real split")
+    return check_synthetic_vs_real(mode, choices, rows, real, settings, recipe.seed, where=where)
 
 
 def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
@@ -103,6 +108,26 @@ def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
             "clean": entry.get("clean"),  # score on the items not in the rows the student was trained on
         })
     return tables
+
+
+def held_out_note(recipe: Recipe, decontam: dict | None, tables: list[dict]) -> str:
+    """How far the evaluated items are from the training data, per kind of set: the held-out split is split off
+    before generation; a set read from a file is only as far as the decontaminate filter made it."""
+    shown = {t["name"] for t in tables}
+    split = [s.name for s in recipe.evaluate.sets if s.data == "heldout" and s.name in shown]
+    files = [s.name for s in recipe.evaluate.sets if s.path and s.name in shown]
+    names = lambda xs: ", ".join(f"`{x}`" for x in xs)
+    out = []
+    if split:
+        out.append(f"{names(split)}: real items split off before generation, never seeds or few-shot examples.")
+    if files and decontam and decontam["filter_ran"]:
+        out.append(f"{names(files)}: read from files, not split from the seed data; the decontaminate filter rejected "
+                   "generated rows holding their items (seed inputs included), but few-shot examples drawn from the "
+                   "data were not checked against them.")
+    elif files:
+        out.append(f"{names(files)}: read from files, not split from the seed data, and not checked against the seeds "
+                   "or few-shot examples (no decontaminate filter).")
+    return " ".join(out)
 
 
 def limitations(recipe: Recipe, coverage: dict, two_sample: dict, decontam: dict | None, tables: list[dict]) -> list[str]:
@@ -170,8 +195,9 @@ def run_document(recipe: Recipe, run: RunDir) -> dict:
     rows = pq.read_table(run.filtered, columns=[c for c in wanted if c in pq.read_schema(run.filtered).names]).to_pylist()
     eval_report = _read_json(run.eval_report)
     chaining = chaining_findings(recipe)
-    coverage = coverage_audit(recipe, rows, eval_report)
-    two_sample = synthetic_vs_real_check(recipe, rows, read_jsonl(run.heldout))
+    seeds = read_jsonl(run.seeds) if run.seeds.is_file() else None
+    coverage = coverage_audit(recipe, rows, eval_report, seeds)
+    two_sample = synthetic_vs_real_check(recipe, rows, read_jsonl(run.heldout), seeds)
     decontam = decontamination(run, eval_report)
     warnings = warnings_of(chaining, coverage, two_sample)
 
@@ -223,6 +249,7 @@ def card_context(recipe: Recipe, run: RunDir, manifest: dict, chaining: list[dic
         "two_sample": two_sample, "train": recipe.train.model_dump(mode="json"),
         "train_summary": train_marker["summary"] if train_marker else None,
         "training_data": _read_json(run.adapter / "training_data.json"),
-        "eval_tables": tables, "degraded": (eval_report or {}).get("degraded", []), "adapter_path": str(run.adapter.resolve()),
+        "eval_tables": tables, "held_out_note": held_out_note(recipe, decontam, tables),
+        "degraded": (eval_report or {}).get("degraded", []), "adapter_path": str(run.adapter.resolve()),
         "limitations": limitations(recipe, coverage, two_sample, decontam, tables),
     }

@@ -1,10 +1,13 @@
 """Synthetic vs real: does what the teacher wrote look like what the real data holds at the same place?
 
 What is compared depends on the mode:
-- complete and label: the teacher's answers (the completions of kept rows) against the
-  references of the held-out real split; the inputs are real seeds in these modes, so
-  comparing them would only compare real with real.
-- synthesize: the inputs the teacher wrote (kept rows' `input`) against the held-out real inputs.
+- complete and label: the teacher's answers (the completions of kept rows) against the real
+  references of the seed pool the teacher was given; the inputs are real seeds in these modes,
+  so comparing them would only compare real with real.
+- synthesize: the inputs the teacher wrote (kept rows' `input`) against the seed pool's inputs.
+The seed pool, not the held-out split: with data.heldout.min_per_slice the split over-represents
+rare slices, and a comparison with it would blame the teacher for the mix the split made. Runs
+that recorded no seed pool are compared with the held-out split.
 
 Two tests, by the kind of text:
 - categorical (labels, or short answers with few distinct values): total variation distance
@@ -47,24 +50,26 @@ def _reference(row: dict) -> str | None:
     return str(refs[0]) if refs else None
 
 
-def texts_to_compare(mode: str, rows: list[dict], heldout: list[dict]) -> dict:
-    """The two sides and what they are: {synthetic, real, synthetic_texts, real_texts}, or {skipped} with why."""
+def texts_to_compare(mode: str, rows: list[dict], real_rows: list[dict], where: str = "the held-out real split") -> dict:
+    """The two sides and what they are: {synthetic, real, synthetic_texts, real_texts}, or {skipped} with why.
+    `real_rows` are real items (input, reference) and `where` names them."""
     kept = [r for r in rows if r.get(C.KEPT)]
+    of = "held-out split" if "held-out" in where else "seed pool"
     if mode == "synthesize":
         # What the student is prompted with: the input the teacher wrote (the completion in rows that carry none).
         synthetic = [str(r[C.INPUT] if r.get(C.INPUT) is not None else r.get(C.COMPLETION) or "").strip() for r in kept]
-        real = [str(r[C.INPUT]).strip() for r in heldout]
+        real = [str(r[C.INPUT]).strip() for r in real_rows]
         return {"synthetic": synthetic, "real": real, "synthetic_texts": "inputs the teacher wrote in the kept rows",
-                "real_texts": "inputs of the held-out real split"}
+                "real_texts": f"inputs of {where}"}
     if mode == "score":
-        return {"synthetic_texts": "real targets of the kept rows", "real_texts": "references of the held-out real split",
+        return {"synthetic_texts": "real targets of the kept rows", "real_texts": f"references of {where}",
                 "skipped": "score mode: the kept rows' completions are the data's own targets, not text the teacher "
                            "wrote, so there is no synthetic side to compare"}
     what = "labels" if mode == "label" else "answers"
-    named = {"synthetic_texts": f"teacher {what} of the kept rows", "real_texts": f"reference {what} of the held-out real split"}
-    real = [ref.strip() for ref in map(_reference, heldout) if ref is not None]
+    named = {"synthetic_texts": f"teacher {what} of the kept rows", "real_texts": f"reference {what} of {where}"}
+    real = [ref.strip() for ref in map(_reference, real_rows) if ref is not None]
     if not real:
-        return {**named, "skipped": f"the held-out split has no references (data.target_field gives none), so the "
+        return {**named, "skipped": f"the {of} has no references (data.target_field gives none), so the "
                                     f"teacher's {what} have nothing real to be compared with"}
     return {**named, "synthetic": [str(r.get(C.COMPLETION) or "").strip() for r in kept], "real": real}
 
@@ -186,10 +191,10 @@ def synthetic_vs_real(synthetic: list[str], real: list[str], settings: Synthetic
     return {**result, **distinct, "embedder": DEFAULT_EMBEDDER, "why_test": "free text"}
 
 
-def check_synthetic_vs_real(mode: str, choices: list[str] | None, rows: list[dict], heldout: list[dict],
-                            settings: SyntheticVsRealSettings, seed: int = 0) -> dict:
+def check_synthetic_vs_real(mode: str, choices: list[str] | None, rows: list[dict], real_rows: list[dict],
+                            settings: SyntheticVsRealSettings, seed: int = 0, where: str = "the held-out real split") -> dict:
     """The document stage's check: pick the texts for the mode, then the test for the texts."""
-    sides = texts_to_compare(mode, rows, heldout)
+    sides = texts_to_compare(mode, rows, real_rows, where)
     named = {"mode": mode, **{k: sides[k] for k in ("synthetic_texts", "real_texts") if k in sides}}
     if "skipped" in sides:
         return {**named, "skipped": sides["skipped"], "flagged": False}

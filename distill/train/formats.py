@@ -29,44 +29,54 @@ def training_examples(recipe: Recipe, rows: list[dict]) -> list[dict]:
     return examples
 
 
-def _last_labels(trainer, batch_size: int = 512):
+def _learned_labels(trainer, batch_size: int = 512):
     """Per training example as the trainer will see it (its processed dataset through its collator): its length in
-    tokens, the last label that is learned (not -100, None when no token is learned) and its labels up to it."""
-    import torch
-
+    tokens and the labels it learns (not -100), in order."""
     data = trainer.train_dataset
     for start in range(0, len(data), batch_size):
         part = data[start:start + batch_size]
         n = len(part["input_ids"])
         batch = trainer.data_collator([{k: v[i] for k, v in part.items()} for i in range(n)])
         labels = batch["labels"]
-        positions = torch.arange(labels.shape[1]).expand_as(labels)
-        last = torch.where(labels != -100, positions, -1).max(dim=1).values
-        tokens = labels.gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1)
         for i in range(n):
-            yield len(part["input_ids"][i]), (int(tokens[i]) if last[i] >= 0 else None), labels[i][: int(last[i]) + 1]
+            yield len(part["input_ids"][i]), [int(t) for t in labels[i] if t != -100]
 
 
-def check_stop_learned(trainer, tokenizer, stop: list[str], rows: int, max_length: int, max_truncated_share: float) -> dict:
-    """Check that every training example ends with the EOS label, exactly as the trainer tokenizes and collates it.
+def _stop_at(learned: list[int], eos: int, tokenizer) -> int | None:
+    """Where the learned labels stop: the index of the last EOS label when nothing but whitespace is learned after
+    it (a chat template's newline after its end-of-turn token), else None."""
+    if eos not in learned:
+        return None
+    at = len(learned) - 1 - learned[::-1].index(eos)
+    after = learned[at + 1:]
+    return at if not after or not tokenizer.decode(after).strip() else None
+
+
+def check_stop_learned(trainer, tokenizer, stop: list[str], rows: int, max_length: int, max_truncated_share: float,
+                       eos: int | None = None) -> dict:
+    """Check that every training example ends with the EOS label, exactly as the trainer tokenizes and collates it (in
+    the chat format the template's end-of-turn token, which the template may follow with whitespace).
 
     A row cut by max_length loses its EOS label (the student learns to run on past it); TRL drops a row left with no
     completion token at all. Both are counted; above `max_truncated_share` of the rows training is refused. A row
     shorter than max_length without the EOS label means the format itself is wrong (e.g. EOS masked because
     pad == eos): the student would never learn to stop, and that is always refused.
     """
-    if tokenizer.eos_token_id is None:
+    eos = tokenizer.eos_token_id if eos is None else eos  # `eos`: the stop the student learns (student_stop_id)
+    if eos is None:
         raise UserError("the student's tokenizer has no eos_token: it could never learn where an answer ends")
-    eos = tokenizer.eos_token_id
+    eos_token = tokenizer.convert_ids_to_tokens(eos)
     dropped = rows - len(trainer.train_dataset)  # TRL drops examples with no completion token left after truncation
     cut, example = 0, None
-    for length, last, labels in _last_labels(trainer):
-        if last == eos:
-            example = example if example is not None else [t for t in labels.tolist() if t != -100]
+    for length, learned in _learned_labels(trainer):
+        at = _stop_at(learned, eos, tokenizer)
+        if at is not None:
+            example = example if example is not None else learned[:at + 1]
         elif length < max_length:
+            last = learned[-1] if learned else None
             what = "no completion token" if last is None else f"token {last} ({tokenizer.decode([last])!r})"
             raise UserError(
-                f"a training example of {length} tokens ends with {what}, not the EOS label {tokenizer.eos_token!r}: "
+                f"a training example of {length} tokens ends with {what}, not the EOS label {eos_token!r}: "
                 f"the student would never learn to stop (check train.completion_template and the tokenizer's pad token)"
             )
         else:
@@ -81,6 +91,6 @@ def check_stop_learned(trainer, tokenizer, stop: list[str], rows: int, max_lengt
         )
     completion = tokenizer.decode(example[:-1])
     inner_stops = [s for s in stop if s and s in completion]
-    return {"eos_token": tokenizer.eos_token, "eos_id": eos, "example_completion": completion,
+    return {"eos_token": eos_token, "eos_id": eos, "example_completion": completion,
             "stop_strings_inside_completion": inner_stops, "rows_checked": rows, "rows_without_eos": cut,
             "rows_dropped_by_max_length": dropped}

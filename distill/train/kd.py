@@ -8,6 +8,8 @@ copies of the teacher side.
 
 from __future__ import annotations
 
+import math
+
 from distill.data.captures import captured_completion, read_captures
 from distill.errors import UserError
 from distill.recipe import Recipe
@@ -15,31 +17,57 @@ from distill.recipe import Recipe
 TEACHER_COLUMNS = ["teacher_positions", "teacher_ids", "teacher_logprobs"]
 
 
+def stop_as_eos(ids: list[int], logprobs: list[float], stops: set[int], eos: int) -> tuple[list[int], list[float]]:
+    """One position of the teacher's top-K with its stop tokens read as the student's EOS: their probabilities summed
+    into one slot under the student's EOS id, the other slots they held emptied (-inf, masked by the divergences).
+    An instruct teacher's end-of-turn token is then the student's stop, not an ordinary token it learns to write."""
+    merge = [j for j, i in enumerate(ids) if i in stops or i == eos]
+    if not merge or (len(merge) == 1 and ids[merge[0]] == eos):
+        return ids, logprobs
+    ids, logprobs = list(ids), list(logprobs)
+    mass = sum(math.exp(logprobs[j]) for j in merge)
+    total = math.log(mass) if mass > 0 else -math.inf
+    first, *rest = merge
+    ids[first], logprobs[first] = eos, total
+    for j in rest:
+        logprobs[j] = -math.inf
+    return ids, logprobs
+
+
 def kd_example(prompt_ids: list[int], capture: dict, completion: list[int], teacher_eos: bool, eos: int,
-               top_k: int | None) -> dict:
+               top_k: int | None, stops: set[int] | None = None) -> dict:
     """The training sequence on the teacher's own tokens, and the teacher's top-K at each of them: the student's EOS
-    label gets the teacher's distribution only where the teacher itself stopped with EOS."""
+    label gets the teacher's distribution only where the teacher itself stopped. `stops`: the teacher's stop ids,
+    read as the student's EOS at every position (stop_as_eos) when they are not the student's own."""
     targets = len(completion) + (1 if teacher_eos else 0)
     k = top_k or len(capture["top_ids"][0])
+    rows = [(list(i[:k]), list(lp[:k])) for i, lp in zip(capture["top_ids"][:targets], capture["top_logprobs"][:targets])]
+    if stops and stops != {eos}:
+        rows = [stop_as_eos(i, lp, stops, eos) for i, lp in rows]
     return {"input_ids": prompt_ids + completion + [eos],
             "completion_mask": [0] * len(prompt_ids) + [1] * (len(completion) + 1),
             "teacher_positions": list(range(len(prompt_ids), len(prompt_ids) + targets)),
-            "teacher_ids": [list(row[:k]) for row in capture["top_ids"][:targets]],
-            "teacher_logprobs": [list(row[:k]) for row in capture["top_logprobs"][:targets]]}
+            "teacher_ids": [i for i, _ in rows],
+            "teacher_logprobs": [lp for _, lp in rows]}
 
 
-def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> tuple[list[dict], dict, list[str]]:
+def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
+                teacher_stops: set[int] | None = None) -> tuple[list[dict], dict, list[str]]:
     """(tokenized training examples on the teacher's captured tokens, counts, the ids of the rows they come from): the
     rows whose capture lines up with their text; the others are counted with the reason and left out. Refuses (UserError) when more than
     train.kd.max_mismatch_share of the rows are left out. Also counts the rows whose text the student's tokenizer
-    would split otherwise than the teacher generated it (trained on the teacher's tokens either way)."""
+    would split otherwise than the teacher generated it (trained on the teacher's tokens either way).
+    `teacher_stops`: the ids that end the teacher's answers (default the student's EOS); where they are not the
+    student's EOS, the teacher's stop is read as the student's EOS."""
     from distill import rows as C
+    from distill.prompts.student import student_prompt, student_prompt_ids, student_stop_id
     from distill.prompts.template import PromptTemplate
 
     kd = recipe.train.kd
     prompt_t = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
     captures = {r["id"]: r for r in read_captures(captures_path, {r[C.ID] for r in rows})}
-    eos = tokenizer.eos_token_id
+    eos = student_stop_id(recipe, tokenizer)  # in the chat format, the template's end-of-turn token
+    stops = set(teacher_stops) if teacher_stops else {eos}
     completion_t = PromptTemplate(recipe.train.completion_template, "train.completion_template")
     examples, used, left_out, retokenized_differ = [], [], {}, 0
     for row in rows:
@@ -48,15 +76,17 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> t
             raise UserError(f"train.completion_template adds text around the completion ({recipe.train.completion_template!r}): "
                             f"objective {recipe.train.objective!r} trains on the teacher's tokens as generated, so the "
                             "template may only be the completion itself")
-        found, why = captured_completion(captures.get(row[C.ID]), text, tokenizer)
+        found, why = captured_completion(captures.get(row[C.ID]), text, tokenizer, stops)
         if found is None:
             left_out[why] = left_out.get(why, 0) + 1
             continue
         completion, teacher_eos = found
-        prompt = prompt_t.render(input=row[C.INPUT], row=row)
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        retokenized_differ += tokenizer(prompt + text)["input_ids"] != prompt_ids + completion
-        examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k))
+        prompt = student_prompt(recipe, prompt_t, row, tokenizer)
+        prompt_ids = student_prompt_ids(recipe, prompt_t, row, tokenizer)
+        written = tokenizer.decode(completion, skip_special_tokens=True)  # the text with any space a label lost
+        retokenized_differ += tokenizer(prompt + written, add_special_tokens=not recipe.train.chat)["input_ids"] \
+            != prompt_ids + completion
+        examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k, stops))
         used.append(row[C.ID])
     lacking = len(rows) - len(examples)
     share = lacking / len(rows) if rows else 0.0
@@ -70,6 +100,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path) -> t
         )
     return examples, {"rows": len(rows), "rows_with_teacher_targets": len(examples), "rows_left_out": left_out,
                       "rows_the_student_would_tokenize_otherwise": retokenized_differ,
+                      **({"teacher_stop_read_as_student_eos": sorted(stops - {eos})} if stops != {eos} else {}),
                       "target_tokens": sum(len(e["teacher_positions"]) for e in examples)}, used
 
 

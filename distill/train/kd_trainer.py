@@ -44,20 +44,26 @@ class KDTrainer(SFTTrainer):
         ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
         div = torch.where(t_mask, topk_divergence(logits, t_ids, t_lps, a.divergence, a.kd_tail), 0.0)
         if a.kd_objective == "kd":  # the teacher's distribution where there is one, the label elsewhere
-            per_token = torch.where(t_mask, div, ce)
+            ce_part, weight = torch.where(t_mask, 0.0, ce), 1.0
         else:
-            per_token = ce + a.kd_weight * div
+            ce_part, weight = ce, a.kd_weight
+        per_token = ce_part + weight * div
         n = learned.sum() if num_items_in_batch is None else num_items_in_batch
         loss = (per_token * learned).sum() / torch.as_tensor(n).clamp(min=1)
         if a.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
 
+        # The two terms of the loss, over the loss's own denominator (the learned tokens), so that the logged
+        # loss = ce_loss + weight x kd_loss (kd: weight 1, cross-entropy only where the teacher gave no distribution).
+        # With gradient accumulation the loss weighs micro-batches by tokens and the terms average them, so the sum
+        # holds up to the micro-batches' differing token counts.
         mode = "train" if model.training else "eval"
         with torch.no_grad():
             agree = top1_agreement(logits, t_ids, t_lps) & t_mask
-            sums = torch.stack([(ce * learned).sum(), learned.sum(), div.sum(), t_mask.sum(), agree.sum()]).float()
+            sums = torch.stack([(ce_part * learned).sum(), (div * learned).sum(), learned.sum(), t_mask.sum(),
+                                agree.sum()]).float()
             sums = self.accelerator.gather_for_metrics(sums.unsqueeze(0)).sum(0)
-        self._metrics[mode]["ce_loss"].append((sums[0] / sums[1].clamp(min=1)).item())
-        self._metrics[mode]["kd_loss"].append((sums[2] / sums[3].clamp(min=1)).item())
+        self._metrics[mode]["ce_loss"].append((sums[0] / sums[2].clamp(min=1)).item())
+        self._metrics[mode]["kd_loss"].append((sums[1] / sums[2].clamp(min=1)).item())
         self._metrics[mode]["teacher_top1_agreement"].append((sums[4] / sums[3].clamp(min=1)).item())
         return (loss, outputs) if return_outputs else loss

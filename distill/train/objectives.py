@@ -19,6 +19,11 @@ class Objective:
     loss_terms: ClassVar[tuple[str, ...]] = ()  # what its trainer logs beside the loss
     own_loop: ClassVar[bool] = False  # trains with its own loop (`train`) instead of a TRL trainer
 
+    @property
+    def starts_with_sft(self) -> bool:
+        """An own loop that starts from the recipe's SFT on the kept rows, trained first (train.stage.sft_phase)."""
+        return False
+
     def __init__(self, recipe: Recipe):
         self.recipe, self.t = recipe, recipe.train
 
@@ -74,10 +79,14 @@ class KD(Objective):
     def examples(self, rows: list[dict], student_dir: Path, run: RunDir) -> tuple[list[dict], list[dict], dict | None]:
         from transformers import AutoTokenizer
 
+        from distill.models.context import resolved_model
+        from distill.models.vocabulary import stop_token_ids
         from distill.train.kd import kd_examples
 
         tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=self.recipe.models.student.trust_remote_code)
-        examples, teacher_targets, used = kd_examples(self.recipe, rows, tokenizer, run.teacher_logprobs)
+        teacher_dir, _ = resolved_model(self.recipe, "teacher")
+        stops = stop_token_ids(teacher_dir, self.recipe.models.teacher.trust_remote_code)
+        examples, teacher_targets, used = kd_examples(self.recipe, rows, tokenizer, run.teacher_logprobs, stops)
         trained = set(used)
         return examples, [r for r in rows if r[C.ID] in trained], teacher_targets
 
@@ -126,10 +135,14 @@ class OnPolicy(Objective):
         check_shared_vocabulary(self.recipe, instead="Use train.objective: sft to train on the teacher's text instead",
                                 both_ways=True)
 
-    def train(self, run: RunDir, kept: list[dict]) -> dict:
+    @property
+    def starts_with_sft(self) -> bool:
+        return self.t.on_policy.start_from == "sft"
+
+    def train(self, run: RunDir, kept: list[dict], sft_phase: dict | None = None) -> dict:
         from distill.train.on_policy import OnPolicyLoop
 
-        return OnPolicyLoop(self.recipe, run, kept).train()
+        return OnPolicyLoop(self.recipe, run, kept, sft_phase).train()
 
 
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SFT, KD, SFTPlusKD, OnPolicy)}

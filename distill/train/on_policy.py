@@ -27,6 +27,7 @@ from distill import rows as C
 from distill.data.eval_sets import seed_pool
 from distill.errors import UserError
 from distill.models.context import resolved_model
+from distill.models.device import process_count
 from distill.preemption import Preempted, stop_requested
 from distill.progress import progress
 from distill.prompts.student import student_prompt
@@ -51,14 +52,16 @@ class Cost:
     seconds: dict = field(default_factory=lambda: {"sample": 0.0, "score": 0.0, "learn": 0.0, "sync": 0.0})
 
 
-def start_adapter(recipe: Recipe) -> Path | None:
-    """The adapter training starts from (None: a fresh one), from train.on_policy.start_from (resolved by the schema)."""
+def start_adapter(recipe: Recipe, sft_phase: dict | None = None) -> Path | None:
+    """The adapter training starts from (None: a fresh one): train.on_policy.start_from as the schema resolved it, or
+    for `sft` the adapter of the SFT phase this run trained first."""
     start = recipe.train.on_policy.start_from
     if start == "base":
         return None
     if start == "sft":
-        raise UserError("train.on_policy.start_from: sft is not available yet: run the recipe with objective sft, then "
-                        "set start_from to that run directory")
+        if sft_phase is None:
+            raise UserError("train.on_policy.start_from: sft needs the SFT phase (the train stage trains it first)")
+        return Path(sft_phase["adapter"])
     return Path(start)
 
 
@@ -73,14 +76,16 @@ def seed_items(pool: list[dict]) -> list[dict]:
 
 
 class OnPolicyLoop:
-    def __init__(self, recipe: Recipe, run: RunDir, kept: list[dict]):
+    def __init__(self, recipe: Recipe, run: RunDir, kept: list[dict], sft_phase: dict | None = None):
         self.recipe, self.run, self.t, self.o = recipe, run, recipe.train, recipe.train.on_policy
-        self.kept = kept
+        self.kept, self.sft_phase = kept, sft_phase
         self.stage_dir = run.stage("train")
         self.adapters = self.stage_dir / "on_policy" / "adapters"
         self.checkpoints = self.stage_dir / "checkpoints"
         self.cost, self.history = Cost(), []
-        self.trained: list[dict] = []  # every text the student was trained on, for evaluation's leak check
+        # every text the student was trained on, for evaluation's leak check: the SFT phase's rows first
+        self.trained: list[dict] = [{C.ID: r[C.ID], C.INPUT: r[C.INPUT], C.COMPLETION: r[C.COMPLETION],
+                                     "source": "kept row (sft phase)", C.KEPT: True} for r in (sft_phase or {}).get("rows", [])]
         self.pool = seed_pool(run)  # as generation and evaluation draw the teacher's few-shot examples from it
         if not self.pool:
             raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
@@ -100,7 +105,7 @@ class OnPolicyLoop:
         self.device = torch_device()
         base, self.tokenizer = load_student(self.recipe, self.student_dir)
         base = base.to(self.device)
-        start = start_adapter(self.recipe)
+        start = start_adapter(self.recipe, self.sft_phase)
         set_seed(self.t.seed)  # the adapter's initial weights (as the trainer seeds them): a resumed run is the same run
         if start is not None:
             self.model = PeftModel.from_pretrained(base, str(start), is_trainable=True)
@@ -265,7 +270,7 @@ class OnPolicyLoop:
 
     def train(self) -> dict:
         started = time.time()
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if process_count() > 1:
             raise UserError("train.objective on_policy trains in one process (its sampler and scorer are vLLM engines "
                             "beside it): ask slurm.train for one node and at most one GPU")
         self._models()
@@ -348,7 +353,8 @@ class OnPolicyLoop:
 
             plot_loss(steps, losses, self.stage_dir / "loss.png",
                       f"{self.recipe.name}: on-policy, LoRA r={self.rank}, {self.o.prompts_per_step} prompts per step")
-        return {"objective": "on_policy", "steps": len(self.history) and self.history[-1]["step"],
+        return {"objective": "on_policy", **({"sft_phase": self.sft_phase["summary"]} if self.sft_phase else {}),
+                "steps": len(self.history) and self.history[-1]["step"],
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "first_reverse_kl": round(rkl[0], 4) if rkl else None, "last_reverse_kl": round(rkl[-1], 4) if rkl else None,
                 "cost": cost, "resumed": resumed, "seconds": round(time.time() - started, 1)}

@@ -6,6 +6,7 @@ writes files. The adapter is saved beside a temporary name and renamed when comp
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -17,10 +18,11 @@ from distill import rows as C
 from distill.data.split import sample_in_order
 from distill.errors import UserError
 from distill.models.context import resolved_model
+from distill.models.device import process_count
 from distill.models.dtype import model_dtype
 from distill.preemption import Preempted, stop_may_be_requested, stop_requested
 from distill.progress import console, progress
-from distill.prompts.student import check_eval_agreement
+from distill.prompts.student import check_eval_agreement, student_stop_id
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json
 from distill.tracking import finish_tracking, trainer_callbacks
@@ -138,26 +140,66 @@ def _all_agree_any(flag: bool, device) -> bool:
     return bool(t.item())
 
 
+# Trainers of a multi-process launch, held until the process ends without teardown (cli._exit_without_teardown): the
+# DDP reducer's gloo process group joins threads in its destructor that wait for processes that have already exited,
+# so a trainer freed when run_train returns can hang its process after the work is done.
+_HELD_UNTIL_EXIT: list = []
+
+
 def run_train(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
-    t = recipe.train
     check_eval_agreement(recipe)
     objective = objective_for(recipe)
     objective.check()
-    student_dir, student = resolved_model(recipe, "student")
     kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
     if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
     if objective.own_loop:
-        summary = objective.train(run, kept)
+        first = sft_phase(recipe, run, kept) if objective.starts_with_sft else None
+        summary = objective.train(run, kept, first)
         finish_tracking(recipe)
         return summary
+    summary = train_with_trainer(recipe, run, kept, run.stage("train"), run.adapter, started)
+    if summary:
+        finish_tracking(recipe)
+    return summary
+
+
+SFT_PHASE = "sft"  # train/sft/: the SFT phase of train.on_policy.start_from: sft, its adapter and checkpoints
+
+
+def sft_phase(recipe: Recipe, run: RunDir, kept: list[dict]) -> dict:
+    """train.on_policy.start_from: sft: the recipe's SFT on the kept rows (the same trainer, settings and checkpoints
+    as objective sft) into train/sft/adapter, before the on-policy loop starts from it. A finished phase is kept: a
+    stopped run resumes in the loop, not from the first SFT step. Returns the phase's summary, its adapter and the
+    rows it trained on."""
+    folder = run.stage("train") / SFT_PHASE
+    adapter, record = folder / "adapter", folder / "summary.json"
+    if not (record.is_file() and (adapter / "adapter_config.json").is_file()):
+        sft = recipe.model_copy(update={"train": recipe.train.model_copy(update={"objective": "sft"})})
+        summary = train_with_trainer(sft, run, kept, folder, adapter, time.time())
+        write_json(record, summary)
+    t = recipe.train
+    rows = sample_in_order(kept, t.max_rows, t.seed)
+    return {"summary": json.loads(record.read_text()), "adapter": adapter, "rows": rows}
+
+
+def train_with_trainer(recipe: Recipe, run: RunDir, kept: list[dict], stage_dir: Path, adapter: Path,
+                       started: float) -> dict:
+    """The objective's TRL trainer on the kept rows: checkpoints in stage_dir/checkpoints (a stopped run resumes from
+    the last), the adapter to `adapter`, the loss log and plots in stage_dir. Returns the summary ({} in a process
+    other than the main one)."""
+    t = recipe.train
+    objective = objective_for(recipe)
+    student_dir, student = resolved_model(recipe, "student")
     examples, rows, teacher_targets = objective.examples(sample_in_order(kept, t.max_rows, t.seed), student_dir, run)
 
-    stage_dir = run.stage("train")
     checkpoints = stage_dir / "checkpoints"
     trainer, tokenizer = build_trainer(recipe, student_dir, examples, checkpoints)
-    format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop, len(examples), t.max_length, t.max_truncated_share)
+    if process_count() > 1:
+        _HELD_UNTIL_EXIT.append(trainer)
+    format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop, len(examples), t.max_length,
+                                      t.max_truncated_share, student_stop_id(recipe, tokenizer))
     lost = format_check["rows_without_eos"] + format_check["rows_dropped_by_max_length"]
     if lost and trainer.is_world_process_zero():
         console(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
@@ -181,10 +223,8 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     try:
         if not trainer.is_world_process_zero():
             return {}
-        summary = _save_adapter(recipe, run, student, trainer, tokenizer, rows, len(kept), result, resume, format_check,
-                                started, teacher_targets)
-        finish_tracking(recipe)
-        return summary
+        return _save_adapter(recipe, run, student, trainer, tokenizer, rows, len(kept), result, resume, format_check,
+                             started, teacher_targets, stage_dir, adapter)
     finally:
         _leave_process_group(trainer)
 
@@ -200,11 +240,12 @@ def _leave_process_group(trainer) -> None:
 
 
 def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer, rows: list[dict], kept: int, result,
-                  resume: bool, format_check: dict, started: float, teacher_targets: dict | None) -> dict:
-    t, stage_dir = recipe.train, run.stage("train")
+                  resume: bool, format_check: dict, started: float, teacher_targets: dict | None, stage_dir: Path,
+                  adapter: Path) -> dict:
+    t = recipe.train
     history = [h for h in trainer.state.log_history if "loss" in h]
     steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
-    tmp = stage_dir / "adapter.tmp"
+    tmp = adapter.with_name(adapter.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))  # adapter_config.json + adapter_model.safetensors
     tokenizer.save_pretrained(str(tmp))
@@ -214,8 +255,8 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
         **({"row_ids": [r[C.ID] for r in rows]} if len(rows) < kept else {}),
         "base_model": student, "recipe_name": recipe.name,
     })
-    shutil.rmtree(run.adapter, ignore_errors=True)
-    os.replace(tmp, run.adapter)
+    shutil.rmtree(adapter, ignore_errors=True)
+    os.replace(tmp, adapter)
     objective = objective_for(recipe)
     terms = {name: [float(h[name]) for h in history] for name in objective.loss_terms
              if history and all(name in h for h in history)}
@@ -227,7 +268,10 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
             plot_loss_terms(steps, terms, stage_dir / "loss_terms.png",
                             f"{recipe.name}: {t.objective}, {t.kd.divergence}, per token")
     return {**objective.summary(teacher_targets, terms),
-        "rows": len(rows), **({"rows_kept": kept} if len(rows) < kept else {}), "steps": trainer.state.global_step, "first_loss": round(losses[0], 4) if losses else None,
+        "rows": len(rows), **({"rows_kept": kept} if len(rows) < kept else {}), "steps": trainer.state.global_step,
+        "processes": trainer.accelerator.num_processes,
+        "global_batch": t.batch_size * t.gradient_accumulation_steps * trainer.accelerator.num_processes,
+        "first_loss": round(losses[0], 4) if losses else None,
         "last_loss": round(losses[-1], 4) if losses else None, "train_seconds": round(result.metrics.get("train_runtime", 0), 1),
         "resumed": resume, "format_check": format_check, "seconds": round(time.time() - started, 1),
     }
