@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from distill.errors import UserError
-from distill.models.dtype import model_dtype, slow_dtype_warning
+from distill.models.dtype import dtype_lines, model_dtype
 from distill.models.hardware import Machine, this_machine
 from distill.recipe import Recipe
 
@@ -60,13 +60,10 @@ def machine_lines(machine: Machine) -> list[str]:
 
 def check_dtypes(recipe: Recipe, machine: Machine, c: Checkup) -> None:
     for role in recipe.models.roles:
-        spec = getattr(recipe.models, role)
-        choice = model_dtype(spec, role, machine=machine)
+        choice = model_dtype(getattr(recipe.models, role), role, machine=machine)
         c.note(f"models.{role}: runs in {choice.dtype} ({'auto: ' if choice.requested == 'auto' else ''}{choice.why})")
-    for role in recipe.models.roles:
-        warning = slow_dtype_warning(f"models.{role}.dtype", getattr(recipe.models, role), role, machine)
-        if warning:
-            c.problem(warning)
+    for warning in dtype_lines(recipe, machine)[1]:
+        c.problem(warning)
 
 
 def check_prefix_caching(recipe: Recipe, machine: Machine, c: Checkup) -> None:

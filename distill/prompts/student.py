@@ -22,9 +22,10 @@ def student_stop_id(recipe: Recipe, tokenizer) -> int | None:
     return end_of_turn_id(tokenizer) if recipe.train.chat else tokenizer.eos_token_id
 
 
-def student_prompt_ids(recipe: Recipe, template: PromptTemplate, row: dict, tokenizer) -> list[int]:
-    """The student's prompt as token ids: a chat prompt already holds the template's special tokens."""
-    return tokenizer(student_prompt(recipe, template, row, tokenizer), add_special_tokens=not recipe.train.chat)["input_ids"]
+def student_token_ids(recipe: Recipe, text: str, tokenizer) -> list[int]:
+    """The student's prompt (and what follows it) as token ids: a chat prompt already holds the template's special
+    tokens, so the tokenizer adds none."""
+    return tokenizer(text, add_special_tokens=not recipe.train.chat)["input_ids"]
 
 
 def check_eval_agreement(recipe: Recipe) -> None:

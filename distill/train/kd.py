@@ -60,7 +60,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
     `teacher_stops`: the ids that end the teacher's answers (default the student's EOS); where they are not the
     student's EOS, the teacher's stop is read as the student's EOS."""
     from distill import rows as C
-    from distill.prompts.student import student_prompt, student_prompt_ids, student_stop_id
+    from distill.prompts.student import student_prompt, student_stop_id, student_token_ids
     from distill.prompts.template import PromptTemplate
 
     kd = recipe.train.kd
@@ -82,10 +82,9 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
             continue
         completion, teacher_eos = found
         prompt = student_prompt(recipe, prompt_t, row, tokenizer)
-        prompt_ids = student_prompt_ids(recipe, prompt_t, row, tokenizer)
+        prompt_ids = student_token_ids(recipe, prompt, tokenizer)
         written = tokenizer.decode(completion, skip_special_tokens=True)  # the text with any space a label lost
-        retokenized_differ += tokenizer(prompt + written, add_special_tokens=not recipe.train.chat)["input_ids"] \
-            != prompt_ids + completion
+        retokenized_differ += student_token_ids(recipe, prompt + written, tokenizer) != prompt_ids + completion
         examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k, stops))
         used.append(row[C.ID])
     lacking = len(rows) - len(examples)

@@ -65,6 +65,11 @@ def start_adapter(recipe: Recipe, sft_phase: dict | None = None) -> Path | None:
     return Path(start)
 
 
+def trained_text(row: dict, source: str) -> dict:
+    """A kept row the student was trained on, as trained_rows.parquet records it for evaluation's leak check."""
+    return {C.ID: row[C.ID], C.INPUT: row[C.INPUT], C.COMPLETION: row[C.COMPLETION], "source": source, C.KEPT: True}
+
+
 def seed_items(pool: list[dict]) -> list[dict]:
     """The seed prompts, once each."""
     seen, items = set(), []
@@ -84,8 +89,7 @@ class OnPolicyLoop:
         self.checkpoints = self.stage_dir / "checkpoints"
         self.cost, self.history = Cost(), []
         # every text the student was trained on, for evaluation's leak check: the SFT phase's rows first
-        self.trained: list[dict] = [{C.ID: r[C.ID], C.INPUT: r[C.INPUT], C.COMPLETION: r[C.COMPLETION],
-                                     "source": "kept row (sft phase)", C.KEPT: True} for r in (sft_phase or {}).get("rows", [])]
+        self.trained: list[dict] = [trained_text(r, "kept row (sft phase)") for r in (sft_phase or {}).get("rows", [])]
         self.pool = seed_pool(run)  # as generation and evaluation draw the teacher's few-shot examples from it
         if not self.pool:
             raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
@@ -209,8 +213,7 @@ class OnPolicyLoop:
         rng = random.Random(row_seed(self.t.seed, f"off-policy:{step}"))
         rows = rng.sample(self.kept, min(self.o.prompts_per_step, len(self.kept)))
         examples = training_examples(self.recipe, rows)
-        self.trained += [{C.ID: r[C.ID], C.INPUT: r[C.INPUT], C.COMPLETION: r[C.COMPLETION], "source": "kept row",
-                          C.KEPT: True} for r in rows]
+        self.trained += [trained_text(r, "kept row") for r in rows]
         tails = [self.tokenizer(e["completion"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
                  for e in examples]
         samples = [{"prompt": e["prompt"], "ids": t} for e, t in zip(examples, tails)]
