@@ -211,6 +211,24 @@ def test_the_model_card_says_how_far_each_evaluated_set_is_from_the_training_dat
            "holding their items (seed inputs included), but few-shot examples drawn from the data were not checked" in body
 
 
+@pytest.mark.parametrize("summary, line", [
+    ({"rows": 91, "steps": 6, "processes": 2, "global_batch": 16, "first_loss": 6.1, "last_loss": 0.4},
+     "| epochs, batch size x accumulation x processes | 1.0, 8 x 1 x 2 = 16 rows per update |"),
+    ({"objective": "on_policy", "steps": 2, "first_reverse_kl": 0.9, "last_reverse_kl": 0.7,
+      "sft_phase": {"rows": 40, "steps": 5, "first_loss": 6.2, "last_loss": 5.9},
+      "cost": {"student_tokens_sampled": 96, "teacher_tokens_scored": 96, "adapter_reloads": 2,
+               "seconds": {"sample": 1.0, "score": 1.0, "learn": 1.0, "sync": 0.1}}},
+     "| first, SFT on the kept rows: rows, steps, loss first / last | 40, 5, 6.2 / 5.9 |"),
+])
+def test_the_model_card_gives_the_training_as_its_summary_records_it(documented, tmp_path, summary, line):
+    """The processes of a multi-process launch and the SFT phase before on-policy training, as the train stage
+    records them (tests/test_ddp.py and tests/test_on_policy.py check those records against the runs)."""
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    run.mark_complete("train", "fp", summary)
+    run_document(load_recipe(documented[0].root.parent.parent / "recipe.yaml"), run)
+    assert line in (run.root / "model_card.md").read_text()
+
+
 def test_cards_parse_with_the_hubs_card_classes_without_warnings(documented, caplog):
     import warnings
 

@@ -52,6 +52,9 @@ def test_two_process_ddp_matches_one_process_loss_trajectory(filtered_run):
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
     ], "train.batch_size=4")
 
+    # the record the model card's batch line reads: 8 rows per update either way
+    assert (single["marker"]["summary"]["processes"], single["marker"]["summary"]["global_batch"]) == (1, 8)
+    assert (ddp["marker"]["summary"]["processes"], ddp["marker"]["summary"]["global_batch"]) == (2, 8)
     # 4 rows per process per step: one process alone would take twice the steps
     assert ddp["log"]["steps"] == single["log"]["steps"] and len(single["log"]["steps"]) >= 3
     assert ddp["log"]["losses"] == pytest.approx(single["log"]["losses"], rel=1e-4)
