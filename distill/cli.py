@@ -352,8 +352,22 @@ def _exit_without_teardown(code: int) -> None:
     os._exit(code)
 
 
+def _exit_without_finalizing(code: int) -> None:
+    """End the process as Python would, less the interpreter's finalization: other threads are waited for and the exit
+    handlers the libraries registered run (log files, temporary folders), then the process leaves. Finalizing the
+    modules of torch, transformers and vLLM takes about 2 s per stage process and frees nothing the OS would not."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    _exit_without_teardown(code)
+
+
 if __name__ == "__main__":
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _exit_without_teardown(code)
-    sys.exit(code)
+    _exit_without_finalizing(code)

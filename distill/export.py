@@ -18,6 +18,7 @@ from pathlib import Path
 
 from distill.errors import UserError
 from distill.models.dtype import model_dtype, stored_dtype
+from distill.models.merge import merge_adapter
 from distill.run_dir import RunDir, hash_file, write_json, write_text
 
 EXPORT_RECORD = "export.json"  # marks a folder this command wrote, so that exporting again may replace it
@@ -160,21 +161,6 @@ def _default_out(src: Source, merge: bool) -> Path:
     return src.run.root / "export" / (name if src.final else f"{src.adapter.name}-{name}")
 
 
-def _merge(src: Source, dtype: str, tmp: Path) -> None:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    remote = bool(getattr(src.spec, "trust_remote_code", False))
-    # Merge in float32 (the sum W + BA keeps its low bits), then store in the base's dtype.
-    model = AutoModelForCausalLM.from_pretrained(src.base_dir, dtype=torch.float32, trust_remote_code=remote)
-    model = PeftModel.from_pretrained(model, str(src.adapter)).merge_and_unload()
-    model = model.to(getattr(torch, dtype))
-    model.save_pretrained(tmp)
-    # The base's tokenizer and chat template: what the student was trained and evaluated with.
-    AutoTokenizer.from_pretrained(src.base_dir, trust_remote_code=remote).save_pretrained(tmp)
-
-
 def _copy_adapter(src: Source, tmp: Path) -> None:
     tmp.mkdir(parents=True)
     for path in sorted(src.adapter.iterdir()):
@@ -204,7 +190,7 @@ def run_export(target: str | Path, out: str | Path | None = None, merge: bool = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     if merge:
-        _merge(src, dtype, tmp)
+        merge_adapter(src.base_dir, src.adapter, dtype, tmp, bool(getattr(src.spec, "trust_remote_code", False)))
     else:
         _copy_adapter(src, tmp)
     export = {

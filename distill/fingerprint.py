@@ -13,6 +13,7 @@ from pathlib import Path
 from distill.models.context import resolved_model
 from distill.models.device import process_count
 from distill.models.identity import folder_hash
+from distill.models.merge import adapter_serving
 from distill.recipe import Recipe
 from distill.run_dir import hash_file, hash_tree
 
@@ -85,6 +86,7 @@ def train_settings(r: Recipe) -> dict:
 def evaluate_settings(r: Recipe) -> dict:
     e = r.evaluate.model_dump(mode="json", exclude={"cache"})  # where results are reused from: the same scores
     e["sets"] = [_eval_set(s) for s in r.evaluate.sets]
+    e["serve_adapters"] = adapter_serving(r.evaluate.serve_adapters)  # `auto` as resolved on this machine
     return {"evaluate": e, "seed": r.seed, "name": r.name,
             "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
                                "chat": r.train.chat},

@@ -23,6 +23,7 @@ class Candidate:
     adapter: Path | None = None  # LoRA adapter served on model_dir
     role: Literal["student", "teacher"] = "student"  # which prompt it gets
     step: int | None = None  # training step of a checkpoint, for curves
+    merged: Path | None = None  # the adapter folded into a copy of model_dir, which the engine loads instead of LoRA
 
 
 def adapter_rank(adapter: Path) -> int:

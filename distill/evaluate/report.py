@@ -193,6 +193,15 @@ def cache_lines(report: dict) -> list[str]:
             f"and settings): {parts}.", ""]
 
 
+def serving_lines(report: dict) -> list[str]:
+    """How trained adapters generated their answers (evaluate.serve_adapters)."""
+    served = report.get("adapters_served")
+    if served == "merged":
+        return ["Trained adapters answered from their weights merged into the base model's (an engine without LoRA); "
+                "their reference NLL is read from the adapter itself.", ""]
+    return ["Trained adapters answered through LoRA on the base model's engine.", ""] if served == "lora" else []
+
+
 def render_markdown(report: dict, title: str = "Evaluation on held-out real data") -> str:
     base = report["baseline"]
     level = round(report["confidence"] * 100)
@@ -206,7 +215,7 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
     elif report["gate"]["models"]:
         lines.append(f"Nothing gated degraded against `{base}`.")
     lines += ["", gate_description(report), ""]
-    lines += cache_lines(report)
+    lines += cache_lines(report) + serving_lines(report)
     for set_name, entry in report["sets"].items():
         models = list(entry["models"])
         metrics = entry["metrics"]

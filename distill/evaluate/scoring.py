@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from distill import rows as C
@@ -21,6 +22,7 @@ from distill.evaluate.cache import EvalCache, library_versions, metric_code, mod
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.evaluate.targets import fidelity_k, teacher_target
 from distill.models.dtype import model_dtype, torch_dtype
+from distill.models.merge import adapter_serving, merge_adapter
 from distill.progress import console, progress
 from distill.prompts.student import student_prompt
 from distill.prompts.teacher import teacher_prompts
@@ -75,6 +77,7 @@ class Scorer:
         self.recipe = recipe
         self.settings = recipe.evaluate
         self.seed = recipe.evaluate.seed if recipe.evaluate.seed is not None else recipe.seed
+        self.serving = adapter_serving(recipe.evaluate.serve_adapters)  # how trained adapters generate
         self._lora_ids: dict[str, int] = {}
         self._hf_key: tuple | None = None
         self._hf_model = None
@@ -87,7 +90,7 @@ class Scorer:
     def _lora(self, cand: Candidate):
         from vllm.lora.request import LoRARequest
 
-        if cand.adapter is None:
+        if cand.adapter is None or cand.merged is not None:
             return None
         key = str(Path(cand.adapter).resolve())
         lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)  # one id per adapter: vLLM caches by id
@@ -129,7 +132,8 @@ class Scorer:
         return hash_json({
             **capture,
             "scoring_version": SCORING_VERSION, "libraries": library_versions(), "model": self._model_key(cand),
-            "role": cand.role, "metrics": list(s.metrics), "metric_code": metric_code(),
+            "role": cand.role, "served": self.serving if cand.adapter is not None and text_metrics else None,
+            "metrics": list(s.metrics), "metric_code": metric_code(),
             "items": [[it[C.ID], it[C.INPUT], it[C.REFERENCE], list(it[C.REFERENCES])] for it in items],
             "prompts": hash_json(prompts),
             "decoding": self.decoding(s) if text_metrics else None,
@@ -158,7 +162,7 @@ class Scorer:
             sequences.append(full)
             starts.append(max(start, 1))  # the first token of a sequence has no log-probability
         t0 = time.time()
-        if engine is not None and not engine.lora_enabled and not engine.prefix_caching:
+        if engine is not None and not engine.lora_enabled and not engine.prefix_caching and cand.merged is None:
             result, source = self._engine_logprobs(engine, cand, sequences, starts), "vLLM prompt log-probabilities"
         else:
             result, source = self._forward_logprobs(tok, cand, sequences, starts), "transformers forward pass"
@@ -262,6 +266,7 @@ class Scorer:
             mean = sum(per_item[headline]) / max(len(items), 1)
             nll = self.nll_sources.get((cand.name, name)) if stored is None else None
             via = f"; reference NLL from the {nll['source']} in {nll['seconds']:.1f}s" if nll else ""
+            via += "; answers from the adapter merged into its base" if cand.merged is not None and stored is None else ""
             console(f"[evaluate] {cand.name} on {name}: {headline}={mean:.3f} ({len(items)} items, {time.time() - t0:.1f}s{via})")
             for i, (item, prompt) in enumerate(zip(items, prompts)):
                 rows.append({
@@ -292,32 +297,44 @@ class Scorer:
 
 
 def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str, tuple[EvalSet, list[dict]]],
-                     seed_pool: list[dict], cache: EvalCache | None = None, teacher_targets: dict | None = None) -> list[dict]:
+                     seed_pool: list[dict], cache: EvalCache | None = None, teacher_targets: dict | None = None,
+                     work_dir: Path | None = None) -> list[dict]:
     """Every candidate on every set; one engine per model folder and engine settings, candidates in the order given.
     With a cache, results found there are not scored again, and a folder whose every answer is cached starts no engine.
+    An adapter served merged (evaluate.serve_adapters) gets an engine of its own on its merged weights, written under
+    `work_dir` (default: the system's temporary folder) and removed once it is scored.
     `teacher_targets`, when given, is filled with the teacher's answer tokens and top K per set (for fidelity)."""
     from distill.models.vllm_engine import VLLMEngine
 
     names, set_names = [c.name for c in candidates], list(sets)
+    scorer = Scorer(recipe)
 
     # One engine per model folder and engine settings: a teacher that shares the student's weights but runs in
     # another dtype (or with other engine settings) gets an engine of its own, as its results' cache key says.
-    groups: dict[tuple[Path, str, str], list[Candidate]] = defaultdict(list)
+    groups: dict[tuple[Path, str, str, str | None], list[Candidate]] = defaultdict(list)
     for cand in candidates:
         folder = Path(cand.model_dir).resolve()
         settings = cand.spec.model_dump_json(include={"engine", "revision", "trust_remote_code"})
-        groups[(folder, model_dtype(cand.spec, cand.role, folder).dtype, settings)].append(cand)
-    scorer = Scorer(recipe)
+        merged = str(cand.adapter) if cand.adapter is not None and scorer.serving == "merged" else None
+        groups[(folder, model_dtype(cand.spec, cand.role, folder).dtype, settings, merged)].append(cand)
     by_name: dict[str, list[dict]] = {}
     bar = progress(len(candidates), "evaluate", unit="model")
-    for (folder, _, _), group in groups.items():
+    for (folder, dtype, _, merged), group in groups.items():
         prompter = Prompter(folder, group[0].spec)
-        engine = None
+        engine, scratch = None, None
         if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
-            ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None]
+            if merged:
+                import tempfile
+
+                if work_dir is not None:
+                    work_dir.mkdir(parents=True, exist_ok=True)
+                scratch = tempfile.TemporaryDirectory(prefix="merged-", dir=work_dir)
+                path = merge_adapter(folder, Path(merged), dtype, Path(scratch.name), group[0].spec.trust_remote_code)
+                group = [replace(cand, merged=path) for cand in group]
+            ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None and c.merged is None]
             capture = max((scorer._capture_k(c) or 0 for c in group), default=0) or None
-            engine = VLLMEngine(folder, group[0].spec, seed=scorer.seed, max_lora_rank=max(ranks) if ranks else None,
-                                max_logprobs=capture, role=group[0].role)
+            engine = VLLMEngine(group[0].merged or folder, group[0].spec, seed=scorer.seed,
+                                max_lora_rank=max(ranks) if ranks else None, max_logprobs=capture, role=group[0].role)
         try:
             for cand in group:
                 by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool, cache, prompter)
@@ -325,6 +342,8 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
         finally:
             if engine is not None:
                 engine.close()
+            if scratch is not None:
+                scratch.cleanup()  # a copy of weights that exist elsewhere (base + adapter), rebuilt in seconds
     bar.close()
     if teacher_targets is not None:
         teacher_targets.update(scorer.teacher_targets)

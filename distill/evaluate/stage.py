@@ -19,6 +19,7 @@ from distill.evaluate.report import build_report
 from distill.evaluate.scoring import score_candidates
 from distill.evaluate.targets import fidelity_k
 from distill.models.context import resolved_model
+from distill.models.merge import adapter_serving
 from distill.prompts.student import check_eval_agreement
 from distill.recipe import Recipe
 from distill.run_dir import RunDir
@@ -63,7 +64,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
         check_shared_vocabulary(recipe, "evaluate.fidelity", "Set evaluate.fidelity: false")
     targets: dict = {}
     pool = seed_pool(run)
-    predictions = score_candidates(recipe, candidates, sets, pool, cache, targets)
+    predictions = score_candidates(recipe, candidates, sets, pool, cache, targets, work_dir=run.stage("evaluate"))
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
                           seed=recipe.seed, contaminated=measured["sets"] if measured else None)
     attach(report, measured, caught_by_filter(run))
@@ -71,6 +72,8 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     if fidelity:
         report["fidelity"] = fidelity
     report["cache"] = cache_record(cache, predictions)
+    if any(c.adapter is not None for c in candidates):
+        report["adapters_served"] = adapter_serving(e.serve_adapters)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     log_report(recipe, run, report, "eval")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}
@@ -79,6 +82,8 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     if fidelity:
         summary["fidelity_top1_agreement"] = {n: {m: round(v["top1_agreement"], 4) for m, v in entry["models"].items()}
                                               for n, entry in fidelity["sets"].items()}
+    if "adapters_served" in report:
+        summary["adapters_served"] = report["adapters_served"]
     if measured:
         summary["items_in_training_rows"] = {n: len(ids) for n, ids in measured["sets"].items()}
     return {**summary, "seconds": round(time.time() - started, 1)}

@@ -10,8 +10,10 @@ one.
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -130,7 +132,17 @@ def _memory_gib() -> float:
         return 0.0
 
 
+def _no_gpu_devices() -> bool:
+    """Linux without an NVIDIA or AMD GPU device file: no GPU torch could use, known without importing torch (seconds
+    in every stage process that needs it for nothing else)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd")
+
+
 def _gpus() -> tuple[Gpu, ...]:
+    if _no_gpu_devices():
+        return ()
     import torch
 
     if not torch.cuda.is_available():

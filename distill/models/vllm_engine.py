@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -85,6 +86,8 @@ class VLLMEngine:
             # vLLM accepts only some ranks as the maximum; any adapter up to it is served.
             allowed = [r for r in VLLM_LORA_RANKS if r >= max_lora_rank]
             options.update(enable_lora=True, max_lora_rank=allowed[0] if allowed else max_lora_rank, max_loras=1)
+        # vLLM runs full garbage collections while it loads; the libraries' objects already in memory need none.
+        gc.freeze()
         self.llm = LLM(**options)
         self.lora_enabled = bool(max_lora_rank)
         self._lora_ids: dict[str, int] = {}
@@ -172,7 +175,9 @@ class VLLMEngine:
                 for head, tail, out in zip(heads, completions, outputs)]
 
     def close(self) -> None:
-        import gc
-
         del self.llm
-        gc.collect()
+        # vLLM freezes the heap after start-up, the engine's objects with it; its shutdown (run as the LLM is released)
+        # unfreezes and collects. Where it has not, the engine's memory is freed here, before another engine starts.
+        if gc.get_freeze_count():
+            gc.unfreeze()
+            gc.collect()
