@@ -80,7 +80,16 @@ def train_settings(r: Recipe) -> dict:
     # counts: the global batch is batch_size x gradient_accumulation_steps x processes.
     unused = {} if r.train.objective == "on_policy" else {"on_policy": True}  # settings of an objective not run
     exclude = {"logging_steps": True, "report_to": True, **TRAIN_REFUSAL_THRESHOLDS, **unused}
-    return {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name, "processes": process_count()}
+    settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name, "processes": process_count()}
+    if r.train.objective == "on_policy":
+        o = r.train.on_policy
+        if o.start_from not in ("base", "sft"):
+            settings["start_adapter"] = content_hash(o.start_from)
+        if o.repair:  # its prompts by content, less the evaluation sets' items; an earlier adapter as teacher by content
+            settings["repair"] = {"prompts": content_hash(o.repair.path),
+                                  "left_out": [_eval_set(s, DECONTAMINATION_FIELDS) for s in r.evaluate.sets],
+                                  "teacher": content_hash(o.repair.teacher) if o.repair.teacher != "base" else "base"}
+    return settings
 
 
 def evaluate_settings(r: Recipe) -> dict:

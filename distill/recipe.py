@@ -591,6 +591,46 @@ class FilterSettings(Section):
 # --------------------------------------------------------------------------- train
 
 
+class RepairSettings(Section):
+    """On-policy repair: part of each step's prompts are like a guard set's, and an earlier model (the base student by
+    default) scores the student's answers to them, so that the student keeps, or gets back, what task training
+    broke. The prompts are never an evaluation set's items: those stay held out."""
+
+    path: str = Field(description="Data file of repair prompts (jsonl, csv, parquet or a BIG-bench task), relative to "
+                      "the recipe. Rows whose input is an evaluation set's item are left out and counted.")
+    format: Literal["auto", "jsonl", "csv", "parquet", "bigbench"] = Field("auto", description="The file's format; auto "
+                                                                          "reads it from the suffix.")
+    input_field: str = Field("input", description="The field holding each prompt's input.")
+    limit: int | None = Field(None, gt=0, description="Read at most this many rows of the file.")
+    prompt_template: str = Field(
+        "{{ input }}", description="The prompt the student and the repair teacher both get for a row (Jinja2, sandboxed; "
+        "`input` and `row`): a guard set's prompt_template gives prompts like its items.")
+    teacher: str = Field(
+        "base", description="Who scores the repair prompts: base, the student's base model without an adapter; or an "
+        "adapter folder or run directory (its train/adapter) of this student, merged into the base for scoring.")
+    share: float = Field(0.5, gt=0, le=1, description="Share of each on-policy step's prompts taken from the repair "
+                         "prompts (rounded, at least one); the rest are the seeds, scored by the recipe's teacher.")
+
+    @field_validator("path")
+    @classmethod
+    def _repair_file(cls, v: str, info: ValidationInfo) -> str:
+        return _resolve_existing(v, info, folder=False)
+
+    @field_validator("teacher")
+    @classmethod
+    def _repair_teacher(cls, v: str, info: ValidationInfo) -> str:
+        return v if v == "base" else _adapter_folder(v, info)
+
+
+def _adapter_folder(value: str, info: ValidationInfo) -> str:
+    """An adapter folder, or a run directory's train/adapter, resolved relative to the recipe."""
+    folder = Path(_resolve_existing(value, info, folder=True))
+    adapter = next((f for f in (folder, folder / "train" / "adapter") if (f / "adapter_config.json").is_file()), None)
+    if adapter is None:
+        raise ValueError(f"{folder} is neither an adapter folder nor a run directory with train/adapter/")
+    return str(adapter)
+
+
 class OnPolicySettings(Section):
     """objective on_policy: the student answers the seed prompts itself (vLLM, its current LoRA adapter), the teacher
     scores exactly those tokens on its own prompt for the same seed (vLLM prompt log-probabilities, teacher-forced),
@@ -619,16 +659,14 @@ class OnPolicySettings(Section):
         "kept rows, then continue on-policy from that adapter; or an adapter folder or run directory (its "
         "train/adapter), relative to the recipe.")
 
+    repair: RepairSettings | None = Field(
+        None, description="Repair: part of each step's prompts from a file of prompts like a guard set's, scored by an "
+        "earlier model (the base student by default) instead of the teacher.")
+
     @field_validator("start_from")
     @classmethod
     def _start_folder(cls, v: str, info: ValidationInfo) -> str:
-        if v in ("base", "sft"):
-            return v
-        folder = Path(_resolve_existing(v, info, folder=True))
-        adapter = next((f for f in (folder, folder / "train" / "adapter") if (f / "adapter_config.json").is_file()), None)
-        if adapter is None:
-            raise ValueError(f"{folder} is neither an adapter folder nor a run directory with train/adapter/")
-        return str(adapter)
+        return v if v in ("base", "sft") else _adapter_folder(v, info)
 
 
 class KDSettings(Section):

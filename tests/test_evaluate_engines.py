@@ -49,23 +49,37 @@ def _plural_items(n_items: int = 12):
     return records[:n_items], records[n_items:]
 
 
-def test_a_trained_adapter_scored_from_merged_weights_answers_as_it_does_through_lora(tmp_path, finished_run, tiny_model):
+def _adapter_that_changes_the_answers(model_dir, out):
+    """A LoRA adapter with random A and B (PEFT's init_lora_weights=False): unlike a fresh one, it changes the tiny
+    model's answers, so serving it two ways can disagree."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def test_an_adapter_scored_from_merged_weights_answers_as_it_does_through_lora(tmp_path, tiny_model):
     """On a CPU, vLLM generates through LoRA at about a third of its speed, so evaluation folds the adapter into a
-    copy of the base weights: the same answers, the same reference NLL (read from the adapter itself), and no copy
-    left behind."""
+    copy of the base weights: the same answers, the same reference NLL (read from the adapter itself), a cache entry
+    of its own, and no copy left behind."""
     from distill.evaluate.cache import EvalCache
     from distill.evaluate.candidates import Candidate
     from distill.evaluate.scoring import score_candidates
     from distill.recipe import load_recipe
 
-    _, _, run, _, _ = finished_run
+    adapter = _adapter_that_changes_the_answers(tiny_model, tmp_path / "adapter")
     nll_set = "evaluate.sets=[{name: plural, data: heldout, metrics: [exact_match, nll]}]"
     items, pool = _plural_items()
     cache = EvalCache(tmp_path / "cache")
     scored = {}
     for way in ("lora", "merged"):
         recipe = load_recipe(write_recipe(tmp_path, tiny_model), [nll_set, f"evaluate.serve_adapters={way}"])
-        student = Candidate(name="student", model_dir=tiny_model, spec=recipe.models.student, adapter=run.adapter)
+        student = Candidate(name="student", model_dir=tiny_model, spec=recipe.models.student, adapter=adapter)
         work = tmp_path / f"work-{way}"
         rows = score_candidates(recipe, [student], {"plural": (recipe.evaluate.sets[0], items)}, pool, cache, work_dir=work)
         # a result served one way is not reused for the other: the cache key says how the answers were made
@@ -74,7 +88,7 @@ def test_a_trained_adapter_scored_from_merged_weights_answers_as_it_does_through
         scored[way] = rows
     assert [r["prediction"] for r in scored["merged"]] == [r["prediction"] for r in scored["lora"]]
     assert [r["scores"]["nll"] for r in scored["merged"]] == [r["scores"]["nll"] for r in scored["lora"]]
-    # the trained adapter changes the answers, so the comparison above could fail
+    # the adapter changes the answers, so the comparison above could fail
     base = Candidate(name="base", model_dir=tiny_model, spec=recipe.models.student)
     base_rows = score_candidates(recipe, [base], {"plural": (recipe.evaluate.sets[0], items)}, pool)
     assert [r["prediction"] for r in base_rows] != [r["prediction"] for r in scored["lora"]]

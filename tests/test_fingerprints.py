@@ -255,3 +255,23 @@ def test_finished_generate_reruns_after_a_dtype_change_and_not_after_moving_its_
     bf16 = run_cli("generate", recipe, *few, "models.teacher.dtype=bfloat16", cwd=tmp_path)
     assert bf16.returncode == 0, bf16.stdout[-2000:] + bf16.stderr[-2000:]
     assert "up to date" not in bf16.stdout and "chunks_this_run=1" in bf16.stdout
+
+
+def test_the_repair_prompts_count_by_content(tmp_path, tiny_model):
+    """Rewriting the repair prompts file retrains on-policy; the file moved elsewhere with the same bytes does not."""
+    from distill.fingerprint import train_settings
+    from distill.recipe import load_recipe
+
+    first, moved = tmp_path / "a" / "repair.jsonl", tmp_path / "b" / "repair.jsonl"
+    for path in (first, moved):
+        path.parent.mkdir()
+        path.write_text('{"input": "What is 1 plus 2?"}\n')
+    recipe = write_recipe(tmp_path, tiny_model)
+
+    def settings(path):
+        return train_settings(load_recipe(recipe, ["train.objective=on_policy", f"train.on_policy.repair={{path: {path}}}"]))
+
+    before = settings(first)
+    assert settings(moved)["repair"] == before["repair"]
+    first.write_text('{"input": "What is 2 plus 2?"}\n')
+    assert settings(first)["repair"] != before["repair"]

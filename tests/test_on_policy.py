@@ -255,3 +255,32 @@ def test_start_from_sft_trains_sft_first_then_continues_on_policy_from_its_adapt
     assert record["start_adapter"] == str(run / "train" / "sft" / "adapter")
     sources = pq.read_table(run / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist()
     assert sources.count("kept row (sft phase)") == 40 and "student sample" in sources
+
+
+def test_repair_prompts_are_scored_by_the_base_student_and_never_an_evaluation_item(tmp_path, prepared):
+    """Repair: part of each step's prompts come from a file of prompts like a guard set's and the base student scores
+    the answers. Rows of that file that are evaluation items are left out and counted; at the first step the student
+    is still the base model, so its reverse KL to the repair teacher is zero while the gap to the teacher is not."""
+    import pyarrow.parquet as pq
+
+    from distill.run_dir import RunDir
+
+    recipe, ready = prepared
+    held_out = [json.loads(line)["input"] for line in RunDir(ready).heldout.read_text().splitlines() if line.strip()]
+    others = [f"word{i}" for i in range(20)]
+    prompts = tmp_path / "repair.jsonl"
+    prompts.write_text("".join(json.dumps({"text": w}) + "\n" for w in held_out[:10] + others))
+    run = tmp_path / "run"
+    done = train(prepared, run, "train.on_policy.steps=2", f"train.on_policy.repair={{path: {prompts}, input_field: text, "
+                 "prompt_template: 'Say {{ input }}:', share: 0.5}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = RunDir(run).read_marker("train")["summary"]
+    assert summary["repair"]["left_out_as_evaluation_items"] == 10 and summary["repair"]["prompts"] == 20
+    steps = history(run)
+    assert abs(steps[0]["repair_reverse_kl"]) < 1e-3 and steps[0]["task_reverse_kl"] > 0.1, steps[0]
+    cost = summary["cost"]
+    assert cost["repair_tokens_scored"] > 0 and cost["teacher_tokens_scored"] > 0
+    assert cost["student_tokens_sampled"] == cost["teacher_tokens_scored"] + cost["repair_tokens_scored"]
+    trained = pq.read_table(run / "train" / "on_policy" / "trained_rows.parquet").to_pylist()
+    repaired = {r["input"] for r in trained if r["source"] == "student sample (repair)"}
+    assert repaired and repaired <= set(others)  # 4 repair prompts a step, 2 steps: 8 of the 20, none held out

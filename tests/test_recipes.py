@@ -72,6 +72,21 @@ def test_the_white_box_quickstart_reproduces_its_readme_table(tmp_path):
                              f"{fidelity['base']['kl_per_token']:.2f}", f"{fidelity['student']['kl_per_token']:.2f}")
 
 
+def test_on_policy_repair_undoes_the_guard_set_degradation_of_the_quickstart(tmp_path):
+    """quickstart-repair: the quickstart's SFT, then on-policy with a fifth of the prompts like the arithmetic guard
+    set's, scored by the base student. The README's table comes from this run; the gate calls nothing degraded."""
+    table = readme_table("recipes/quickstart-repair/recipe.yaml")
+    assert set(table) == {"base", "student", "teacher"}
+    report = run_recipe(ROOT / "recipes" / "quickstart-repair" / "recipe.yaml", tmp_path)
+    check_plural_table(report, table)
+    assert report["degraded"] == []
+    summary = json.loads((tmp_path / "run" / "train" / "_COMPLETE.json").read_text())["summary"]
+    assert summary["repair"]["left_out_as_evaluation_items"] == 100  # the guard set's own items stay held out
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert f"| {summary['repair']['prompts']} (100), 0.2, base |" in card
+    assert f"| {summary['cost']['repair_tokens_scored']}, " in card
+
+
 def test_the_white_box_quickstart_trains_an_instruct_student_in_its_chat_format(tmp_path):
     """KD for a chat student: quickstart-kd with the student trained (and evaluated) through its chat template, on the
     teacher's captured tokens as the assistant turn, ending with the template's end-of-turn token."""

@@ -378,13 +378,13 @@ def _signal_and_restart(env: dict, job: str, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def preempted_run(slurm_env, tiny_model, tmp_path_factory):
-    """The tiny recipe, long enough to be interrupted (one generation task of 400 prompts in 50 chunks; 30 epochs on
+    """The tiny recipe, long enough to be interrupted (one generation task of 400 prompts in 50 chunks; 12 epochs on
     40 of them), with generation and then training told to stop by the USR1 Slurm sends before preemption, each once
     it has work in hand."""
     folder = tmp_path_factory.mktemp("slurm-preempted")
     text = (RECIPE.replace("shards: 2", "shards: 1").replace("max_seeds: 40", "max_seeds: 400")
-            .replace("train:\n  prompt_template", "train:\n  epochs: 30\n  max_rows: 40\n  prompt_template"))
-    assert "max_seeds: 400" in text and "epochs: 30" in text
+            .replace("train:\n  prompt_template", "train:\n  epochs: 12\n  max_rows: 40\n  prompt_template"))
+    assert "max_seeds: 400" in text and "epochs: 12" in text
     env = dict(slurm_env)
     run = submit_recipe(env, folder, tiny_model, text)
     jobs = job_ids(run)

@@ -9,6 +9,9 @@ Each step:
    KL per token, log p_sampler - log p_teacher, is the advantage of an importance-weighted policy gradient with
    discount 0 (tinker-cookbook's form); the forward KL over the teacher's top K and a tail bucket may be added (GKD's);
 4. sync: the new adapter is saved to a folder of its own and sampled from at the next step.
+With train.on_policy.repair, part of each step's prompts are like a guard set's and an earlier model (the base student)
+scores the student's answers to them: the same loss pulls the student back toward what task training broke
+(distill.train.repair).
 A checkpoint holds the adapter, the optimizer, the step and the costs so far, so a killed run resumes at the next step
 with the same prompts and seeds.
 """
@@ -35,8 +38,11 @@ from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, row_seed
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json, write_parquet
+from distill.train.repair import repair_prompts, repair_teacher_folder
 
 STATE = "on_policy_state.json"
+TASK, REPAIR = "task", "repair"  # the kinds of prompt in a step: the seeds, and train.on_policy.repair's prompts
+SOURCES = {TASK: "student sample", REPAIR: "student sample (repair)"}  # as trained_rows.parquet names them
 OPTIMIZER = "optimizer.pt"
 
 
@@ -46,6 +52,7 @@ class Cost:
 
     student_tokens_sampled: int = 0
     teacher_tokens_scored: int = 0
+    repair_tokens_scored: int = 0  # scored by the repair teacher (train.on_policy.repair)
     adapter_reloads: int = 0
     on_policy_steps: int = 0
     off_policy_steps: int = 0
@@ -94,6 +101,7 @@ class OnPolicyLoop:
         if not self.pool:
             raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
         self.items = seed_items(self.pool)
+        self.repair_items, self.repair_left_out = repair_prompts(recipe, run) if self.o.repair else ([], 0)
 
     # ------------------------------------------------------------------ set-up
 
@@ -129,36 +137,57 @@ class OnPolicyLoop:
         # generated: the teacher scores on an engine of its own, without LoRA and without prefix caching.
         self.scorer = VLLMEngine(teacher_dir, self.recipe.models.teacher, seed=self.t.seed, role="teacher",
                                  reads_prompt_logprobs=True, max_logprobs=self.o.top_k)
+        self.repair_scorer = None
+        if self.o.repair:
+            folder = repair_teacher_folder(self.recipe, self.student_dir, self.stage_dir / "on_policy" / "repair-teacher")
+            self.repair_scorer = VLLMEngine(folder, self.recipe.models.student, seed=self.t.seed, role="student",
+                                            reads_prompt_logprobs=True, max_logprobs=self.o.top_k)
 
     # ------------------------------------------------------------------ one step
 
-    def _batch(self, step: int) -> list[dict]:
-        n = len(self.items)
-        return [self.items[(step * self.o.prompts_per_step + i) % n] for i in range(self.o.prompts_per_step)]
+    def _batch(self, step: int) -> list[tuple[str, dict]]:
+        """The step's prompts as (kind, item): the seeds in order and cycling, and with repair on, its share of the
+        repair prompts, cycling on their own."""
+        per_step = self.o.prompts_per_step
+        repairs = max(1, round(per_step * self.o.repair.share)) if self.o.repair else 0
+        tasks = per_step - repairs
+        batch = [(TASK, self.items[(step * tasks + i) % len(self.items)]) for i in range(tasks)]
+        n = len(self.repair_items)
+        return batch + [(REPAIR, self.repair_items[(step * repairs + i) % n]) for i in range(repairs)]
 
-    def _sample(self, step: int, batch: list[dict], adapter: Path):
-        template = PromptTemplate(self.t.prompt_template, "train.prompt_template")
-        prompts = [student_prompt(self.recipe, template, item, self.tokenizer) for item in batch]
-        seeds = [row_seed(self.t.seed, f"on-policy:{step}:{item[C.ID]}") for item in batch]
+    def _sample(self, step: int, batch: list[tuple[str, dict]], adapter: Path):
+        templates = {TASK: PromptTemplate(self.t.prompt_template, "train.prompt_template")}
+        if self.o.repair:
+            templates[REPAIR] = PromptTemplate(self.o.repair.prompt_template, "train.on_policy.repair.prompt_template")
+        prompts = [student_prompt(self.recipe, templates[kind], item, self.tokenizer) for kind, item in batch]
+        seeds = [row_seed(self.t.seed, f"on-policy:{step}:{item[C.ID]}") for _, item in batch]
         out = self.sampler.generate(prompts, seeds=seeds, n=self.o.samples_per_prompt, temperature=self.o.temperature,
                                     max_tokens=self.o.max_tokens, stop=list(self.recipe.evaluate.stop) or None,
                                     adapter=adapter, adapter_name="student", logprobs=1)
         samples = []
-        for item, prompt, completions in zip(batch, prompts, out):
+        for (kind, item), prompt, completions in zip(batch, prompts, out):
             for c in completions:
                 if c.capture is not None and c.capture.token_ids:
-                    samples.append({"item": item, "prompt": prompt, "ids": c.capture.token_ids,
+                    samples.append({"kind": kind, "item": item, "prompt": prompt, "ids": c.capture.token_ids,
                                     "sampler_logprobs": c.capture.sampled_logprobs, "finish_reason": c.finish_reason})
         return samples
 
     def _score(self, samples: list[dict]) -> None:
-        g = self.recipe.generate
-        template = PromptTemplate(g.template, "generate.template")
-        prompts = teacher_prompts(self.recipe, template, [s["item"] for s in samples], self.pool,
-                                  self.scorer.apply_chat_template)
-        scored = self.scorer.score_ids(prompts, [s["ids"] for s in samples], self.o.top_k)
-        for s, prompt, comp in zip(samples, prompts, scored):
-            s.update(teacher_prompt=prompt, teacher=comp.capture)
+        """The teacher scores the seeds' answers on its own prompt; the repair teacher scores the repair answers on the
+        prompt the student had."""
+        task = [s for s in samples if s["kind"] == TASK]
+        if task:
+            template = PromptTemplate(self.recipe.generate.template, "generate.template")
+            prompts = teacher_prompts(self.recipe, template, [s["item"] for s in task], self.pool,
+                                      self.scorer.apply_chat_template)
+            for s, prompt, comp in zip(task, prompts, self.scorer.score_ids(prompts, [s["ids"] for s in task], self.o.top_k)):
+                s.update(teacher_prompt=prompt, teacher=comp.capture)
+        repair = [s for s in samples if s["kind"] == REPAIR]
+        if repair:
+            prompts = [s["prompt"] for s in repair]
+            for s, prompt, comp in zip(repair, prompts,
+                                       self.repair_scorer.score_ids(prompts, [s["ids"] for s in repair], self.o.top_k)):
+                s.update(teacher_prompt=prompt, teacher=comp.capture)
 
     def _sequences(self, samples: list[dict]):
         """(input ids, attention mask, completion start and length per row), right-padded."""
@@ -177,7 +206,8 @@ class OnPolicyLoop:
 
         ids, mask, spans = self._sequences(samples)
         logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        pg_terms, fkl_terms, rkl, lag, tokens = [], [], [], 0.0, 0
+        pg_terms, fkl_terms, lag = [], [], 0.0
+        rkl, tokens = {TASK: 0.0, REPAIR: 0.0}, {TASK: 0, REPAIR: 0}
         for row, ((start, n), s) in enumerate(zip(spans, samples)):
             # position j's logits predict token j + 1: the completion's tokens are predicted at start-1 .. start+n-2
             at = logits[row, start - 1:start - 1 + n]
@@ -192,17 +222,22 @@ class OnPolicyLoop:
                 t_ids = torch.tensor(s["teacher"].top_ids, device=at.device)
                 t_lps = torch.tensor(s["teacher"].top_logprobs, device=at.device)
                 fkl_terms.append(topk_divergence(at, t_ids, t_lps, "forward_kl", True).sum())
-            rkl.append(reverse.sum().item())
+            rkl[s["kind"]] += reverse.sum().item()
+            tokens[s["kind"]] += n
             self.trained.append({C.ID: f"{s['item'][C.ID]}:{len(self.history)}:{row}", C.INPUT: s["item"][C.INPUT],
                                  C.COMPLETION: self.tokenizer.decode(s["ids"], skip_special_tokens=True),
-                                 "source": "student sample", C.KEPT: True})
+                                 "source": SOURCES[s["kind"]], C.KEPT: True})
             lag = max(lag, (new.detach() - old).abs().max().item())
-            tokens += n
-        pg = torch.stack(pg_terms).sum() / max(tokens, 1)
-        fkl = torch.stack(fkl_terms).sum() / max(tokens, 1) if fkl_terms else torch.zeros((), device=pg.device)
+        total = max(sum(tokens.values()), 1)
+        pg = torch.stack(pg_terms).sum() / total
+        fkl = torch.stack(fkl_terms).sum() / total if fkl_terms else torch.zeros((), device=pg.device)
         loss = self.o.reverse_kl_weight * pg + self.o.forward_kl_weight * fkl
-        return loss, {"reverse_kl": sum(rkl) / max(tokens, 1), "forward_kl": float(fkl), "policy_lag": lag,
-                      "tokens": tokens}
+        figures = {"reverse_kl": sum(rkl.values()) / total, "forward_kl": float(fkl), "policy_lag": lag,
+                   "tokens": tokens[TASK], "repair_tokens": tokens[REPAIR] if self.o.repair else None}
+        if self.o.repair:  # each kind's own gap: to the teacher on the seeds, to the repair teacher on the repair prompts
+            figures["task_reverse_kl"] = rkl[TASK] / tokens[TASK] if tokens[TASK] else None
+            figures["repair_reverse_kl"] = rkl[REPAIR] / tokens[REPAIR] if tokens[REPAIR] else None
+        return loss, figures
 
     def _off_policy_loss(self, step: int) -> tuple:
         """Cross-entropy on kept rows' text (the teacher's answers), for the share of steps that are not on-policy."""
@@ -292,8 +327,9 @@ class OnPolicyLoop:
                     self._score(samples)
                     t2 = time.time()
                     loss, figures = self._on_policy_loss(samples)
-                    self.cost.student_tokens_sampled += figures["tokens"]
+                    self.cost.student_tokens_sampled += figures["tokens"] + (figures["repair_tokens"] or 0)
                     self.cost.teacher_tokens_scored += figures["tokens"]
+                    self.cost.repair_tokens_scored += figures["repair_tokens"] or 0
                     self.cost.on_policy_steps += 1
                     self.cost.seconds["sample"] += t1 - t0
                     self.cost.seconds["score"] += t2 - t1
@@ -327,6 +363,9 @@ class OnPolicyLoop:
             bar.close()
             self.sampler.close()
             self.scorer.close()
+            if self.repair_scorer is not None:
+                self.repair_scorer.close()
+            shutil.rmtree(self.stage_dir / "on_policy" / "repair-teacher", ignore_errors=True)  # a merged copy, if any
         return self._finish(started, resumed_from is not None)
 
     def _finish(self, started: float, resumed: bool) -> dict:
@@ -360,4 +399,15 @@ class OnPolicyLoop:
                 "steps": len(self.history) and self.history[-1]["step"],
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "first_reverse_kl": round(rkl[0], 4) if rkl else None, "last_reverse_kl": round(rkl[-1], 4) if rkl else None,
-                "cost": cost, "resumed": resumed, "seconds": round(time.time() - started, 1)}
+                "cost": cost, "resumed": resumed, "seconds": round(time.time() - started, 1), **self._repair_summary()}
+
+    def _repair_summary(self) -> dict:
+        if not self.o.repair:
+            return {}
+        r = self.o.repair
+        last = next((h["repair_reverse_kl"] for h in reversed(self.history) if h.get("repair_reverse_kl") is not None), None)
+        first = next((h["repair_reverse_kl"] for h in self.history if h.get("repair_reverse_kl") is not None), None)
+        return {"repair": {"teacher": r.teacher, "prompts": len(self.repair_items), "share": r.share,
+                           "left_out_as_evaluation_items": self.repair_left_out,
+                           "first_reverse_kl": round(first, 4) if first is not None else None,
+                           "last_reverse_kl": round(last, 4) if last is not None else None}}

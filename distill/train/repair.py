@@ -1,0 +1,56 @@
+"""On-policy repair: the prompts like a guard set's, and the earlier model that scores the student's answers to them
+(train.on_policy.repair).
+
+Task training can break what the student knew beside its task (a guard set's score degrades). Repair samples the
+student on prompts of that kind and pulls its answers toward an earlier model's, with the same per-token reverse KL
+as the rest of the loop. The prompts never include an evaluation set's items: the gate reads those, untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill import rows as C
+from distill.data.eval_sets import load_items
+from distill.data.loaders import read_rows
+from distill.errors import UserError
+from distill.recipe import Recipe, RepairSettings
+from distill.run_dir import RunDir
+
+
+def _key(text: str) -> str:
+    return " ".join(str(text).split()).lower()
+
+
+def repair_prompts(recipe: Recipe, run: RunDir) -> tuple[list[dict], int]:
+    """(the repair prompts as items, each with an id and its input; how many rows were left out because their input
+    is an item of an evaluation set, compared without case and spacing)."""
+    r: RepairSettings = recipe.train.on_policy.repair
+    held_out = {_key(item[C.INPUT]) for s in recipe.evaluate.sets for item in load_items(s, run.heldout)}
+    items, left_out, seen = [], 0, set()
+    for row in read_rows(r.path, r.format, required=(r.input_field,), limit=r.limit):
+        key = _key(row[r.input_field])
+        if key in held_out:
+            left_out += 1
+        elif key not in seen:
+            seen.add(key)
+            items.append({**{k: v for k, v in row.items() if k != "_line"}, C.ID: f"repair-{row['_line']}",
+                          C.INPUT: str(row[r.input_field])})
+    if not items:
+        raise UserError(f"train.on_policy.repair.path: no prompt of {r.path} is left once the evaluation sets' items "
+                        f"are taken out ({left_out} were items of an evaluation set)")
+    return items, left_out
+
+
+def repair_teacher_folder(recipe: Recipe, student_dir: Path, scratch: Path) -> Path:
+    """The model folder that scores the repair prompts: the base student, or an earlier adapter merged into it (an
+    engine with LoRA cannot return batched prompt log-probabilities on vLLM's CPU build)."""
+    from distill.models.dtype import model_dtype
+    from distill.models.merge import merge_adapter
+
+    teacher = recipe.train.on_policy.repair.teacher
+    if teacher == "base":
+        return student_dir
+    spec = recipe.models.student
+    return merge_adapter(student_dir, Path(teacher), model_dtype(spec, "student", student_dir).dtype, scratch,
+                         spec.trust_remote_code)
