@@ -879,7 +879,7 @@ class EvaluateSettings(Section):
     serve_adapters: Literal["auto", "lora", "merged"] = Field(
         "auto", description="How vLLM serves a trained adapter (and its checkpoints) to generate answers: `lora` per "
         "request on the base model's engine; `merged` folded into a copy of the base weights (`merge_and_unload`, in "
-        "the student's dtype) on an engine without LoRA, written under the stage folder and removed after scoring; "
+        "the student's dtype) on an engine without LoRA, written under evaluate/ (a temporary folder for `distill compare`) and removed after scoring; "
         "`auto`: merged on a CPU, where vLLM's LoRA path generates at about a third of the speed, lora on a GPU. "
         "Answers can differ from the other way's in rare near-ties; reference log-probabilities always come from the "
         "adapter itself."
