@@ -8,11 +8,13 @@ spends one prompt per sampled answer (it scores the student's tokens): at `promp
 steps read as many teacher prompts as generation did, and that is the on_policy variant's length. sft -> on_policy
 spends both, so it is set beside on_policy x2, which spends the same number of teacher prompts on-policy only.
 
-Two tasks, both from kd.py (SmolLM2-135M teacher and student):
-  plural      the quickstart's task; guard sets arithmetic and wikidata
-  arithmetic  two-digit additions, few-shot teacher, zero-shot student; guard set wikidata
+Three tasks (SmolLM2-135M teacher and student):
+  plural      the quickstart's task (kd.py); guard sets arithmetic and wikidata
+  arithmetic  two-digit additions, few-shot teacher, zero-shot student (kd.py); guard set wikidata
+  intent      recipes/intent: the teacher labels utterances with one of 7 intents (14-shot, under the label
+              constraint, generate.logprobs 20 for KD); guard sets arithmetic and wikidata
 
-    python benchmarks/on_policy.py                     # both tasks (about 40 minutes on 2 cores)
+    python benchmarks/on_policy.py                     # all three (about an hour on 2 cores)
     python benchmarks/on_policy.py --tasks plural
 
 Per task: one generate + filter run; each variant copies it and runs only `distill train`; one `distill compare`
@@ -47,8 +49,21 @@ GUARDS = {
 }
 
 
+INTENT = ROOT / "recipes" / "intent" / "recipe.yaml"
+
+
+def intent_recipe() -> dict:
+    """recipes/intent with absolute paths, the teacher's top 20 captured (for kd), evaluated on its held-out set."""
+    r = yaml.safe_load(INTENT.read_text())
+    r["data"]["path"] = str((INTENT.parent / r["data"]["path"]).resolve())
+    r["generate"]["logprobs"] = 20
+    r["evaluate"]["sets"] = [{"name": "intent", "data": "heldout"}]
+    r["evaluate"]["models"] = ["base", "student", "teacher"]
+    return r
+
+
 def bench_recipe(task: str) -> dict:
-    r = task_recipe(task)
+    r = intent_recipe() if task == "intent" else task_recipe(task)
     r["name"] = f"on-policy-bench-{task}"
     r["evaluate"]["sets"] += [g for name, g in GUARDS.items() if name != task]
     r["evaluate"]["max_tokens"], r["evaluate"]["stop"] = 8, ["\n"]
@@ -73,7 +88,7 @@ def cost(run: Path, name: str, generated: dict) -> dict:
     """Teacher prompts and answer tokens, student tokens sampled and train seconds of one variant."""
     s = marker(run, "train")
     off_policy = {"teacher_prompts": generated["prompts"], "teacher_tokens": generated["new_tokens"], "student_tokens": 0}
-    if s["objective"] != "on_policy":
+    if s.get("objective") != "on_policy":
         return {**off_policy, "train_s": s["seconds"], "steps": s["steps"]}
     c = s["cost"]
     phase = s.get("sft_phase")
@@ -109,10 +124,21 @@ def bench_task(task: str, work: Path, log: Path) -> dict:
     cli("compare", "base", *runs.values(), "teacher", "--recipe", recipe, "--run-dir", base, "--out", out, log=log)
     report = json.loads((out / "report.json").read_text())
     folders = {run.name: name for name, run in runs.items()}
+    import pandas as pd
+
+    from distill.evaluate.stats import paired_bootstrap
+
+    own = pd.read_parquet(out / "predictions.parquet").query("set == @task")
+    score = {m: g.set_index("item_id")["score"] for m, g in own.groupby("model")}
+    sft = score[names_of(folders, "sft")]
     table = []
     for name, run in runs.items():
         model = names_of(folders, name)
         row = {"variant": name, **cost(run, name, generated), "sets": {}}
+        if name != "sft":
+            ids = sft.index.intersection(score[model].index)
+            c = paired_bootstrap(sft[ids].tolist(), score[model][ids].tolist(), n_boot=2000, seed=0)
+            row["vs_sft"] = {k: c[k] for k in ("delta", "low", "high")}
         for set_name, entry in report["sets"].items():
             metric = entry["metrics"][0]
             vs = entry["vs_base"][model]["metrics"]
@@ -132,13 +158,15 @@ def print_task(r: dict) -> None:
           f"teacher wrote {g['new_tokens']} answer tokens for {g['prompts']} seeds in {g['seconds']:.0f} s\n")
     guards = [s for s, e in r["variants"][0]["sets"].items() if e["guard"]]
     print("| objective | teacher prompts | teacher tokens | student tokens sampled | steps | train s | "
-          f"{task} exact match | vs base (95%) | " + " | ".join(f"{s} vs base ({r['variants'][0]['sets'][s]['metric']}; nll)"
+          f"{task} exact match | vs base (95%) | vs sft (95% paired) | " + " | ".join(f"{s} vs base ({r['variants'][0]['sets'][s]['metric']}; nll)"
                                                                for s in guards) + " |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|" + "---|" * len(guards))
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|" + "---|" * len(guards))
     for v in r["variants"]:
         own = v["sets"][task]
         d = own["vs_base"][own["metric"]]
-        cells = [f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"]
+        vs = v.get("vs_sft")
+        cells = [f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                 f"{vs['delta']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}]" if vs else ""]
         for s in guards:
             e = v["sets"][s]
             first, nll = e["vs_base"][e["metric"]], e["vs_base"].get("nll")
@@ -150,7 +178,7 @@ def print_task(r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="plural,arithmetic")
+    parser.add_argument("--tasks", default="plural,arithmetic,intent")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-on-policy"), help="folder for the runs (kept)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()

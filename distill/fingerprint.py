@@ -85,6 +85,8 @@ def train_settings(r: Recipe) -> dict:
         o = r.train.on_policy
         if o.start_from not in ("base", "sft"):
             settings["start_adapter"] = content_hash(o.start_from)
+        if r.generate.endpoint:  # the teacher scores on that server: which one counts, as for generation
+            settings["teacher_endpoint"] = {k: getattr(r.generate.endpoint, k) for k in ("url", "model")}
         if o.repair:  # its prompts by content, less the evaluation sets' items; an earlier adapter as teacher by content
             settings["repair"] = {"prompts": content_hash(o.repair.path),
                                   "left_out": [_eval_set(s, DECONTAMINATION_FIELDS) for s in r.evaluate.sets],

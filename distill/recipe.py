@@ -634,7 +634,10 @@ def _adapter_folder(value: str, info: ValidationInfo) -> str:
 class OnPolicySettings(Section):
     """objective on_policy: the student answers the seed prompts itself (vLLM, its current LoRA adapter), the teacher
     scores exactly those tokens on its own prompt for the same seed (vLLM prompt log-probabilities, teacher-forced),
-    and the student learns from the per-token difference. Seeds only: no labels needed."""
+    and the student learns from the per-token difference. Seeds only: no labels needed. The teacher scores where it
+    writes: in this process, through generate.endpoint (backend openai), or through the run's slurm.teacher_server
+    job; a server is checked before any work (prefix caching off, as its /metrics says; top_k log-probabilities
+    allowed)."""
 
     steps: int = Field(20, gt=0, description="Optimizer steps.")
     prompts_per_step: int = Field(16, gt=0, description="Seed prompts per step, taken in order and cycling.")
@@ -706,7 +709,8 @@ class TrainSettings(Section):
     chat: bool = Field(False, description="Train in the student's chat format: the prompt a user turn through its chat "
                        "template, the answer the assistant turn, ending with the template's end-of-turn token (must match "
                        "evaluation). With kd / sft+kd the teacher's captured tokens are the assistant turn and its stop is "
-                       "read as the end-of-turn token.")
+                       "read as the end-of-turn token; with on_policy the student samples in this format, stops with "
+                       "that token, and the teacher's probability of stopping there is read as its own.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings.")
     epochs: float = Field(1.0, gt=0, description="Passes over the kept rows.")
     batch_size: int = Field(16, gt=0, description="Rows per device per step.")
@@ -1034,7 +1038,9 @@ class TeacherServerSettings(StageResources):
     model is split over them, and how long it may take to start. The generation tasks start once it runs,
     wait until it answers and send their prompts to it; it ends when they have all ended."""
 
-    time: str = Field("04:00:00", description="Wall-clock limit of the server job: long enough for all of generation.")
+    time: str = Field("04:00:00", description="Wall-clock limit of the server job: long enough for all of generation "
+                      "(and, with train.objective on_policy, which has the server score the student's answers, for "
+                      "training too).")
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs each layer is split over; default gpus_per_node.")
     pipeline_parallel_size: int | None = Field(None, ge=1, description="Stages the layers are split into; default nodes.")
     port: int = Field(8000, ge=1024, le=65535, description="Port the server listens on, on the job's first node.")
@@ -1130,9 +1136,16 @@ class Recipe(Section):
                 raise ValueError("models.teacher.engine.prefix_caching: true, but train.objective on_policy reads the "
                                  "teacher's prompt log-probabilities, which vLLM can return stale with prefix caching "
                                  "(vllm#42019): use auto (off for the scoring engine) or false")
-            if self.train.chat:
-                raise ValueError("train.objective on_policy samples the student on its plain prompt: train.chat is "
-                                 "not supported with it yet")
+            train = self.slurm.train
+            if train.nodes * max(train.gpus_per_node, 1) > 1:
+                raise ValueError(f"slurm.train asks for {train.nodes} node(s) x {train.gpus_per_node} GPU(s), but "
+                                 "train.objective on_policy trains in one process (its sampler and scorer are vLLM "
+                                 "engines beside it): ask for one node and at most one GPU")
+            ts = self.slurm.teacher_server
+            if ts is not None and any(a.split("=")[0] == "--enable-prefix-caching" for a in ts.vllm_args):
+                raise ValueError("slurm.teacher_server.vllm_args: --enable-prefix-caching, but train.objective "
+                                 "on_policy has the server score the student's tokens, which vLLM can return stale "
+                                 "with prefix caching (vllm#42019): leave it out (the server runs without it)")
         return self
 
     @model_validator(mode="after")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +112,42 @@ def finished_run(tmp_path_factory, tiny_model):
     # as the run ended: tests that rerun stages of `run` change it, and the order tests run in is not fixed
     shutil.copytree(folder / "runs", folder / "pristine-runs")
     return folder, recipe, run, result, logs
+
+
+@contextlib.contextmanager
+def vllm_server(model: Path, folder: Path, name: str, *options: str, startup_limit_s: int = 400):
+    """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1 serving `model` as `name`, as a teacher's `vllm
+    serve` on other nodes would; yields its /v1 URL and stops it (its whole process group) afterwards."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = folder / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", name,
+           "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024",
+           "--seed", "0", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+           *options]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + startup_limit_s
+        while True:
+            assert proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"server not up in {startup_limit_s}s:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)  # nothing of the server's is kept: no reason to wait on a slow shutdown
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -6,66 +6,23 @@ provenance have the same shape as with the in-process engine, and greedy answers
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_recipe
+from conftest import vllm_server, write_recipe
 from test_generate_modes import INTENT, INTENTS, LABEL_RECIPE
 
 from distill.generate.stage import run_generate
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
 
-STARTUP_LIMIT_S = 400
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model):
-    """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, stopped (whole process group) after the module."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
-           "--served-model-name", "tiny-teacher", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-           "--dtype", "float32", "--max-model-len", "1024", "--seed", "0",
-           "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + STARTUP_LIMIT_S
-        while True:
-            assert proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"server not up in {STARTUP_LIMIT_S}s:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+    """vLLM's OpenAI server on 127.0.0.1 with its default settings (prefix caching on), stopped after the module."""
+    with vllm_server(tiny_model, tmp_path_factory.mktemp("server"), "tiny-teacher") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)  # nothing of the server's is kept: no reason to wait on a slow shutdown
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _rows(folder: Path, recipe: Path, *overrides: str) -> tuple[list[dict], dict]:
@@ -102,3 +59,19 @@ def test_endpoint_labels_under_the_structured_constraint(tmp_path, tiny_model, s
                           "generate.sampling.n=2", "generate.sampling.temperature=1.0")
     assert len(rows) == 48 and summary["failures"] == 0
     assert all(r["completion"] in INTENTS for r in rows)
+
+
+def test_a_server_with_prefix_caching_on_is_refused_as_a_scorer_before_any_work(tmp_path, tiny_model, server):
+    """On-policy training reads the teacher's prompt log-probabilities, which vLLM can return stale with prefix caching
+    on (vllm#42019): a server started with vLLM's defaults is refused, naming the key that chose it and the fix."""
+    from distill.errors import UserError
+    from distill.models.teacher import teacher_engine
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model), ["generate.backend=openai",
+                                                               f"generate.endpoint={{url: '{server}'}}"])
+    with pytest.raises(UserError, match=r"generate\.endpoint: the server at .* has prefix caching on.*"
+                                        r"--no-enable-prefix-caching"):
+        teacher_engine(recipe, RunDir(tmp_path / "run"), tiny_model, stage="train", seed=0, max_logprobs=5,
+                       reads_prompt_logprobs=True)
+    writer = teacher_engine(recipe, RunDir(tmp_path / "run"), tiny_model, stage="generate", seed=0)  # writing is fine
+    writer.close()

@@ -166,6 +166,54 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, prepared, teac
     assert samples[-1]["teacher"].token_ids[-1] == eos
 
 
+def test_a_chat_student_samples_in_its_chat_format_and_the_teachers_stop_is_read_as_its_end_of_turn(
+        tmp_path, prepared, teacher):
+    """train.chat: the student answers in its chat template and stops with its end-of-turn token. A teacher that stops
+    otherwise (here with <|endoftext|>) is asked for its own stop in that place, and its probability of stopping is
+    what the student's end of turn is measured against, as KD reads a teacher's stop."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.recipe import load_recipe
+    from distill.run_dir import RunDir
+    from distill.train.on_policy import OnPolicyLoop
+
+    other = Path(shutil.copytree(teacher, tmp_path / "teacher"))  # the same weights, another stop
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.eos_token = "<|endoftext|>"
+    tok.save_pretrained(other)
+    model = AutoModelForCausalLM.from_pretrained(other, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(other)
+    recipe = load_recipe(prepared[0], ["train.chat=true", "train.on_policy.top_k=20",
+                                       f"models.teacher={{path: '{other}', dtype: float32}}"])
+    loop = OnPolicyLoop(recipe, RunDir(shutil.copytree(prepared[1], tmp_path / "run")), kept=[])
+    loop._models()
+    loop._engines()
+    try:
+        end_of_turn = loop.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert loop.student_stop == end_of_turn and loop.teacher_stops == {tok.eos_token_id}
+        samples = loop._sample(0, loop._batch(0), loop._save_adapter(loop.adapters / "step-0"))
+        assert all(s["prompt"].startswith("<|im_start|>user\n") and s["prompt"].endswith("<|im_start|>assistant\n")
+                   for s in samples)
+        words = [t for t in samples[0]["ids"] if t != end_of_turn][:3]
+        samples.append({**samples[0], "ids": words + [end_of_turn]})  # an answer that ended its turn
+        loop._score(samples)
+        loss, figures = loop._on_policy_loss(samples)
+    finally:
+        loop.sampler.close()
+        loop.scorer.close()
+    assert torch.isfinite(loss) and figures["tokens"] == sum(len(s["ids"]) for s in samples)
+    ended = samples[-1]
+    assert ended["teacher"].token_ids == ended["ids"]  # the student's tokens, its end of turn included
+    head = tok(ended["teacher_prompt"])["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([head + words + [tok.eos_token_id]])).logits[0].float()
+    stop = torch.log_softmax(logits[len(head) + len(words) - 1], -1)[tok.eos_token_id].item()  # its stop after them
+    assert ended["teacher"].sampled_logprobs[-1] == pytest.approx(stop, abs=1e-4)
+    assert all(tok.eos_token_id not in ids for s in samples for ids in s["teacher"].top_ids)  # read as the end of turn
+
+
 def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(prepared, trained):
     rkl = [h["reverse_kl"] for h in history(trained)]
     first, last = sum(rkl[:3]) / 3, sum(rkl[-3:]) / 3
@@ -176,22 +224,57 @@ def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(prepared, trained)
     assert "[train] up to date" in documented.stdout
     card = (trained / "model_card.md").read_text()
     assert "reverse KL per token first / last" in card and "teacher tokens scored" in card
+    # the evaluation report sets the cost beside the scores
+    cost = json.loads((trained / "train" / "log.json").read_text())["cost"]
+    report = json.loads((trained / "evaluate" / "report.json").read_text())
+    assert report["training_cost"]["teacher_tokens_scored"] == cost["teacher_tokens_scored"] > 0
+    assert (f"the student sampled {cost['student_tokens_sampled']} tokens and the teacher scored "
+            f"{cost['teacher_tokens_scored']} of them") in (trained / "evaluate" / "report.md").read_text()
     assert "trained_rows.parquet" in card
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, prepared, trained):
     stop = tmp_path / "stop"
     stop.write_text("")  # the scheduler asks at once: the first step ends with a checkpoint
-    stopped = train(prepared, tmp_path / "split", *SETTINGS, env={"DISTILL_STOP_FILE": str(stop)})
+    settings = (*SETTINGS[1:], "train.on_policy.steps=4")  # the first four steps of the run never stopped
+    stopped = train(prepared, tmp_path / "split", *settings, env={"DISTILL_STOP_FILE": str(stop)})
     assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     assert (tmp_path / "split" / "train" / "checkpoints" / "checkpoint-1").is_dir()
     stop.unlink()
-    resumed = train(prepared, tmp_path / "split", *SETTINGS)
+    resumed = train(prepared, tmp_path / "split", *settings)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, b = history(trained), history(tmp_path / "split")
-    assert [h["step"] for h in b] == list(range(1, 13))
+    assert [h["step"] for h in b] == list(range(1, 5))
     for x, y in zip(a, b):  # the same prompts, seeds and updates as the run that was never stopped
         assert x["tokens"] == y["tokens"] and x["loss"] == pytest.approx(y["loss"], abs=1e-4), (x, y)
+
+
+def test_a_teacher_behind_a_server_scores_as_it_does_in_process(tmp_path, prepared, teacher, trained):
+    """The teacher served by vLLM's OpenAI server (as `vllm serve` on other nodes, generate.backend: openai) scores the
+    student's tokens over HTTP: the first step, sampled before any update, sees the same teacher log-probabilities as
+    in process. A server that cannot return top_k of them is refused before any work, with the fix."""
+    from conftest import vllm_server
+
+    from distill.errors import UserError
+    from distill.models.teacher import teacher_engine
+    from distill.recipe import load_recipe
+    from distill.run_dir import RunDir
+
+    with vllm_server(teacher, tmp_path, "teacher", "--no-enable-prefix-caching", "--max-logprobs", "20") as url:
+        served = ["generate.backend=openai", f"generate.endpoint={{url: '{url}'}}"]
+        with pytest.raises(UserError, match=rf"generate\.endpoint: the server at {url} refused 50 prompt "
+                                            r"log-probabilities .*--max-logprobs 50 or more"):
+            teacher_engine(load_recipe(prepared[0], served), RunDir(prepared[1]), teacher, stage="train", seed=0,
+                           max_logprobs=50, reads_prompt_logprobs=True)
+        done = train(prepared, tmp_path / "run", *served, "train.on_policy.steps=2", *SETTINGS[1:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train" / "_COMPLETE.json").read_text())["summary"]
+    assert summary["teacher_scored_by"] == {"backend": "openai", "url": url, "served_model": "teacher"}
+    assert summary["cost"]["teacher_tokens_scored"] > 0
+    here, there = history(trained)[0], history(tmp_path / "run")[0]
+    assert here["tokens"] == there["tokens"]
+    assert there["reverse_kl"] == pytest.approx(here["reverse_kl"], abs=1e-4)
+    assert there["forward_kl"] == pytest.approx(here["forward_kl"], abs=1e-4)
 
 
 def test_a_student_with_another_vocabulary_is_refused_before_any_work(tmp_path, tiny_model):

@@ -370,8 +370,11 @@ def _signal_and_restart(env: dict, job: str, log: Path) -> None:
     _wait_until(f"{job} to requeue itself",
                 lambda: "requeueing job" in read_log(log) and task_state(env, job) == "PENDING")
     # Started again in the second the node revoked its last credential, the job is refused ("credential revoked":
-    # Slurm's times have one-second resolution), so wait for the node, and a little more.
-    _wait_until("the node to be idle", lambda: slurm(env, "sinfo", "-h", "-o", "%T").strip() == "idle")
+    # Slurm's times have one-second resolution), so wait for the node (idle, or only the other jobs on it), and a
+    # little more.
+    _wait_until("the node to be done with the job",
+                lambda: slurm(env, "sinfo", "-h", "-o", "%T").strip() in ("idle", "mixed", "allocated")
+                and not slurm(env, "squeue", "-h", "-t", "CG").strip())
     time.sleep(2)
     slurm(env, "scontrol", "update", f"jobid={job}", "starttime=now")
 
@@ -395,13 +398,16 @@ def preempted_run(slurm_env, tiny_model, tmp_path_factory):
     train_log = logs / f"distill-tiny-train-{jobs['train']}.out"
     _wait_until("training steps", lambda: train_log.is_file() and "train:" in read_log(train_log), timeout=480)
     _signal_and_restart(env, jobs["train"], train_log)
+    _wait_until("training to end", lambda: tasks_ended(jobs["train"]), timeout=480)
+    subprocess.run(["scancel", jobs["evaluate"]], env=env)  # evaluation under Slurm: test_submitted_chain_runs_through_evaluation
     status = wait_until_finished(env, run)
     return {"run": run, "status": status, "generate_log": read_log(gen_log), "train_log": read_log(train_log)}
 
 
 def test_usr1_before_preemption_stops_generation_after_a_chunk_and_the_requeued_task_finishes_it(preempted_run):
     run, log = preempted_run["run"], preempted_run["generate_log"]
-    assert {s["state"] for s in preempted_run["status"]["stages"].values()} == {"COMPLETED"}
+    assert {s: v["state"] for s, v in preempted_run["status"]["stages"].items() if s != "evaluate"} == dict.fromkeys(
+        ("generate", "filter", "train"), "COMPLETED")
     first, rerun = log.split("restart 1", 1)
     assert "[generate] generate: stopped after chunk" in first and "requeueing job" in first
     done = re.search(r"prompts=(\d+), chunks=(\d+), .*chunks_this_run=(\d+),", rerun)
@@ -463,29 +469,6 @@ def tasks_ended(job: str) -> bool:
     return bool(tasks) and all(t["state"] in TERMINAL for t in tasks)
 
 
-def test_a_teacher_server_job_serves_every_generation_task_and_ends_after_them(slurm_env, tiny_model, tmp_path):
-    env = dict(slurm_env)
-    run, jobs = _submit_with_server(env, tmp_path, tiny_model, ready=240)
-    logs = run / "logs" / "slurm"
-    server_log = read_log(logs / f"distill-tiny-teacher_server-{jobs['teacher_server']}.out")
-    assert summarize_states(env, jobs["teacher_server"]) == "COMPLETED", server_log[-3000:]
-    assert summarize_states(env, jobs["generate"]) == "COMPLETED"
-    # it announced itself once it answered, and stopped by itself once both generation tasks had ended
-    assert re.search(r"\[teacher-server\] http://\S+:8000/v1 answers after [\d.]+s", server_log), server_log[-3000:]
-    assert "[teacher-server] the generation tasks have ended: server stopped" in server_log
-    info = json.loads((run / "slurm" / "teacher-server.json").read_text())
-    assert info["job_id"] == jobs["teacher_server"] and info["stopped"] == "the generation tasks have ended"
-    # every row was written by the server, reached through the endpoint, from both tasks
-    rows = pq.read_table(run / "generate" / "rows.parquet").to_pylist()
-    assert rows and {r["provenance"]["backend"]["url"] for r in rows} == {info["url"]}
-    assert {r["provenance"]["backend"]["served_model"] for r in rows} == {"teacher"}
-    assert {r["provenance"]["shard"] for r in rows} == {"0/2", "1/2"}
-    assert len({r["id"] for r in rows}) == len(rows)
-    shown = distill(env, "slurm", "status", run)  # the server has its own line, first
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.splitlines()[2].split()[:3] == ["teacher_server", jobs["teacher_server"], "COMPLETED"]
-
-
 def test_a_teacher_server_that_is_not_ready_in_time_ends_its_job_and_generation_with_its_reason(
         slurm_env, tiny_model, tmp_path):
     env = dict(slurm_env)
@@ -498,6 +481,59 @@ def test_a_teacher_server_that_is_not_ready_in_time_ends_its_job_and_generation_
     for task in logs.glob(f"distill-tiny-generate-{jobs['generate']}_*.out"):  # each task stops with the server's reason
         assert reason in read_log(task), read_log(task)[-3000:]
     assert not (run / "generate" / "chunks").is_dir() or not any((run / "generate" / "chunks").glob("chunk-*.parquet"))
+
+
+# On-policy training with the teacher in its own job: the server scores the student's answers for the train job.
+# One core each for the server and for whichever job runs beside it; training is one process (no GPUs).
+ON_POLICY_SERVER_RECIPE = (SERVER_RECIPE.replace("{ready}", "240")
+                           .replace("  filter:\n    cpus_per_task: 2", "  filter:\n    cpus_per_task: 1")
+                           .replace("  train:\n    gpus_per_node: 2\n    cpus_per_task: 2", "  train:\n    cpus_per_task: 1")
+                           .replace("  batch_size: 4\n", "  batch_size: 4\n  objective: on_policy\n  learning_rate: 0.01\n"
+                                    "  on_policy: {{prompts_per_step: 4, max_tokens: 6, steps: 60, top_k: 5, "
+                                    "forward_kl_weight: 1.0}}\n"))
+assert "objective: on_policy" in ON_POLICY_SERVER_RECIPE and "  train:\n    cpus_per_task: 1" in ON_POLICY_SERVER_RECIPE
+
+
+def test_a_teacher_server_job_serves_generation_and_on_policy_training_which_resumes_after_preemption(
+        slurm_env, tiny_model, tmp_path):
+    """The server job serves both generation tasks, then the on-policy train job, which Slurm's USR1 stops after a
+    step with a checkpoint (adapter, optimizer, step, costs); requeued, it resumes there: every step once, every score
+    from the server. The server ends by itself once generation and training have ended."""
+    env = dict(slurm_env)
+    run = submit_recipe(env, tmp_path, tiny_model, ON_POLICY_SERVER_RECIPE)
+    jobs = job_ids(run)
+    logs = run / "logs" / "slurm"
+    train_log = logs / f"distill-tiny-train-{jobs['train']}.out"
+    _wait_until("an on-policy step", lambda: train_log.is_file() and re.search(r"\| [1-9]/60 ", read_log(train_log)),
+                timeout=600)
+    _signal_and_restart(env, jobs["train"], train_log)
+    _wait_until("training and the server to end", lambda: all(tasks_ended(jobs[s]) for s in ("train", "teacher_server")),
+                timeout=480)
+    subprocess.run(["scancel", jobs["evaluate"]], env=env)
+    log, server_log = read_log(train_log), read_log(logs / f"distill-tiny-teacher_server-{jobs['teacher_server']}.out")
+    assert summarize_states(env, jobs["train"]) == "COMPLETED", log[-3000:]
+    first, rerun = log.split("restart 1", 1)
+    stopped_at = int(re.search(r"train: stopped after on-policy step (\d+) with a checkpoint", first).group(1))
+    summary = json.loads((run / "train" / "_COMPLETE.json").read_text())["summary"]
+    assert summary["resumed"] is True and 0 < stopped_at < 60
+    assert json.loads((run / "train" / "log.json").read_text())["steps"] == list(range(1, 61))  # none lost, none twice
+    info = json.loads((run / "slurm" / "teacher-server.json").read_text())
+    assert summary["teacher_scored_by"] == {"backend": "openai", "url": info["url"], "served_model": "teacher"}
+    assert summary["cost"]["teacher_tokens_scored"] == summary["cost"]["student_tokens_sampled"] > 0
+    assert summarize_states(env, jobs["teacher_server"]) == "COMPLETED", server_log[-3000:]
+    # it announced itself once it answered, and stopped by itself once generation and training had ended
+    assert re.search(r"\[teacher-server\] http://\S+:8000/v1 answers after [\d.]+s", server_log), server_log[-3000:]
+    assert "[teacher-server] the generation and training jobs have ended: server stopped" in server_log
+    assert info["job_id"] == jobs["teacher_server"] and info["stopped"] == "the generation and training jobs have ended"
+    # every row was written by the server, reached through the endpoint, from both tasks
+    rows = pq.read_table(run / "generate" / "rows.parquet").to_pylist()
+    assert rows and {r["provenance"]["backend"]["url"] for r in rows} == {info["url"]}
+    assert {r["provenance"]["backend"]["served_model"] for r in rows} == {"teacher"}
+    assert {r["provenance"]["shard"] for r in rows} == {"0/2", "1/2"}
+    assert len({r["id"] for r in rows}) == len(rows)
+    shown = distill(env, "slurm", "status", run)  # the server has its own line, first
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[2].split()[:3] == ["teacher_server", jobs["teacher_server"], "COMPLETED"]
 
 
 def test_doctor_holds_a_cluster_profile_against_what_sinfo_reports(slurm_env, tmp_path, tiny_model):

@@ -352,6 +352,33 @@ def test_the_server_command_carries_the_teachers_engine_settings_and_the_jobs_la
     assert cmd[-2:] == ["--max-num-seqs=256", "--enable-prefix-caching"]
 
 
+def test_an_on_policy_recipe_has_its_server_score_without_prefix_caching_for_the_train_job(tmp_path, tiny_model):
+    """On-policy training has the server job score the student's tokens: the server keeps no prefix cache (stale
+    prompt log-probabilities, vllm#42019) and returns the top_k asked; the train job reaches it through its file; a
+    recipe that would turn the cache back on is refused when it loads."""
+    from distill.recipe import load_recipe
+    from distill.slurm.teacher_server import serve_command
+
+    one_gpu = GPU_SECTION.replace("  train:\n    nodes: 2\n    gpus_per_node: 8", "  train:\n    gpus_per_node: 1")
+    assert one_gpu != GPU_SECTION
+    text = TINY_RECIPE + one_gpu + SERVER_SECTION.replace(", --enable-prefix-caching", "")
+    on_policy = ["train.objective=on_policy", "train.on_policy.top_k=50"]
+    recipe = write_recipe(tmp_path, tiny_model, text)
+    cmd = serve_command(load_recipe(recipe, on_policy), tiny_model)
+    assert "--no-enable-prefix-caching" in cmd and "--enable-prefix-caching" not in cmd
+    assert dict(zip(cmd, cmd[1:]))["--max-logprobs"] == "50"
+    assert "--enable-prefix-caching" in serve_command(load_recipe(recipe), tiny_model)  # generation only: cached
+    proc = run_cli("slurm", "submit", recipe, "--run-dir", tmp_path / "run", "--dry-run", *on_policy)
+    assert proc.returncode == 0, proc.stderr
+    scripts = dict(part.split("\n", 1) for part in proc.stdout.split("# ---- ")[1:])
+    train = next(body for head, body in scripts.items() if head.startswith("train"))
+    assert 'export DISTILL_TEACHER_SERVER="$RUN_DIR/slurm/teacher-server.json"' in train
+    refused = run_cli("validate", write_recipe(tmp_path, tiny_model, TINY_RECIPE + one_gpu + SERVER_SECTION),
+                      "train.objective=on_policy")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "slurm.teacher_server.vllm_args: --enable-prefix-caching, but train.objective on_policy" in refused.stderr
+
+
 @pytest.mark.parametrize("server, message", [
     ("{nodes: 2, gpus_per_node: 4, tensor_parallel_size: 4, pipeline_parallel_size: 1}",
      "tensor_parallel_size × pipeline_parallel_size must use every GPU of the job (2 nodes × 4 GPUs = 8)"),

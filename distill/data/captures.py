@@ -64,6 +64,18 @@ class TokenCapture:
         return cls([int(t) for t in token_ids], top_ids, top_lps, sampled)
 
     @classmethod
+    def from_served_prompt_logprobs(cls, token_ids, positions: list[dict], k: int) -> "TokenCapture":
+        """From a vLLM server's `prompt_logprobs` at the given tokens' positions: per position {"token id": {"logprob":
+        ...}} (top K, plus the token itself when it is outside them)."""
+        top_ids, top_lps, sampled = [], [], []
+        for token, position in zip(token_ids, positions):
+            ranked = sorted(position.items(), key=lambda item: -item[1]["logprob"])[:k]
+            top_ids.append([int(i) for i, _ in ranked])
+            top_lps.append([float(lp["logprob"]) for _, lp in ranked])
+            sampled.append(float(position[str(token)]["logprob"]))
+        return cls([int(t) for t in token_ids], top_ids, top_lps, sampled)
+
+    @classmethod
     def from_openai(cls, logprobs: dict, k: int) -> "TokenCapture":
         """From a /v1/completions choice's `logprobs` asked with return_tokens_as_token_ids ("token_id:123" keys)."""
         def token_id(key: str) -> int:

@@ -202,6 +202,23 @@ def serving_lines(report: dict) -> list[str]:
     return ["Trained adapters answered through LoRA on the base model's engine.", ""] if served == "lora" else []
 
 
+def cost_lines(report: dict) -> list[str]:
+    """What training the student cost the teacher (and the student's own sampling, on-policy)."""
+    c = report.get("training_cost")
+    if not c:
+        return []
+    text = (f"Training cost: the teacher answered {c['teacher_prompts_answered']} prompts with "
+            f"{c['teacher_answer_tokens']} tokens in the generate stage ({c['generate_seconds']} s); training "
+            f"(`{c['objective']}`) took {c['train_seconds']} s")
+    if "teacher_tokens_scored" in c:
+        text += (f", the student sampled {c['student_tokens_sampled']} tokens and the teacher scored "
+                 f"{c['teacher_tokens_scored']} of them")
+        if c["repair_tokens_scored"]:
+            text += f" (the repair teacher {c['repair_tokens_scored']})"
+        text += f", over {c['adapter_reloads']} adapter reloads"
+    return [text + ".", ""]
+
+
 def render_markdown(report: dict, title: str = "Evaluation on held-out real data") -> str:
     base = report["baseline"]
     level = round(report["confidence"] * 100)
@@ -215,7 +232,7 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
     elif report["gate"]["models"]:
         lines.append(f"Nothing gated degraded against `{base}`.")
     lines += ["", gate_description(report), ""]
-    lines += cache_lines(report) + serving_lines(report)
+    lines += cache_lines(report) + serving_lines(report) + cost_lines(report)
     for set_name, entry in report["sets"].items():
         models = list(entry["models"])
         metrics = entry["metrics"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from distill.data.split import split_data
 from distill.generate.modes import mode_for
 from distill.generate.sampling import ChunkStats
 from distill.models.context import resolved_model
-from distill.models.teacher_server import SERVER_FILE_VARIABLE
+from distill.models.teacher import teacher_engine
 from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
 from distill.prompts.teacher import teacher_prompts
@@ -51,23 +50,10 @@ def fingerprint_settings(recipe: Recipe) -> dict:
 
 
 def open_teacher(recipe: Recipe, run: RunDir, teacher_dir: Path):
-    """The engine that serves the teacher: in-process vLLM, an OpenAI-compatible server, or the run's own teacher
-    server job (distill.slurm.teacher_server) when the job script names its file."""
+    """The engine that writes the rows (distill.models.teacher: in process, an endpoint or the run's server job)."""
     g = recipe.generate
-    server = os.environ.get(SERVER_FILE_VARIABLE)
-    if server and recipe.slurm.teacher_server is not None:
-        from distill.models.openai_engine import OpenAIEndpoint
-        from distill.models.teacher_server import wait_for_server
-
-        return OpenAIEndpoint(teacher_dir, wait_for_server(recipe, run, Path(server)))
-    if g.backend == "openai":
-        from distill.models.openai_engine import OpenAIEndpoint
-
-        return OpenAIEndpoint(teacher_dir, g.endpoint)
-    from distill.models.vllm_engine import VLLMEngine
-
-    return VLLMEngine(teacher_dir, recipe.models.teacher, seed=g.sampling.seed, max_logprobs=g.logprobs,
-                      role="teacher", reads_prompt_logprobs=mode_for(recipe).reads_prompt_logprobs)
+    return teacher_engine(recipe, run, teacher_dir, stage="generate", seed=g.sampling.seed, max_logprobs=g.logprobs,
+                          reads_prompt_logprobs=mode_for(recipe).reads_prompt_logprobs)
 
 
 def _shard_lock(run: RunDir):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -192,6 +193,52 @@ class OpenAIEndpoint:
         # The shared pool, not one per call: concurrent calls (chunks in flight) share `concurrency` slots.
         futures = [self._pool.submit(one, p, s) for p, s in zip(prompts, seeds)]
         return [f.result() for f in futures]
+
+    def score_ids(self, prompts: list[str], completions: list[list[int]], logprobs: int) -> list[Completion]:
+        """As VLLMEngine.score_ids, over HTTP: each prompt's tokens and the given ids are sent as one token-id prompt
+        with vLLM's `prompt_logprobs`, at temperature 1 (the model's own distribution), so the scored ids are exactly
+        these."""
+        heads = [self.tokenizer(p)["input_ids"] for p in prompts]
+
+        def one(head: list[int], tail: list[int]) -> Completion:
+            body = {"model": self.model, "prompt": head + list(tail), "max_tokens": 1, "temperature": 1.0,
+                    "prompt_logprobs": logprobs}
+            positions = self._post(body)["choices"][0].get("prompt_logprobs")
+            if not positions:
+                raise StageError(f"{self.url}: the server answered without prompt_logprobs; scoring the student's "
+                                 "tokens needs vLLM's OpenAI-compatible server")
+            return Completion("", None, len(tail), TokenCapture.from_served_prompt_logprobs(tail, positions[len(head):], logprobs))
+
+        futures = [self._pool.submit(one, h, t) for h, t in zip(heads, completions)]
+        return [f.result() for f in futures]
+
+    def require_exact_scores(self, k: int, key: str) -> None:
+        """Before any work, for a caller that reads teacher-forced scores: the server has prefix caching off (vLLM can
+        return stale prompt log-probabilities with it on, vllm#42019), as its /metrics says, and returns k of them."""
+        root = self.url.removesuffix("/v1")
+        try:
+            metrics = self.client.get(f"{root}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            metrics = ""
+        caching = re.search(r'vllm:cache_config_info\{[^}]*enable_prefix_caching="(\w+)"', metrics)
+        restart = "serve it with vLLM's --no-enable-prefix-caching"
+        if caching is None:
+            raise UserError(f"{key}: the server at {self.url} does not say on {root}/metrics whether prefix caching is "
+                            f"on; its prompt log-probabilities are read, which vLLM can return stale with it on "
+                            f"(vllm#42019): {restart}")
+        if caching.group(1) == "True":
+            raise UserError(f"{key}: the server at {self.url} has prefix caching on, and its prompt log-probabilities "
+                            f"are read, which vLLM can then return stale (vllm#42019): {restart}")
+        probe = {"model": self.model, "prompt": self.tokenizer("Hello world")["input_ids"], "max_tokens": 1,
+                 "temperature": 1.0, "prompt_logprobs": k}
+        try:
+            answer = self.client.post(f"{self.url}/completions", json=probe)
+        except httpx.HTTPError as e:
+            raise StageError(f"{key}: {self.url}/completions: {type(e).__name__}: {_one_line(str(e))}") from None
+        if answer.status_code != 200:
+            raise UserError(f"{key}: the server at {self.url} refused {k} prompt log-probabilities per token "
+                            f"(HTTP {answer.status_code}: {_one_line(answer.text)}); serve it with --max-logprobs {k} "
+                            "or more")
 
     @staticmethod
     def _capture(choice: dict, k: int) -> TokenCapture:

@@ -1,4 +1,4 @@
-"""The run's teacher server job (slurm.teacher_server), seen from a generation task: its announcement file, and its
+"""The run's teacher server job (slurm.teacher_server), seen from a task that uses it (generation, on-policy training): its announcement file, and its
 endpoint once it answers. The job itself is started by distill.slurm.teacher_server."""
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ SERVER_FILE_VARIABLE = "DISTILL_TEACHER_SERVER"
 JOB = "teacher_server"  # its name among the run's Slurm jobs
 
 
+def scores_on_server(recipe: Recipe) -> bool:
+    """On-policy training has the server score the student's tokens (teacher-forced prompt log-probabilities)."""
+    return recipe.train.objective == "on_policy"
+
+
+def client_stages(recipe: Recipe) -> tuple[str, ...]:
+    """The jobs the server serves, which it outlives."""
+    return ("generate", "train") if scores_on_server(recipe) else ("generate",)
+
+
 def server_file(run: RunDir) -> Path:
     return run.root / "slurm" / "teacher-server.json"
 
@@ -33,8 +43,8 @@ def recorded_server_job(run: RunDir) -> str | None:
         return None
 
 
-def wait_for_server(recipe: Recipe, run: RunDir, path: Path, poll_s: float = 2.0) -> EndpointSettings:
-    """In a generation task: the endpoint of this submission's teacher server, once it answers. Stops with the
+def wait_for_server(recipe: Recipe, run: RunDir, path: Path, stage: str, poll_s: float = 2.0) -> EndpointSettings:
+    """In a generation task (or on-policy training): the endpoint of this submission's teacher server, once it answers. Stops with the
     server's own reason when it failed, or when its job ended without ever answering."""
     ts = recipe.slurm.teacher_server
     job = recorded_server_job(run)
@@ -60,6 +70,6 @@ def wait_for_server(recipe: Recipe, run: RunDir, path: Path, poll_s: float = 2.0
             raise StageError(f"no teacher server answered within slurm.teacher_server.ready_timeout_s "
                              f"({ts.ready_timeout_s:g}s) + 120s: see the server job's log in {run.logs / 'slurm'}")
         if not announced:
-            console(f"[generate] waiting for the teacher server (job {job}) to answer")
+            console(f"[{stage}] waiting for the teacher server (job {job}) to answer")
             announced = True
         time.sleep(poll_s)

@@ -113,6 +113,7 @@ class VLLMEngine:
         top_p: float = 1.0,
         max_tokens: int = 64,
         stop: list[str] | None = None,
+        stop_token_ids: list[int] | None = None,
         adapter: Path | None = None,
         adapter_name: str = "adapter",
         structured: dict | None = None,
@@ -121,7 +122,8 @@ class VLLMEngine:
         """Completions for each prompt, in order. Each prompt's seed makes it reproducible on its own.
 
         `structured` constrains the output: {"choice": [...]}, {"json": schema} or {"regex": pattern}.
-        `logprobs`: capture the top-K log-probabilities of every generated token, by token id.
+        `logprobs`: capture the top-K log-probabilities of every generated token, by token id. `stop_token_ids`: ids
+        that end an answer besides the model's EOS (a chat student's end-of-turn token), kept as its last token.
         """
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
@@ -129,7 +131,8 @@ class VLLMEngine:
 
         constraint = StructuredOutputsParams(**structured) if structured else None
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop or None, seed=s,
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop or None,
+                           stop_token_ids=stop_token_ids or None, seed=s,
                            structured_outputs=constraint, logprobs=logprobs or None)
             for s in seeds
         ]

@@ -19,7 +19,7 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from distill.errors import UserError
-from distill.models.teacher_server import JOB
+from distill.models.teacher_server import JOB, client_stages
 from distill.recipe import Recipe, StageResources
 from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
 from distill.stages import slurm_jobs
@@ -135,8 +135,9 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "processes": processes,
             "threads_per_process": max(res.cpus_per_task * res.nodes // processes, 1),
             "accelerate_config": str(ACCELERATE_DIR / f"{s.train.accelerate_config}.yaml"),
-            # generation (and the merge before filtering) reach the teacher through the server job
-            "teacher_server": s.teacher_server is not None and stage in ("generate", "filter"),
+            # generation (and the merge before filtering) reach the teacher through the server job; so does on-policy
+            # training, which has it score the student's answers
+            "teacher_server": s.teacher_server is not None and stage in ("generate", "filter", *client_stages(recipe)),
             "ray_port": s.teacher_server.ray_port if server else None,
         }
         script = env.get_template(f"{stage}.sbatch.j2").render(**context)

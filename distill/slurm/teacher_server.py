@@ -1,4 +1,5 @@
-"""The teacher as its own Slurm job: `vllm serve` on the job's nodes, used by the generation tasks, ended after them.
+"""The teacher as its own Slurm job: `vllm serve` on the job's nodes, used by the generation tasks (and, with
+train.objective on_policy, by the train job, which has it score the student's tokens), ended after them.
 
 `distill slurm submit` queues the server job first and the generation array with `--dependency=after:SERVER`
 (it starts once the server's job runs). In the server job, `distill slurm serve-teacher`:
@@ -8,8 +9,9 @@
 2. waits until it answers, for at most slurm.teacher_server.ready_timeout_s; a server that does not answer in
    time, or exits, ends the job with the reason written to RUN/slurm/teacher-server.json;
 3. writes the address there: each generation task (DISTILL_TEACHER_SERVER names the file) waits for it and
-   sends its prompts through the endpoint backend;
-4. stops the server when no task of the generation job is queued or running any more, and ends.
+   sends its prompts through the endpoint backend; an on-policy train job sends the student's answers to be scored;
+4. stops the server when no task of its client jobs (generation, and on-policy training) is queued or running any
+   more, and ends.
 
 The file carries the server job's id, so a task never reads the address left by an earlier submission.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from distill.errors import StageError, UserError
 from distill.models.dtype import model_dtype
-from distill.models.teacher_server import SERVED_NAME, server_file
+from distill.models.teacher_server import SERVED_NAME, client_stages, scores_on_server, server_file
 from distill.progress import console
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json
@@ -51,7 +53,7 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
            "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
     if e.enforce_eager:
         cmd.append("--enforce-eager")
-    if e.prefix_caching is False:
+    if e.prefix_caching is False or scores_on_server(recipe):  # prompt log-probabilities are read (vllm#42019)
         cmd.append("--no-enable-prefix-caching")
     else:  # generation only: the server is never asked for prompt log-probabilities (mode: score is refused)
         from distill.models.hardware import this_machine
@@ -65,8 +67,9 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
         cmd += ["--quantization", e.quantization]
     if e.max_num_seqs:
         cmd += ["--max-num-seqs", str(e.max_num_seqs)]
-    if g.logprobs:
-        cmd += ["--max-logprobs", str(max(g.logprobs, 20)), "--logprobs-mode", LOGPROBS_MODE]
+    if g.logprobs or scores_on_server(recipe):
+        k = max(g.logprobs or 0, recipe.train.on_policy.top_k if scores_on_server(recipe) else 0, 20)
+        cmd += ["--max-logprobs", str(k), "--logprobs-mode", LOGPROBS_MODE]
     if ts.gpus_per_node:
         cmd += ["--gpu-memory-utilization", str(e.gpu_memory_utilization)]
     if ts.nodes > 1:
@@ -90,12 +93,12 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _generation_active(run: RunDir) -> bool:
-    """Whether a task of this submission's generation job is still queued or running (True until it is recorded)."""
+def _active(run: RunDir, stage: str) -> bool:
+    """Whether a task of this submission's job for `stage` is still queued or running (True until it is recorded)."""
     from distill.cluster import ACTIVE, job_states, jobs_file
 
     try:
-        job = json.loads(jobs_file(run).read_text())["stages"]["generate"]["job_id"]
+        job = json.loads(jobs_file(run).read_text())["stages"][stage]["job_id"]
     except (OSError, ValueError, KeyError):
         return True  # submit records it right after queuing the server
     tasks = job_states(str(job))
@@ -168,16 +171,18 @@ def serve(recipe: Recipe, run: RunDir, poll_s: float = 5.0) -> dict:
         url = f"http://{socket.gethostname()}:{ts.port}/v1"
         ready = round(time.time() - started, 1)
         write_json(path, {"job_id": job_id, "url": url, "model": SERVED_NAME, "ready_after_s": ready})
-        console(f"[teacher-server] {url} answers after {ready}s; serving until the generation tasks have ended")
-        while _generation_active(run):
+        clients = client_stages(recipe)
+        ended = "the generation tasks have ended" if clients == ("generate",) else "the generation and training jobs have ended"
+        console(f"[teacher-server] {url} answers after {ready}s; serving until {ended.replace('have ended', 'end')}")
+        while any(_active(run, stage) for stage in clients):
             if proc.poll() is not None:
                 raise fail(f"teacher server: vLLM exited with code {proc.returncode} while serving")
             time.sleep(poll_s)
         _stop(proc)
         served = round(time.time() - started, 1)
         write_json(path, {"job_id": job_id, "url": url, "model": SERVED_NAME, "ready_after_s": ready,
-                          "stopped": "the generation tasks have ended", "served_s": served})
-        console(f"[teacher-server] the generation tasks have ended: server stopped after {served}s")
+                          "stopped": ended, "served_s": served})
+        console(f"[teacher-server] {ended}: server stopped after {served}s")
         return {"url": url, "ready_after_s": ready, "served_s": served}
     finally:
         _stop(proc)

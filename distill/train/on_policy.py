@@ -19,6 +19,7 @@ with the same prompts and seeds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -27,17 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import rows as C
+from distill.data.captures import TokenCapture
 from distill.data.eval_sets import seed_pool
 from distill.errors import UserError
 from distill.models.context import resolved_model
 from distill.models.device import process_count
+from distill.models.teacher import teacher_engine
+from distill.models.vocabulary import stop_token_ids
 from distill.preemption import Preempted, stop_requested
 from distill.progress import progress
-from distill.prompts.student import student_prompt
+from distill.prompts.student import student_prompt, student_stop_id, student_token_ids
 from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate, row_seed
+from distill.prompts.template import PromptTemplate, chat_prompt, row_seed
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json, write_parquet
+from distill.train.kd import stop_as_eos
 from distill.train.repair import repair_prompts, repair_teacher_folder
 
 STATE = "on_policy_state.json"
@@ -124,6 +129,7 @@ class OnPolicyLoop:
         else:
             self.model = get_peft_model(base, lora_config(self.recipe))
         self.rank = self.model.peft_config["default"].r
+        self.student_stop = student_stop_id(self.recipe, self.tokenizer)  # in the chat format, its end-of-turn token
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate)
         self.start = start
 
@@ -131,12 +137,18 @@ class OnPolicyLoop:
         from distill.models.vllm_engine import VLLMEngine
 
         teacher_dir, _ = resolved_model(self.recipe, "teacher")
+        # The teacher first: a server that would score wrong is refused before the student's engine starts.
+        # vLLM 0.32's CPU build cannot return batched prompt log-probabilities from an engine with LoRA once it has
+        # generated: the teacher scores on an engine of its own, without LoRA and without prefix caching (or through
+        # the teacher's server: generate.backend openai, or the run's slurm.teacher_server job).
+        self.scorer = teacher_engine(self.recipe, self.run, teacher_dir, stage="train", seed=self.t.seed,
+                                     max_logprobs=self.o.top_k, reads_prompt_logprobs=True)
         self.sampler = VLLMEngine(self.student_dir, self.recipe.models.student, seed=self.t.seed, role="student",
                                   max_lora_rank=self.rank)
-        # vLLM 0.32's CPU build cannot return batched prompt log-probabilities from an engine with LoRA once it has
-        # generated: the teacher scores on an engine of its own, without LoRA and without prefix caching.
-        self.scorer = VLLMEngine(teacher_dir, self.recipe.models.teacher, seed=self.t.seed, role="teacher",
-                                 reads_prompt_logprobs=True, max_logprobs=self.o.top_k)
+        self.teacher_scored_by = self.scorer.describe()
+        # The teacher's own stops; where the student's stop is not among them (a chat student's end-of-turn token),
+        # the teacher is asked for its stop in that place, and its stops' probability is read as the student's.
+        self.teacher_stops = stop_token_ids(teacher_dir, self.recipe.models.teacher.trust_remote_code)
         self.repair_scorer = None
         if self.o.repair:
             folder = repair_teacher_folder(self.recipe, self.student_dir, self.stage_dir / "on_policy" / "repair-teacher")
@@ -163,6 +175,7 @@ class OnPolicyLoop:
         seeds = [row_seed(self.t.seed, f"on-policy:{step}:{item[C.ID]}") for _, item in batch]
         out = self.sampler.generate(prompts, seeds=seeds, n=self.o.samples_per_prompt, temperature=self.o.temperature,
                                     max_tokens=self.o.max_tokens, stop=list(self.recipe.evaluate.stop) or None,
+                                    stop_token_ids=[self.student_stop] if self.student_stop is not None else None,
                                     adapter=adapter, adapter_name="student", logprobs=1)
         samples = []
         for (kind, item), prompt, completions in zip(batch, prompts, out):
@@ -180,8 +193,9 @@ class OnPolicyLoop:
             template = PromptTemplate(self.recipe.generate.template, "generate.template")
             prompts = teacher_prompts(self.recipe, template, [s["item"] for s in task], self.pool,
                                       self.scorer.apply_chat_template)
-            for s, prompt, comp in zip(task, prompts, self.scorer.score_ids(prompts, [s["ids"] for s in task], self.o.top_k)):
-                s.update(teacher_prompt=prompt, teacher=comp.capture)
+            scored = self.scorer.score_ids(prompts, [self._teacher_ids(s["ids"]) for s in task], self.o.top_k)
+            for s, prompt, comp in zip(task, prompts, scored):
+                s.update(teacher_prompt=prompt, teacher=self._stop_read_as_student_stop(comp.capture, s["ids"]))
         repair = [s for s in samples if s["kind"] == REPAIR]
         if repair:
             prompts = [s["prompt"] for s in repair]
@@ -189,11 +203,35 @@ class OnPolicyLoop:
                                        self.repair_scorer.score_ids(prompts, [s["ids"] for s in repair], self.o.top_k)):
                 s.update(teacher_prompt=prompt, teacher=comp.capture)
 
+    def _teacher_ids(self, ids: list[int]) -> list[int]:
+        """The student's tokens as the teacher reads them: an answer ended with the student's stop, when the teacher
+        stops otherwise, ends with the teacher's stop instead."""
+        if ids and ids[-1] == self.student_stop and self.student_stop not in self.teacher_stops:
+            return list(ids[:-1]) + [min(self.teacher_stops)]
+        return list(ids)
+
+    def _stop_read_as_student_stop(self, capture: TokenCapture, student_ids: list[int]) -> TokenCapture:
+        """The teacher's stops read as the student's stop (as KD reads them, distill.train.kd.stop_as_eos): their
+        probabilities summed under its id in every position's top K, and where the student ended its answer (and the
+        teacher was asked for its own stop, _teacher_ids) the teacher's probability of stopping at all."""
+        stops, eos = self.teacher_stops, self.student_stop
+        if eos in stops:
+            return capture
+        rows = [stop_as_eos(i, lp, stops, eos) for i, lp in zip(capture.top_ids, capture.top_logprobs)]
+        ids, sampled = list(capture.token_ids), list(capture.sampled_logprobs)
+        if student_ids and student_ids[-1] == eos:
+            top = dict(zip(capture.top_ids[-1], capture.top_logprobs[-1]))
+            mass = sum(math.exp(lp) for i, lp in top.items() if i in stops)
+            if ids[-1] not in top:  # the stop it was asked for, outside its top K
+                mass += math.exp(sampled[-1])
+            ids[-1], sampled[-1] = eos, math.log(mass) if mass > 0 else -math.inf
+        return TokenCapture(ids, [i for i, _ in rows], [lp for _, lp in rows], sampled)
+
     def _sequences(self, samples: list[dict]):
         """(input ids, attention mask, completion start and length per row), right-padded."""
         from distill.models.device import padded
 
-        heads = [self.tokenizer(s["prompt"])["input_ids"] for s in samples]
+        heads = [student_token_ids(self.recipe, s["prompt"], self.tokenizer) for s in samples]
         seqs = [h + list(s["ids"]) for h, s in zip(heads, samples)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask = padded(seqs, pad, self.device)
@@ -249,7 +287,10 @@ class OnPolicyLoop:
         rows = rng.sample(self.kept, min(self.o.prompts_per_step, len(self.kept)))
         examples = training_examples(self.recipe, rows)
         self.trained += [trained_text(r, "kept row") for r in rows]
-        tails = [self.tokenizer(e["completion"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        if self.t.chat:  # messages, as TRL takes them: the user turn through the chat template, the answer's text
+            examples = [{"prompt": chat_prompt(self.tokenizer, e["prompt"][0]["content"]),
+                         "completion": e["completion"][0]["content"]} for e in examples]
+        tails = [self.tokenizer(e["completion"], add_special_tokens=False)["input_ids"] + [self.student_stop]
                  for e in examples]
         samples = [{"prompt": e["prompt"], "ids": t} for e, t in zip(examples, tails)]
         ids, mask, spans = self._sequences(samples)
@@ -399,15 +440,15 @@ class OnPolicyLoop:
                 "steps": len(self.history) and self.history[-1]["step"],
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "first_reverse_kl": round(rkl[0], 4) if rkl else None, "last_reverse_kl": round(rkl[-1], 4) if rkl else None,
-                "cost": cost, "resumed": resumed, "seconds": round(time.time() - started, 1), **self._repair_summary()}
+                "cost": cost, "teacher_scored_by": self.teacher_scored_by, "resumed": resumed,
+                "seconds": round(time.time() - started, 1), **self._repair_summary()}
 
     def _repair_summary(self) -> dict:
         if not self.o.repair:
             return {}
         r = self.o.repair
-        last = next((h["repair_reverse_kl"] for h in reversed(self.history) if h.get("repair_reverse_kl") is not None), None)
-        first = next((h["repair_reverse_kl"] for h in self.history if h.get("repair_reverse_kl") is not None), None)
+        kl = [h["repair_reverse_kl"] for h in self.history if h.get("repair_reverse_kl") is not None]
         return {"repair": {"teacher": r.teacher, "prompts": len(self.repair_items), "share": r.share,
                            "left_out_as_evaluation_items": self.repair_left_out,
-                           "first_reverse_kl": round(first, 4) if first is not None else None,
-                           "last_reverse_kl": round(last, 4) if last is not None else None}}
+                           "first_reverse_kl": round(kl[0], 4) if kl else None,
+                           "last_reverse_kl": round(kl[-1], 4) if kl else None}}
