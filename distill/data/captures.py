@@ -55,24 +55,23 @@ class TokenCapture:
     @classmethod
     def from_vllm(cls, token_ids, positions, k: int) -> "TokenCapture":
         """From vLLM's per-position {token id: Logprob} (top K, plus the sampled token when it is outside them)."""
-        top_ids, top_lps, sampled = [], [], []
-        for token, position in zip(token_ids, positions):
-            ranked = sorted(position.items(), key=lambda item: -item[1].logprob)[:k]
-            top_ids.append([int(i) for i, _ in ranked])
-            top_lps.append([float(lp.logprob) for _, lp in ranked])
-            sampled.append(float(position[token].logprob))
-        return cls([int(t) for t in token_ids], top_ids, top_lps, sampled)
+        return cls._from_positions(token_ids, [{int(i): lp.logprob for i, lp in p.items()} for p in positions], k)
 
     @classmethod
     def from_served_prompt_logprobs(cls, token_ids, positions: list[dict], k: int) -> "TokenCapture":
         """From a vLLM server's `prompt_logprobs` at the given tokens' positions: per position {"token id": {"logprob":
         ...}} (top K, plus the token itself when it is outside them)."""
+        return cls._from_positions(token_ids, [{int(i): lp["logprob"] for i, lp in p.items()} for p in positions], k)
+
+    @classmethod
+    def _from_positions(cls, token_ids, positions: list[dict[int, float]], k: int) -> "TokenCapture":
+        """From per-position {token id: log-probability}, the given token among them."""
         top_ids, top_lps, sampled = [], [], []
         for token, position in zip(token_ids, positions):
-            ranked = sorted(position.items(), key=lambda item: -item[1]["logprob"])[:k]
+            ranked = sorted(position.items(), key=lambda item: -item[1])[:k]
             top_ids.append([int(i) for i, _ in ranked])
-            top_lps.append([float(lp["logprob"]) for _, lp in ranked])
-            sampled.append(float(position[str(token)]["logprob"]))
+            top_lps.append([float(lp) for _, lp in ranked])
+            sampled.append(float(position[int(token)]))
         return cls([int(t) for t in token_ids], top_ids, top_lps, sampled)
 
     @classmethod

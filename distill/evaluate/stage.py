@@ -48,7 +48,7 @@ def stage_candidates(recipe: Recipe, run: RunDir) -> list[Candidate]:
     return out
 
 
-def training_cost(run: RunDir) -> dict | None:
+def training_cost(recipe: Recipe, run: RunDir) -> dict | None:
     """What the evaluated student cost, from the generate and train stages' records: the teacher's prompts and answer
     tokens, and for on-policy training the tokens sampled and scored; so points gained can be set beside their cost."""
     generate, train = run.read_marker("generate"), run.read_marker("train")
@@ -56,7 +56,7 @@ def training_cost(run: RunDir) -> dict | None:
         return None
     g, t = generate["summary"], train["summary"]
     cost = {"teacher_prompts_answered": g.get("prompts"), "teacher_answer_tokens": g.get("new_tokens"),
-            "generate_seconds": g.get("seconds"), "objective": t.get("objective", "sft"), "train_seconds": t.get("seconds")}
+            "generate_seconds": g.get("seconds"), "objective": recipe.train.objective, "train_seconds": t.get("seconds")}
     if "cost" in t:
         cost.update({k: t["cost"][k] for k in ("student_tokens_sampled", "teacher_tokens_scored", "repair_tokens_scored",
                                                "adapter_reloads")})
@@ -89,7 +89,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     report["cache"] = cache_record(cache, predictions)
     if any(c.adapter is not None for c in candidates):
         report["adapters_served"] = adapter_serving(e.serve_adapters)
-        report["training_cost"] = training_cost(run)
+        report["training_cost"] = training_cost(recipe, run)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     log_report(recipe, run, report, "eval")
     headline = {name: {m: round(v["score"], 4) for m, v in entry["models"].items()} for name, entry in report["sets"].items()}

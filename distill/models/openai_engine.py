@@ -201,9 +201,7 @@ class OpenAIEndpoint:
         heads = [self.tokenizer(p)["input_ids"] for p in prompts]
 
         def one(head: list[int], tail: list[int]) -> Completion:
-            body = {"model": self.model, "prompt": head + list(tail), "max_tokens": 1, "temperature": 1.0,
-                    "prompt_logprobs": logprobs}
-            positions = self._post(body)["choices"][0].get("prompt_logprobs")
+            positions = self._post(self._scoring_request(head + list(tail), logprobs))["choices"][0].get("prompt_logprobs")
             if not positions:
                 raise StageError(f"{self.url}: the server answered without prompt_logprobs; scoring the student's "
                                  "tokens needs vLLM's OpenAI-compatible server")
@@ -211,6 +209,10 @@ class OpenAIEndpoint:
 
         futures = [self._pool.submit(one, h, t) for h, t in zip(heads, completions)]
         return [f.result() for f in futures]
+
+    def _scoring_request(self, ids: list[int], k: int) -> dict:
+        """A teacher-forced read of `ids`: their prompt log-probabilities (top k), nothing sampled worth keeping."""
+        return {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": k}
 
     def require_exact_scores(self, k: int, key: str) -> None:
         """Before any work, for a caller that reads teacher-forced scores: the server has prefix caching off (vLLM can
@@ -229,10 +231,9 @@ class OpenAIEndpoint:
         if caching.group(1) == "True":
             raise UserError(f"{key}: the server at {self.url} has prefix caching on, and its prompt log-probabilities "
                             f"are read, which vLLM can then return stale (vllm#42019): {restart}")
-        probe = {"model": self.model, "prompt": self.tokenizer("Hello world")["input_ids"], "max_tokens": 1,
-                 "temperature": 1.0, "prompt_logprobs": k}
         try:
-            answer = self.client.post(f"{self.url}/completions", json=probe)
+            answer = self.client.post(f"{self.url}/completions",
+                                      json=self._scoring_request(self.tokenizer("Hello world")["input_ids"], k))
         except httpx.HTTPError as e:
             raise StageError(f"{key}: {self.url}/completions: {type(e).__name__}: {_one_line(str(e))}") from None
         if answer.status_code != 200:

@@ -22,14 +22,10 @@ SERVER_FILE_VARIABLE = "DISTILL_TEACHER_SERVER"
 JOB = "teacher_server"  # its name among the run's Slurm jobs
 
 
-def scores_on_server(recipe: Recipe) -> bool:
-    """On-policy training has the server score the student's tokens (teacher-forced prompt log-probabilities)."""
-    return recipe.train.objective == "on_policy"
-
-
 def client_stages(recipe: Recipe) -> tuple[str, ...]:
-    """The jobs the server serves, which it outlives."""
-    return ("generate", "train") if scores_on_server(recipe) else ("generate",)
+    """The jobs the server serves, which it outlives: generation, and training when training asks the teacher
+    (on-policy: the server scores the student's tokens)."""
+    return ("generate", "train") if recipe.train.runs_the_teacher else ("generate",)
 
 
 def server_file(run: RunDir) -> Path:

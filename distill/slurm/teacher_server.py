@@ -29,7 +29,7 @@ from pathlib import Path
 
 from distill.errors import StageError, UserError
 from distill.models.dtype import model_dtype
-from distill.models.teacher_server import SERVED_NAME, client_stages, scores_on_server, server_file
+from distill.models.teacher_server import SERVED_NAME, client_stages, server_file
 from distill.progress import console
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json
@@ -53,7 +53,8 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
            "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
     if e.enforce_eager:
         cmd.append("--enforce-eager")
-    if e.prefix_caching is False or scores_on_server(recipe):  # prompt log-probabilities are read (vllm#42019)
+    scores = recipe.train.runs_the_teacher  # on-policy training reads the server's prompt log-probabilities
+    if e.prefix_caching is False or scores:  # which vLLM can return stale with prefix caching (vllm#42019)
         cmd.append("--no-enable-prefix-caching")
     else:  # generation only: the server is never asked for prompt log-probabilities (mode: score is refused)
         from distill.models.hardware import this_machine
@@ -67,8 +68,8 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
         cmd += ["--quantization", e.quantization]
     if e.max_num_seqs:
         cmd += ["--max-num-seqs", str(e.max_num_seqs)]
-    if g.logprobs or scores_on_server(recipe):
-        k = max(g.logprobs or 0, recipe.train.on_policy.top_k if scores_on_server(recipe) else 0, 20)
+    if g.logprobs or scores:
+        k = max(g.logprobs or 0, recipe.train.on_policy.top_k if scores else 0, 20)
         cmd += ["--max-logprobs", str(k), "--logprobs-mode", LOGPROBS_MODE]
     if ts.gpus_per_node:
         cmd += ["--gpu-memory-utilization", str(e.gpu_memory_utilization)]
