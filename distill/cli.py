@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from distill.errors import StageError, UserError
+from distill.models.tiny import FAMILIES
 from distill.preemption import PREEMPTED_EXIT, Preempted, stopped_at_request
 from distill.stages import NAMES, STAGES
 
@@ -81,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny-model", help="build a tiny random-init model and tokenizer (for tests and demos)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2")
+    p.add_argument("--family", choices=list(FAMILIES), default="smollm2",
+                   help="whose special-token conventions the tokenizer and generation config carry (BOS, end of turn, "
+                        "stops, chat template)")
+    p.add_argument("--variant", choices=["instruct", "base"], default="instruct",
+                   help="instruct: the family's instruct stops; base: its base model's one EOS")
+    p.add_argument("--arch", choices=["qwen2", "llama"], default=None, help="architecture (default: the family's)")
 
     p = sub.add_parser("export", help="write the trained student for serving: its adapter as vLLM loads it, or "
                        "(--merge) the base with the adapter merged in, each with its model card")
@@ -226,7 +233,7 @@ def _say_degraded(evaluate_dir: Path, summary: dict) -> None:
 def _tiny_model(args, argv=None) -> int:
     from distill.models.tiny import build_tiny_model
 
-    print(build_tiny_model(args.out, args.arch))
+    print(build_tiny_model(args.out, args.arch, family=args.family, variant=args.variant))
     return 0
 
 
@@ -352,16 +359,43 @@ def _exit_without_teardown(code: int) -> None:
     os._exit(code)
 
 
+# How long a finished stage waits for threads still running after its work (their hooks run first, below).
+THREAD_GRACE_S = 30.0
+
+
+def _wake_idle_threads() -> None:
+    """Run the hooks Python's own shutdown runs before it joins threads (threading._register_atexit): with them a
+    concurrent.futures executor a library never shut down tells its idle workers to end. Joined first, those workers
+    wait for work forever."""
+    import threading
+
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is None:  # another Python: its shutdown does this itself, and so does the join below within its grace
+        return
+    threading._SHUTTING_DOWN = True  # as Python's shutdown sets it: no executor starts a worker from here on
+    for hook in reversed(hooks):
+        hook()
+    hooks.clear()
+
+
 def _exit_without_finalizing(code: int) -> None:
-    """End the process as Python would, less the interpreter's finalization: other threads are waited for and the exit
-    handlers the libraries registered run (log files, temporary folders), then the process leaves. Finalizing the
-    modules of torch, transformers and vLLM takes about 2 s per stage process and frees nothing the OS would not."""
+    """End the process as Python would, less the interpreter's finalization: idle executor workers are told to end,
+    other threads are waited for (THREAD_GRACE_S at most: a stage whose work is written does not wait on a thread that
+    never ends, and its log names it) and the exit handlers the libraries registered run (log files, temporary
+    folders), then the process leaves. Finalizing the modules of torch, transformers and vLLM takes about 2 s per
+    stage process and frees nothing the OS would not."""
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    _wake_idle_threads()
+    deadline = time.monotonic() + THREAD_GRACE_S
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in others if t.is_alive()]
+    if left:
+        print(f"distill: left {len(left)} thread(s) still running after {THREAD_GRACE_S:.0f} s at exit: "
+              f"{', '.join(left)}", file=sys.stderr)
     atexit._run_exitfuncs()
     _exit_without_teardown(code)
 

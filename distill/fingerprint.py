@@ -83,6 +83,7 @@ def train_settings(r: Recipe) -> dict:
     settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name, "processes": process_count()}
     if r.train.objective == "on_policy":
         o = r.train.on_policy
+        settings["sampler_stop"] = list(r.evaluate.stop)  # the student's samples end at these strings, as its answers do
         if o.start_from not in ("base", "sft"):
             settings["start_adapter"] = content_hash(o.start_from)
         if r.generate.endpoint:  # the teacher scores on that server: which one counts, as for generation

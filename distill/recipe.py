@@ -640,10 +640,13 @@ class OnPolicySettings(Section):
     allowed)."""
 
     steps: int = Field(20, gt=0, description="Optimizer steps.")
-    prompts_per_step: int = Field(16, gt=0, description="Seed prompts per step, taken in order and cycling.")
+    prompts_per_step: int = Field(16, gt=0, description="Seed prompts per step, taken in an order drawn with "
+                                  "train.seed (not the file's) and cycling.")
     samples_per_prompt: int = Field(1, ge=1, description="Student answers sampled per prompt.")
     max_tokens: int = Field(16, gt=0, description="Most tokens per student answer.")
-    temperature: float = Field(1.0, gt=0, description="The student's sampling temperature (1: its own distribution).")
+    temperature: float = Field(1.0, gt=0, description="The student's sampling temperature (1: its own distribution). "
+                               "Other values train the tempered student toward the teacher: the learner reads its "
+                               "log-probabilities at the same temperature as the sampler.")
     reverse_kl_weight: float = Field(
         1.0, ge=0, description="Weight of the per-token reverse KL on the sampled tokens, log p_student - log "
         "p_teacher, used as the advantage of an importance-weighted policy gradient with discount 0 (the form of "

@@ -89,9 +89,9 @@ def tiny_recipe(tmp_path, tiny_model) -> Path:
 IMPORT_SIDE_EFFECTS = [k for k in ("VLLM_LOGGING_LEVEL",) if k not in os.environ]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The real command line, in a subprocess, as a user would run it."""
-    env = {k: v for k, v in os.environ.items() if k not in IMPORT_SIDE_EFFECTS}
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real command line, in a subprocess, as a user would run it; `env` adds to (or replaces in) the environment."""
+    env = {**{k: v for k, v in os.environ.items() if k not in IMPORT_SIDE_EFFECTS}, **(env or {})}
     return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 

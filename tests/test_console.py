@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 
 import pytest
 from conftest import TINY_RECIPE, run_cli, write_recipe
@@ -62,6 +63,26 @@ def test_a_failed_stage_shows_the_end_of_its_log_and_its_path(finished_run, tiny
     assert "RuntimeError: verifier crashed on row" in result.stderr  # the log's last lines
     assert "stage filter failed with exit code 1; log: runs/tiny/logs/filter.log" in result.stderr
     assert "RuntimeError: verifier crashed on row" in (run.logs / "filter.log").read_text()
+
+
+def test_a_stage_ends_when_its_work_is_done_though_a_thread_pool_was_left_open(finished_run, tiny_model, tmp_path):
+    """Libraries leave executors open (vLLM's, user code's): their idle, non-daemon workers must not keep a finished
+    stage process, or `distill run` waiting on it, alive. Each stage under `distill run` ends the same way."""
+    shutil.copytree(finished_run[0] / "runs", tmp_path / "runs")
+    (tmp_path / "pooled.py").write_text(
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "_pool = ThreadPoolExecutor(1)  # never shut down\n"
+        "_pool.submit(int).result()  # its worker now waits, idle, for more\n"
+        "def check(row):\n    return True\n")
+    pooled = TINY_RECIPE.replace("    - {{type: exact_dedup, fields: [input]}}",
+                                 "    - {{type: exact_dedup, fields: [input]}}\n    - {{type: verifier, function: 'pooled.py:check'}}")
+    recipe = write_recipe(tmp_path, tiny_model, pooled, name="pooled.yaml")
+    started = time.time()
+    result = run_cli("filter", recipe, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[filter] done" in result.stdout
+    assert "still running" not in result.stdout + result.stderr  # woken and ended, not left behind after a wait
+    assert time.time() - started < 120
 
 
 def test_a_stage_command_alone_is_as_quiet_as_under_run(finished_run, tmp_path):

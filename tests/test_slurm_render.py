@@ -79,14 +79,30 @@ def test_requeueable_jobs_ask_to_be_warned_before_preemption_and_the_rest_do_not
     ("slurm.filter.partition=gpu", "slurm.filter: no partition"),
     ("slurm.evaluate.partition=big", "'big' is not a partition of cluster profile 'example-gpu'"),
 ])
-def test_requests_that_fit_no_partition_are_refused_before_submitting(gpu_recipe, tmp_path, override, reason):
+@pytest.mark.parametrize("sbatch", ["installed", "missing"])
+def test_requests_that_fit_no_partition_are_refused_before_submitting(gpu_recipe, tmp_path, override, reason, sbatch):
+    """Whether or not the machine has Slurm's client: the request is the recipe's mistake, and nothing reaches sbatch."""
     if "filter.partition" in override:  # the gpu partition allows 96 CPUs; ask for more
         extra = ["slurm.filter.cpus_per_task=128"]
     else:
         extra = []
-    proc = run_cli("slurm", "submit", gpu_recipe, override, *extra, "--run-dir", tmp_path / "run")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if sbatch == "installed":  # one that records being called
+        (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path / 'sbatch-called'}\necho 1\n")
+        (bin_dir / "sbatch").chmod(0o755)
+    proc = run_cli("slurm", "submit", gpu_recipe, override, *extra, "--run-dir", tmp_path / "run",
+                   env={"PATH": str(bin_dir)})
     assert proc.returncode == 2
     assert reason in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sbatch-called").exists()
+
+
+def test_a_request_that_fits_on_a_machine_without_slurm_names_the_missing_client(gpu_recipe, tmp_path):
+    (tmp_path / "bin").mkdir()
+    proc = run_cli("slurm", "submit", gpu_recipe, "--run-dir", tmp_path / "run", env={"PATH": str(tmp_path / "bin")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "sbatch not found" in proc.stderr and "--dry-run" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 

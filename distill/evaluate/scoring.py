@@ -24,14 +24,15 @@ from distill.evaluate.targets import fidelity_k, teacher_target
 from distill.models.dtype import model_dtype, torch_dtype
 from distill.models.merge import adapter_serving, merge_adapter
 from distill.progress import console, progress
-from distill.prompts.student import student_prompt
+from distill.prompts.student import student_prompt, student_stop_id
 from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, chat_prompt
+from distill.prompts.tokens import prompt_ids
 from distill.recipe import EvalSet, ModelSpec, Recipe
 from distill.run_dir import hash_json
 
 # Bump when a change to this module changes an answer or a score: cached results made before then are not reused.
-SCORING_VERSION = 2
+SCORING_VERSION = 3  # 3: prompts as token ids with one BOS; students stop on their learned stop token
 
 
 def build_prompts(recipe: Recipe, cand: Candidate, s: EvalSet, items: list[dict], seed_pool: list[dict], engine) -> list[str]:
@@ -97,13 +98,20 @@ class Scorer:
         return LoRARequest(f"adapter-{lora_id}", lora_id, key)
 
     def _generate(self, engine, cand: Candidate, s: EvalSet, prompts: list[str]):
+        """Each prompt's answer, from the prompt's token ids as training read them (one BOS whatever the family); a
+        student stops on the token it learned to end with (in the chat format its end-of-turn token), as its sampler
+        does in on-policy training."""
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         d = self.decoding(s)
         k = self._capture_k(cand)
+        stop_id = student_stop_id(self.recipe, engine.tokenizer) if cand.role == "student" else None
         params = [SamplingParams(temperature=d["temperature"], top_p=d["top_p"], max_tokens=d["max_tokens"],
-                                 stop=d["stop"] or None, seed=self.seed + i, logprobs=k) for i in range(len(prompts))]
-        outs = engine.llm.generate(prompts, params, lora_request=self._lora(cand), use_tqdm=False)
+                                 stop=d["stop"] or None, stop_token_ids=[stop_id] if stop_id is not None else None,
+                                 seed=self.seed + i, logprobs=k) for i in range(len(prompts))]
+        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids(engine.tokenizer, p)) for p in prompts],
+                                   params, lora_request=self._lora(cand), use_tqdm=False)
         return [o.outputs[0] for o in outs]
 
     def _capture_k(self, cand: Candidate) -> int | None:
@@ -152,8 +160,8 @@ class Scorer:
         tok = prompter.tokenizer
         sequences, starts = [], []
         for item, prompt in zip(items, prompts):
-            full = tok(prompt + reference_text(self.recipe, cand, item[C.REFERENCE])).input_ids
-            head = tok(prompt).input_ids
+            full = prompt_ids(tok, prompt + reference_text(self.recipe, cand, item[C.REFERENCE]))
+            head = prompt_ids(tok, prompt)
             start = 0
             while start < min(len(head), len(full)) and head[start] == full[start]:
                 start += 1

@@ -1,7 +1,8 @@
 """A teacher served by an OpenAI-compatible server (`vllm serve` on other nodes), behind the engine interface.
 
 Prompts are rendered here, with the teacher's own tokenizer, and sent to /v1/completions as
-text: the rows, prompts and provenance are the same as with the in-process engine. One request
+token ids made as the in-process engine makes them (distill.prompts.tokens: one BOS, whatever the family): the rows,
+prompts and provenance are the same as with the in-process engine. One request
 per prompt goes to a persistent pool of `concurrency` workers shared by every `generate` call,
 so the generate stage can hand over several chunks at once (`chunks_in_flight`) without ever
 having more than `concurrency` requests in flight. A server under load is waited for, not
@@ -27,6 +28,7 @@ from distill.data.captures import TokenCapture
 from distill.errors import StageError, UserError
 from distill.models.engine import Completion
 from distill.prompts.template import chat_prompt
+from distill.prompts.tokens import prompt_ids
 from distill.recipe import EndpointSettings
 
 RETRIED_STATUS = {408, 429}  # and every 5xx: the server is busy or starting, not refusing this request
@@ -178,7 +180,7 @@ class OpenAIEndpoint:
         **_ignored,
     ) -> list[list[Completion]]:
         def one(prompt: str, seed: int) -> list[Completion]:
-            body = {"model": self.model, "prompt": prompt, "n": n, "temperature": temperature, "top_p": top_p,
+            body = {"model": self.model, "prompt": prompt_ids(self.tokenizer, prompt), "n": n, "temperature": temperature, "top_p": top_p,
                     "max_tokens": max_tokens, "seed": seed, "return_token_ids": True}
             if stop:
                 body["stop"] = stop
@@ -198,7 +200,7 @@ class OpenAIEndpoint:
         """As VLLMEngine.score_ids, over HTTP: each prompt's tokens and the given ids are sent as one token-id prompt
         with vLLM's `prompt_logprobs`, at temperature 1 (the model's own distribution), so the scored ids are exactly
         these."""
-        heads = [self.tokenizer(p)["input_ids"] for p in prompts]
+        heads = [prompt_ids(self.tokenizer, p) for p in prompts]
 
         def one(head: list[int], tail: list[int]) -> Completion:
             positions = self._post(self._scoring_request(head + list(tail), logprobs))["choices"][0].get("prompt_logprobs")

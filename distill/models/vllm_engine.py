@@ -12,6 +12,7 @@ from distill.models.dtype import model_dtype
 from distill.models.engine import Completion
 from distill.models.hardware import request_amx_permission, this_machine
 from distill.prompts.template import chat_prompt
+from distill.prompts.tokens import continuation_ids, prompt_ids
 from distill.recipe import EngineSettings, ModelSpec
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -42,10 +43,12 @@ class VLLMEngine:
     chunks_in_flight = 1  # one batch at a time: vLLM batches a chunk's prompts itself
 
     def __init__(self, folder: Path, spec: ModelSpec, seed: int = 0, max_lora_rank: int | None = None,
-                 max_logprobs: int | None = None, role: str = "teacher", reads_prompt_logprobs: bool = False):
+                 max_logprobs: int | None = None, role: str = "teacher", reads_prompt_logprobs: bool = False,
+                 logprobs_mode: str | None = None):
         """`role`: the part the model plays (the student runs in its training dtype, see distill.models.dtype);
         `reads_prompt_logprobs`: the caller reads prompt log-probabilities (teacher-forced scores), which vLLM can
-        return stale with prefix caching on, so the cache stays off."""
+        return stale with prefix caching on, so the cache stays off; `logprobs_mode`: which log-probabilities sampled
+        tokens carry (vLLM's modes; with max_logprobs the raw distribution, LOGPROBS_MODE, unless given)."""
         on_gpu = bool(this_machine().gpus)
         if not on_gpu:
             configure_cpu_environment(spec)
@@ -78,6 +81,8 @@ class VLLMEngine:
             options["max_num_seqs"] = spec.engine.max_num_seqs
         if max_logprobs:  # set explicitly: the capture's provenance names the distribution it holds
             options.update(max_logprobs=max(max_logprobs, 20), logprobs_mode=LOGPROBS_MODE)
+        if logprobs_mode:
+            options["logprobs_mode"] = logprobs_mode
         if on_gpu:
             options["gpu_memory_utilization"] = spec.engine.gpu_memory_utilization
         else:
@@ -126,6 +131,7 @@ class VLLMEngine:
         that end an answer besides the model's EOS (a chat student's end-of-turn token), kept as its last token.
         """
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -141,7 +147,8 @@ class VLLMEngine:
             # vLLM caches adapters by id: each distinct adapter folder needs an id of its own.
             lora_id = self._lora_ids.setdefault(str(adapter), len(self._lora_ids) + 1)
             lora = LoRARequest(f"{adapter_name}-{lora_id}", lora_id, str(adapter))
-        outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, p)) for p in prompts],
+                                    params, lora_request=lora, use_tqdm=False)
         return [
             [Completion(c.text, c.finish_reason, len(c.token_ids),
                         TokenCapture.from_vllm(c.token_ids, c.logprobs, logprobs) if logprobs else None)
@@ -156,8 +163,8 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        heads = [self.tokenizer(p)["input_ids"] for p in prompts]
-        tails = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        heads = [prompt_ids(self.tokenizer, p) for p in prompts]
+        tails = [continuation_ids(self.tokenizer, c) for c in completions]
         params = SamplingParams(prompt_logprobs=logprobs, max_tokens=1, temperature=0.0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=h + t) for h, t in zip(heads, tails)], params,
                                     use_tqdm=False)
@@ -170,7 +177,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        heads = [self.tokenizer(p)["input_ids"] for p in prompts]
+        heads = [prompt_ids(self.tokenizer, p) for p in prompts]
         params = SamplingParams(prompt_logprobs=logprobs, max_tokens=1, temperature=1.0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=h + list(t)) for h, t in zip(heads, completions)],
                                     params, use_tqdm=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from distill import rows as C
 from distill.errors import UserError
 from distill.prompts.template import PromptTemplate, chat_prompt, end_of_turn_id
+from distill.prompts.tokens import prompt_ids
 from distill.recipe import Recipe
 
 
@@ -22,10 +23,10 @@ def student_stop_id(recipe: Recipe, tokenizer) -> int | None:
     return end_of_turn_id(tokenizer) if recipe.train.chat else tokenizer.eos_token_id
 
 
-def student_token_ids(recipe: Recipe, text: str, tokenizer) -> list[int]:
-    """The student's prompt (and what follows it) as token ids: a chat prompt already holds the template's special
-    tokens, so the tokenizer adds none."""
-    return tokenizer(text, add_special_tokens=not recipe.train.chat)["input_ids"]
+def student_token_ids(text: str, tokenizer) -> list[int]:
+    """The student's prompt (and what follows it) as token ids, exactly as its vLLM engine is handed them
+    (distill.prompts.tokens): one BOS where its family adds one, whether or not its chat template wrote it."""
+    return prompt_ids(tokenizer, text)
 
 
 def check_eval_agreement(recipe: Recipe) -> None:

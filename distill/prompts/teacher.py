@@ -18,14 +18,17 @@ def template_variables(item: dict, examples: list[dict]) -> dict:
     return variables
 
 
-def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict], pool: list[dict], render_chat=None) -> list[str]:
-    """The teacher's prompt for each item, few-shot examples drawn from `pool` (seeds only)."""
+def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict], pool: list[dict], render_chat=None,
+                    never_itself: bool = False) -> list[str]:
+    """The teacher's prompt for each item, few-shot examples drawn from `pool` (seeds only). `never_itself`: an item
+    found among a fixed draw gets a draw of its own without it (the teacher scoring an answer to a seed must not read
+    that seed's target among its examples); score mode always does so."""
     g = recipe.generate
     fixed = None if g.few_shot.per_row else draw_examples(pool, g.few_shot.k, g.few_shot.seed)
     prompts = []
     for item in items:
         examples = fixed if fixed is not None else draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
-        if g.scores_targets and any(e[C.ID] == item[C.ID] for e in examples):
+        if (g.scores_targets or never_itself) and any(e[C.ID] == item[C.ID] for e in examples):
             # scored on its own target, the teacher must not find it among the examples
             examples = draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
         examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]

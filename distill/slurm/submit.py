@@ -88,6 +88,8 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
     from distill.pipeline import save_resolved_recipe
 
     profile = load_profile(profile_name or recipe.slurm.profile)
+    # Requests that fit no partition are refused first: the recipe's own mistake, whatever machine submits it.
+    jobs = render_jobs(recipe, profile, run.root, run.recipe)
     if not shutil.which("sbatch"):
         raise UserError("sbatch not found: submit from a machine with the Slurm client commands, or use --dry-run")
     earlier = active_tasks(run)
@@ -96,7 +98,6 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
     if still_active:
         raise UserError(f"{run.root}: jobs of an earlier submission are still queued or running "
                         f"({', '.join(still_active)}); wait for them or scancel them first")
-    jobs = render_jobs(recipe, profile, run.root, run.recipe)  # refuses requests that fit no partition
     for role in ("teacher", "student"):  # convert / locate models once, here, not in every job
         resolved_model(recipe, role)
     save_resolved_recipe(recipe, run)

@@ -8,30 +8,13 @@ copies of the teacher side.
 
 from __future__ import annotations
 
-import math
 
 from distill.data.captures import captured_completion, read_captures
 from distill.errors import UserError
 from distill.recipe import Recipe
+from distill.train.stops import stop_as_eos
 
 TEACHER_COLUMNS = ["teacher_positions", "teacher_ids", "teacher_logprobs"]
-
-
-def stop_as_eos(ids: list[int], logprobs: list[float], stops: set[int], eos: int) -> tuple[list[int], list[float]]:
-    """One position of the teacher's top-K with its stop tokens read as the student's EOS: their probabilities summed
-    into one slot under the student's EOS id, the other slots they held emptied (-inf, masked by the divergences).
-    An instruct teacher's end-of-turn token is then the student's stop, not an ordinary token it learns to write."""
-    merge = [j for j, i in enumerate(ids) if i in stops or i == eos]
-    if not merge or (len(merge) == 1 and ids[merge[0]] == eos):
-        return ids, logprobs
-    ids, logprobs = list(ids), list(logprobs)
-    mass = sum(math.exp(logprobs[j]) for j in merge)
-    total = math.log(mass) if mass > 0 else -math.inf
-    first, *rest = merge
-    ids[first], logprobs[first] = eos, total
-    for j in rest:
-        logprobs[j] = -math.inf
-    return ids, logprobs
 
 
 def kd_example(prompt_ids: list[int], capture: dict, completion: list[int], teacher_eos: bool, eos: int,
@@ -82,9 +65,9 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
             continue
         completion, teacher_eos = found
         prompt = student_prompt(recipe, prompt_t, row, tokenizer)
-        prompt_ids = student_token_ids(recipe, prompt, tokenizer)
+        prompt_ids = student_token_ids(prompt, tokenizer)
         written = tokenizer.decode(completion, skip_special_tokens=True)  # the text with any space a label lost
-        retokenized_differ += student_token_ids(recipe, prompt + written, tokenizer) != prompt_ids + completion
+        retokenized_differ += student_token_ids(prompt + written, tokenizer) != prompt_ids + completion
         examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k, stops))
         used.append(row[C.ID])
     lacking = len(rows) - len(examples)

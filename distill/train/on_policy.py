@@ -19,7 +19,6 @@ with the same prompts and seeds.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import rows as C
-from distill.data.captures import TokenCapture
 from distill.data.eval_sets import seed_pool
 from distill.errors import UserError
 from distill.models.context import resolved_model
@@ -42,8 +40,8 @@ from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, chat_prompt, row_seed
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json, write_parquet
-from distill.train.kd import stop_as_eos
 from distill.train.repair import repair_prompts, repair_teacher_folder
+from distill.train.stops import capture_with_stops_as_eos, teacher_reads
 
 STATE = "on_policy_state.json"
 TASK, REPAIR = "task", "repair"  # the kinds of prompt in a step: the seeds, and train.on_policy.repair's prompts
@@ -82,13 +80,15 @@ def trained_text(row: dict, source: str) -> dict:
     return {C.ID: row[C.ID], C.INPUT: row[C.INPUT], C.COMPLETION: row[C.COMPLETION], "source": source, C.KEPT: True}
 
 
-def seed_items(pool: list[dict]) -> list[dict]:
-    """The seed prompts, once each."""
+def seed_items(pool: list[dict], seed: int) -> list[dict]:
+    """The seed prompts, once each, in an order drawn with `seed`: a file sorted by input (or by class) would otherwise
+    give the last steps only its last kind of prompt."""
     seen, items = set(), []
     for item in pool:
         if item[C.INPUT] not in seen:
             seen.add(item[C.INPUT])
             items.append(item)
+    random.Random(row_seed(seed, "on-policy order")).shuffle(items)
     return items
 
 
@@ -105,7 +105,7 @@ class OnPolicyLoop:
         self.pool = seed_pool(run)  # as generation and evaluation draw the teacher's few-shot examples from it
         if not self.pool:
             raise UserError(f"{run.seeds}: no seeds; run the generate stage first")
-        self.items = seed_items(self.pool)
+        self.items = seed_items(self.pool, recipe.train.seed)
         self.repair_items, self.repair_left_out = repair_prompts(recipe, run) if self.o.repair else ([], 0)
 
     # ------------------------------------------------------------------ set-up
@@ -143,8 +143,9 @@ class OnPolicyLoop:
         # the teacher's server: generate.backend openai, or the run's slurm.teacher_server job).
         self.scorer = teacher_engine(self.recipe, self.run, teacher_dir, stage="train", seed=self.t.seed,
                                      max_logprobs=self.o.top_k, reads_prompt_logprobs=True)
+        # Its log-probabilities as it sampled them: after temperature (processed), which the learner reproduces.
         self.sampler = VLLMEngine(self.student_dir, self.recipe.models.student, seed=self.t.seed, role="student",
-                                  max_lora_rank=self.rank)
+                                  max_lora_rank=self.rank, logprobs_mode="processed_logprobs")
         self.teacher_scored_by = self.scorer.describe()
         # The teacher's own stops; where the student's stop is not among them (a chat student's end-of-turn token),
         # the teacher is asked for its stop in that place, and its stops' probability is read as the student's.
@@ -192,10 +193,11 @@ class OnPolicyLoop:
         if task:
             template = PromptTemplate(self.recipe.generate.template, "generate.template")
             prompts = teacher_prompts(self.recipe, template, [s["item"] for s in task], self.pool,
-                                      self.scorer.apply_chat_template)
-            scored = self.scorer.score_ids(prompts, [self._teacher_ids(s["ids"]) for s in task], self.o.top_k)
+                                      self.scorer.apply_chat_template, never_itself=True)
+            stops, eos = self.teacher_stops, self.student_stop
+            scored = self.scorer.score_ids(prompts, [teacher_reads(s["ids"], stops, eos) for s in task], self.o.top_k)
             for s, prompt, comp in zip(task, prompts, scored):
-                s.update(teacher_prompt=prompt, teacher=self._stop_read_as_student_stop(comp.capture, s["ids"]))
+                s.update(teacher_prompt=prompt, teacher=capture_with_stops_as_eos(comp.capture, s["ids"], stops, eos))
         repair = [s for s in samples if s["kind"] == REPAIR]
         if repair:
             prompts = [s["prompt"] for s in repair]
@@ -203,35 +205,11 @@ class OnPolicyLoop:
                                        self.repair_scorer.score_ids(prompts, [s["ids"] for s in repair], self.o.top_k)):
                 s.update(teacher_prompt=prompt, teacher=comp.capture)
 
-    def _teacher_ids(self, ids: list[int]) -> list[int]:
-        """The student's tokens as the teacher reads them: an answer ended with the student's stop, when the teacher
-        stops otherwise, ends with the teacher's stop instead."""
-        if ids and ids[-1] == self.student_stop and self.student_stop not in self.teacher_stops:
-            return list(ids[:-1]) + [min(self.teacher_stops)]
-        return list(ids)
-
-    def _stop_read_as_student_stop(self, capture: TokenCapture, student_ids: list[int]) -> TokenCapture:
-        """The teacher's stops read as the student's stop (as KD reads them, distill.train.kd.stop_as_eos): their
-        probabilities summed under its id in every position's top K, and where the student ended its answer (and the
-        teacher was asked for its own stop, _teacher_ids) the teacher's probability of stopping at all."""
-        stops, eos = self.teacher_stops, self.student_stop
-        if eos in stops:
-            return capture
-        rows = [stop_as_eos(i, lp, stops, eos) for i, lp in zip(capture.top_ids, capture.top_logprobs)]
-        ids, sampled = list(capture.token_ids), list(capture.sampled_logprobs)
-        if student_ids and student_ids[-1] == eos:
-            top = dict(zip(capture.top_ids[-1], capture.top_logprobs[-1]))
-            mass = sum(math.exp(lp) for i, lp in top.items() if i in stops)
-            if ids[-1] not in top:  # the stop it was asked for, outside its top K
-                mass += math.exp(sampled[-1])
-            ids[-1], sampled[-1] = eos, math.log(mass) if mass > 0 else -math.inf
-        return TokenCapture(ids, [i for i, _ in rows], [lp for _, lp in rows], sampled)
-
     def _sequences(self, samples: list[dict]):
         """(input ids, attention mask, completion start and length per row), right-padded."""
         from distill.models.device import padded
 
-        heads = [student_token_ids(self.recipe, s["prompt"], self.tokenizer) for s in samples]
+        heads = [student_token_ids(s["prompt"], self.tokenizer) for s in samples]
         seqs = [h + list(s["ids"]) for h, s in zip(heads, samples)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask = padded(seqs, pad, self.device)
@@ -250,7 +228,9 @@ class OnPolicyLoop:
             # position j's logits predict token j + 1: the completion's tokens are predicted at start-1 .. start+n-2
             at = logits[row, start - 1:start - 1 + n]
             target = torch.tensor(s["ids"], device=at.device)
-            new = torch.log_softmax(at, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            # the distribution the sampler drew from (its processed log-probabilities): the importance ratio compares
+            # like with like at any temperature
+            new = torch.log_softmax(at / self.o.temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
             old = torch.tensor(s["sampler_logprobs"], device=at.device)
             teacher = torch.tensor(s["teacher"].sampled_logprobs, device=at.device)
             reverse = old - teacher  # per token: log p_student - log p_teacher, on the student's own tokens
