@@ -102,7 +102,6 @@ class Scorer:
         student stops on the token it learned to end with (in the chat format its end-of-turn token), as its sampler
         does in on-policy training."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         d = self.decoding(s)
         k = self._capture_k(cand)
@@ -110,8 +109,7 @@ class Scorer:
         params = [SamplingParams(temperature=d["temperature"], top_p=d["top_p"], max_tokens=d["max_tokens"],
                                  stop=d["stop"] or None, stop_token_ids=[stop_id] if stop_id is not None else None,
                                  seed=self.seed + i, logprobs=k) for i in range(len(prompts))]
-        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids(engine.tokenizer, p)) for p in prompts],
-                                   params, lora_request=self._lora(cand), use_tqdm=False)
+        outs = engine.llm.generate(engine.token_prompts(prompts), params, lora_request=self._lora(cand), use_tqdm=False)
         return [o.outputs[0] for o in outs]
 
     def _capture_k(self, cand: Candidate) -> int | None:

@@ -180,8 +180,9 @@ class OpenAIEndpoint:
         **_ignored,
     ) -> list[list[Completion]]:
         def one(prompt: str, seed: int) -> list[Completion]:
-            body = {"model": self.model, "prompt": prompt_ids(self.tokenizer, prompt), "n": n, "temperature": temperature, "top_p": top_p,
-                    "max_tokens": max_tokens, "seed": seed, "return_token_ids": True}
+            body = {"model": self.model, "prompt": prompt_ids(self.tokenizer, prompt), "n": n,
+                    "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
+                    "return_token_ids": True}
             if stop:
                 body["stop"] = stop
             if structured:

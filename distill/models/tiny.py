@@ -19,7 +19,6 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CHAT_TEMPLATE = CHATML  # the default family's (SmolLM2's)
 QWEN25_TEMPLATE = (  # Qwen2.5-Instruct: a default system prompt when the messages bring none
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. "
     "You are a helpful assistant.<|im_end|>\n{% endif %}" + CHATML
@@ -81,7 +80,6 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mistral", ("<unk>", "<s>", "</s>"), MISTRAL_TEMPLATE, pad="</s>", bos="<s>", instruct_eos="</s>",
            instruct_stops=("</s>",), base_eos="</s>"),
 )}
-SPECIAL_TOKENS = list(FAMILIES["smollm2"].special)
 
 
 def _corpus() -> list[str]:

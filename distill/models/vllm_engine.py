@@ -108,6 +108,12 @@ class VLLMEngine:
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
         return chat_prompt(self.tokenizer, user, system)
 
+    def token_prompts(self, prompts: list[str]) -> list:
+        """The prompts as vLLM token prompts, made as the learner makes them (distill.prompts.tokens: one BOS)."""
+        from vllm.inputs import TokensPrompt
+
+        return [TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, p)) for p in prompts]
+
     def generate(
         self,
         prompts: list[str],
@@ -131,7 +137,6 @@ class VLLMEngine:
         that end an answer besides the model's EOS (a chat student's end-of-turn token), kept as its last token.
         """
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -147,8 +152,7 @@ class VLLMEngine:
             # vLLM caches adapters by id: each distinct adapter folder needs an id of its own.
             lora_id = self._lora_ids.setdefault(str(adapter), len(self._lora_ids) + 1)
             lora = LoRARequest(f"{adapter_name}-{lora_id}", lora_id, str(adapter))
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, p)) for p in prompts],
-                                    params, lora_request=lora, use_tqdm=False)
+        outputs = self.llm.generate(self.token_prompts(prompts), params, lora_request=lora, use_tqdm=False)
         return [
             [Completion(c.text, c.finish_reason, len(c.token_ids),
                         TokenCapture.from_vllm(c.token_ids, c.logprobs, logprobs) if logprobs else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from distill import rows as C
 from distill.errors import UserError
 from distill.prompts.template import PromptTemplate, chat_prompt, end_of_turn_id
-from distill.prompts.tokens import prompt_ids
 from distill.recipe import Recipe
 
 
@@ -21,12 +20,6 @@ def student_stop_id(recipe: Recipe, tokenizer) -> int | None:
     """The token the student learns to end its answer with: its EOS, or in the chat format its template's end-of-turn
     token."""
     return end_of_turn_id(tokenizer) if recipe.train.chat else tokenizer.eos_token_id
-
-
-def student_token_ids(text: str, tokenizer) -> list[int]:
-    """The student's prompt (and what follows it) as token ids, exactly as its vLLM engine is handed them
-    (distill.prompts.tokens): one BOS where its family adds one, whether or not its chat template wrote it."""
-    return prompt_ids(tokenizer, text)
 
 
 def check_eval_agreement(recipe: Recipe) -> None:

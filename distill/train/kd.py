@@ -8,7 +8,6 @@ copies of the teacher side.
 
 from __future__ import annotations
 
-
 from distill.data.captures import captured_completion, read_captures
 from distill.errors import UserError
 from distill.recipe import Recipe
@@ -43,8 +42,9 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
     `teacher_stops`: the ids that end the teacher's answers (default the student's EOS); where they are not the
     student's EOS, the teacher's stop is read as the student's EOS."""
     from distill import rows as C
-    from distill.prompts.student import student_prompt, student_stop_id, student_token_ids
+    from distill.prompts.student import student_prompt, student_stop_id
     from distill.prompts.template import PromptTemplate
+    from distill.prompts.tokens import prompt_ids
 
     kd = recipe.train.kd
     prompt_t = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
@@ -65,10 +65,10 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
             continue
         completion, teacher_eos = found
         prompt = student_prompt(recipe, prompt_t, row, tokenizer)
-        prompt_ids = student_token_ids(prompt, tokenizer)
+        head = prompt_ids(tokenizer, prompt)  # as the student's vLLM engine is handed it: one BOS
         written = tokenizer.decode(completion, skip_special_tokens=True)  # the text with any space a label lost
-        retokenized_differ += student_token_ids(prompt + written, tokenizer) != prompt_ids + completion
-        examples.append(kd_example(prompt_ids, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k, stops))
+        retokenized_differ += prompt_ids(tokenizer, prompt + written) != head + completion
+        examples.append(kd_example(head, captures[row[C.ID]], completion, teacher_eos, eos, kd.top_k, stops))
         used.append(row[C.ID])
     lacking = len(rows) - len(examples)
     share = lacking / len(rows) if rows else 0.0

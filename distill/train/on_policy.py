@@ -35,9 +35,10 @@ from distill.models.teacher import teacher_engine
 from distill.models.vocabulary import stop_token_ids
 from distill.preemption import Preempted, stop_requested
 from distill.progress import progress
-from distill.prompts.student import student_prompt, student_stop_id, student_token_ids
+from distill.prompts.student import student_prompt, student_stop_id
 from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, chat_prompt, row_seed
+from distill.prompts.tokens import continuation_ids, prompt_ids
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json, write_parquet
 from distill.train.repair import repair_prompts, repair_teacher_folder
@@ -209,7 +210,7 @@ class OnPolicyLoop:
         """(input ids, attention mask, completion start and length per row), right-padded."""
         from distill.models.device import padded
 
-        heads = [student_token_ids(s["prompt"], self.tokenizer) for s in samples]
+        heads = [prompt_ids(self.tokenizer, s["prompt"]) for s in samples]
         seqs = [h + list(s["ids"]) for h, s in zip(heads, samples)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask = padded(seqs, pad, self.device)
@@ -270,8 +271,7 @@ class OnPolicyLoop:
         if self.t.chat:  # messages, as TRL takes them: the user turn through the chat template, the answer's text
             examples = [{"prompt": chat_prompt(self.tokenizer, e["prompt"][0]["content"]),
                          "completion": e["completion"][0]["content"]} for e in examples]
-        tails = [self.tokenizer(e["completion"], add_special_tokens=False)["input_ids"] + [self.student_stop]
-                 for e in examples]
+        tails = [continuation_ids(self.tokenizer, e["completion"]) + [self.student_stop] for e in examples]
         samples = [{"prompt": e["prompt"], "ids": t} for e, t in zip(examples, tails)]
         ids, mask, spans = self._sequences(samples)
         logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
