@@ -19,7 +19,9 @@ Three tasks (SmolLM2-135M teacher and student):
 
 Per task: one generate + filter run; each variant copies it and runs only `distill train`; one `distill compare`
 scores every student, the base model and the teacher on one set of items, each against the base model with 95%
-paired-bootstrap intervals, and its gate says what degraded. On-policy settings are recipes/quickstart-repair's:
+paired-bootstrap intervals, and its gate says what degraded. A second table sets each variant beside the SFT student
+with as many optimizer steps, where there is one (`sft x2` trains twice the recipe's epochs): the task score and each
+guard set's reference NLL (the forgetting), paired. The guard sets here are never repaired, so they measure general ability. On-policy settings are recipes/quickstart-repair's:
 reverse KL on the sampled tokens plus forward KL over the teacher's top 20, learning rate 5e-4, one sample per prompt.
 """
 
@@ -70,14 +72,15 @@ def bench_recipe(task: str) -> dict:
     return r
 
 
-def variants(seeds: int) -> dict[str, list[str]]:
-    """Each variant's overrides of `distill train`."""
+def variants(seeds: int, epochs: float) -> dict[str, list[str]]:
+    """Each variant's overrides of `distill train` (`epochs`: the task recipe's)."""
     steps = math.ceil(seeds / PROMPTS_PER_STEP)
     on_policy = ["train.objective=on_policy", *ON_POLICY]
     return {
         "sft": ["train.objective=sft"],
         "kd": ["train.objective=kd"],
         "sft+kd": ["train.objective=sft+kd"],
+        "sft x2": ["train.objective=sft", f"train.epochs={2 * epochs}"],  # twice SFT's optimizer steps
         "on_policy": [*on_policy, f"train.on_policy.steps={steps}"],
         "on_policy x2": [*on_policy, f"train.on_policy.steps={2 * steps}"],
         "sft -> on_policy": [*on_policy, f"train.on_policy.steps={steps}", "train.on_policy.start_from=sft"],
@@ -85,17 +88,28 @@ def variants(seeds: int) -> dict[str, list[str]]:
 
 
 def cost(run: Path, name: str, generated: dict) -> dict:
-    """Teacher prompts and answer tokens, student tokens sampled and train seconds of one variant."""
+    """Teacher prompts and answer tokens, the prompt tokens it read while scoring, student tokens sampled, optimizer
+    steps and train seconds (an SFT phase's included) of one variant. On-policy needs the generate pass too (its seeds
+    and their kept rows): its prompts count."""
     s = marker(run, "train")
-    off_policy = {"teacher_prompts": generated["prompts"], "teacher_tokens": generated["new_tokens"], "student_tokens": 0}
+    off_policy = {"teacher_prompts": generated["prompts"], "teacher_tokens": generated["new_tokens"], "student_tokens": 0,
+                  "scoring_prompt_tokens": 0}
     if s.get("objective") != "on_policy":
         return {**off_policy, "train_s": s["seconds"], "steps": s["steps"]}
     c = s["cost"]
     phase = s.get("sft_phase")
-    return {"teacher_prompts": c["on_policy_steps"] * PROMPTS_PER_STEP + (generated["prompts"] if phase else 0),
-            "teacher_tokens": c["teacher_tokens_scored"] + (generated["new_tokens"] if phase else 0),
+    return {"teacher_prompts": generated["prompts"] + c["teacher_prompts_scored"],
+            "teacher_tokens": c["teacher_tokens_scored"] + generated["new_tokens"],
+            "scoring_prompt_tokens": c["teacher_prompt_tokens_read"],
             "student_tokens": c["student_tokens_sampled"], "train_s": s["seconds"],
             "steps": s["steps"] + (phase["steps"] if phase else 0), "reverse_kl": (s["first_reverse_kl"], s["last_reverse_kl"])}
+
+
+def equal_steps_sft(table: list[dict]) -> dict[str, str]:
+    """For each variant, the SFT variant with as many optimizer steps (if any), so objectives compare at equal steps
+    as well as at equal teacher budget."""
+    sft = {v["steps"]: v["variant"] for v in table if v["variant"] in ("sft", "sft x2")}
+    return {v["variant"]: sft[v["steps"]] for v in table if v["steps"] in sft and sft[v["steps"]] != v["variant"]}
 
 
 def bench_task(task: str, work: Path, log: Path) -> dict:
@@ -113,7 +127,8 @@ def bench_task(task: str, work: Path, log: Path) -> dict:
                  "seconds": g["generating_seconds"]}
 
     runs = {}
-    for name, overrides in variants(generated["prompts"]).items():
+    epochs = yaml.safe_load(recipe.read_text())["train"].get("epochs", 1)
+    for name, overrides in variants(generated["prompts"], epochs).items():
         run = folder / name.replace(" -> ", "-then-").replace(" ", "-").replace("+", "_")
         if not (run / "train" / "adapter" / "adapter_config.json").is_file():
             shutil.rmtree(run, ignore_errors=True)
@@ -128,17 +143,25 @@ def bench_task(task: str, work: Path, log: Path) -> dict:
 
     from distill.evaluate.stats import paired_bootstrap
 
-    own = pd.read_parquet(out / "predictions.parquet").query("set == @task")
-    score = {m: g.set_index("item_id")["score"] for m, g in own.groupby("model")}
-    sft = score[names_of(folders, "sft")]
+    predictions = pd.read_parquet(out / "predictions.parquet")
+
+    def per_item(set_name: str, metric: str | None = None) -> dict:
+        rows = predictions[predictions["set"] == set_name]
+        column = "score" if metric is None else f"score_{metric}"
+        return {m: g.set_index("item_id")[column] for m, g in rows.groupby("model")}
+
+    def paired(a, b) -> dict:
+        ids = a.index.intersection(b.index)
+        c = paired_bootstrap(a[ids].tolist(), b[ids].tolist(), n_boot=2000, seed=0)
+        return {k: c[k] for k in ("delta", "low", "high")}
+
+    score = per_item(task)
     table = []
     for name, run in runs.items():
         model = names_of(folders, name)
         row = {"variant": name, **cost(run, name, generated), "sets": {}}
         if name != "sft":
-            ids = sft.index.intersection(score[model].index)
-            c = paired_bootstrap(sft[ids].tolist(), score[model][ids].tolist(), n_boot=2000, seed=0)
-            row["vs_sft"] = {k: c[k] for k in ("delta", "low", "high")}
+            row["vs_sft"] = paired(score[names_of(folders, "sft")], score[model])
         for set_name, entry in report["sets"].items():
             metric = entry["metrics"][0]
             vs = entry["vs_base"][model]["metrics"]
@@ -147,9 +170,24 @@ def bench_task(task: str, work: Path, log: Path) -> dict:
                 "vs_base": {m: {k: vs[m]["overall"][k] for k in ("delta", "low", "high")} for m in entry["metrics"]},
                 "degraded": any(d["model"] == model and d["set"] == set_name for d in report["degraded"])}
         table.append(row)
+    # at equal optimizer steps: the task score and each guard set's reference NLL against SFT's (forgetting)
+    for row in table:
+        match = equal_steps_sft(table).get(row["variant"])
+        if match is None:
+            continue
+        model, sft = names_of(folders, row["variant"]), names_of(folders, match)
+        row["equal_steps"] = {"sft": match, "task": paired(score[sft], score[model])}
+        for set_name, entry in row["sets"].items():
+            if entry["guard"] and "nll" in report["sets"][set_name]["metrics"]:
+                nll = per_item(set_name, "nll")
+                row["equal_steps"][set_name] = paired(nll[sft], nll[model])
     return {"task": task, "generated": generated, "variants": table,
             "base": {s: e["models"]["base"]["score"] for s, e in report["sets"].items()},
             "teacher": {s: e["models"]["teacher"]["score"] for s, e in report["sets"].items()}}
+
+
+def _interval(d: dict) -> str:
+    return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
 def print_task(r: dict) -> None:
@@ -157,23 +195,32 @@ def print_task(r: dict) -> None:
     print(f"\n## {r['task']}: base model {r['base'][task]:.3f}, teacher {r['teacher'][task]:.3f} exact match; the "
           f"teacher wrote {g['new_tokens']} answer tokens for {g['prompts']} seeds in {g['seconds']:.0f} s\n")
     guards = [s for s, e in r["variants"][0]["sets"].items() if e["guard"]]
-    print("| objective | teacher prompts | teacher tokens | student tokens sampled | steps | train s | "
-          f"{task} exact match | vs base (95%) | vs sft (95% paired) | " + " | ".join(f"{s} vs base ({r['variants'][0]['sets'][s]['metric']}; nll)"
-                                                               for s in guards) + " |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---|" + "---|" * len(guards))
+    print("At equal teacher budget, against the base model and SFT:\n")
+    print("| objective | teacher prompts | teacher answer tokens | scoring prompt tokens | student tokens sampled | "
+          f"steps | train s | {task} exact match | vs base (95%) | vs sft (95% paired) | "
+          + " | ".join(f"{s} vs base ({r['variants'][0]['sets'][s]['metric']}; nll)" for s in guards) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|" + "---|" * len(guards))
     for v in r["variants"]:
         own = v["sets"][task]
-        d = own["vs_base"][own["metric"]]
         vs = v.get("vs_sft")
-        cells = [f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
-                 f"{vs['delta']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}]" if vs else ""]
+        cells = [_interval(own["vs_base"][own["metric"]]), _interval(vs) if vs else ""]
         for s in guards:
             e = v["sets"][s]
             first, nll = e["vs_base"][e["metric"]], e["vs_base"].get("nll")
-            cells.append(f"{first['delta']:+.3f}; {nll['delta']:+.3f} [{nll['low']:+.3f}, {nll['high']:+.3f}]"
-                         + (" **degraded**" if e["degraded"] else ""))
-        print(f"| {v['variant']} | {v['teacher_prompts']} | {v['teacher_tokens']} | {v['student_tokens']} | {v['steps']} | "
-              f"{v['train_s']:.0f} | {own['score']:.3f} | " + " | ".join(cells) + " |")
+            cells.append(f"{first['delta']:+.3f}; {_interval(nll)}" + (" **degraded**" if e["degraded"] else ""))
+        print(f"| {v['variant']} | {v['teacher_prompts']} | {v['teacher_tokens']} | {v['scoring_prompt_tokens']} | "
+              f"{v['student_tokens']} | {v['steps']} | {v['train_s']:.0f} | {own['score']:.3f} | " + " | ".join(cells) + " |")
+    same = [v for v in r["variants"] if "equal_steps" in v]
+    if same:
+        print("\nAt equal optimizer steps, against the SFT student with as many steps (paired, 95%); a guard set's "
+              "reference NLL above SFT's is more forgetting:\n")
+        print(f"| objective | steps | SFT variant | {task} exact match vs it | "
+              + " | ".join(f"{s} NLL vs it" for s in guards) + " |")
+        print("|---|---:|---|---|" + "---|" * len(guards))
+        for v in same:
+            e = v["equal_steps"]
+            print(f"| {v['variant']} | {v['steps']} | {e['sft']} | {_interval(e['task'])} | "
+                  + " | ".join(_interval(e[s]) if s in e else "" for s in guards) + " |")
 
 
 def main() -> None:

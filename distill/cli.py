@@ -245,6 +245,7 @@ def _validate(args, argv=None) -> int:
     from distill.models.dtype import dtype_lines, machine_line
     from distill.provenance.lineage import enforce_chaining_policy
     from distill.tracking import check_installed
+    from distill.train.repair import every_guard_set_repaired
 
     recipe, _ = _load(args)
     check_installed(recipe)
@@ -255,6 +256,8 @@ def _validate(args, argv=None) -> int:
         print(f"checked {line}", file=sys.stderr)
     for warning in enforce_chaining_policy(recipe):  # the same check `run` makes before any work
         print(f"warning: {warning}", file=sys.stderr)
+    if unmeasured := every_guard_set_repaired(recipe):
+        print(f"warning: {unmeasured}", file=sys.stderr)
     print(machine_line(recipe), file=sys.stderr)
     for warning in dtype_lines(recipe)[1]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.catalog import unused_sections
 from distill.models.context import resolved_model
-from distill.models.device import process_count
 from distill.models.identity import folder_hash
 from distill.models.merge import adapter_serving
 from distill.recipe import Recipe
 from distill.run_dir import hash_file, hash_tree
+from distill.train.repair import repaired_guard_sets
 
 
 def content_hash(path: str | Path) -> str:
@@ -76,12 +77,15 @@ TRAIN_REFUSAL_THRESHOLDS = {"max_truncated_share": True, "kd": {"max_mismatch_sh
 def train_settings(r: Recipe) -> dict:
     # logging_steps and report_to only say how often and where the loss is logged: the same adapter and
     # checkpoints. save_steps counts: it decides which checkpoints are written (and evaluated with
-    # evaluate.checkpoints). The name is written into the adapter's training_data.json. The number of processes
-    # counts: the global batch is batch_size x gradient_accumulation_steps x processes.
-    unused = {} if r.train.objective == "on_policy" else {"on_policy": True}  # settings of an objective not run
-    exclude = {"logging_steps": True, "report_to": True, **TRAIN_REFUSAL_THRESHOLDS, **unused}
-    settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name, "processes": process_count()}
-    if r.train.objective == "on_policy":
+    # evaluate.checkpoints). The name is written into the adapter's training_data.json. The number of processes is a
+    # fact of the launch (distill.stages: Stage.launch), not of the recipe. Which guard sets repair is like only marks
+    # them in the report.
+    exclude = {"logging_steps": True, "report_to": True, **TRAIN_REFUSAL_THRESHOLDS,
+               **{section: True for section in unused_sections(r.train.objective)}}  # an objective not run
+    if r.train.uses("on_policy") and r.train.on_policy.repair:
+        exclude["on_policy"] = {"repair": {"guard_sets"}}
+    settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name}
+    if r.train.uses("on_policy"):
         o = r.train.on_policy
         settings["sampler_stop"] = list(r.evaluate.stop)  # the student's samples end at these strings, as its answers do
         if o.start_from not in ("base", "sft"):
@@ -99,7 +103,7 @@ def evaluate_settings(r: Recipe) -> dict:
     e = r.evaluate.model_dump(mode="json", exclude={"cache"})  # where results are reused from: the same scores
     e["sets"] = [_eval_set(s) for s in r.evaluate.sets]
     e["serve_adapters"] = adapter_serving(r.evaluate.serve_adapters)  # `auto` as resolved on this machine
-    return {"evaluate": e, "seed": r.seed, "name": r.name,
+    return {"evaluate": e, "seed": r.seed, "name": r.name, "repaired_guard_sets": repaired_guard_sets(r),
             "student_format": {"prompt_template": r.train.prompt_template, "completion_template": r.train.completion_template,
                                "chat": r.train.chat},
             "teacher_prompt": {"template": r.generate.answering_template(), "few_shot": r.generate.few_shot.model_dump(),

@@ -27,7 +27,7 @@ from distill.models.context import resolved_model
 from distill.models.dtype import dtype_lines, machine_line
 from distill.progress import CONSOLE_COLUMNS_ENV, CONSOLE_FD_ENV, console, print_summary
 from distill.recipe import Recipe
-from distill.run_dir import RunDir, write_json, write_text
+from distill.run_dir import RunDir, hash_json, write_json, write_text
 from distill.stages import NAMES, fingerprint, stage
 
 STARTED = "_STARTED.json"
@@ -61,6 +61,12 @@ def begin_stage(run: RunDir, stage: str, fp: str, force: bool) -> Path | None:
     return moved
 
 
+def _relaunched(marker: dict, launch: dict) -> bool:
+    """A stage finished under one launch, run again under a launcher with other facts (more processes): redone. A
+    process outside any launcher (`distill run`, `status`, another job) takes it as it was done."""
+    return "WORLD_SIZE" in os.environ and marker.get("launch", {}) != launch
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -71,7 +77,8 @@ def execute_stage(recipe: Recipe, run: RunDir, name: str, force: bool = False, s
 
     enforce_chaining_policy(recipe)  # allow_chaining: false stops even a single stage before any work
     fp = fingerprint(recipe, run, name)
-    if not force and run.is_complete(name, fp):
+    launch = stage(name).launch()
+    if not force and run.is_complete(name, fp) and not _relaunched(run.read_marker(name), launch):
         summary = run.read_marker(name)["summary"]
         console(f"[{name}] up to date, skipped ({run.stage(name)})")
         return summary
@@ -80,7 +87,10 @@ def execute_stage(recipe: Recipe, run: RunDir, name: str, force: bool = False, s
         from distill.run_dir import run_lock
 
         with run_lock(run.root / f".{name}.lock"):  # shards started together must not wipe each other's work
-            moved = begin_stage(run, name, fp, force and shard == (0, 1))
+            # partial work (checkpoints) continues only under the same launch: a global batch of another size is
+            # another run
+            moved = begin_stage(run, name, hash_json({"fingerprint": fp, "launch": launch}) if launch else fp,
+                                force and shard == (0, 1))
     summary = stage(name).run(recipe, run, **({"shard": shard} if shard != (0, 1) else {}))
     if summary is not None and summary.get("merged") is False:  # a generation shard whose siblings are still at work
         print_summary(name, summary)
@@ -90,7 +100,7 @@ def execute_stage(recipe: Recipe, run: RunDir, name: str, force: bool = False, s
         return None
     if moved:  # the earlier work this run set aside, so the summary says where it is
         summary["moved_aside"] = str(moved)
-    run.mark_complete(name, fp, summary)
+    run.mark_complete(name, fp, summary, launch)
     print_summary(name, summary)
     write_run_report(run)
     return summary

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from distill import catalog
 from distill.errors import RecipeError
 from distill.metrics import DEFAULT_TOLERANCES, METRICS
 
@@ -288,7 +289,7 @@ class GenerateSettings(Section):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling parameters.")
     chunk_size: int = Field(256, gt=0, description="Prompts per atomically written chunk; a killed run resumes by chunk, "
                             "in the size it started with. Not part of the stage's fingerprint: rows are made per prompt.")
-    mode: Literal["complete", "synthesize", "label", "score"] = Field(
+    mode: Literal[tuple(catalog.MODES)] = Field(  # type: ignore[valid-type]
         "complete",
         description="complete: the teacher answers each real seed input. synthesize: one prompt per cell of `grid` "
         "(quota per cell), no seed input: the teacher writes an input and its answer as one JSON object. label: the teacher labels each seed input under the `label` constraint. "
@@ -324,13 +325,12 @@ class GenerateSettings(Section):
 
     @model_validator(mode="after")
     def _mode_settings(self) -> "GenerateSettings":
-        if (self.mode == "synthesize") != (self.grid is not None):
-            raise ValueError("grid is needed by, and only by, mode: synthesize")
-        if (self.mode == "label") != (self.label is not None):
-            raise ValueError("label is needed by, and only by, mode: label")
-        if self.answer_template is not None and self.mode != "synthesize":
+        for m in catalog.MODES.values():
+            if m.needs and (self.mode == m.name) != (getattr(self, m.needs) is not None):
+                raise ValueError(f"{m.needs} is needed by, and only by, mode: {m.name}")
+        if self.answer_template is not None and not self.writes_inputs:
             raise ValueError("answer_template is used by, and only by, mode: synthesize")
-        if self.mode == "synthesize":
+        if self.writes_inputs:
             # The teacher writes the input: a template that reads one would render it as None.
             if "input" in _template_variables(self.template, "template"):
                 raise ValueError("template uses `input`, but in synthesize mode there is none: the teacher writes it "
@@ -340,9 +340,9 @@ class GenerateSettings(Section):
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ValueError("endpoint is needed by, and only by, backend: openai")
         # compared with the default, not "was it set": a resolved recipe (run/recipe.yaml) writes every field
-        if self.completion_template != SCORED_COMPLETION and self.mode != "score":
+        if self.completion_template != SCORED_COMPLETION and not self.scores_targets:
             raise ValueError("completion_template is used by, and only by, mode: score")
-        if self.mode == "score":
+        if self.scores_targets:
             if not self.logprobs:
                 raise ValueError("mode: score measures the teacher's top-K at each token of the real targets: set "
                                  "logprobs (e.g. 20)")
@@ -351,7 +351,7 @@ class GenerateSettings(Section):
                                  "backend: openai is not supported for it")
             if self.sampling.n != 1:
                 raise ValueError("mode: score scores each real target once: sampling.n must be 1")
-        if self.logprobs and self.mode == "synthesize" and self.answer_template is None:
+        if self.logprobs and self.writes_inputs and self.answer_template is None:
             raise ValueError("logprobs in synthesize mode needs answer_template: without it the teacher's tokens are a "
                              "JSON object, not the answer the student is trained on")
         return self
@@ -359,17 +359,22 @@ class GenerateSettings(Section):
     @property
     def scores_targets(self) -> bool:
         """score mode: the teacher writes nothing; the seeds' real targets are its completions, scored teacher-forced."""
-        return self.mode == "score"
+        return catalog.mode(self.mode).scores_targets
 
     @property
     def retries_cut_answers(self) -> bool:
         """label mode retries an answer cut at max_tokens itself, so the filter stage need not reject it."""
-        return self.mode == "label"
+        return catalog.mode(self.mode).retries_cut_answers
+
+    @property
+    def writes_inputs(self) -> bool:
+        """synthesize mode: the teacher writes the inputs too; there is no real input to read."""
+        return catalog.mode(self.mode).writes_inputs
 
     def answering_template(self) -> str | None:
         """The template under which the teacher answers a real input, as evaluation prompts it: `template`, or in
         synthesize mode the second pass's `answer_template` when it reads nothing a real item lacks (a grid cell)."""
-        if self.mode != "synthesize":
+        if not self.writes_inputs:
             return self.template
         if self.answer_template is not None and _template_variables(self.answer_template, "answer_template") <= {
                 "input", "examples", "row"}:
@@ -610,6 +615,10 @@ class RepairSettings(Section):
         "adapter folder or run directory (its train/adapter) of this student, merged into the base for scoring.")
     share: float = Field(0.5, gt=0, le=1, description="Share of each on-policy step's prompts taken from the repair "
                          "prompts (rounded, at least one); the rest are the seeds, scored by the recipe's teacher.")
+    guard_sets: list[str] = Field(
+        default_factory=list, description="The guard sets these repair prompts are like, beside any read from `path` "
+        "itself (found by content), e.g. one drawn from another file of the same task. They are marked repaired in "
+        "the report and cards: training toward them means they no longer measure general ability.")
 
     @field_validator("path")
     @classmethod
@@ -723,6 +732,9 @@ class TrainSettings(Section):
         "constant", description="Learning-rate schedule."
     )
     warmup_steps: float = Field(0, ge=0, description="Warm-up: a whole number of steps, or a share of all steps if below 1.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay (TRL's default, 0).")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient to this norm before each optimizer step "
+                                 "(TRL's default, 1; 0: no clipping).")
     max_length: int = Field(
         128, gt=0, description="Longest training sequence in tokens; longer rows are cut and lose their EOS label "
         "(counted before training, see max_truncated_share)."
@@ -737,7 +749,7 @@ class TrainSettings(Section):
         None, gt=0, description="Train on at most this many of the kept rows, a reproducible sample (train.seed) in "
         "file order, as transformers' max_train_samples: for learning curves. The adapter records which rows."
     )
-    objective: Literal["sft", "kd", "sft+kd", "on_policy"] = Field(
+    objective: Literal[tuple(catalog.OBJECTIVES)] = Field(  # type: ignore[valid-type]
         "sft", description="sft: cross-entropy on the teacher's text. kd: the teacher's captured token distributions "
         "(generate.logprobs) at every completion token, cross-entropy only where the teacher gave none (the EOS "
         "label after a stop string). sft+kd: both, the divergence weighted by kd.weight. on_policy: the student "
@@ -758,12 +770,21 @@ class TrainSettings(Section):
     @property
     def runs_the_teacher(self) -> bool:
         """Training itself asks the teacher (on_policy): the train stage then counts the teacher among its models."""
-        return self.objective == "on_policy"
+        return catalog.objective(self.objective).runs_the_teacher
 
     @property
     def learns_from_captures(self) -> bool:
         """The objective learns the teacher's token distributions (captured by generation), not only its text."""
-        return self.objective in ("kd", "sft+kd")
+        return catalog.objective(self.objective).learns_from_captures
+
+    def uses(self, section: str) -> bool:
+        """Whether the objective reads that section of train (kd, on_policy)."""
+        return section in catalog.objective(self.objective).sections
+
+    @property
+    def shares_vocabulary(self) -> bool:
+        """Teacher and student ids must mean the same tokens (every objective that reads the teacher's ids)."""
+        return catalog.objective(self.objective).shares_vocabulary
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -1128,13 +1149,17 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _score_needs_targets(self) -> "Recipe":
-        if self.generate.mode == "score" and not self.data.target_field:
+        if self.generate.scores_targets and not self.data.target_field:
             raise ValueError("generate.mode: score scores the real targets, but data.target_field is null")
         return self
 
     @model_validator(mode="after")
     def _on_policy_scores_right(self) -> "Recipe":
-        if self.train.objective == "on_policy":
+        if self.train.runs_the_teacher:
+            if self.generate.answering_template() is None:
+                raise ValueError("train.objective on_policy: the teacher scores the student's answer to each seed under "
+                                 "the template it answers a real input with, but in synthesize mode generate.template "
+                                 "asks for new pairs: set generate.answer_template (reading only input, examples and row)")
             if self.models.teacher.engine.prefix_caching is True:
                 raise ValueError("models.teacher.engine.prefix_caching: true, but train.objective on_policy reads the "
                                  "teacher's prompt log-probabilities, which vLLM can return stale with prefix caching "
@@ -1152,8 +1177,18 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _repaired_guard_sets_are_guard_sets(self) -> "Recipe":
+        repair = self.train.on_policy.repair
+        guards = [s.name for s in self.evaluate.sets if s.guard]
+        for name in repair.guard_sets if repair else ():
+            if name not in guards:
+                raise ValueError(f"train.on_policy.repair.guard_sets names {name!r}, which is not an evaluate.sets entry "
+                                 f"with guard: true (guard sets: {', '.join(guards) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
     def _no_prefix_cache_where_scores_are_read(self) -> "Recipe":
-        if self.generate.mode == "score" and self.models.teacher.engine.prefix_caching is True:
+        if self.generate.scores_targets and self.models.teacher.engine.prefix_caching is True:
             raise ValueError("models.teacher.engine.prefix_caching: true, but generate.mode: score reads the teacher's "
                              "prompt log-probabilities, which vLLM can return stale with prefix caching on (vllm#42019): "
                              "use auto (off for this engine) or false")
@@ -1165,7 +1200,7 @@ class Recipe(Section):
             if self.generate.backend != "vllm":
                 raise ValueError("slurm.teacher_server serves models.teacher with vLLM for the generation tasks: it "
                                  "replaces generate.backend: openai (a server someone else runs); use one or the other")
-            if self.generate.mode == "score":
+            if self.generate.scores_targets:
                 raise ValueError("slurm.teacher_server: mode: score reads prompt log-probabilities from the in-process "
                                  "engine, which a server does not return; score with the generation tasks' own engine")
         return self

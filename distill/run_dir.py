@@ -273,8 +273,9 @@ class RunDir:
         marker = self.read_marker(stage)
         return bool(marker) and marker.get("fingerprint") == fingerprint and marker.get("output_hash") == hash_tree(self.stage(stage))
 
-    def mark_complete(self, stage: str, fingerprint: str, summary: dict) -> dict:
-        marker = {"stage": stage, "fingerprint": fingerprint, "output_hash": hash_tree(self.stage(stage)), "summary": summary}
+    def mark_complete(self, stage: str, fingerprint: str, summary: dict, launch: dict | None = None) -> dict:
+        marker = {"stage": stage, "fingerprint": fingerprint, "output_hash": hash_tree(self.stage(stage)), "summary": summary,
+                  **({"launch": launch} if launch else {})}
         write_json(self.marker(stage), marker)
         return marker
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from distill import fingerprint as F
 from distill.errors import UserError
 from distill.models.context import model_fingerprint
+from distill.models.device import process_count
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_json
 
@@ -31,6 +32,10 @@ class Stage:
     in_manifest: bool = True  # the manifest hashes its outputs (document writes the manifest itself)
     # whether it runs its models in vLLM, so their engine settings (max_model_len, quantization) count
     runs_engines: Callable[[Recipe], bool] = lambda r: True
+    # Facts of the process launch that shape its output (train: how many processes share the global batch). Not in
+    # the fingerprint, which every process must compute alike (`distill run`, `status` and the evaluation job run
+    # outside any launcher): a launch with other facts redoes the stage, a process outside a launch takes it as done.
+    launch: Callable[[], dict] = dict
 
     def run(self, recipe: Recipe, run: RunDir, **options) -> dict:
         module, function = self.entry.split(":")
@@ -58,7 +63,8 @@ STAGES: tuple[Stage, ...] = (
     # train reads the kept rows, and generation's own files: the teacher's captures (kd) or the seeds (on_policy)
     Stage("train", "LoRA fine-tuning of the student on the kept rows", ("generate", "filter"),
           F.train_settings, F.trained_roles, "distill.train.stage:run_train", "train",
-          runs_engines=lambda r: r.train.runs_the_teacher),  # sft / kd: transformers and PEFT only
+          runs_engines=lambda r: r.train.runs_the_teacher,  # sft / kd: transformers and PEFT only
+          launch=lambda: {"processes": process_count()}),
     Stage("evaluate", "score base student, trained student and teacher on held-out real data (RECIPE or a run "
           "directory)", ("generate", "filter", "train"),
           F.evaluate_settings, F.evaluated_roles, "distill.evaluate.stage:run_evaluate", "evaluate"),

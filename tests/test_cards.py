@@ -211,18 +211,60 @@ def test_the_model_card_says_how_far_each_evaluated_set_is_from_the_training_dat
            "holding their items (seed inputs included), but few-shot examples drawn from the data were not checked" in body
 
 
+def test_a_guard_set_whose_file_feeds_repair_is_named_in_the_model_card_as_trained_toward(documented, tmp_path):
+    """On-policy repair trains toward `general` (its prompts are that set's file): the card says `wikidata` measures
+    general ability and `general` does not; without guard sets it says nothing about them."""
+    arithmetic = ROOT / "recipes" / "quickstart" / "data" / "arithmetic_2_digit_addition.json"
+    wikidata = ROOT / "recipes" / "quickstart" / "data" / "qa_wikidata.json"
+    recipe_path = documented[0].root.parent.parent / "recipe.yaml"
+    recipe = load_recipe(recipe_path, [
+        "train.objective=on_policy", f"train.on_policy.repair={{path: {arithmetic}}}",
+        f"evaluate.sets=[{{name: plural, data: heldout}}, {{name: general, path: {arithmetic}, guard: true}}, "
+        f"{{name: wikidata, path: {wikidata}, guard: true}}]"])
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    report = _report()
+    report["sets"]["general"]["repaired"] = True  # as the evaluate stage marks it
+    report["sets"]["wikidata"] = {**report["sets"]["general"], "repaired": False}
+    report["degraded"] = [{"set": "general", "guard": True, "repaired": True, "model": "student", "metric": "exact_match",
+                           "where": "all", "n": 10, "delta": -0.1, "low": -0.3, "high": 0.1}]
+    write_json(run.eval_report, report)
+    run_document(recipe, run)
+    header, body = _split((run.root / "model_card.md").read_text())
+    assert "The guard set `wikidata` measures general ability beside the task, so that forgetting shows up. The guard " \
+           "set `general` is repaired: on-policy repair trained the student toward an earlier model on prompts like its " \
+           "items, so it does not measure general ability." in body
+    assert "Guard sets measure general ability" not in body
+    assert "### general (guard set, repaired)" in body and "### wikidata (guard set)" in body
+    assert "- `student` on repaired guard set `general` (all, n=10)" in body
+    kinds = {r["dataset"]["type"]: r["dataset"]["name"] for r in header["model-index"][0]["results"]}
+    assert kinds["general"] == "general (repaired guard set, real data)" and kinds["wikidata"] == "wikidata (guard set, real data)"
+
+    report["sets"] = {"plural": report["sets"]["plural"]}
+    report["degraded"] = []
+    write_json(run.eval_report, report)
+    run_document(load_recipe(recipe_path), run)
+    assert "guard set" not in (run.root / "model_card.md").read_text().lower()
+
+
 @pytest.mark.parametrize("summary, line", [
     ({"rows": 91, "steps": 6, "processes": 2, "global_batch": 16, "first_loss": 6.1, "last_loss": 0.4},
      "| epochs, batch size x accumulation x processes | 1.0, 8 x 1 x 2 = 16 rows per update |"),
     ({"objective": "on_policy", "steps": 2, "first_reverse_kl": 0.9, "last_reverse_kl": 0.7,
-      "sft_phase": {"rows": 40, "steps": 5, "first_loss": 6.2, "last_loss": 5.9},
+      "sft_phase": {"rows": 40, "steps": 5, "first_loss": 6.2, "last_loss": 5.9, "seconds": 12.5},
       "cost": {"student_tokens_sampled": 96, "teacher_tokens_scored": 96, "adapter_reloads": 2,
                "seconds": {"sample": 1.0, "score": 1.0, "learn": 1.0, "sync": 0.1}}},
-     "| first, SFT on the kept rows: rows, steps, loss first / last | 40, 5, 6.2 / 5.9 |"),
+     "| first, SFT on the kept rows: rows, steps, loss first / last, seconds | 40, 5, 6.2 / 5.9, 12.5 |"),
+    ({"objective": "on_policy", "steps": 20, "first_reverse_kl": 0.9, "last_reverse_kl": 0.7,
+      "cost": {"student_tokens_sampled": 96, "teacher_tokens_scored": 96,
+               "adapter_reloads": 2, "seconds": {"sample": 1.0, "score": 1.0, "learn": 1.0, "sync": 0.1}},
+      "optimizer": {"name": "AdamW", "learning_rate": 0.0001, "lr_scheduler": "cosine", "warmup_steps": 2,
+                    "weight_decay": 0.0, "max_grad_norm": 1.0, "steps": 20}},
+     "| optimizer (on-policy steps) | AdamW, learning rate 0.0001, cosine schedule, warm-up 2 of 20 steps, weight "
+     "decay 0.0, gradient norm clipped at 1.0 |"),
 ])
 def test_the_model_card_gives_the_training_as_its_summary_records_it(documented, tmp_path, summary, line):
-    """The processes of a multi-process launch and the SFT phase before on-policy training, as the train stage
-    records them (tests/test_ddp.py and tests/test_on_policy.py check those records against the runs)."""
+    """The processes of a multi-process launch, the SFT phase before on-policy training and the on-policy optimizer,
+    as the train stage records them (tests/test_ddp.py and tests/test_on_policy.py check those records against the runs)."""
     run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
     run.mark_complete("train", "fp", summary)
     run_document(load_recipe(documented[0].root.parent.parent / "recipe.yaml"), run)

@@ -207,6 +207,35 @@ def test_the_last_checkpoint_is_gated_on_request_and_earlier_ones_are_not():
     assert report["sets"]["arithmetic"]["vs_base"]["student@4"]["metrics"]["nll"]["overall"]["verdict"] == "reported only"
 
 
+def test_a_guard_set_that_repair_trains_toward_is_marked_and_the_gate_rests_on_the_others():
+    """A guard set whose prompts feed on-policy repair passes nearly by construction: the report says so wherever it
+    names the set, and the gate's sentence says which guard sets still measure general ability."""
+    from distill.evaluate.html import render_html
+
+    settings, sets = _settings()
+    predictions = _predictions({"student": {("arithmetic", "nll"): 4.92}})
+    report = build_report(predictions, settings, "base", ["base", "student"], sets, repaired=["arithmetic"])
+    assert [(n, e["guard"], e["repaired"]) for n, e in report["sets"].items()] == [
+        ("plural", False, False), ("arithmetic", True, True), ("wikidata", True, False)]
+    assert [(d["set"], d["repaired"]) for d in report["degraded"]] == [("arithmetic", True)]
+    md = render_markdown(report)
+    assert "## arithmetic (guard set, repaired: on-policy repair trained the student on prompts like its items)" in md
+    assert "## wikidata (guard set)" in md and "## plural\n" in md
+    assert "- `student` on repaired guard set `arithmetic` (all, n=100), nll:" in md
+    assert ("Repaired guard set `arithmetic`: on-policy repair trained the student toward an earlier model on prompts "
+            "like its items, so it passes nearly by construction; general ability rests on `wikidata`.") in md
+    html = render_html(report, [], "t")
+    assert "<h2>arithmetic (guard set, repaired: on-policy repair" in html and "<h2>wikidata (guard set)</h2>" in html
+    assert "on repaired guard set <code>arithmetic</code>" in html and "general ability rests on wikidata." in html
+
+    every = render_markdown(build_report(predictions, settings, "base", ["base", "student"], sets,
+                                         repaired=["arithmetic", "wikidata"]))
+    assert "Repaired guard sets `arithmetic`, `wikidata`: on-policy repair trained the student toward an earlier model " \
+           "on prompts like their items, so they pass nearly by construction; no guard set measures general ability " \
+           "in this run." in every
+    assert "general ability" not in render_markdown(build_report(predictions, settings, "base", ["base", "student"], sets))
+
+
 def test_tolerances_are_per_metric_and_a_set_can_override_them():
     settings, sets = _settings(tolerance={"nll": 0.5})
     sets["wikidata"] = sets["wikidata"].model_copy(update={"tolerance": {"nll": 1.0}})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,10 @@ def test_sampler_learner_and_teacher_read_the_same_tokens_and_the_teachers_stop_
     try:
         samples = loop._sample(0, loop._batch(0), loop._save_adapter(loop.adapters / "step-0"))
         stop = loop.student_stop
-        words = [t for t in samples[0]["ids"] if t != stop][:3]
-        ended = {**samples[0], "ids": words + [stop]}  # an answer that ended with the student's stop
+        words = [t for t in samples[0].ids if t != stop][:3]
+        ended = replace(samples[0], ids=words + [stop])  # an answer that ended with the student's stop
         loop._score(samples + [ended])
-        loss, figures = loop._on_policy_loss(samples)
+        loss, figures = loop._loss(samples)
         samples.append(ended)
     finally:
         loop.sampler.close()
@@ -92,7 +93,7 @@ def test_sampler_learner_and_teacher_read_the_same_tokens_and_the_teachers_stop_
     assert stop == expected_stop
     assert loop.teacher_stops == {teacher_tok.convert_tokens_to_ids(t) for t in f.instruct_stops}
     for s in samples:
-        assert _one_bos(prompt_ids(student_tok, s["prompt"]), student_tok.bos_token_id), s["prompt"][:40]
+        assert _one_bos(prompt_ids(student_tok, s.prompt), student_tok.bos_token_id), s.prompt[:40]
     # the sampler drew from the prompt the learner reads: before any update their log-probabilities agree
     assert figures["policy_lag"] < 1e-3, (family, chat, figures["policy_lag"])
     assert torch.isfinite(loss)
@@ -100,15 +101,15 @@ def test_sampler_learner_and_teacher_read_the_same_tokens_and_the_teachers_stop_
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     teacher_stops = sorted(loop.teacher_stops)
     for s in samples:
-        head = prompt_ids(teacher_tok, s["teacher_prompt"])
-        assert _one_bos(head, teacher_tok.bos_token_id), s["teacher_prompt"][:40]
-        assert s["teacher"].token_ids == list(s["ids"])  # exactly the sampled ids (the stop read as the student's)
-        asked = list(s["ids"]) if s["ids"][-1] != stop or stop in loop.teacher_stops else list(s["ids"][:-1]) + [min(teacher_stops)]
+        head = prompt_ids(teacher_tok, s.teacher_prompt)
+        assert _one_bos(head, teacher_tok.bos_token_id), s.teacher_prompt[:40]
+        assert s.teacher.token_ids == list(s.ids)  # exactly the sampled ids (the stop read as the student's)
+        asked = list(s.ids) if s.ids[-1] != stop or stop in loop.teacher_stops else list(s.ids[:-1]) + [min(teacher_stops)]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([head + asked])).logits[0].float()
         lp = torch.log_softmax(logits, -1)
         expected = [lp[len(head) + j - 1, t].item() for j, t in enumerate(asked)]
-        if s["ids"][-1] == stop:
+        if s.ids[-1] == stop:
             # the teacher's probability of stopping at all, where the student stopped: the stop it was asked for and
             # its other stops among its top K (what KD reads too)
             at = lp[len(head) + len(asked) - 2]
@@ -117,8 +118,8 @@ def test_sampler_learner_and_teacher_read_the_same_tokens_and_the_teachers_stop_
                 continue  # a stop on the top K's edge: which side vLLM puts it is a tie
             read = [t for t in teacher_stops if t == asked[-1] or at[t].item() >= kth]
             expected[-1] = math.log(sum(at[t].exp().item() for t in read))
-        assert s["teacher"].sampled_logprobs == pytest.approx(expected, abs=1e-4), (family, chat)
-        for ids, lps in zip(s["teacher"].top_ids, s["teacher"].top_logprobs):  # no other stop keeps its mass
+        assert s.teacher.sampled_logprobs == pytest.approx(expected, abs=1e-4), (family, chat)
+        for ids, lps in zip(s.teacher.top_ids, s.teacher.top_logprobs):  # no other stop keeps its mass
             assert all(lp == -math.inf for i, lp in zip(ids, lps) if i in loop.teacher_stops and i != stop)
 
 
@@ -162,3 +163,96 @@ def test_kd_and_on_policy_read_the_teachers_stop_mass_alike(family, chat, tmp_pa
     assert math.exp(kd_stop) == pytest.approx(mass) and math.exp(on_policy.sampled_logprobs[0]) == pytest.approx(mass)
     for ids, lps in ((kd["teacher_ids"][0], kd["teacher_logprobs"][0]), (on_policy.top_ids[0], on_policy.top_logprobs[0])):
         assert all(lp == -math.inf for i, lp in zip(ids, lps) if i in stops and i != eos)
+
+
+@pytest.fixture(scope="module")
+def base_students(tmp_path_factory) -> dict[str, Path]:
+    """Each family's base model, as a student."""
+    folder = tmp_path_factory.mktemp("base-students")
+    return {f: build_tiny_model(folder / f.replace(".", ""), family=f, variant="base") for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_sft_trains_on_the_prompt_ids_the_sampler_and_evaluation_read_and_learns_the_stop_they_stop_on(
+        base_students, family, chat, tmp_path):
+    """TRL's SFT trainer, built as the train stage builds it, reads each row's prompt as the same token ids (one BOS)
+    that the on-policy sampler, KD and evaluation are handed, and its last learned label is the stop they stop on
+    (student_stop_id: the EOS in the plain format, the template's end of turn in the chat format)."""
+    from test_filters import recipe_dict, row
+
+    from distill.prompts.student import student_prompt, student_stop_id
+    from distill.prompts.template import PromptTemplate
+    from distill.prompts.tokens import prompt_ids
+    from distill.recipe import Recipe
+    from distill.train.formats import check_stop_learned, training_examples
+    from distill.train.stage import build_trainer
+
+    student = base_students[family]
+    d = recipe_dict(student, [])
+    d["train"] = {"prompt_template": "Plural of {{ input }}:", "max_length": 160, "batch_size": 4, "chat": chat,
+                  "lora": {"r": 2, "alpha": 4}}
+    recipe = Recipe.model_validate(d)
+    rows = [row(i, c, inp=f"word{i}") for i, c in enumerate(["cats", "dogs", "mice"])]
+    trainer, tok = build_trainer(recipe, student, training_examples(recipe, rows), tmp_path / "checkpoints")
+    stop = student_stop_id(recipe, tok)
+    assert stop == (end_of_turn(tok, family) if chat else tok.eos_token_id)
+    template = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
+    for r, trained in zip(rows, trainer.train_dataset):
+        head = prompt_ids(tok, student_prompt(recipe, template, r, tok))
+        assert trained["input_ids"][:len(head)] == head and _one_bos(trained["input_ids"], tok.bos_token_id)
+        assert tok.decode(trained["input_ids"][len(head):], skip_special_tokens=True).strip() == r["completion"]
+    learned = check_stop_learned(trainer, tok, ["\n"], len(rows), 160, 0.0, stop)
+    assert learned["eos_id"] == stop and learned["rows_without_eos"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_a_base_student_goes_through_sft_kd_evaluation_and_on_policy_repair_on_every_family(family, tmp_path):
+    """End to end, per family: the instruct teacher scores the seeds' real plurals in its chat template (score mode,
+    its top 20 captured), the base student trains with sft+kd (cross-entropy and the divergence from the teacher's
+    distributions, its stops read as the student's EOS: every row's captures line up), evaluation scores base,
+    student and teacher on the held-out words, the cards are written; then on-policy training continues from that
+    adapter with repair prompts scored by the base student, its first step sampled from the policy the learner
+    reads (lag < 1e-3), and evaluation runs again."""
+    import pyarrow.parquet as pq
+    from conftest import run_cli
+
+    from distill.run_dir import RunDir
+
+    teacher = build_tiny_model(tmp_path / "teacher", family=family, variant="instruct", seed=1)
+    student = build_tiny_model(tmp_path / "student", family=family, variant="base", seed=0)
+    text = TINY_RECIPE.replace("  teacher: {{path: {model}, dtype: float32}}",
+                               f"  teacher: {{{{path: {teacher}, dtype: float32}}}}")
+    text = text.replace("  chunk_size: 16\n", "  chunk_size: 16\n  chat: true\n  mode: score\n  logprobs: 20\n")
+    text = text.replace("  batch_size: 8\n", "  batch_size: 8\n  objective: sft+kd\n  epochs: 10\n"
+                        "  learning_rate: 0.01\n")
+    text = text.replace("  max_tokens: 6\n", "  max_tokens: 6\n  models: [base, student, teacher]\n")
+    recipe = write_recipe(tmp_path, student, text)
+    done = run_cli("run", recipe, "--run-dir", tmp_path / "run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = RunDir(tmp_path / "run")
+    targets = run.read_marker("train")["summary"]["teacher_targets"]
+    assert targets["rows_with_teacher_targets"] == targets["rows"] > 0  # every row's captures lined up
+    f = FAMILIES[family]
+    if set(f.instruct_stops) != {f.base_eos}:
+        assert targets["teacher_stop_read_as_student_eos"]
+    predictions = pq.read_table(run.predictions).to_pylist()
+    assert {p["model"] for p in predictions} == {"base", "student", "teacher"}
+    assert (run.root / "model_card.md").is_file()
+
+    # then on-policy from that adapter, with repair prompts scored by the base student, and evaluation again
+    import json
+    import shutil
+
+    again = shutil.copytree(run.root, tmp_path / "on-policy")
+    repair = tmp_path / "repair.jsonl"
+    repair.write_text("".join(json.dumps({"input": f"What is {a} plus {b}?"}) + "\n" for a in range(3) for b in range(3)))
+    on_policy = ("train.objective=on_policy", f"train.on_policy.start_from={run.adapter}", "train.learning_rate=0.0005",
+                 "train.on_policy={steps: 2, prompts_per_step: 4, max_tokens: 5, top_k: 20, "
+                 f"repair: {{path: {repair}, share: 0.5}}}}")
+    for stage in ("train", "evaluate"):
+        done = run_cli(stage, recipe, "--run-dir", again, *on_policy)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = json.loads((again / "train" / "log.json").read_text())["history"]
+    assert steps[0]["policy_lag"] < 1e-3 and all(h["repair_tokens"] > 0 for h in steps)

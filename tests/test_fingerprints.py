@@ -197,15 +197,30 @@ def test_train_reruns_for_what_shapes_the_adapter_not_for_logging(tmp_path, reci
         assert stage_fp(recipe, "train", override, run=run) != before, override
 
 
-def test_the_number_of_training_processes_reruns_train(tmp_path, recipe, monkeypatch):
-    """Four processes make a four times larger global batch: another adapter, so a run killed under one process
-    is not resumed under four as if nothing changed."""
+def test_a_train_stage_finished_under_a_launch_is_done_for_every_process_and_redone_by_another_launch(
+        tmp_path, recipe, monkeypatch):
+    """Four processes make a four times larger global batch: another adapter. The count is a fact of the launch, not
+    of the recipe: every process computes the same fingerprint (`distill run` and `status` outside any launcher, the
+    launched ranks inside), a stage finished under four processes is done for a process outside any launcher, and a
+    launch with another count starts it over."""
+    from distill.pipeline import execute_stage
+
     run = upstream_done(RunDir(tmp_path / "run"), "generate", "filter")
     one = stage_fp(recipe, "train", run=run)
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert stage_fp(recipe, "train", run=run) != one
-    monkeypatch.setenv("WORLD_SIZE", "1")
     assert stage_fp(recipe, "train", run=run) == one
+    run.stage("train").mkdir(parents=True)
+    (run.stage("train") / "adapter.txt").write_text("trained by four processes")
+    run.mark_complete("train", one, {"processes": 4}, {"processes": 4})
+    r = load_recipe(recipe)
+    assert execute_stage(r, run, "train") == {"processes": 4}  # the same launch: done
+    monkeypatch.delenv("WORLD_SIZE")
+    assert execute_stage(r, run, "train") == {"processes": 4}  # no launcher: done
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exception):  # begun again (and stopped here: the upstream outputs are placeholders)
+        execute_stage(r, run, "train")
+    assert run.read_marker("train") is None
+    assert (run.stale.is_dir() and any(run.stale.iterdir()))  # the four-process work is moved aside, not deleted
 
 
 @pytest.mark.parametrize("override", [

@@ -194,6 +194,10 @@ def test_answer_template_answers_each_written_input_n_times(tmp_path, tiny_model
     (SYNTH + ("generate.template=Write one.", "generate.grid.output_key=input"),
      "generate.grid: input_key and output_key are both 'input'"),
     ("generate.mode=label", "generate: label is needed by, and only by, mode: label"),
+    # on-policy has the teacher score an answer to each seed: a template that writes new pairs cannot
+    (SYNTH + ("generate.template=Write one.", "train.objective=on_policy"),
+     "train.objective on_policy: the teacher scores the student's answer to each seed under the template it answers "
+     "a real input with"),
     ("generate.backend=openai", "generate: endpoint is needed by, and only by, backend: openai"),
     ("generate.label={choice: [a, b], regex: x}", "give exactly one of choice, json_schema, regex"),
 ])

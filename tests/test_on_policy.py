@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, prepared, teac
         adapter = loop._save_adapter(loop.adapters / "step-0")  # the fresh adapter: the base's answers
         samples = loop._sample(0, loop._batch(0), adapter)
         eos = loop.tokenizer.eos_token_id
-        samples.append({**samples[0], "ids": list(samples[0]["ids"][:3]) + [eos]})  # an answer that stopped with EOS
+        samples.append(replace(samples[0], ids=list(samples[0].ids[:3]) + [eos]))  # an answer that stopped with EOS
         loop._score(samples)
     finally:
         loop.sampler.close()
@@ -156,14 +157,14 @@ def test_the_teacher_scores_exactly_the_students_tokens(tmp_path, prepared, teac
     tok = AutoTokenizer.from_pretrained(teacher)
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     for s in samples:
-        assert s["teacher"].token_ids == list(s["ids"])  # ids and their positions, not a re-tokenisation of the text
-        head = tok(s["teacher_prompt"])["input_ids"]
+        assert s.teacher.token_ids == list(s.ids)  # ids and their positions, not a re-tokenisation of the text
+        head = tok(s.teacher_prompt)["input_ids"]
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([head + list(s["ids"])])).logits[0].float()
+            logits = model(input_ids=torch.tensor([head + list(s.ids)])).logits[0].float()
         lp = torch.log_softmax(logits, -1)
-        expected = [lp[len(head) + j - 1, t].item() for j, t in enumerate(s["ids"])]
-        assert s["teacher"].sampled_logprobs == pytest.approx(expected, abs=1e-4)
-    assert samples[-1]["teacher"].token_ids[-1] == eos
+        expected = [lp[len(head) + j - 1, t].item() for j, t in enumerate(s.ids)]
+        assert s.teacher.sampled_logprobs == pytest.approx(expected, abs=1e-4)
+    assert samples[-1].teacher.token_ids[-1] == eos
 
 
 def test_a_chat_student_samples_in_its_chat_format_and_the_teachers_stop_is_read_as_its_end_of_turn(
@@ -194,27 +195,29 @@ def test_a_chat_student_samples_in_its_chat_format_and_the_teachers_stop_is_read
         end_of_turn = loop.tokenizer.convert_tokens_to_ids("<|im_end|>")
         assert loop.student_stop == end_of_turn and loop.teacher_stops == {tok.eos_token_id}
         samples = loop._sample(0, loop._batch(0), loop._save_adapter(loop.adapters / "step-0"))
-        assert all(s["prompt"].startswith("<|im_start|>user\n") and s["prompt"].endswith("<|im_start|>assistant\n")
+        assert all(s.prompt.startswith("<|im_start|>user\n") and s.prompt.endswith("<|im_start|>assistant\n")
                    for s in samples)
-        words = [t for t in samples[0]["ids"] if t != end_of_turn][:3]
-        samples.append({**samples[0], "ids": words + [end_of_turn]})  # an answer that ended its turn
+        words = [t for t in samples[0].ids if t != end_of_turn][:3]
+        samples.append(replace(samples[0], ids=words + [end_of_turn]))  # an answer that ended its turn
         loop._score(samples)
-        loss, figures = loop._on_policy_loss(samples)
+        loss, figures = loop._loss(samples)
     finally:
         loop.sampler.close()
         loop.scorer.close()
-    assert torch.isfinite(loss) and figures["tokens"] == sum(len(s["ids"]) for s in samples)
+    assert torch.isfinite(loss) and figures["tokens"] == sum(len(s.ids) for s in samples)
     ended = samples[-1]
-    assert ended["teacher"].token_ids == ended["ids"]  # the student's tokens, its end of turn included
-    head = tok(ended["teacher_prompt"])["input_ids"]
+    assert ended.teacher.token_ids == ended.ids  # the student's tokens, its end of turn included
+    head = tok(ended.teacher_prompt)["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([head + words + [tok.eos_token_id]])).logits[0].float()
     stop = torch.log_softmax(logits[len(head) + len(words) - 1], -1)[tok.eos_token_id].item()  # its stop after them
-    assert ended["teacher"].sampled_logprobs[-1] == pytest.approx(stop, abs=1e-4)
-    assert all(tok.eos_token_id not in ids for s in samples for ids in s["teacher"].top_ids)  # read as the end of turn
+    assert ended.teacher.sampled_logprobs[-1] == pytest.approx(stop, abs=1e-4)
+    assert all(tok.eos_token_id not in ids for s in samples for ids in s.teacher.top_ids)  # read as the end of turn
 
 
 def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(prepared, trained):
+    from distill.run_dir import RunDir
+
     rkl = [h["reverse_kl"] for h in history(trained)]
     first, last = sum(rkl[:3]) / 3, sum(rkl[-3:]) / 3
     assert last < 0.8 * first, rkl
@@ -228,9 +231,18 @@ def test_the_reverse_kl_to_the_teacher_falls_over_a_short_run(prepared, trained)
     cost = json.loads((trained / "train" / "log.json").read_text())["cost"]
     report = json.loads((trained / "evaluate" / "report.json").read_text())
     assert report["training_cost"]["teacher_tokens_scored"] == cost["teacher_tokens_scored"] > 0
-    assert (f"the student sampled {cost['student_tokens_sampled']} tokens and the teacher scored "
-            f"{cost['teacher_tokens_scored']} of them") in (trained / "evaluate" / "report.md").read_text()
+    generated = RunDir(trained).read_marker("generate")["summary"]["prompts"]
+    assert report["training_cost"]["teacher_prompts"] == generated + cost["teacher_prompts_scored"]
+    assert 0 < cost["teacher_prompts_scored"] <= 12 * 8  # one per non-empty answer
+    assert cost["teacher_prompt_tokens_read"] > cost["teacher_prompts_scored"]
+    text = (trained / "evaluate" / "report.md").read_text()
+    assert (f"the student sampled {cost['student_tokens_sampled']} tokens, and the teacher read "
+            f"{cost['teacher_prompts_scored']} prompts of {cost['teacher_prompt_tokens_read']} tokens to score "
+            f"{cost['teacher_tokens_scored']} answer tokens") in text
+    assert f"the teacher read {generated + cost['teacher_prompts_scored']} prompts in all" in text
     assert "trained_rows.parquet" in card
+    # the card names the optimizer that ran, not the recipe's batch and epochs, which the loop does not read
+    assert "AdamW" in card and "epochs" not in card
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_without_repeating_or_skipping_steps(tmp_path, prepared, trained):
@@ -295,9 +307,11 @@ def test_a_prefix_cached_scoring_engine_is_refused_before_any_work(tmp_path, stu
     assert not (tmp_path / "run" / "generate").exists()
 
 
-def test_lmbda_mixes_on_policy_steps_with_steps_on_the_kept_rows_text(tmp_path, prepared):
-    """GKD's lmbda: about that share of steps sample the student; the others are cross-entropy on the teacher's text,
-    and the rows file that evaluation reads names both kinds of text."""
+def test_lmbda_mixes_on_policy_steps_with_divergence_steps_on_the_kept_rows_text(tmp_path, prepared):
+    """GKD's lmbda: about that share of steps sample the student; on the others the teacher scores kept rows' text and
+    the student learns the divergence from its distributions there (not cross-entropy on the text). The two kinds of
+    step have curves of their own, the teacher's reads of both are counted, and the rows file that evaluation reads
+    names both kinds of text."""
     import pyarrow.parquet as pq
 
     done = train(prepared, tmp_path / "run", "train.on_policy.steps=6", "train.on_policy.lmbda=0.5")
@@ -305,11 +319,37 @@ def test_lmbda_mixes_on_policy_steps_with_steps_on_the_kept_rows_text(tmp_path, 
     steps = history(tmp_path / "run")
     kinds = [h["on_policy"] for h in steps]
     assert True in kinds and False in kinds
-    assert all(("reverse_kl" in h) == h["on_policy"] and ("ce_loss" in h) != h["on_policy"] for h in steps)
-    cost = json.loads((tmp_path / "run" / "train" / "log.json").read_text())["cost"]
+    assert all(("reverse_kl" in h) == h["on_policy"] and ("divergence" in h) != h["on_policy"] for h in steps)
+    assert not any("ce_loss" in h for h in steps)
+    log = json.loads((tmp_path / "run" / "train" / "log.json").read_text())
+    assert log["steps"] == [h["step"] for h in steps if h["on_policy"]]
+    assert log["off_policy"]["steps"] == [h["step"] for h in steps if not h["on_policy"]]
+    cost = log["cost"]
     assert cost["on_policy_steps"] == kinds.count(True) and cost["off_policy_steps"] == kinds.count(False)
+    # the teacher read the sampled answers and the rows' text, each after a prompt of its own
+    text_tokens = sum(h["tokens"] for h in steps if not h["on_policy"])
+    assert cost["teacher_tokens_scored"] == cost["student_tokens_sampled"] + text_tokens
+    assert cost["teacher_prompts_scored"] >= 8 * 6 and cost["teacher_prompt_tokens_read"] > cost["teacher_prompts_scored"]
     sources = set(pq.read_table(tmp_path / "run" / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist())
     assert sources == {"student sample", "kept row"}
+
+
+def test_the_on_policy_optimizer_follows_the_recipes_schedule_warmup_and_clipping(tmp_path, prepared):
+    """train.lr_scheduler, warmup_steps, weight_decay and max_grad_norm shape the on-policy steps as they shape SFT's,
+    and the summary (hence the card) names the optimizer that ran."""
+    from distill.run_dir import RunDir
+
+    run = tmp_path / "run"
+    done = train(prepared, run, "train.on_policy.steps=4", "train.lr_scheduler=linear", "train.warmup_steps=2",
+                 "train.weight_decay=0.1", "train.max_grad_norm=0.5")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lr = 0.01  # the recipe's peak
+    assert [h["learning_rate"] for h in history(run)] == pytest.approx([0.0, lr / 2, lr, lr / 2])
+    assert all(h["grad_norm"] > 0 for h in history(run))
+    summary = RunDir(run).read_marker("train")["summary"]
+    assert summary["optimizer"] == {"name": "AdamW", "learning_rate": lr, "lr_scheduler": "linear", "warmup_steps": 2,
+                                    "weight_decay": 0.1, "max_grad_norm": 0.5, "steps": 4, "prompts_per_step": 8,
+                                    "samples_per_prompt": 1}
 
 
 def test_start_from_sft_trains_sft_first_then_continues_on_policy_from_its_adapter(tmp_path, prepared):
@@ -333,6 +373,8 @@ def test_start_from_sft_trains_sft_first_then_continues_on_policy_from_its_adapt
     summary = RunDir(run).read_marker("train")["summary"]
     phase = summary["sft_phase"]
     assert phase["resumed"] is True and phase["steps"] == 5 and phase["rows"] == 40  # 40 kept rows, 8 per step
+    # the train stage's time is both phases' (the report's training cost reads it)
+    assert summary["seconds"] == pytest.approx(phase["seconds"] + summary["on_policy_seconds"], abs=0.11)
     assert summary["steps"] == 2 and [h["step"] for h in history(run)] == [1, 2]
     record = json.loads((run / "train" / "adapter" / "training_data.json").read_text())
     assert record["start_adapter"] == str(run / "train" / "sft" / "adapter")

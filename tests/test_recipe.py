@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from distill.errors import RecipeError
 from distill.recipe import load_recipe
@@ -103,3 +105,40 @@ def test_cli_validate_prints_resolved_recipe(tiny_recipe):
     assert result.returncode == 0, result.stderr
     assert "epochs: 3.0" in result.stdout
     assert "warning: chaining: generator/labeller (teacher) and student are the same model" in result.stderr
+
+
+ARITHMETIC = ROOT / "recipes" / "quickstart" / "data" / "arithmetic_2_digit_addition.json"
+WIKIDATA = ROOT / "recipes" / "quickstart" / "data" / "qa_wikidata.json"
+
+
+def _repairing(guards: dict, *more: str) -> list[str]:
+    """Overrides: on-policy training whose repair prompts are the arithmetic file, evaluated on plural and `guards`
+    (name: file)."""
+    sets = ", ".join(f"{{name: {name}, path: {path}, guard: true}}" for name, path in guards.items())
+    return ["train.objective=on_policy", f"train.on_policy.repair={{path: {ARITHMETIC}}}",
+            f"evaluate.sets=[{{name: plural, data: heldout}}, {sets}]", *more]
+
+
+def test_a_guard_set_is_repaired_when_its_file_feeds_repair_or_repair_names_it(tiny_recipe, tmp_path):
+    """A guard set read from the repair prompts' file, under any path, is trained toward; so is one repair names."""
+    from distill.train.repair import every_guard_set_repaired, repaired_guard_sets
+
+    copy = shutil.copy(ARITHMETIC, tmp_path / "the-same-questions.json")
+    guards = {"arithmetic": copy, "wikidata": WIKIDATA}
+    recipe = load_recipe(tiny_recipe, _repairing(guards))
+    assert repaired_guard_sets(recipe) == ["arithmetic"] and every_guard_set_repaired(recipe) is None
+    named = _repairing(guards, "train.on_policy.repair.guard_sets=[wikidata]")
+    assert repaired_guard_sets(load_recipe(tiny_recipe, named)) == ["arithmetic", "wikidata"]
+    assert repaired_guard_sets(load_recipe(tiny_recipe, named + ["train.objective=sft"])) == []  # no repair runs
+    msg = error_of(tiny_recipe, *_repairing(guards, "train.on_policy.repair.guard_sets=[plural]"))
+    assert "train.on_policy.repair.guard_sets names 'plural', which is not an evaluate.sets entry with guard: true " \
+           "(guard sets: arithmetic, wikidata)" in msg
+
+
+def test_validate_warns_when_every_guard_set_is_repaired_and_refuses_a_repaired_name_that_is_no_guard_set(tiny_recipe):
+    result = run_cli("validate", tiny_recipe, *_repairing({"arithmetic": ARITHMETIC}))
+    assert result.returncode == 0, result.stderr
+    assert "warning: every guard set (arithmetic) is repaired by train.on_policy.repair: none measures general " \
+           "ability; add a guard set the repair prompts are not like" in result.stderr
+    result = run_cli("validate", tiny_recipe, *_repairing({"arithmetic": ARITHMETIC}, "train.on_policy.repair.guard_sets=[wiki]"))
+    assert result.returncode == 2 and "train.on_policy.repair.guard_sets names 'wiki'" in result.stderr, result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.evaluate.report import set_kind
 from distill.run_dir import atomic_path
 
 
@@ -63,7 +64,7 @@ def plot_differences(report: dict, out: Path) -> None:
         if tol:
             ax.axvline(-tol if info["higher_is_better"] else tol, color="tab:red", lw=0.8, ls="--")
         better = "higher is better" if info["higher_is_better"] else "lower is better"
-        kind = "guard set " if entry["guard"] else ""
+        kind = f"{set_kind(entry)} " if entry["guard"] else ""
         ax.set_title(f"{kind}{set_name}: {info['label']} minus {report['baseline']} ({better})", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         if not rows:

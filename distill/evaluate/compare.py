@@ -19,6 +19,7 @@ from distill.evaluate.scoring import score_candidates
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
 from distill.tracking import check_installed, log_report
+from distill.train.repair import repaired_guard_sets
 
 
 def _recipe_and_run(targets: list[str], recipe_path: str | None, run_dir: str | None, overrides: list[str]):
@@ -51,7 +52,8 @@ def run_compare(targets: list[str], out: str, recipe_path: str | None = None, ru
     pool = seed_pool(run)
     predictions = score_candidates(recipe, candidates, sets, pool, cache, targets)
     report = build_report(predictions, recipe.evaluate, baseline, names, {n: s for n, (s, _) in sets.items()}, seed=recipe.seed,
-                          gated=[n for n in names if n != baseline], contaminated=measured["sets"] if measured else None)
+                          gated=[n for n in names if n != baseline], contaminated=measured["sets"] if measured else None,
+                          repaired=repaired_guard_sets(recipe))
     attach(report, measured, None)
     fidelity = measure_fidelity(recipe, candidates, sets, targets, pool, cache)  # when a teacher is compared
     if fidelity:

@@ -10,7 +10,7 @@ from pathlib import Path
 from jinja2 import Environment, select_autoescape
 
 from distill.evaluate.answers import disagreements
-from distill.evaluate.report import gate_cells, gate_description
+from distill.evaluate.report import gate_cells, gate_description, heading_kind, set_kind
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -30,14 +30,14 @@ details pre { white-space: pre-wrap; font-size: 0.85em; max-width: 40em; }
 </style></head><body>
 <h1>{{ title }}</h1>
 {% if report.degraded %}<div class="alarm"><b>Degraded</b> against <code>{{ report.baseline }}</code> (gate interval wholly beyond the metric's tolerance on the worse side):<ul>
-{% for d in report.degraded %}<li><code>{{ d.model }}</code> on {{ "guard set " if d.guard }}<code>{{ d.set }}</code> ({{ d.where }}, n={{ d.n }}), {{ d.metric }}: {{ f(d.delta) }} [{{ f(d.low) }}, {{ f(d.high) }}] at {{ "%.2f" | format(d.level * 100) }}%, tolerance {{ d.tolerance }}, adjusted p {{ "%.2g" | format(d.p_adjusted) }}</li>
+{% for d in report.degraded %}<li><code>{{ d.model }}</code> on {{ kind(d) ~ " " if d.guard }}<code>{{ d.set }}</code> ({{ d.where }}, n={{ d.n }}), {{ d.metric }}: {{ f(d.delta) }} [{{ f(d.low) }}, {{ f(d.high) }}] at {{ "%.2f" | format(d.level * 100) }}%, tolerance {{ d.tolerance }}, adjusted p {{ "%.2g" | format(d.p_adjusted) }}</li>
 {% endfor %}</ul></div>
 {% elif report.gate.models %}<div class="ok">Nothing gated degraded against <code>{{ report.baseline }}</code>.</div>{% endif %}
 <p>{{ gate_text }}</p>
 <p>Every model: paired bootstrap, {{ (report.confidence * 100) | round | int }}% intervals, {{ report.bootstrap_samples }} resamples.</p>
 {% for png in images %}<img alt="chart" src="data:image/png;base64,{{ png }}">{% endfor %}
 {% for set_name, e in report.sets.items() %}
-<h2>{{ set_name }}{{ " (guard set)" if e.guard }}</h2>
+<h2>{{ set_name }}{{ heading_kind(e) }}</h2>
 <table><tr><th>model</th>{% for m in e.metrics %}<th>{{ e.metric_info[m].label }}{{ "" if e.metric_info[m].higher_is_better else " (lower is better)" }}</th>{% endfor %}<th>n</th></tr>
 {% for model, s in e.models.items() %}<tr><td>{{ model }}</td>{% for m in e.metrics %}<td>{{ f(s.metrics[m].score, False) }}</td>{% endfor %}<td>{{ s.n }}</td></tr>{% endfor %}
 </table>
@@ -118,4 +118,5 @@ def render_html(report: dict, images: list[Path], title: str, predictions: list[
     pngs = [base64.b64encode(Path(p).read_bytes()).decode() for p in images if Path(p).is_file()]
     answers = disagreements(predictions, report) if predictions else {}
     return env.from_string(_TEMPLATE).render(report=report, images=pngs, title=title, f=_f, slice_rows=_slice_rows, answers=answers,
-                                             gate_text=gate_description(report).replace("`", ""), gate_cells=gate_cells)
+                                             gate_text=gate_description(report).replace("`", ""), gate_cells=gate_cells,
+                                             kind=set_kind, heading_kind=heading_kind)

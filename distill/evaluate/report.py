@@ -69,10 +69,11 @@ def _compare(a: list[float], b: list[float], boot: dict, gated: bool, tolerance:
 
 def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: str, models: list[str],
                  set_configs: dict, seed: int = 0, contaminated: dict[str, list[str]] | None = None,
-                 gated: list[str] | None = None) -> dict:
+                 gated: list[str] | None = None, repaired: list[str] | None = None) -> dict:
     """`predictions` are Scorer rows; `set_configs` maps each set name to its EvalSet; `contaminated` maps a
     set name to the ids of its items found in the rows the student was trained on; `gated` names the
-    models whose differences the gate decides (default: those `settings.gate.models` names)."""
+    models whose differences the gate decides (default: those `settings.gate.models` names); `repaired` names the
+    guard sets on-policy repair trained toward (distill.train.repair.repaired_guard_sets)."""
     grouped: dict = defaultdict(lambda: defaultdict(dict))  # set -> model -> item_id -> row
     steps: dict = {}
     for p in predictions:
@@ -88,12 +89,13 @@ def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: 
         "min_items": g.min_items, "sets": {}, "degraded": [],
     }
     tests: list = []  # (comparison, its degradation test) of every gated row, corrected together below
-    where_of: dict = {}  # id(comparison) -> (set, guard, model, metric, where)
+    where_of: dict = {}  # id(comparison) -> (set, model, metric, where)
     for set_name, s in set_configs.items():
         by_model = grouped.get(set_name, {})
         tolerance = {m: (s.tolerance or {}).get(m, g.tolerance.get(m, METRICS[m].tolerance)) for m in s.metrics}
         entry: dict = {
-            "guard": s.guard, "tolerance": tolerance, "metrics": list(s.metrics),
+            "guard": s.guard, "repaired": s.guard and set_name in (repaired or ()), "tolerance": tolerance,
+            "metrics": list(s.metrics),
             "metric_info": {m: {"label": METRICS[m].label, "higher_is_better": METRICS[m].higher_is_better} for m in s.metrics},
             "models": {}, "vs_base": {},
         }
@@ -121,7 +123,7 @@ def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: 
                                   for sl, v in sorted(by_slice.items())}}
                 per_metric[m] = cmp
                 for where, c in [("all", cmp["overall"]), *cmp["slices"].items()]:
-                    where_of[id(c)] = (set_name, s.guard, model, m, where)
+                    where_of[id(c)] = (set_name, model, m, where)
             entry["vs_base"][model] = {**per_metric[s.metrics[0]], "metrics": per_metric}
         clean = _clean_part(by_model, set((contaminated or {}).get(set_name, ())), s.metrics[0])
         if clean:
@@ -132,8 +134,10 @@ def build_report(predictions: list[dict], settings: EvaluateSettings, baseline: 
     for c, t in tests:
         c.update({k: t[k] for k in GATE_KEYS})
         if c["degraded"]:
-            set_name, guard, model, m, where = where_of[id(c)]
-            report["degraded"].append({"set": set_name, "guard": guard, "model": model, "metric": m, "where": where,
+            set_name, model, m, where = where_of[id(c)]
+            entry = report["sets"][set_name]
+            report["degraded"].append({"set": set_name, "guard": entry["guard"], "repaired": entry["repaired"],
+                                       "model": model, "metric": m, "where": where,
                                        "n": c["n"], "delta": c["delta"], "low": c["gate_low"], "high": c["gate_high"],
                                        "level": c["gate_level"], "p_adjusted": c["p_adjusted"], "tolerance": c["tolerance"]})
     report["any_degraded"] = bool(report["degraded"])
@@ -153,12 +157,48 @@ _CORRECTION_TEXT = {
 }
 
 
+def set_kind(entry: dict) -> str:
+    """A guard set's kind in degraded lines (a set entry or a degraded row): whether repair trained toward it; a
+    report.json written before repaired sets were marked has no `repaired`."""
+    return ("repaired guard set" if entry.get("repaired") else "guard set") if entry.get("guard") else ""
+
+
+def heading_kind(entry: dict) -> str:
+    """The parenthesis after a set's name in its heading."""
+    if not entry.get("guard"):
+        return ""
+    return " (guard set, repaired: on-policy repair trained the student on prompts like its items)" \
+        if entry.get("repaired") else " (guard set)"
+
+
+def _names(xs: list[str]) -> str:
+    return ", ".join(f"`{x}`" for x in xs)
+
+
+def general_ability_text(report: dict) -> str:
+    """Which guard sets measure general ability, when repair trained toward some of them; else nothing."""
+    guards = [name for name, e in report["sets"].items() if e.get("guard")]
+    repaired = [name for name in guards if report["sets"][name].get("repaired")]
+    if not repaired:
+        return ""
+    text = (f"Repaired guard set{'s' if len(repaired) > 1 else ''} {_names(repaired)}: on-policy repair trained the "
+            "student toward an earlier model on prompts like "
+            + ("their items, so they pass" if len(repaired) > 1 else "its items, so it passes")
+            + " nearly by construction; ")
+    rest = [name for name in guards if name not in repaired]
+    if rest:
+        return text + f"general ability rests on {_names(rest)}."
+    return text + "no guard set measures general ability in this run."
+
+
 def gate_description(report: dict) -> str:
     """What the gate tested, in one paragraph (report.md and report.html)."""
     g = report["gate"]
     names = ", ".join(f"`{m}`" for m in g["models"])
+    guards = general_ability_text(report)
     if not g["models"]:
-        return f"Gate: no model is gated against `{report['baseline']}`; every difference is reported only."
+        return " ".join(filter(None, [f"Gate: no model is gated against `{report['baseline']}`; every difference is "
+                                      "reported only.", guards]))
     alpha = f"{g['alpha']:.0%}" if round(g["alpha"] * 100, 6).is_integer() else f"{g['alpha']:g}"
     return (f"Gate: {names} against `{report['baseline']}` on every set, slice and guard set of at least {g['min_items']} items: "
             f"{g['tests']} tests, each a one-sided paired t test of a drop beyond the metric's tolerance, "
@@ -169,7 +209,7 @@ def gate_description(report: dict) -> str:
             f"MDE: the smallest true drop (tolerance included, in the metric's unit) that a row detects with {g['power']:.0%} "
             f"power at {g['mde_level']:.2%} confidence (the family's strictest level), from the spread of its per-item "
             "differences (for scores in [0, 1], plus the most spread such a drop can add). "
-            "Rows of other models are reported only, with no verdict.")
+            "Rows of other models are reported only, with no verdict." + (f" {guards}" if guards else ""))
 
 
 def gate_cells(x: dict) -> list[str]:
@@ -210,12 +250,17 @@ def cost_lines(report: dict) -> list[str]:
     text = (f"Training cost: the teacher answered {c['teacher_prompts_answered']} prompts with "
             f"{c['teacher_answer_tokens']} tokens in the generate stage ({c['generate_seconds']} s); training "
             f"(`{c['objective']}`) took {c['train_seconds']} s")
+    if c.get("sft_phase_seconds") is not None:
+        text += f" (its SFT phase {c['sft_phase_seconds']} s)"
     if "teacher_tokens_scored" in c:
-        text += (f", the student sampled {c['student_tokens_sampled']} tokens and the teacher scored "
-                 f"{c['teacher_tokens_scored']} of them")
+        text += (f", the student sampled {c['student_tokens_sampled']} tokens, and the teacher read "
+                 f"{c.get('teacher_prompts_scored', 0)} prompts of {c.get('teacher_prompt_tokens_read', 0)} tokens "
+                 f"to score {c['teacher_tokens_scored']} answer tokens")
         if c["repair_tokens_scored"]:
-            text += f" (the repair teacher {c['repair_tokens_scored']})"
+            text += f" (the repair teacher scored {c['repair_tokens_scored']})"
         text += f", over {c['adapter_reloads']} adapter reloads"
+        if "teacher_prompts" in c:
+            text += f"; the teacher read {c['teacher_prompts']} prompts in all"
     return [text + ".", ""]
 
 
@@ -226,7 +271,7 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
     if report["degraded"]:
         lines += ["**Degraded** (gated rows whose gate interval of the difference from "
                   f"`{base}` lies wholly beyond the metric's tolerance on the worse side):", ""]
-        lines += [f"- `{d['model']}` on {'guard set ' if d['guard'] else ''}`{d['set']}` ({d['where']}, n={d['n']}), "
+        lines += [f"- `{d['model']}` on {(set_kind(d) + ' ') if d['guard'] else ''}`{d['set']}` ({d['where']}, n={d['n']}), "
                   f"{d['metric']}: {_fmt(d['delta'])} [{_fmt(d['low'])}, {_fmt(d['high'])}] at {d['level']:.2%}, "
                   f"tolerance {d['tolerance']:g}, adjusted p {d['p_adjusted']:.2g}" for d in report["degraded"]]
     elif report["gate"]["models"]:
@@ -238,8 +283,7 @@ def render_markdown(report: dict, title: str = "Evaluation on held-out real data
         metrics = entry["metrics"]
         labels = [entry["metric_info"][m]["label"] + ("" if entry["metric_info"][m]["higher_is_better"] else " (lower is better)")
                   for m in metrics]
-        kind = " (guard set)" if entry["guard"] else ""
-        lines += [f"## {set_name}{kind}", "", "| model | " + " | ".join(labels) + " | n |", "|---|" + "---:|" * (len(metrics) + 1)]
+        lines += [f"## {set_name}{heading_kind(entry)}", "", "| model | " + " | ".join(labels) + " | n |", "|---|" + "---:|" * (len(metrics) + 1)]
         for m in models:
             cells = [_fmt(entry["models"][m]["metrics"][k]["score"], signed=False) for k in metrics]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {entry['models'][m]['n']} |")

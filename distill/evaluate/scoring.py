@@ -22,6 +22,7 @@ from distill.evaluate.cache import EvalCache, library_versions, metric_code, mod
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.evaluate.targets import fidelity_k, teacher_target
 from distill.models.dtype import model_dtype, torch_dtype
+from distill.models.engine import Completion, EvaluationEngine
 from distill.models.merge import adapter_serving, merge_adapter
 from distill.progress import console, progress
 from distill.prompts.student import student_prompt, student_stop_id
@@ -79,7 +80,6 @@ class Scorer:
         self.settings = recipe.evaluate
         self.seed = recipe.evaluate.seed if recipe.evaluate.seed is not None else recipe.seed
         self.serving = adapter_serving(recipe.evaluate.serve_adapters)  # how trained adapters generate
-        self._lora_ids: dict[str, int] = {}
         self._hf_key: tuple | None = None
         self._hf_model = None
         self._model_keys: dict[tuple, dict] = {}
@@ -88,29 +88,18 @@ class Scorer:
         self.fidelity_k = fidelity_k(recipe)
         self.teacher_targets: dict[str, dict] = {}
 
-    def _lora(self, cand: Candidate):
-        from vllm.lora.request import LoRARequest
-
-        if cand.adapter is None or cand.merged is not None:
-            return None
-        key = str(Path(cand.adapter).resolve())
-        lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)  # one id per adapter: vLLM caches by id
-        return LoRARequest(f"adapter-{lora_id}", lora_id, key)
-
-    def _generate(self, engine, cand: Candidate, s: EvalSet, prompts: list[str]):
-        """Each prompt's answer, from the prompt's token ids as training read them (one BOS whatever the family); a
-        student stops on the token it learned to end with (in the chat format its end-of-turn token), as its sampler
-        does in on-policy training."""
-        from vllm import SamplingParams
-
+    def _generate(self, engine: EvaluationEngine, cand: Candidate, s: EvalSet, prompts: list[str]) -> list[Completion]:
+        """Each prompt's answer through the engine's `generate` (from the prompt's token ids as training read them: one
+        BOS whatever the family); a student stops on the token it learned to end with (in the chat format its
+        end-of-turn token), as its sampler does in on-policy training."""
         d = self.decoding(s)
-        k = self._capture_k(cand)
         stop_id = student_stop_id(self.recipe, engine.tokenizer) if cand.role == "student" else None
-        params = [SamplingParams(temperature=d["temperature"], top_p=d["top_p"], max_tokens=d["max_tokens"],
-                                 stop=d["stop"] or None, stop_token_ids=[stop_id] if stop_id is not None else None,
-                                 seed=self.seed + i, logprobs=k) for i in range(len(prompts))]
-        outs = engine.llm.generate(engine.token_prompts(prompts), params, lora_request=self._lora(cand), use_tqdm=False)
-        return [o.outputs[0] for o in outs]
+        adapter = Path(cand.adapter).resolve() if cand.adapter is not None and cand.merged is None else None
+        outs = engine.generate(prompts, seeds=[self.seed + i for i in range(len(prompts))], temperature=d["temperature"],
+                               top_p=d["top_p"], max_tokens=d["max_tokens"], stop=d["stop"] or None,
+                               stop_token_ids=[stop_id] if stop_id is not None else None, adapter=adapter,
+                               logprobs=self._capture_k(cand))
+        return [o[0] for o in outs]
 
     def _capture_k(self, cand: Candidate) -> int | None:
         """The top K the teacher's answers carry for fidelity (None: nothing captured)."""
@@ -168,23 +157,12 @@ class Scorer:
             sequences.append(full)
             starts.append(max(start, 1))  # the first token of a sequence has no log-probability
         t0 = time.time()
-        if engine is not None and not engine.lora_enabled and not engine.prefix_caching and cand.merged is None:
-            result, source = self._engine_logprobs(engine, cand, sequences, starts), "vLLM prompt log-probabilities"
+        if engine is not None and engine.prompt_logprobs_exact and cand.adapter is None:
+            result, source = engine.token_logprobs(sequences, starts), "vLLM prompt log-probabilities"
         else:
             result, source = self._forward_logprobs(tok, cand, sequences, starts), "transformers forward pass"
         self.nll_sources[(cand.name, s.name)] = {"source": source, "seconds": round(time.time() - t0, 2)}
         return result
-
-    def _engine_logprobs(self, engine, cand: Candidate, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        # temperature 1: the model's own distribution (the engine may report processed log-probabilities)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, seed=self.seed)
-        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=x) for x in sequences], params,
-                                   lora_request=self._lora(cand), use_tqdm=False)
-        return [[out.prompt_logprobs[j][x[j]].logprob for j in range(start, len(x))]
-                for out, x, start in zip(outs, sequences, starts)]
 
     def _forward_logprobs(self, tok, cand: Candidate, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
         """A plain forward pass on the device this machine has: sequences go longest first in batches of about equal
@@ -290,7 +268,7 @@ class Scorer:
         text_metrics = [m for m in s.metrics if not M.METRICS[m].needs_logprobs]
         answers = self._generate(engine, cand, s, prompts) if text_metrics else [None] * len(items)
         k = self._capture_k(cand)
-        targets = [teacher_target(a, k, prompter.tokenizer) for a in answers] if k and text_metrics else None
+        targets = [teacher_target(a, prompter.tokenizer) for a in answers] if k and text_metrics else None
         texts = [a.text.strip() if a is not None else None for a in answers]
         per_item: dict[str, list[float]] = {}
         for m in s.metrics:

@@ -24,6 +24,7 @@ from distill.prompts.student import check_eval_agreement
 from distill.recipe import Recipe
 from distill.run_dir import RunDir
 from distill.tracking import log_report
+from distill.train.repair import repaired_guard_sets
 
 
 def stage_candidates(recipe: Recipe, run: RunDir) -> list[Candidate]:
@@ -57,9 +58,14 @@ def training_cost(recipe: Recipe, run: RunDir) -> dict | None:
     g, t = generate["summary"], train["summary"]
     cost = {"teacher_prompts_answered": g.get("prompts"), "teacher_answer_tokens": g.get("new_tokens"),
             "generate_seconds": g.get("seconds"), "objective": recipe.train.objective, "train_seconds": t.get("seconds")}
+    if "sft_phase" in t:
+        cost["sft_phase_seconds"] = t["sft_phase"].get("seconds")
     if "cost" in t:
-        cost.update({k: t["cost"][k] for k in ("student_tokens_sampled", "teacher_tokens_scored", "repair_tokens_scored",
-                                               "adapter_reloads")})
+        c = t["cost"]
+        cost.update({k: c.get(k, 0) for k in ("student_tokens_sampled", "teacher_tokens_scored", "teacher_prompts_scored",
+                                              "teacher_prompt_tokens_read", "repair_tokens_scored", "adapter_reloads")})
+        # every prompt the teacher read for this student: generation's, then training's
+        cost["teacher_prompts"] = (g.get("prompts") or 0) + cost["teacher_prompts_scored"]
     return cost
 
 
@@ -81,7 +87,8 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     pool = seed_pool(run)
     predictions = score_candidates(recipe, candidates, sets, pool, cache, targets, work_dir=run.stage("evaluate"))
     report = build_report(predictions, e, e.baseline, [c.name for c in candidates], {n: s for n, (s, _) in sets.items()},
-                          seed=recipe.seed, contaminated=measured["sets"] if measured else None)
+                          seed=recipe.seed, contaminated=measured["sets"] if measured else None,
+                          repaired=repaired_guard_sets(recipe))
     attach(report, measured, caught_by_filter(run))
     fidelity = measure_fidelity(recipe, candidates, sets, targets, pool, cache)
     if fidelity:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from distill.data.captures import TokenCapture, captured_completion
+from distill.data.captures import captured_completion
+from distill.models.engine import Completion
 from distill.recipe import Recipe
 
 DEFAULT_K = 20
@@ -17,10 +18,10 @@ def fidelity_k(recipe: Recipe) -> int | None:
     return recipe.generate.logprobs or DEFAULT_K
 
 
-def teacher_target(answer, k: int, tokenizer) -> dict | None:
+def teacher_target(answer: Completion, tokenizer) -> dict | None:
     """The teacher's tokens of its answer (as its text keeps them, plus its EOS when it stopped with one) and its top K
-    at each; None when the answer has no tokens or its text is not its tokens."""
-    capture = TokenCapture.from_vllm(answer.token_ids, answer.logprobs, k)
+    at each, from the answer's capture; None when the answer has no tokens or its text is not its tokens."""
+    capture = answer.capture
     found, _ = captured_completion({"token_ids": capture.token_ids}, answer.text, tokenizer)
     if found is None:
         return None

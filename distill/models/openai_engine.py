@@ -27,6 +27,7 @@ import httpx
 from distill.data.captures import TokenCapture
 from distill.errors import StageError, UserError
 from distill.models.engine import Completion
+from distill.models.vocabulary import stop_token_ids
 from distill.prompts.template import chat_prompt
 from distill.prompts.tokens import prompt_ids
 from distill.recipe import EndpointSettings
@@ -80,6 +81,7 @@ class OpenAIEndpoint:
         self.chunks_in_flight = endpoint.chunks_in_flight
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.folder = Path(folder)
             self.model = self._served_model(self._wait_until_ready())
         except BaseException:
             self.close()
@@ -122,6 +124,10 @@ class OpenAIEndpoint:
 
     def describe(self) -> dict:
         return {"backend": "openai", "url": self.url, "served_model": self.model}
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return stop_token_ids(self.folder, tokenizer=self.tokenizer)
 
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
         return chat_prompt(self.tokenizer, user, system)
@@ -175,6 +181,7 @@ class OpenAIEndpoint:
         top_p: float = 1.0,
         max_tokens: int = 64,
         stop: list[str] | None = None,
+        stop_token_ids: list[int] | None = None,
         structured: dict | None = None,
         logprobs: int | None = None,
         **_ignored,
@@ -185,6 +192,8 @@ class OpenAIEndpoint:
                     "return_token_ids": True}
             if stop:
                 body["stop"] = stop
+            if stop_token_ids:  # vLLM's extra parameter, as its engine takes it in process
+                body["stop_token_ids"] = stop_token_ids
             if structured:
                 body["structured_outputs"] = structured
             if logprobs:  # by token id: token strings do not map back to ids one to one
@@ -208,7 +217,8 @@ class OpenAIEndpoint:
             if not positions:
                 raise StageError(f"{self.url}: the server answered without prompt_logprobs; scoring the student's "
                                  "tokens needs vLLM's OpenAI-compatible server")
-            return Completion("", None, len(tail), TokenCapture.from_served_prompt_logprobs(tail, positions[len(head):], logprobs))
+            return Completion("", None, len(tail), TokenCapture.from_served_prompt_logprobs(tail, positions[len(head):], logprobs),
+                              prompt_tokens=len(head))
 
         futures = [self._pool.submit(one, h, t) for h, t in zip(heads, completions)]
         return [f.result() for f in futures]

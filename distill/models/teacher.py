@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from distill.models.engine import ScoringEngine
 from distill.models.teacher_server import SERVER_FILE_VARIABLE
 from distill.recipe import Recipe
 from distill.run_dir import RunDir
 
 
 def teacher_engine(recipe: Recipe, run: RunDir, teacher_dir: Path, *, stage: str, seed: int,
-                   max_logprobs: int | None = None, reads_prompt_logprobs: bool = False):
+                   max_logprobs: int | None = None, reads_prompt_logprobs: bool = False) -> ScoringEngine:
     """`reads_prompt_logprobs`: the caller reads teacher-forced scores. A server is then checked before any work: it
     must return `max_logprobs` of them and have prefix caching off, or the run stops naming the key that chose it."""
     server = os.environ.get(SERVER_FILE_VARIABLE)

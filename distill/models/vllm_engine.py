@@ -10,6 +10,7 @@ from distill.data.captures import LOGPROBS_MODE, TokenCapture
 from distill.errors import UserError
 from distill.models.dtype import model_dtype
 from distill.models.engine import Completion
+from distill.models.vocabulary import stop_token_ids
 from distill.models.hardware import request_amx_permission, this_machine
 from distill.prompts.template import chat_prompt
 from distill.prompts.tokens import continuation_ids, prompt_ids
@@ -97,6 +98,7 @@ class VLLMEngine:
         self.lora_enabled = bool(max_lora_rank)
         self._lora_ids: dict[str, int] = {}
         self.tokenizer = self.llm.get_tokenizer()
+        self.folder = Path(folder)
 
     def describe(self) -> dict:
         """What served the rows, for their provenance."""
@@ -107,6 +109,10 @@ class VLLMEngine:
 
     def apply_chat_template(self, user: str, system: str | None = None) -> str:
         return chat_prompt(self.tokenizer, user, system)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return stop_token_ids(self.folder, tokenizer=self.tokenizer)
 
     def token_prompts(self, prompts: list[str]) -> list:
         """The prompts as vLLM token prompts, made as the learner makes them (distill.prompts.tokens: one BOS)."""
@@ -185,8 +191,26 @@ class VLLMEngine:
         params = SamplingParams(prompt_logprobs=logprobs, max_tokens=1, temperature=1.0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=h + list(t)) for h, t in zip(heads, completions)],
                                     params, use_tqdm=False)
-        return [Completion("", None, len(tail), TokenCapture.from_vllm(tail, out.prompt_logprobs[len(head):], logprobs))
+        return [Completion("", None, len(tail), TokenCapture.from_vllm(tail, out.prompt_logprobs[len(head):], logprobs),
+                           prompt_tokens=len(head))
                 for head, tail, out in zip(heads, completions, outputs)]
+
+    @property
+    def prompt_logprobs_exact(self) -> bool:
+        """Whether batched prompt log-probabilities come back exact: not with prefix caching (vllm#42019), nor on
+        vLLM 0.32's CPU build from an engine with LoRA once it has generated."""
+        return not self.lora_enabled and not self.prefix_caching
+
+    def token_logprobs(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """Teacher-forced: the log-probability of each token of each sequence from its `start` on, under the model's
+        own distribution (temperature 1: the engine may report processed log-probabilities), in one batched pass."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in sequences], params, use_tqdm=False)
+        return [[out.prompt_logprobs[j][x[j]].logprob for j in range(start, len(x))]
+                for out, x, start in zip(outs, sequences, starts)]
 
     def close(self) -> None:
         del self.llm

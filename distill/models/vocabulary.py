@@ -44,16 +44,19 @@ def check_shared_vocabulary(recipe: Recipe, setting: str | None = None, instead:
     return {"teacher_tokens": len(tv), "student_tokens": len(sv)}
 
 
-def stop_token_ids(model_dir, trust_remote_code: bool = False) -> set[int]:
+def stop_token_ids(model_dir, trust_remote_code: bool = False, tokenizer=None) -> set[int]:
     """The ids that end a model's answer: its tokenizer's EOS and its generation_config.json's eos_token_id (vLLM
-    stops at either). An instruct teacher stops with its end-of-turn token where its base student has another EOS."""
+    stops at either). An instruct teacher stops with its end-of-turn token where its base student has another EOS.
+    `tokenizer`: the model's, when already loaded."""
     import json
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
     ids = set()
-    eos = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eos_token_id
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    eos = tokenizer.eos_token_id
     if eos is not None:
         ids.add(int(eos))
     config = Path(model_dir) / "generation_config.json"

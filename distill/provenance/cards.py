@@ -101,6 +101,27 @@ def dataset_card(ctx: dict, splits: tuple[str, ...] = ("train", "rejected")) -> 
     return render_card("dataset_card.md.j2", header, {**ctx, "data_splits": {s: DATA_SPLITS[s] for s in splits}})
 
 
+def guard_note(tables: list[dict]) -> str:
+    """What the evaluated guard sets measure in this run: general ability beside the task, except those on-policy repair
+    trained toward (read from the tables, so a card context saved before they were marked reads as it did)."""
+    guards = [t["name"] for t in tables if t["guard"]]
+    repaired = [t["name"] for t in tables if t["guard"] and t.get("repaired")]
+    measuring = [name for name in guards if name not in repaired]
+    names = lambda xs: ", ".join(f"`{x}`" for x in xs)
+    out = []
+    if measuring:
+        out.append(f"The guard set{'s' if len(measuring) > 1 else ''} {names(measuring)} "
+                   f"measure{'' if len(measuring) > 1 else 's'} general ability beside the task, so that forgetting "
+                   "shows up.")
+    if repaired:
+        one = len(repaired) == 1
+        out.append(f"The guard set{'' if one else 's'} {names(repaired)} {'is' if one else 'are'} repaired: on-policy "
+                   f"repair trained the student toward an earlier model on prompts like {'its' if one else 'their'} "
+                   f"items, so {'it does' if one else 'they do'} not measure general ability"
+                   + ("." if measuring else "; no guard set measures it in this run."))
+    return " ".join(out)
+
+
 def model_card(ctx: dict, export: dict | None = None) -> str:
     """The student's card: for the run's adapter, or (`export`, see distill.export) for an exported adapter or
     merged model, whose header names the library that loads it."""
@@ -108,7 +129,9 @@ def model_card(ctx: dict, export: dict | None = None) -> str:
     for table in ctx["eval_tables"]:
         student = next((r for r in table["models"] if r["model"] == "student" and r["score"] is not None), None)
         if student:
-            kind = "guard set, real data" if table["guard"] else "held-out real data"
+            kind = "held-out real data"
+            if table["guard"]:
+                kind = "repaired guard set, real data" if table.get("repaired") else "guard set, real data"
             # The hub reads dataset.type as a dataset id: the set's name; the description goes in dataset.name.
             metrics = [{"type": table["metric"], "name": table["metric"], "value": round(student["score"], 4)}]
             clean = (table.get("clean") or {}).get("models", {}).get("student")
@@ -132,7 +155,8 @@ def model_card(ctx: dict, export: dict | None = None) -> str:
     })
     if results:
         header["model-index"] = [{"name": f"{ctx['name']}-student", "results": results}]
-    return render_card("model_card.md.j2", header, {**ctx, "export": export, "base_hub_id": base})
+    return render_card("model_card.md.j2", header, {**ctx, "export": export, "base_hub_id": base,
+                                                    "guard_note": guard_note(ctx["eval_tables"])})
 
 
 def export_card(name: str, base: str | None, export: dict) -> str:

@@ -86,7 +86,10 @@ def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
     """Per set: each model's score with its difference from the baseline, then the same per slice."""
     if not report:
         return []
+    from distill.train.repair import repaired_guard_sets
+
     guards = {s.name for s in recipe.evaluate.sets if getattr(s, "guard", False)}
+    repaired = set(repaired_guard_sets(recipe))
     tables = []
     order = [s.name for s in recipe.evaluate.sets]  # report.json has its keys sorted: show sets as the recipe lists them
     sets = sorted(report.get("sets", {}).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
@@ -98,7 +101,8 @@ def eval_tables(recipe: Recipe, report: dict | None) -> list[dict]:
         slices = sorted({s for m in models.values() for s in m.get("slices", {})})
         metrics = entry.get("metrics") or [report.get("metric", "exact_match")]
         tables.append({
-            "name": name, "guard": bool(entry.get("guard")) or name in guards, "metric": metrics[0],
+            "name": name, "guard": bool(entry.get("guard")) or name in guards,
+            "repaired": bool(entry.get("repaired")) or name in repaired, "metric": metrics[0],
             "baseline": report.get("baseline", "base"), "level": round(100 * report.get("confidence", 0.95)),
             "models": [{"model": m, "score": r.get("score"), "n": r.get("n"), "diff": (diffs.get(m) or {}).get("overall")}
                        for m, r in models.items()],

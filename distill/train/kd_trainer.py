@@ -17,9 +17,9 @@ from distill.train.kd import TEACHER_COLUMNS
 class KDConfig(SFTConfig):
     """SFTConfig plus the distillation term of objectives kd and sft+kd (train.kd in the recipe)."""
 
-    kd_objective: str = field(default="sft+kd", metadata={
-        "help": "kd: the teacher's distribution where it was captured, cross-entropy elsewhere; sft+kd: cross-entropy "
-                "plus kd_weight x the divergence at every token."})
+    cross_entropy: str = field(default="everywhere", metadata={
+        "help": "where_no_teacher: the teacher's distribution where it was captured, cross-entropy only elsewhere "
+                "(objective kd); everywhere: cross-entropy plus kd_weight x the divergence at every token (sft+kd)."})
     divergence: str = field(default="forward_kl", metadata={"help": "Divergence from the teacher's top-K (distill.divergence)."})
     kd_weight: float = field(default=1.0, metadata={"help": "Weight of the divergence beside cross-entropy (sft+kd)."})
     kd_tail: bool = field(default=True, metadata={"help": "Count the teacher's mass outside its top-K as one more outcome."})
@@ -43,7 +43,7 @@ class KDTrainer(SFTTrainer):
         learned = targets != -100
         ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
         div = torch.where(t_mask, topk_divergence(logits, t_ids, t_lps, a.divergence, a.kd_tail), 0.0)
-        if a.kd_objective == "kd":  # the teacher's distribution where there is one, the label elsewhere
+        if a.cross_entropy == "where_no_teacher":  # the teacher's distribution where there is one, the label elsewhere
             ce_part, weight = torch.where(t_mask, 0.0, ce), 1.0
         else:
             ce_part, weight = ce, a.kd_weight

@@ -5,24 +5,20 @@ recipe schema); the train stage follows the recipe to the loss through these cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
+from distill import catalog
 from distill import rows as C
 from distill.recipe import Recipe
 from distill.run_dir import RunDir
 
 
 class Objective:
-    name: ClassVar[str]
-    needs_captures: ClassVar[bool] = False  # the teacher's top-K, captured by the generation pass
+    name: ClassVar[str]  # its key in distill.catalog.OBJECTIVES, where what it needs is declared
     loss_terms: ClassVar[tuple[str, ...]] = ()  # what its trainer logs beside the loss
     own_loop: ClassVar[bool] = False  # trains with its own loop (`train`) instead of a TRL trainer
-
-    @property
-    def starts_with_sft(self) -> bool:
-        """An own loop that starts from the recipe's SFT on the kept rows, trained first (train.stage.sft_phase)."""
-        return False
 
     def __init__(self, recipe: Recipe):
         self.recipe, self.t = recipe, recipe.train
@@ -68,8 +64,8 @@ class KD(Objective):
     none (the EOS of a stop string)."""
 
     name = "kd"
-    needs_captures = True
     loss_terms = ("ce_loss", "kd_loss")
+    cross_entropy = "where_no_teacher"
 
     def check(self) -> None:
         from distill.models.vocabulary import check_shared_vocabulary
@@ -97,7 +93,8 @@ class KD(Objective):
 
     def config_fields(self) -> dict:
         kd = self.t.kd
-        return {"kd_objective": self.name, "divergence": kd.divergence, "kd_weight": kd.weight, "kd_tail": kd.tail}
+        return {"cross_entropy": self.cross_entropy, "divergence": kd.divergence, "kd_weight": kd.weight,
+                "kd_tail": kd.tail}
 
     def trainer_class(self):
         from distill.train.kd_trainer import KDTrainer
@@ -119,6 +116,7 @@ class SFTPlusKD(KD):
     """Cross-entropy on the teacher's tokens plus kd.weight times the divergence from its distributions."""
 
     name = "sft+kd"
+    cross_entropy = "everywhere"
 
 
 class OnPolicy(Objective):
@@ -135,17 +133,17 @@ class OnPolicy(Objective):
         check_shared_vocabulary(self.recipe, instead="Use train.objective: sft to train on the teacher's text instead",
                                 both_ways=True)
 
-    @property
-    def starts_with_sft(self) -> bool:
-        return self.t.on_policy.start_from == "sft"
-
-    def train(self, run: RunDir, kept: list[dict], sft_phase: dict | None = None) -> dict:
+    def train(self, run: RunDir, kept: list[dict], sft: Callable[[], dict]) -> dict:
+        """The loop, after the SFT phase when train.on_policy.start_from is sft. `sft`: the train stage's SFT on the
+        kept rows, offered to every objective with a loop of its own; this one decides whether it runs first."""
         from distill.train.on_policy import OnPolicyLoop
 
-        return OnPolicyLoop(self.recipe, run, kept, sft_phase).train()
+        first = sft() if self.t.on_policy.start_from == "sft" else None
+        return OnPolicyLoop(self.recipe, run, kept, first).train()
 
 
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SFT, KD, SFTPlusKD, OnPolicy)}
+assert set(OBJECTIVES) == set(catalog.OBJECTIVES), "an objective declared in distill.catalog without its class"
 
 
 def objective_for(recipe: Recipe) -> Objective:

@@ -1,24 +1,26 @@
-"""On-policy distillation: the student samples, the teacher scores its tokens, the student learns from the difference.
+"""On-policy distillation's loop: the student samples, the teacher scores its tokens, the student learns from the
+difference; step, sync, checkpoint and resume.
 
 Each step:
-1. sample: the student's vLLM engine answers the step's seed prompts with the current adapter, loaded as a LoRA
-   request of its own (vLLM caches adapters by id: an id reused for a new folder would serve the old weights);
-2. score: the teacher's engine (no LoRA, no prefix caching) reads exactly those token ids after its own prompt for the
-   same seed, teacher-forced, and returns each token's log-probability and its top K;
-3. learn: a forward pass of the trained student over its prompt and the same tokens gives log p_student. The reverse
-   KL per token, log p_sampler - log p_teacher, is the advantage of an importance-weighted policy gradient with
-   discount 0 (tinker-cookbook's form); the forward KL over the teacher's top K and a tail bucket may be added (GKD's);
-4. sync: the new adapter is saved to a folder of its own and sampled from at the next step.
+1. rollouts (distill.train.rollout): the student's vLLM engine answers the step's seed prompts with the current
+   adapter, loaded as a LoRA request of its own (vLLM caches adapters by id: an id reused for a new folder would serve
+   the old weights); the teacher's engine (no LoRA, no prefix caching) reads exactly those token ids after its own
+   prompt for the same seed, teacher-forced. A step drawn off-policy (lmbda < 1) takes kept rows' text instead;
+2. learn (distill.policy_loss): a forward pass of the trained student over its prompt and the same tokens; the
+   per-token reverse KL is the advantage of an importance-weighted policy gradient, plus the weighted forward KL over
+   the teacher's top K; then one AdamW step with the recipe's schedule, warm-up, weight decay and clipping;
+3. sync: the new adapter is saved to a folder of its own and sampled from at the next step.
 With train.on_policy.repair, part of each step's prompts are like a guard set's and an earlier model (the base student)
 scores the student's answers to them: the same loss pulls the student back toward what task training broke
 (distill.train.repair).
-A checkpoint holds the adapter, the optimizer, the step and the costs so far, so a killed run resumes at the next step
-with the same prompts and seeds.
+A checkpoint holds the adapter, the optimizer and its schedule, the step and the costs so far, so a killed run resumes
+at the next step with the same prompts and seeds.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -32,21 +34,17 @@ from distill.errors import UserError
 from distill.models.context import resolved_model
 from distill.models.device import process_count
 from distill.models.teacher import teacher_engine
-from distill.models.vocabulary import stop_token_ids
 from distill.preemption import Preempted, stop_requested
 from distill.progress import progress
-from distill.prompts.student import student_prompt, student_stop_id
-from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate, chat_prompt, row_seed
-from distill.prompts.tokens import continuation_ids, prompt_ids
+from distill.prompts.student import student_stop_id
+from distill.prompts.template import row_seed
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, hash_file, write_json, write_parquet
+from distill.train import rollout as R
 from distill.train.repair import repair_prompts, repair_teacher_folder
-from distill.train.stops import capture_with_stops_as_eos, teacher_reads
+from distill.train.rollout import REPAIR, SOURCES, TASK, TEXT, Rollout
 
 STATE = "on_policy_state.json"
-TASK, REPAIR = "task", "repair"  # the kinds of prompt in a step: the seeds, and train.on_policy.repair's prompts
-SOURCES = {TASK: "student sample", REPAIR: "student sample (repair)"}  # as trained_rows.parquet names them
 OPTIMIZER = "optimizer.pt"
 
 
@@ -55,12 +53,32 @@ class Cost:
     """What the run spent, for the train log, the report and the model card."""
 
     student_tokens_sampled: int = 0
-    teacher_tokens_scored: int = 0
+    teacher_tokens_scored: int = 0  # answer tokens the teacher read: the student's samples, and off-policy the rows'
+    teacher_prompts_scored: int = 0  # answers it read, each after a prompt of its own
+    teacher_prompt_tokens_read: int = 0  # the tokens of those prompts (few-shot examples included)
     repair_tokens_scored: int = 0  # scored by the repair teacher (train.on_policy.repair)
+    repair_prompt_tokens_read: int = 0
     adapter_reloads: int = 0
     on_policy_steps: int = 0
     off_policy_steps: int = 0
     seconds: dict = field(default_factory=lambda: {"sample": 0.0, "score": 0.0, "learn": 0.0, "sync": 0.0})
+
+    def add(self, rollouts: list[Rollout]) -> None:
+        for r in rollouts:
+            if r.sampled:
+                self.student_tokens_sampled += len(r.ids)
+            if r.kind == REPAIR:
+                self.repair_tokens_scored += len(r.ids)
+                self.repair_prompt_tokens_read += r.teacher_prompt_tokens
+            else:
+                self.teacher_tokens_scored += len(r.ids)
+                self.teacher_prompts_scored += 1
+                self.teacher_prompt_tokens_read += r.teacher_prompt_tokens
+
+
+def warmup_steps(warmup: float, steps: int) -> int:
+    """train.warmup_steps as transformers resolves it: a whole number of steps, or a share of all steps below 1."""
+    return int(warmup) if warmup >= 1 else math.ceil(steps * warmup)
 
 
 def start_adapter(recipe: Recipe, sft_phase: dict | None = None) -> Path | None:
@@ -112,7 +130,6 @@ class OnPolicyLoop:
     # ------------------------------------------------------------------ set-up
 
     def _models(self):
-        import torch
         from peft import PeftModel, get_peft_model
         from transformers import set_seed
 
@@ -131,8 +148,26 @@ class OnPolicyLoop:
             self.model = get_peft_model(base, lora_config(self.recipe))
         self.rank = self.model.peft_config["default"].r
         self.student_stop = student_stop_id(self.recipe, self.tokenizer)  # in the chat format, its end-of-turn token
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.t.learning_rate)
+        self._optimizer()
         self.start = start
+
+    def _optimizer(self):
+        """AdamW with the recipe's learning rate, schedule, warm-up, weight decay and clipping, over the on-policy
+        steps (TRL's defaults where the recipe is silent): what `optimizer` in the summary and the card name."""
+        import torch
+        from transformers import get_scheduler
+
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.t.learning_rate, weight_decay=self.t.weight_decay)
+        self.warmup = warmup_steps(self.t.warmup_steps, self.o.steps)
+        self.scheduler = get_scheduler(self.t.lr_scheduler, self.optimizer, num_warmup_steps=self.warmup,
+                                       num_training_steps=self.o.steps)
+
+    def optimizer_settings(self) -> dict:
+        return {"name": "AdamW", "learning_rate": self.t.learning_rate, "lr_scheduler": self.t.lr_scheduler,
+                "warmup_steps": self.warmup, "weight_decay": self.t.weight_decay, "max_grad_norm": self.t.max_grad_norm,
+                "steps": self.o.steps, "prompts_per_step": self.o.prompts_per_step,
+                "samples_per_prompt": self.o.samples_per_prompt}
 
     def _engines(self):
         from distill.models.vllm_engine import VLLMEngine
@@ -150,12 +185,13 @@ class OnPolicyLoop:
         self.teacher_scored_by = self.scorer.describe()
         # The teacher's own stops; where the student's stop is not among them (a chat student's end-of-turn token),
         # the teacher is asked for its stop in that place, and its stops' probability is read as the student's.
-        self.teacher_stops = stop_token_ids(teacher_dir, self.recipe.models.teacher.trust_remote_code)
+        self.teacher_stops = self.scorer.stop_ids
         self.repair_scorer = None
         if self.o.repair:
             folder = repair_teacher_folder(self.recipe, self.student_dir, self.stage_dir / "on_policy" / "repair-teacher")
             self.repair_scorer = VLLMEngine(folder, self.recipe.models.student, seed=self.t.seed, role="student",
                                             reads_prompt_logprobs=True, max_logprobs=self.o.top_k)
+        self.scorers = R.Scorers(self.scorer, self.teacher_stops, self.student_stop, self.o.top_k, self.repair_scorer)
 
     # ------------------------------------------------------------------ one step
 
@@ -169,119 +205,79 @@ class OnPolicyLoop:
         n = len(self.repair_items)
         return batch + [(REPAIR, self.repair_items[(step * repairs + i) % n]) for i in range(repairs)]
 
-    def _sample(self, step: int, batch: list[tuple[str, dict]], adapter: Path):
-        templates = {TASK: PromptTemplate(self.t.prompt_template, "train.prompt_template")}
-        if self.o.repair:
-            templates[REPAIR] = PromptTemplate(self.o.repair.prompt_template, "train.on_policy.repair.prompt_template")
-        prompts = [student_prompt(self.recipe, templates[kind], item, self.tokenizer) for kind, item in batch]
-        seeds = [row_seed(self.t.seed, f"on-policy:{step}:{item[C.ID]}") for _, item in batch]
-        out = self.sampler.generate(prompts, seeds=seeds, n=self.o.samples_per_prompt, temperature=self.o.temperature,
-                                    max_tokens=self.o.max_tokens, stop=list(self.recipe.evaluate.stop) or None,
-                                    stop_token_ids=[self.student_stop] if self.student_stop is not None else None,
-                                    adapter=adapter, adapter_name="student", logprobs=1)
-        samples = []
-        for (kind, item), prompt, completions in zip(batch, prompts, out):
-            for c in completions:
-                if c.capture is not None and c.capture.token_ids:
-                    samples.append({"kind": kind, "item": item, "prompt": prompt, "ids": c.capture.token_ids,
-                                    "sampler_logprobs": c.capture.sampled_logprobs, "finish_reason": c.finish_reason})
-        return samples
+    def _sample(self, step: int, batch: list[tuple[str, dict]], adapter: Path) -> list[Rollout]:
+        return R.sample(self.recipe, self.sampler, self.tokenizer, batch, step, adapter, self.student_stop)
 
-    def _score(self, samples: list[dict]) -> None:
-        """The teacher scores the seeds' answers on its own prompt; the repair teacher scores the repair answers on the
-        prompt the student had."""
-        task = [s for s in samples if s["kind"] == TASK]
-        if task:
-            template = PromptTemplate(self.recipe.generate.template, "generate.template")
-            prompts = teacher_prompts(self.recipe, template, [s["item"] for s in task], self.pool,
-                                      self.scorer.apply_chat_template, never_itself=True)
-            stops, eos = self.teacher_stops, self.student_stop
-            scored = self.scorer.score_ids(prompts, [teacher_reads(s["ids"], stops, eos) for s in task], self.o.top_k)
-            for s, prompt, comp in zip(task, prompts, scored):
-                s.update(teacher_prompt=prompt, teacher=capture_with_stops_as_eos(comp.capture, s["ids"], stops, eos))
-        repair = [s for s in samples if s["kind"] == REPAIR]
-        if repair:
-            prompts = [s["prompt"] for s in repair]
-            for s, prompt, comp in zip(repair, prompts,
-                                       self.repair_scorer.score_ids(prompts, [s["ids"] for s in repair], self.o.top_k)):
-                s.update(teacher_prompt=prompt, teacher=comp.capture)
+    def _text(self, step: int) -> list[Rollout]:
+        """An off-policy step's rollouts: kept rows (the teacher's answers), drawn with train.seed and the step."""
+        rng = random.Random(row_seed(self.t.seed, f"off-policy:{step}"))
+        rows = rng.sample(self.kept, min(self.o.prompts_per_step, len(self.kept)))
+        return R.text_rollouts(self.recipe, self.tokenizer, rows, self.student_stop)
 
-    def _sequences(self, samples: list[dict]):
+    def _score(self, rollouts: list[Rollout]) -> None:
+        R.score(self.recipe, rollouts, self.scorers, self.pool, self.scorer.apply_chat_template)
+
+    def _sequences(self, rollouts: list[Rollout]):
         """(input ids, attention mask, completion start and length per row), right-padded."""
         from distill.models.device import padded
+        from distill.prompts.tokens import prompt_ids
 
-        heads = [prompt_ids(self.tokenizer, s["prompt"]) for s in samples]
-        seqs = [h + list(s["ids"]) for h, s in zip(heads, samples)]
+        heads = [prompt_ids(self.tokenizer, r.prompt) for r in rollouts]
+        seqs = [h + list(r.ids) for h, r in zip(heads, rollouts)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask = padded(seqs, pad, self.device)
-        return ids, mask, [(len(h), len(s["ids"])) for h, s in zip(heads, samples)]
+        return ids, mask, [(len(h), len(r.ids)) for h, r in zip(heads, rollouts)]
 
-    def _on_policy_loss(self, samples: list[dict]) -> tuple:
+    def _loss(self, rollouts: list[Rollout]) -> tuple:
+        """The step's loss per answer token and its figures. Sampled answers: the policy gradient on the reverse KL
+        plus the weighted forward KL; kept rows' text: both as divergences over the teacher's top K
+        (distill.policy_loss)."""
         import torch
 
         from distill.divergence import topk_divergence
+        from distill.policy_loss import off_policy_divergence, policy_gradient
 
-        ids, mask, spans = self._sequences(samples)
+        ids, mask, spans = self._sequences(rollouts)
         logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        pg_terms, fkl_terms, lag = [], [], 0.0
-        rkl, tokens = {TASK: 0.0, REPAIR: 0.0}, {TASK: 0, REPAIR: 0}
-        for row, ((start, n), s) in enumerate(zip(spans, samples)):
+        terms, fkl_terms, lag = [], [], 0.0
+        rkl, tokens = {TASK: 0.0, REPAIR: 0.0}, {TASK: 0, REPAIR: 0, TEXT: 0}
+        for row, ((start, n), r) in enumerate(zip(spans, rollouts)):
             # position j's logits predict token j + 1: the completion's tokens are predicted at start-1 .. start+n-2
             at = logits[row, start - 1:start - 1 + n]
-            target = torch.tensor(s["ids"], device=at.device)
-            # the distribution the sampler drew from (its processed log-probabilities): the importance ratio compares
-            # like with like at any temperature
-            new = torch.log_softmax(at / self.o.temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            old = torch.tensor(s["sampler_logprobs"], device=at.device)
-            teacher = torch.tensor(s["teacher"].sampled_logprobs, device=at.device)
-            reverse = old - teacher  # per token: log p_student - log p_teacher, on the student's own tokens
-            advantage = -reverse
-            pg_terms.append(-(torch.exp(new - old) * advantage).sum())
-            if self.o.forward_kl_weight:
-                t_ids = torch.tensor(s["teacher"].top_ids, device=at.device)
-                t_lps = torch.tensor(s["teacher"].top_logprobs, device=at.device)
-                fkl_terms.append(topk_divergence(at, t_ids, t_lps, "forward_kl", True).sum())
-            rkl[s["kind"]] += reverse.sum().item()
-            tokens[s["kind"]] += n
-            self.trained.append({C.ID: f"{s['item'][C.ID]}:{len(self.history)}:{row}", C.INPUT: s["item"][C.INPUT],
-                                 C.COMPLETION: self.tokenizer.decode(s["ids"], skip_special_tokens=True),
-                                 "source": SOURCES[s["kind"]], C.KEPT: True})
-            lag = max(lag, (new.detach() - old).abs().max().item())
+            t_ids = torch.tensor(r.teacher.top_ids, device=at.device)
+            t_lps = torch.tensor(r.teacher.top_logprobs, device=at.device)
+            if r.sampled:
+                target = torch.tensor(r.ids, device=at.device)
+                # the distribution the sampler drew from (its processed log-probabilities): the importance ratio
+                # compares like with like at any temperature
+                new = torch.log_softmax(at / self.o.temperature, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                old = torch.tensor(r.sampler_logprobs, device=at.device)
+                surrogate, reverse = policy_gradient(new, old, torch.tensor(r.teacher.sampled_logprobs, device=at.device))
+                terms.append(self.o.reverse_kl_weight * surrogate)
+                if self.o.forward_kl_weight:
+                    fkl = topk_divergence(at, t_ids, t_lps, "forward_kl", True).sum()
+                    fkl_terms.append(fkl.detach())
+                    terms.append(self.o.forward_kl_weight * fkl)
+                rkl[r.kind] += reverse.sum().item()
+                lag = max(lag, (new.detach() - old).abs().max().item())
+            else:
+                terms.append(off_policy_divergence(at, t_ids, t_lps, self.o.reverse_kl_weight, self.o.forward_kl_weight))
+            tokens[r.kind] += n
+            answer = self.tokenizer.decode(r.ids, skip_special_tokens=True)
+            self.trained.append(trained_text(r.item, SOURCES[r.kind]) if not r.sampled else
+                                {C.ID: f"{r.item[C.ID]}:{len(self.history)}:{row}", C.INPUT: r.item[C.INPUT],
+                                 C.COMPLETION: answer, "source": SOURCES[r.kind], C.KEPT: True})
         total = max(sum(tokens.values()), 1)
-        pg = torch.stack(pg_terms).sum() / total
-        fkl = torch.stack(fkl_terms).sum() / total if fkl_terms else torch.zeros((), device=pg.device)
-        loss = self.o.reverse_kl_weight * pg + self.o.forward_kl_weight * fkl
-        figures = {"reverse_kl": sum(rkl.values()) / total, "forward_kl": float(fkl), "policy_lag": lag,
-                   "tokens": tokens[TASK], "repair_tokens": tokens[REPAIR] if self.o.repair else None}
+        loss = torch.stack(terms).sum() / total
+        if tokens[TEXT]:
+            return loss, {"divergence": round(loss.item(), 6), "tokens": tokens[TEXT]}
+        figures = {"reverse_kl": sum(rkl.values()) / total, "policy_lag": lag, "tokens": tokens[TASK],
+                   "forward_kl": float(torch.stack(fkl_terms).sum() / total) if fkl_terms else 0.0,
+                   "repair_tokens": tokens[REPAIR] if self.o.repair else None}
         if self.o.repair:  # each kind's own gap: to the teacher on the seeds, to the repair teacher on the repair prompts
             figures["task_reverse_kl"] = rkl[TASK] / tokens[TASK] if tokens[TASK] else None
             figures["repair_reverse_kl"] = rkl[REPAIR] / tokens[REPAIR] if tokens[REPAIR] else None
         return loss, figures
-
-    def _off_policy_loss(self, step: int) -> tuple:
-        """Cross-entropy on kept rows' text (the teacher's answers), for the share of steps that are not on-policy."""
-        import torch
-
-        from distill.train.formats import training_examples
-
-        rng = random.Random(row_seed(self.t.seed, f"off-policy:{step}"))
-        rows = rng.sample(self.kept, min(self.o.prompts_per_step, len(self.kept)))
-        examples = training_examples(self.recipe, rows)
-        self.trained += [trained_text(r, "kept row") for r in rows]
-        if self.t.chat:  # messages, as TRL takes them: the user turn through the chat template, the answer's text
-            examples = [{"prompt": chat_prompt(self.tokenizer, e["prompt"][0]["content"]),
-                         "completion": e["completion"][0]["content"]} for e in examples]
-        tails = [continuation_ids(self.tokenizer, e["completion"]) + [self.student_stop] for e in examples]
-        samples = [{"prompt": e["prompt"], "ids": t} for e, t in zip(examples, tails)]
-        ids, mask, spans = self._sequences(samples)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        terms, tokens = [], 0
-        for row, ((start, n), tail) in enumerate(zip(spans, tails)):
-            at = logits[row, start - 1:start - 1 + n]
-            terms.append(torch.nn.functional.cross_entropy(at, torch.tensor(tail, device=at.device), reduction="sum"))
-            tokens += n
-        loss = torch.stack(terms).sum() / max(tokens, 1)
-        return loss, {"ce_loss": round(loss.item(), 6), "tokens": tokens}
 
     # ------------------------------------------------------------------ saving and resuming
 
@@ -301,7 +297,7 @@ class OnPolicyLoop:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.model.save_pretrained(str(tmp))
-        torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / OPTIMIZER)
         write_json(tmp / STATE, {"step": step, "cost": self.cost.__dict__, "history": self.history,
                                  "trained": self.trained})
         shutil.rmtree(folder, ignore_errors=True)
@@ -319,7 +315,9 @@ class OnPolicyLoop:
             return 0, None
         last = done[-1]
         set_peft_model_state_dict(self.model, load_file(str(last / "adapter_model.safetensors")))
-        self.optimizer.load_state_dict(torch.load(last / OPTIMIZER, weights_only=True))
+        saved = torch.load(last / OPTIMIZER, weights_only=True)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
         state = json.loads((last / STATE).read_text())
         self.cost = Cost(**state["cost"])
         self.history, self.trained = state["history"], state["trained"]
@@ -328,6 +326,8 @@ class OnPolicyLoop:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> dict:
+        import torch
+
         started = time.time()
         if process_count() > 1:
             raise UserError("train.objective on_policy trains in one process (its sampler and scorer are vLLM engines "
@@ -341,25 +341,25 @@ class OnPolicyLoop:
         try:
             while step < self.o.steps:
                 on_policy = random.Random(row_seed(self.t.seed, f"lmbda:{step}")).random() < self.o.lmbda
+                t0 = time.time()
+                rollouts = self._sample(step, self._batch(step), adapter) if on_policy else self._text(step)
+                t1 = time.time()
+                self._score(rollouts)
+                t2 = time.time()
+                loss, figures = self._loss(rollouts)
+                self.cost.add(rollouts)
+                self.cost.seconds["sample"] += t1 - t0
+                self.cost.seconds["score"] += t2 - t1
                 if on_policy:
-                    t0 = time.time()
-                    samples = self._sample(step, self._batch(step), adapter)
-                    t1 = time.time()
-                    self._score(samples)
-                    t2 = time.time()
-                    loss, figures = self._on_policy_loss(samples)
-                    self.cost.student_tokens_sampled += figures["tokens"] + (figures["repair_tokens"] or 0)
-                    self.cost.teacher_tokens_scored += figures["tokens"]
-                    self.cost.repair_tokens_scored += figures["repair_tokens"] or 0
                     self.cost.on_policy_steps += 1
-                    self.cost.seconds["sample"] += t1 - t0
-                    self.cost.seconds["score"] += t2 - t1
                 else:
-                    t2 = time.time()
-                    loss, figures = self._off_policy_loss(step)
                     self.cost.off_policy_steps += 1
                 loss.backward()
+                if self.t.max_grad_norm:
+                    figures["grad_norm"] = round(float(torch.nn.utils.clip_grad_norm_(self.params, self.t.max_grad_norm)), 6)
+                figures["learning_rate"] = self.scheduler.get_last_lr()[0]
                 self.optimizer.step()
+                self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 self.cost.seconds["learn"] += time.time() - t2
@@ -406,22 +406,35 @@ class OnPolicyLoop:
         shutil.rmtree(run.adapter, ignore_errors=True)
         os.replace(tmp, run.adapter)
         shutil.rmtree(self.adapters, ignore_errors=True)  # sync folders: each a copy of a step's adapter
-        steps = [h["step"] for h in self.history]
-        losses = [h["loss"] for h in self.history]
-        rkl = [h["reverse_kl"] for h in self.history if "reverse_kl" in h]
+        # two curves: the policy-gradient surrogate of on-policy steps and the divergence of off-policy ones differ in
+        # kind and scale, and one line through both would mean neither
+        on = [h for h in self.history if h["on_policy"]]
+        off = [h for h in self.history if not h["on_policy"]]
+        steps, losses = [h["step"] for h in on], [h["loss"] for h in on]
+        rkl = [h["reverse_kl"] for h in on]
         cost = {**self.cost.__dict__, "seconds": {k: round(v, 1) for k, v in self.cost.seconds.items()}}
-        write_json(self.stage_dir / "log.json", {"steps": steps, "losses": losses, "history": self.history, "cost": cost})
-        if steps:
-            from distill.train.plots import plot_loss
+        write_json(self.stage_dir / "log.json", {
+            "steps": steps, "losses": losses, "history": self.history, "cost": cost,
+            "off_policy": {"steps": [h["step"] for h in off], "divergences": [h["divergence"] for h in off]}})
+        curves = {name: ([h["step"] for h in part], [h["loss"] for h in part])
+                  for name, part in (("on-policy loss (policy gradient)", on), ("off-policy divergence", off)) if part}
+        if curves:
+            from distill.train.plots import plot_series
 
-            plot_loss(steps, losses, self.stage_dir / "loss.png",
-                      f"{self.recipe.name}: on-policy, LoRA r={self.rank}, {self.o.prompts_per_step} prompts per step")
+            plot_series(curves, self.stage_dir / "loss.png",
+                        f"{self.recipe.name}: on-policy, LoRA r={self.rank}, {self.o.prompts_per_step} prompts per step")
+        seconds = time.time() - started
+        phase_seconds = (self.sft_phase or {}).get("summary", {}).get("seconds") or 0.0
         return {"objective": "on_policy", **({"sft_phase": self.sft_phase["summary"]} if self.sft_phase else {}),
-                "steps": len(self.history) and self.history[-1]["step"],
+                "steps": len(self.history) and self.history[-1]["step"], "optimizer": self.optimizer_settings(),
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "first_reverse_kl": round(rkl[0], 4) if rkl else None, "last_reverse_kl": round(rkl[-1], 4) if rkl else None,
+                **({"first_off_policy_divergence": off[0]["divergence"], "last_off_policy_divergence": off[-1]["divergence"]}
+                   if off else {}),
                 "cost": cost, "teacher_scored_by": self.teacher_scored_by, "resumed": resumed,
-                "seconds": round(time.time() - started, 1), **self._repair_summary()}
+                # the SFT phase's time counts: the adapter cost both
+                "seconds": round(seconds + phase_seconds, 1), "on_policy_seconds": round(seconds, 1),
+                **self._repair_summary()}
 
     def _repair_summary(self) -> dict:
         if not self.o.repair:

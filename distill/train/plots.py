@@ -28,13 +28,18 @@ def plot_loss(steps: list[int], losses: list[float], out: Path, title: str) -> N
 def plot_loss_terms(steps: list[int], terms: dict[str, list[float]], out: Path, title: str) -> None:
     """One panel per loss term: cross-entropy and the KD divergence differ in scale by orders of magnitude, and a
     shared axis would flatten the smaller one."""
+    plot_series({name: (steps, values) for name, values in terms.items()}, out, title)
+
+
+def plot_series(series: dict[str, tuple[list[int], list[float]]], out: Path, title: str) -> None:
+    """One panel per named curve, each over its own steps (on-policy and off-policy steps interleave)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.3), squeeze=False)
-    for ax, (name, values) in zip(axes[0], terms.items()):
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.3), squeeze=False)
+    for ax, (name, (steps, values)) in zip(axes[0], series.items()):
         ax.plot(steps, values, marker="o" if len(steps) < 40 else None, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(name)

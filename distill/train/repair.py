@@ -15,11 +15,36 @@ from distill.data.eval_sets import load_items
 from distill.data.loaders import read_rows
 from distill.errors import UserError
 from distill.recipe import Recipe, RepairSettings
-from distill.run_dir import RunDir
+from distill.run_dir import RunDir, hash_file
 
 
 def _key(text: str) -> str:
     return " ".join(str(text).split()).lower()
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and hash_file(a) == hash_file(b))
+
+
+def repaired_guard_sets(recipe: Recipe) -> list[str]:
+    """The guard sets on-policy repair trains toward, in the recipe's order: those read from the repair prompts' own
+    file (by content, under any name) and those repair.guard_sets names. The student is pulled toward an earlier model
+    on prompts like their items, so they pass the gate nearly by construction and no longer measure general ability."""
+    r = recipe.train.on_policy.repair if recipe.train.uses("on_policy") else None
+    if r is None:
+        return []
+    prompts = Path(r.path)
+    return [s.name for s in recipe.evaluate.sets if s.guard and (
+        s.name in r.guard_sets or (s.path is not None and Path(s.path).is_file() and _same_content(Path(s.path), prompts)))]
+
+
+def every_guard_set_repaired(recipe: Recipe) -> str | None:
+    """A warning when repair trains toward every guard set the recipe has: then none measures general ability."""
+    guards = [s.name for s in recipe.evaluate.sets if s.guard]
+    if not guards or repaired_guard_sets(recipe) != guards:
+        return None
+    return (f"every guard set ({', '.join(guards)}) is repaired by train.on_policy.repair: none measures general "
+            "ability; add a guard set the repair prompts are not like")
 
 
 def repair_prompts(recipe: Recipe, run: RunDir) -> tuple[list[dict], int]:

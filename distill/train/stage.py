@@ -51,6 +51,8 @@ def training_arguments(recipe: Recipe, output_dir: Path):
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
         max_length=t.max_length,
         completion_only_loss=True,
         logging_steps=t.logging_steps,
@@ -154,9 +156,8 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
     if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
-    if objective.own_loop:
-        first = sft_phase(recipe, run, kept) if objective.starts_with_sft else None
-        summary = objective.train(run, kept, first)
+    if objective.own_loop:  # offered the recipe's SFT on the kept rows, to run first if it composes one
+        summary = objective.train(run, kept, sft=lambda: sft_phase(recipe, run, kept))
         finish_tracking(recipe)
         return summary
     summary = train_with_trainer(recipe, run, kept, run.stage("train"), run.adapter, started)
