@@ -12,7 +12,6 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Objective:
     name: str
-    help: str
     learns_from_captures: bool = False  # the teacher's top K captured by generation (generate.logprobs)
     runs_the_teacher: bool = False  # training asks the teacher itself: the train stage runs it (its engine counts)
     shares_vocabulary: bool = False  # teacher and student ids must mean the same tokens
@@ -20,13 +19,10 @@ class Objective:
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    Objective("sft", "cross-entropy on the teacher's text"),
-    Objective("kd", "the teacher's captured token distributions at every completion token, cross-entropy only where "
-              "the teacher gave none", learns_from_captures=True, shares_vocabulary=True, sections=("kd",)),
-    Objective("sft+kd", "cross-entropy plus kd.weight x the divergence from the teacher's captured distributions",
-              learns_from_captures=True, shares_vocabulary=True, sections=("kd",)),
-    Objective("on_policy", "the student samples, the teacher scores its tokens", runs_the_teacher=True,
-              shares_vocabulary=True, sections=("on_policy",)),
+    Objective("sft"),
+    Objective("kd", learns_from_captures=True, shares_vocabulary=True, sections=("kd",)),
+    Objective("sft+kd", learns_from_captures=True, shares_vocabulary=True, sections=("kd",)),
+    Objective("on_policy", runs_the_teacher=True, shares_vocabulary=True, sections=("on_policy",)),
 )}
 
 

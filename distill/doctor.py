@@ -138,7 +138,7 @@ def check_logprobs(recipe: Recipe, c: Checkup) -> None:
 
 def check_vocabularies(recipe: Recipe, c: Checkup) -> None:
     """KD reads the teacher's token ids as the student's: the vocabularies must agree, and so should the stop."""
-    if not (recipe.train.learns_from_captures or recipe.train.runs_the_teacher):
+    if not recipe.train.shares_vocabulary:
         return
     from distill.models.vocabulary import check_shared_vocabulary
 

@@ -95,7 +95,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     started = time.time()
     g, mode = recipe.generate, mode_for(recipe)
     # before the teacher writes anything the student could not learn from
-    if recipe.train.learns_from_captures or recipe.train.runs_the_teacher:
+    if recipe.train.shares_vocabulary:
         from distill.models.vocabulary import check_shared_vocabulary
 
         check_shared_vocabulary(recipe, both_ways=recipe.train.runs_the_teacher)

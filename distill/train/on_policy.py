@@ -263,10 +263,10 @@ class OnPolicyLoop:
             else:
                 terms.append(off_policy_divergence(at, t_ids, t_lps, self.o.reverse_kl_weight, self.o.forward_kl_weight))
             tokens[r.kind] += n
-            answer = self.tokenizer.decode(r.ids, skip_special_tokens=True)
             self.trained.append(trained_text(r.item, SOURCES[r.kind]) if not r.sampled else
                                 {C.ID: f"{r.item[C.ID]}:{len(self.history)}:{row}", C.INPUT: r.item[C.INPUT],
-                                 C.COMPLETION: answer, "source": SOURCES[r.kind], C.KEPT: True})
+                                 C.COMPLETION: self.tokenizer.decode(r.ids, skip_special_tokens=True),
+                                 "source": SOURCES[r.kind], C.KEPT: True})
         total = max(sum(tokens.values()), 1)
         loss = torch.stack(terms).sum() / total
         if tokens[TEXT]:
