@@ -206,12 +206,26 @@ def check_slurm_profile(recipe: Recipe, profile_name: str | None, c: Checkup) ->
             c.ok(f"{key}: {have['nodes']} node(s), {have['cpus']} CPUs, {have['gpus']} GPUs, {have['mem_gb']:.1f} GiB")
 
 
+def check_data(recipe: Recipe, c: Checkup) -> None:
+    """The data sources and templates as `validate` reads them: the first rows of each, every template over them."""
+    from distill.data.preflight import preflight
+
+    for line in preflight(recipe):
+        c.ok(line)
+
+
 def checkup(recipe: Recipe, profile: str | None = None, machine: Machine | None = None) -> Checkup:
     machine = machine or this_machine()
     c = Checkup()
+    data_read = True
+    try:
+        check_data(recipe, c)
+    except UserError as e:
+        c.problem(str(e))
+        data_read = False
     check_dtypes(recipe, machine, c)
     check_prefix_caching(recipe, machine, c)
-    for check in (check_prompt_lengths, check_logprobs, check_vocabularies):
+    for check in ((check_prompt_lengths,) if data_read else ()) + (check_logprobs, check_vocabularies):
         try:
             check(recipe, c)
         except UserError as e:  # an input the check could not read is itself a finding

@@ -11,18 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.catalog import unused_sections
+from distill.data.sources import content_hash, data_sources, identity
 from distill.models.context import resolved_model
 from distill.models.identity import folder_hash
 from distill.models.merge import adapter_serving
 from distill.recipe import Recipe
-from distill.run_dir import hash_file, hash_tree
 from distill.train.repair import repaired_guard_sets
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of a file, or of every file under a folder (a `datasets` folder)."""
-    path = Path(path)
-    return hash_tree(path) if path.is_dir() else hash_file(path)
 
 
 def _file(path: str) -> dict:
@@ -31,17 +25,18 @@ def _file(path: str) -> dict:
 
 
 def _data(r: Recipe) -> dict:
-    return {**r.data.model_dump(mode="json", exclude={"path"}), "file": _file(r.data.path)}
+    return {**r.data.model_dump(mode="json", exclude={"path"}), "file": identity(r.data)}
 
 
 # What decontamination reads of an eval set: its items (evaluate reads the rest: metrics, tolerances, prompts).
-DECONTAMINATION_FIELDS = {"name", "data", "path", "format", "split", "input_field", "target_field", "limit"}
+DECONTAMINATION_FIELDS = {"name", "data", "path", "hub", "config", "split", "revision", "format", "input_field",
+                          "target_field", "limit"}
 
 
 def _eval_set(s, fields: set[str] | None = None) -> dict:
     out = s.model_dump(mode="json", include=fields)
-    if s.path:
-        out["path"] = _file(s.path)
+    if s.data is None:
+        out["path"] = identity(s)
     return out
 
 
@@ -93,7 +88,7 @@ def train_settings(r: Recipe) -> dict:
         if r.generate.endpoint:  # the teacher scores on that server: which one counts, as for generation
             settings["teacher_endpoint"] = {k: getattr(r.generate.endpoint, k) for k in ("url", "model")}
         if o.repair:  # its prompts by content, less the evaluation sets' items; an earlier adapter as teacher by content
-            settings["repair"] = {"prompts": content_hash(o.repair.path),
+            settings["repair"] = {"prompts": identity(o.repair),
                                   "left_out": [_eval_set(s, DECONTAMINATION_FIELDS) for s in r.evaluate.sets],
                                   "teacher": content_hash(o.repair.teacher) if o.repair.teacher != "base" else "base"}
     return settings
@@ -111,8 +106,7 @@ def evaluate_settings(r: Recipe) -> dict:
 
 
 def _input_paths(r: Recipe) -> list[str]:
-    paths = [r.data.path] + [s.path for s in r.evaluate.sets if s.path]
-    paths += [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
+    paths = [step.function.rpartition(":")[0] for step in r.filter.steps if step.type == "verifier"]
     return paths + ([r.filter.calibration.gold] if r.filter.calibration.gold else [])
 
 
@@ -120,7 +114,8 @@ def document_settings(r: Recipe) -> dict:
     # The manifest and cards record the whole recipe, the input files by path and content and the models'
     # full identities (paths included): any change to what they record redoes the stage.
     return {"recipe": r.model_dump(mode="json"),
-            "inputs": {p: content_hash(p) for p in sorted(set(_input_paths(r))) if Path(p).exists()},
+            "inputs": {**data_sources(r),
+                       **{p: content_hash(p) for p in sorted(set(_input_paths(r))) if Path(p).exists()}},
             "identities": {role: resolved_model(r, role)[1] for role in all_roles(r)}}
 
 

@@ -123,13 +123,85 @@ class HeldoutSplit(Section):
     seed: int = Field(0, description="Seed of the deterministic split.")
 
 
-class DataSettings(Section):
-    path: str = Field(description="Real data: JSONL, CSV, Parquet, or a BIG-bench task.json (relative to the recipe).")
-    format: Literal["auto", "jsonl", "csv", "parquet", "bigbench"] = Field(
-        "auto", description="File format; 'auto' decides from the file name."
-    )
-    input_field: str = Field("input", description="Column holding the input (the seed the teacher answers).")
-    target_field: str | None = Field("target", description="Column holding the reference answer, if any.")
+DataFormat = Literal["auto", "jsonl", "csv", "parquet", "json", "bigbench", "arrow", "datasets"]
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _resolve_source_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A data file, a folder (written by `datasets`' save_to_disk) or a glob of files, relative to the recipe."""
+    if value is None:
+        return None
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = base / Path(value).expanduser()
+    if _GLOB.search(value):
+        import glob
+
+        pattern = str(path.absolute())
+        if not any(Path(p).is_file() for p in glob.glob(pattern)):
+            raise ValueError(f"no file matches {pattern}")
+        return pattern
+    path = path.resolve()
+    if not path.exists():
+        raise ValueError(f"no such file or folder: {path}")
+    return str(path)
+
+
+class DataSource(Section):
+    """Where rows are read from: a file, files matching a glob, a folder saved by `datasets`, or a Hugging Face Hub
+    dataset. Exactly one of `path` and `hub`."""
+
+    path: str | None = Field(
+        None, description="A local file, relative to the recipe: JSONL, CSV, Parquet, JSON (a list of objects, as "
+        "alpaca_data.json), a BIG-bench task.json or an .arrow file; a glob of such files (data/*.jsonl, read in name "
+        "order); or a folder written by `datasets`' save_to_disk.")
+    hub: str | None = Field(None, description="A Hugging Face Hub dataset id (tatsu-lab/alpaca), read through "
+                            "`datasets`; from the local cache when offline (HF_HUB_OFFLINE=1).")
+    config: str | None = Field(None, description="The Hub dataset's configuration (subset), e.g. gsm8k's 'main'.")
+    split: str | None = Field(None, description="The split of a Hub dataset or a saved folder holding several "
+                              "(default: train for the data, test then validation for an evaluation set, else the "
+                              "only one).")
+    revision: str | None = Field(None, description="The Hub dataset's revision (branch, tag or commit).")
+    format: DataFormat = Field("auto", description="The format of `path`; auto: from the suffix (.jsonl, .csv, "
+                               ".parquet, .json, .arrow; a folder is a `datasets` folder).")
+    input_field: str | list[str] = Field(
+        "input", description="The column holding the input; a list of columns is joined with a blank line, skipping "
+        "empty ones (Alpaca: [instruction, input]). A column of chat messages (a list of {role, content}, or "
+        "ShareGPT's {from, value}) is a conversation: its last user turn is the input, the turns before it (a system "
+        "message among them) its history; it needs generate.chat and train.chat.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _resolve_source_path(v, info)
+
+    @field_validator("input_field")
+    @classmethod
+    def _some_field(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("a list of input columns needs at least one column, each once")
+        return v
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        given = [k for k in ("path", "hub") if getattr(self, k) is not None]
+        if len(given) > 1 or (not given and not self._may_have_no_source()):
+            raise ValueError(f"give exactly one of path, hub (got {', '.join(given) or 'none'})")
+        if self.hub is None and (self.config is not None or self.revision is not None):
+            raise ValueError("config and revision are settings of a hub dataset: set hub, or leave them out")
+        return self
+
+    def _may_have_no_source(self) -> bool:
+        return False
+
+    @property
+    def source(self) -> str:
+        """The source as the user named it, for messages."""
+        return self.path if self.path is not None else f"hub dataset {self.hub}"
+
+
+class DataSettings(DataSource):
+    target_field: str | None = Field("target", description="Column holding the reference answer, if any; a column of "
+                                     "chat messages gives its last assistant turn.")
     target_names: dict[str, str] = Field(
         {}, description="Rename reference values as the data is read, {value in the file: value used}, e.g. label codes "
         "to words a small teacher knows (`add_to_playlist: playlist`); the renamed values are what few-shot examples "
@@ -138,11 +210,6 @@ class DataSettings(Section):
     slice_field: str | None = Field(None, description="Column naming each row's slice for per-slice results.")
     heldout: HeldoutSplit = Field(description="The held-out evaluation split of this data.")
     max_seeds: int | None = Field(None, gt=0, description="Use at most this many non-held-out rows as seeds (a reproducible sample, in file order).")
-
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, v: str, info: ValidationInfo) -> str:
-        return _resolve_existing(v, info, folder=False)
 
 
 # --------------------------------------------------------------------------- generate
@@ -284,7 +351,8 @@ class GenerateSettings(Section):
         "in synthesize mode cell, index and each attribute instead of input."
     )
     chat: bool = Field(False, description="Send the rendered template as a user message through the chat template.")
-    system_prompt: str | None = Field(None, description="System message when chat is true.")
+    system_prompt: str | None = Field(None, description="System message when chat is true, for rows whose "
+                                      "conversation has none of its own.")
     few_shot: FewShotSettings = Field(default_factory=FewShotSettings, description="Few-shot examples.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling parameters.")
     chunk_size: int = Field(256, gt=0, description="Prompts per atomically written chunk; a killed run resumes by chunk, "
@@ -596,16 +664,12 @@ class FilterSettings(Section):
 # --------------------------------------------------------------------------- train
 
 
-class RepairSettings(Section):
+class RepairSettings(DataSource):
     """On-policy repair: part of each step's prompts are like a guard set's, and an earlier model (the base student by
     default) scores the student's answers to them, so that the student keeps, or gets back, what task training
-    broke. The prompts are never an evaluation set's items: those stay held out."""
+    broke. The prompts are never an evaluation set's items: those stay held out. Their source (path or hub) is read
+    as any data is; rows whose input is an evaluation set's item are left out and counted."""
 
-    path: str = Field(description="Data file of repair prompts (jsonl, csv, parquet or a BIG-bench task), relative to "
-                      "the recipe. Rows whose input is an evaluation set's item are left out and counted.")
-    format: Literal["auto", "jsonl", "csv", "parquet", "bigbench"] = Field("auto", description="The file's format; auto "
-                                                                          "reads it from the suffix.")
-    input_field: str = Field("input", description="The field holding each prompt's input.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows of the file.")
     prompt_template: str = Field(
         "{{ input }}", description="The prompt the student and the repair teacher both get for a row (Jinja2, sandboxed; "
@@ -619,11 +683,6 @@ class RepairSettings(Section):
         default_factory=list, description="The guard sets these repair prompts are like, beside any read from `path` "
         "itself (found by content), e.g. one drawn from another file of the same task. They are marked repaired in "
         "the report and cards: training toward them means they no longer measure general ability.")
-
-    @field_validator("path")
-    @classmethod
-    def _repair_file(cls, v: str, info: ValidationInfo) -> str:
-        return _resolve_existing(v, info, folder=False)
 
     @field_validator("teacher")
     @classmethod
@@ -723,6 +782,8 @@ class TrainSettings(Section):
                        "evaluation). With kd / sft+kd the teacher's captured tokens are the assistant turn and its stop is "
                        "read as the end-of-turn token; with on_policy the student samples in this format, stops with "
                        "that token, and the teacher's probability of stopping there is read as its own.")
+    system_prompt: str | None = Field(None, description="System message of the student's chat prompt (train.chat), in "
+                                      "training and evaluation alike, for rows whose conversation has none of its own.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings.")
     epochs: float = Field(1.0, gt=0, description="Passes over the kept rows.")
     batch_size: int = Field(16, gt=0, description="Rows per device per step.")
@@ -793,19 +854,12 @@ class TrainSettings(Section):
 MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  (the names of distill.metrics.METRICS)
 
 
-class EvalSet(Section):
+class EvalSet(DataSource):
     name: str = Field(description="Name used in reports.")
-    data: Literal["heldout"] | None = Field(None, description="'heldout': the held-out split of the recipe's data.")
-    path: str | None = Field(
-        None, description="Or separate real data (relative to the recipe): a JSONL, CSV or Parquet file, a BIG-bench "
-        "task.json, or a folder saved by `datasets` (save_to_disk)."
-    )
-    format: Literal["auto", "jsonl", "csv", "parquet", "bigbench", "datasets"] = Field(
-        "auto", description="Format of `path`; 'auto' decides from the file name (a folder is a `datasets` folder)."
-    )
-    split: str | None = Field(None, description="Split of a `datasets` folder holding several (default: test, validation, then the only one).")
-    input_field: str = Field("input", description="Input column of `path`.")
-    target_field: str = Field("target", description="Reference column of `path` (a string or a list of acceptable answers).")
+    data: Literal["heldout"] | None = Field(None, description="'heldout': the held-out split of the recipe's data; "
+                                            "or give a source of its own (path or hub).")
+    target_field: str = Field("target", description="Reference column of the set's source (a string, a list of "
+                              "acceptable answers, or chat messages: their last assistant turn).")
     slice_field: str | None = Field(None, description="Slice column (defaults to the data's slice_field for heldout).")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N items (deterministic).")
     prompt_template: str | None = Field(None, description="Student prompt; defaults to train.prompt_template.")
@@ -829,20 +883,13 @@ class EvalSet(Section):
     max_tokens: int | None = Field(None, gt=0, description="Most new tokens per answer on this set (default evaluate.max_tokens).")
     stop: list[str] | None = Field(None, description="Strings that end an answer on this set (default evaluate.stop).")
 
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return None
-        base = Path((info.context or {}).get("base_dir", "."))
-        if (base / Path(v).expanduser()).is_dir():
-            return _resolve_existing(v, info, folder=True)
-        return _resolve_existing(v, info, folder=False)
+    def _may_have_no_source(self) -> bool:
+        return self.data is not None
 
     @model_validator(mode="after")
     def _one_source(self) -> "EvalSet":
-        if (self.data is None) == (self.path is None):
-            raise ValueError("give exactly one of data: heldout or path")
+        if (self.data is None) == (self.path is None and self.hub is None):
+            raise ValueError("give exactly one of data: heldout, path or hub")
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"metrics: each metric once (got {self.metrics})")
         return self

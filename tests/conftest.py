@@ -151,3 +151,26 @@ def vllm_server(model: Path, folder: Path, name: str, *options: str, startup_lim
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def cache_hub_dataset(root: Path, repo_id: str, splits: dict[str, list[dict]], commit: str = "0" * 40) -> dict:
+    """Put `repo_id` into a datasets cache under `root` as an online `load_dataset(repo_id)` leaves it, and return the
+    environment that reads it offline. Offline, datasets reads only that cache (Arrow files and dataset_info.json under
+    {HF_DATASETS_CACHE}/<owner>___<name>/default/0.0.0/<commit>/); load_dataset on the same repo checked out locally
+    writes exactly that, under the folder's name and a content hash, which are renamed to the Hub's."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = repo_id.split("/")[-1]
+    repo, cache = root / name, root / "hf" / "datasets"
+    (repo / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        pq.write_table(pa.Table.from_pylist(rows), repo / "data" / f"{split}-00000-of-00001.parquet")
+    datasets.load_dataset(str(repo), cache_dir=str(cache))
+    (cache / name).rename(cache / repo_id.replace("/", "___"))
+    for built in (cache / repo_id.replace("/", "___")).glob("*/0.0.0/*"):
+        if built.is_dir():
+            built.rename(built.with_name(commit))
+    return {"HF_HOME": str(root / "hf"), "HF_HUB_CACHE": str(root / "hf" / "hub"), "HF_DATASETS_CACHE": str(cache),
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -48,19 +48,19 @@ def test_a_data_file_that_is_not_utf8_names_its_line_before_any_work(tmp_path, t
 def test_an_eval_set_in_a_format_distill_does_not_read_is_refused_before_generation(tmp_path, tiny_model):
     import json
 
-    extra = tmp_path / "extra.json"  # a plain JSON list, not a BIG-bench task
-    extra.write_text(json.dumps([{"input": "ox", "target": "oxen"}, {"input": "cat", "target": "cats"}]))
+    extra = tmp_path / "extra.json"  # rows inside an object, neither a JSON list nor a BIG-bench task
+    extra.write_text(json.dumps({"rows": [{"input": "ox", "target": "oxen"}, {"input": "cat", "target": "cats"}]}))
     recipe = write_recipe(tmp_path, tiny_model)
     recipe.write_text(recipe.read_text().replace("    - {name: plural, data: heldout}\n",
                                                  f"    - {{name: plural, data: heldout}}\n    - {{name: extra, path: {extra}}}\n"))
     result = run_cli("validate", recipe, cwd=tmp_path)
-    assert_user_error(result, "evaluate.sets.1 ('extra')", f"{extra}: a JSON list, not a format distill reads",
-                      "JSONL", "CSV", "Parquet", "BIG-bench", "datasets folder")
-    assert_user_error(run_cli("run", recipe, cwd=tmp_path), f"{extra}: a JSON list")
+    assert_user_error(result, "evaluate.sets.1 ('extra')", f"{extra}: an object without an 'examples' list, not a "
+                      "format distill reads", "JSONL", "CSV", "Parquet", "BIG-bench", "save_to_disk", "Hub dataset")
+    assert_user_error(run_cli("run", recipe, cwd=tmp_path), f"{extra}: an object without an 'examples' list")
     assert not (tmp_path / "runs").exists()  # refused before generation, not after it
 
     good = tmp_path / "extra.jsonl"  # the same items, one object per line: validate reads and reports its first rows
-    good.write_text("".join(json.dumps(r) + "\n" for r in json.loads(extra.read_text())))
+    good.write_text("".join(json.dumps(r) + "\n" for r in json.loads(extra.read_text())["rows"]))
     recipe.write_text(recipe.read_text().replace(str(extra), str(good)))
     result = run_cli("validate", recipe, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -78,11 +78,21 @@ def test_a_file_that_is_not_utf8_names_the_line_of_the_bad_byte(tmp_path):
     assert read_rows(bom, required=("input",))[0]["input"] == "cat"
 
 
-def test_a_json_file_that_is_no_bigbench_task_says_what_distill_reads(tmp_path):
-    listed = tmp_path / "items.json"
-    listed.write_text(json.dumps([{"input": "cat", "target": "cats"}]))
-    with pytest.raises(DataError, match=rf"^{listed}: a JSON list, not a format distill reads; distill reads JSONL"):
-        read_rows(listed)
+def test_a_json_list_of_rows_is_read_with_each_rows_line_and_other_json_says_what_distill_reads(tmp_path):
+    listed = tmp_path / "alpaca_data.json"  # Alpaca's own file: a JSON list of objects
+    listed.write_text('[\n  {"instruction": "Pluralize.", "input": "cat", "output": "cats"},\n'
+                      '  {"instruction": "Pluralize.",\n   "input": "ox", "output": "oxen"}\n]\n')
+    rows = read_rows(listed)
+    assert [(r["input"], r["_line"]) for r in rows] == [("cat", 2), ("ox", 3)]
+    wrapped = tmp_path / "items.json"
+    wrapped.write_text(json.dumps({"data": [{"input": "cat"}]}))
+    with pytest.raises(DataError, match=rf"^{wrapped}: an object without an 'examples' list, not a format distill reads; "
+                                        "distill reads JSONL"):
+        read_rows(wrapped)
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text("[1, 2]")
+    with pytest.raises(DataError, match=rf"^{numbers}:1: each row must be a JSON object"):
+        read_rows(numbers)
     lines = tmp_path / "lines.json"  # JSON Lines under a .json name
     lines.write_text('{"input": "cat"}\n{"input": "dog"}\n')
     with pytest.raises(DataError, match=rf"^{lines}:2: .* rename it to .jsonl or set its format to jsonl"):

@@ -35,6 +35,20 @@ def test_a_sound_recipe_is_all_well_and_each_models_dtype_is_named(tiny_recipe):
     assert proc.stdout.rstrip().endswith("all well")
 
 
+def test_chat_data_the_recipe_would_flatten_is_a_finding_not_all_well(tmp_path, tiny_recipe):
+    """`input_field: messages` without the chat templates would reach the teacher as one flattened turn."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Plural of {w}?"},
+                                                     {"role": "assistant", "content": f"{w}s"}]}) + "\n"
+                            for w in ("cat", "dog", "pig", "cow", "hen", "owl", "bat", "rat")))
+    proc = doctor(tiny_recipe, f"data.path={data}", "data.input_field=messages", "data.target_field=messages",
+                  "data.slice_field=null", "data.heldout.size=2", "data.heldout.min_per_slice=0")
+    assert proc.returncode == 2, proc.stdout
+    assert (f"PROBLEM  {data}:1: data.input_field 'messages' holds chat messages, read only through chat templates: "
+            "set generate.chat and train.chat to true") in proc.stdout
+    assert "all well" not in proc.stdout and "models.teacher: runs in float32" in proc.stdout  # the other checks ran
+
+
 def test_a_pinned_dtype_that_this_cpu_emulates_is_a_finding(tiny_recipe, monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU, emulated on any machine
     proc = doctor(tiny_recipe, "models.teacher.dtype=bfloat16")

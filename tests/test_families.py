@@ -173,12 +173,14 @@ def base_students(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("chat", [False, True, "conversation"], ids=["plain", "chat", "conversation"])
 def test_sft_trains_on_the_prompt_ids_the_sampler_and_evaluation_read_and_learns_the_stop_they_stop_on(
         base_students, family, chat, tmp_path):
     """TRL's SFT trainer, built as the train stage builds it, reads each row's prompt as the same token ids (one BOS)
     that the on-policy sampler, KD and evaluation are handed, and its last learned label is the stop they stop on
-    (student_stop_id: the EOS in the plain format, the template's end of turn in the chat format)."""
+    (student_stop_id: the EOS in the plain format, the template's end of turn in the chat format). A conversation's
+    earlier turns and system message are in that prompt and learned from nowhere: only the answer is; a template
+    without a system role (Gemma's, Mistral's) reads the system message at the head of the first user turn."""
     from test_filters import recipe_dict, row
 
     from distill.prompts.student import student_prompt, student_stop_id
@@ -190,13 +192,23 @@ def test_sft_trains_on_the_prompt_ids_the_sampler_and_evaluation_read_and_learns
 
     student = base_students[family]
     d = recipe_dict(student, [])
-    d["train"] = {"prompt_template": "Plural of {{ input }}:", "max_length": 160, "batch_size": 4, "chat": chat,
-                  "lora": {"r": 2, "alpha": 4}}
+    d["train"] = {"prompt_template": "Plural of {{ input }}:", "max_length": 160, "batch_size": 4, "chat": bool(chat),
+                  "lora": {"r": 2, "alpha": 4}, "system_prompt": "Answer in one word." if chat == "conversation" else None}
     recipe = Recipe.model_validate(d)
-    rows = [row(i, c, inp=f"word{i}") for i, c in enumerate(["cats", "dogs", "mice"])]
-    trainer, tok = build_trainer(recipe, student, training_examples(recipe, rows), tmp_path / "checkpoints")
+    earlier = [{"role": "system", "content": "Plurals only."}, {"role": "user", "content": "Ready?"},
+               {"role": "assistant", "content": "Yes."}]
+    rows = [row(i, c, inp=f"word{i}", history=earlier[i % 2:] if chat == "conversation" else None)
+            for i, c in enumerate(["cats", "dogs", "mice"])]
+    from transformers import AutoTokenizer
+
+    examples = training_examples(recipe, rows, AutoTokenizer.from_pretrained(student))
+    trainer, tok = build_trainer(recipe, student, examples, tmp_path / "checkpoints")
     stop = student_stop_id(recipe, tok)
     assert stop == (end_of_turn(tok, family) if chat else tok.eos_token_id)
+    if chat == "conversation":  # the data's system message where it has one, the recipe's where it has none
+        said = [tok.decode(t["input_ids"]) for t in trainer.train_dataset]
+        assert "Plurals only." in said[0] and "Answer in one word." not in said[0] and "Ready?" in said[0]
+        assert "Answer in one word." in said[1] and "Ready?" in said[1]
     template = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
     for r, trained in zip(rows, trainer.train_dataset):
         head = prompt_ids(tok, student_prompt(recipe, template, r, tok))

@@ -54,7 +54,7 @@ def test_missing_required_section(tiny_recipe):
 def test_missing_data_file(tiny_recipe):
     edited(tiny_recipe, "plural_json.json", "no_such_file.json")
     msg = error_of(tiny_recipe)
-    assert "data.path: file does not exist" in msg and "no_such_file.json" in msg
+    assert "data.path: no such file or folder" in msg and "no_such_file.json" in msg
 
 
 def test_missing_model_folder(tiny_recipe, tiny_model):

@@ -1,5 +1,5 @@
-"""Evaluation items: the recipe's held-out split, or separate real data (JSONL, CSV, Parquet,
-BIG-bench task.json, a `datasets` folder). Never synthetic."""
+"""Evaluation items: the recipe's held-out split, or separate real data (any source distill reads: files, a `datasets`
+folder, a Hub dataset). Never synthetic."""
 
 from __future__ import annotations
 
@@ -7,65 +7,23 @@ import json
 from pathlib import Path
 
 from distill import rows as C
-from distill.data.loaders import read_rows
+from distill.data.records import columns, to_item
+from distill.data.sources import place, read_source
 from distill.errors import DataError, UserError
 from distill.recipe import EvalSet, Recipe
-from distill.rows import row_id
 from distill.run_dir import RunDir
 
-
-def _open_datasets_folder(s: EvalSet):
-    """The split of a `datasets` folder the set reads (memory-mapped: nothing is read yet)."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
-    try:
-        data = load_from_disk(s.path)
-    except (FileNotFoundError, ValueError) as e:
-        raise DataError(f"{s.path}: not a folder saved by datasets' save_to_disk ({e})") from None
-    if isinstance(data, DatasetDict):
-        split = s.split or next((k for k in ("test", "validation") if k in data), None)
-        if split is None and len(data) == 1:
-            split = next(iter(data))
-        if split not in data:
-            raise DataError(f"{s.path}: split {split!r} not found; set evaluate.sets.{s.name}.split to one of {', '.join(data)}")
-        data = data[split]
-    assert isinstance(data, Dataset)
-    return data
-
-
-def _read_datasets_folder(s: EvalSet, limit: int | None = None) -> list[dict]:
-    data = _open_datasets_folder(s)
-    if limit is not None:
-        data = data.select(range(min(limit, len(data))))
-    rows = data.to_list()
-    for i, row in enumerate(rows):
-        row["_line"] = i + 1
-        for field in (s.input_field, s.target_field):
-            if row.get(field) in (None, ""):
-                raise DataError(f"{s.path}: row number {i + 1} has no '{field}' field (has: {', '.join(k for k in row if k != '_line')})")
-    return rows
-
-
-def _references(target, where: str) -> list[str]:
-    refs = [str(t) for t in target] if isinstance(target, (list, tuple)) else [str(target)]
-    if not refs:
-        raise DataError(f"{where}: empty list of references")
-    return refs
+EVAL_SPLITS = ("test", "validation")  # the split an evaluation set reads when its source has several and none is named
 
 
 def _path_items(s: EvalSet, limit: int | None = None) -> list[dict]:
-    """Items of a set read from `path`: all, or the first `limit` rows."""
-    path = Path(s.path)
-    if s.format == "datasets" or (s.format == "auto" and path.is_dir()):
-        rows = _read_datasets_folder(s, limit)
-    else:
-        rows = read_rows(path, s.format, required=(s.input_field, s.target_field), limit=limit)
+    """Items of a set read from its own source (path or hub): all, or the first `limit` rows."""
     items = []
-    for r in rows:
-        refs = _references(r[s.target_field], f"{path}:{r['_line']}")
-        slice_value = r.get(s.slice_field) if s.slice_field else None
-        items.append({C.ID: row_id(r[s.input_field], r["_line"]), C.INPUT: str(r[s.input_field]), C.REFERENCE: refs[0],
-                      C.REFERENCES: refs, C.SLICE: None if slice_value is None else str(slice_value)})
+    for r in read_source(s, limit=limit, prefer_splits=EVAL_SPLITS):
+        item = to_item(r, s.input_field, s.target_field, s.slice_field, line_in_id=True)
+        if not item[C.REFERENCES]:
+            raise DataError(f"{r['_where']}: row has no {s.target_field!r} field (has: {', '.join(columns(r))})")
+        items.append(item)
     return items
 
 
@@ -106,7 +64,7 @@ def require_heldout_references(recipe: Recipe, heldout: list[dict] | None = None
                         f"held-out items would have no reference answers; name the column holding them in data.target_field")
     missing = [r for r in heldout or [] if not r.get(C.REFERENCES)]
     if missing:
-        raise UserError(f"{recipe.data.path}:{missing[0].get('source_line')}: held-out row has no "
+        raise UserError(f"{place(recipe.data, missing[0].get('source_line'))}: held-out row has no "
                         f"{recipe.data.target_field!r} value ({len(missing)} of the {len(heldout)} held-out rows have "
                         f"none), and evaluate.sets.{i} ({s.name!r}) scores against it: fill them in or drop those rows")
 

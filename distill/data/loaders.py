@@ -1,4 +1,4 @@
-"""Load real data rows from JSONL, CSV, Parquet or a BIG-bench task.json.
+"""Load real data rows from a local file: JSONL, CSV, Parquet, a JSON list of objects, or a BIG-bench task.json.
 
 Each row comes back with `_line`, the line of the file it was read from, so that a bad
 row can be named by file and line.
@@ -13,10 +13,11 @@ from pathlib import Path
 
 from distill.errors import DataError
 
-FORMATS = ("jsonl", "csv", "parquet", "bigbench")
+FORMATS = ("jsonl", "csv", "parquet", "json", "bigbench")
 # What a refused file is told it could be instead.
-READABLE = ("JSONL (.jsonl: one JSON object per line), CSV (.csv, with a header row), Parquet (.parquet), a BIG-bench "
-            "task (.json: an object with an 'examples' list), or for an evaluation set a datasets folder (save_to_disk)")
+READABLE = ("JSONL (.jsonl: one JSON object per line), CSV (.csv, with a header row), Parquet (.parquet), JSON (.json: a "
+            "list of objects, or a BIG-bench task: an object with an 'examples' list), an .arrow file, a folder written "
+            "by datasets' save_to_disk, or a Hub dataset (hub:)")
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -30,7 +31,7 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     if suffix == ".parquet":
         return "parquet"
     if suffix == ".json":
-        return "bigbench"
+        return "json"  # a list of objects, or a BIG-bench task: told apart by what the file holds
     raise DataError(f"{path}: cannot tell the format from the file name; set format to one of {', '.join(FORMATS)}")
 
 
@@ -52,10 +53,11 @@ def check_utf8(path: Path, block: int = 1 << 20) -> None:
             line += data.count(b"\n")
 
 
-def _json_array_lines(text: str, key: str) -> list[int]:
-    """Line number of each element of the top-level array `key` in a JSON document."""
+def _json_array_lines(text: str, key: str | None) -> list[int]:
+    """Line number of each element of the top-level array `key` in a JSON document (None: the document is the
+    array)."""
     decoder = json.JSONDecoder()
-    start = text.find(f'"{key}"')
+    start = text.find(f'"{key}"') if key is not None else 0
     start = text.find("[", start) + 1
     lines, pos, line = [], start, text.count("\n", 0, start) + 1
     while True:
@@ -71,23 +73,27 @@ def _json_array_lines(text: str, key: str) -> list[int]:
         pos = end
 
 
-def _read_bigbench(path: Path, limit: int | None = None) -> list[dict]:
+def _read_json(path: Path, limit: int | None = None) -> list[dict]:
+    """A JSON document: a list of row objects (alpaca_data.json), or a BIG-bench task (an object with 'examples')."""
     text = path.read_text(encoding="utf-8-sig")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values: most often one object per line
-            raise DataError(f"{path}:{e.lineno}: a .json file is read as one BIG-bench task, but this one holds several "
+            raise DataError(f"{path}:{e.lineno}: a .json file is read as one JSON document, but this one holds several "
                             f"JSON values (JSON Lines?): rename it to .jsonl or set its format to jsonl") from None
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("examples"), list):
-        what = "a JSON list" if isinstance(doc, list) else "an object without an 'examples' list" if isinstance(doc, dict) else "a JSON scalar"
-        raise DataError(f"{path}: {what}, not a format distill reads; distill reads {READABLE}"
-                        + ("; write one object per line as .jsonl" if isinstance(doc, list) else ""))
+    if isinstance(doc, list):
+        examples, lines = doc, _json_array_lines(text, None)
+    elif isinstance(doc, dict) and isinstance(doc.get("examples"), list):
+        examples, lines = doc["examples"], _json_array_lines(text, "examples")
+    else:
+        what = "an object without an 'examples' list" if isinstance(doc, dict) else "a JSON scalar"
+        raise DataError(f"{path}: {what}, not a format distill reads; distill reads {READABLE}")
     rows = []
-    for example, line in zip(doc["examples"], _json_array_lines(text, "examples")):
+    for example, line in zip(examples, lines):
         if not isinstance(example, dict):
-            raise DataError(f"{path}:{line}: an example must be a JSON object")
+            raise DataError(f"{path}:{line}: each row must be a JSON object")
         row = dict(example)
         if "target" not in row and isinstance(row.get("target_scores"), dict):
             # multiple choice: the answer is the choice with the top score
@@ -157,7 +163,7 @@ def read_rows(path: str | Path, fmt: str = "auto", required: tuple[str, ...] = (
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "bigbench": _read_bigbench}
+    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "json": _read_json, "bigbench": _read_json}
     try:
         rows = reader[detect_format(path, fmt)](path, limit)
     except UnicodeDecodeError:

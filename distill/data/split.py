@@ -6,11 +6,11 @@ import random
 from collections import defaultdict
 
 from distill import rows as C
-from distill.data.loaders import read_rows
-from distill.errors import UserError
+from distill.data.records import columns, to_item
+from distill.data.sources import describe, read_source
+from distill.errors import DataError, UserError
 from distill.progress import console
 from distill.recipe import Recipe
-from distill.rows import row_id
 
 
 def _slices(rows: list[dict], order: list[int], slice_field: str) -> dict[str, list[int]]:
@@ -77,10 +77,17 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
 
     d = recipe.data
     require_heldout_references(recipe)  # before reading anything: target_field null with a held-out eval set
-    need = (d.input_field,) + ((d.target_field,) if recipe.generate.few_shot.k and d.target_field else ())
-    raw = read_rows(d.path, d.format, required=need)
+    raw = read_source(d)
+    # every row becomes an item before any split: a row without its input is named, whichever side it falls on
+    items = [to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names) for r in raw]
+    if recipe.generate.few_shot.k and d.target_field:
+        missing = next((r for r, it in zip(raw, items) if not it[C.REFERENCES]), None)
+        if missing is not None:  # a few-shot example shows its target
+            raise DataError(f"{missing['_where']}: row has no {d.target_field!r} value, and generate.few_shot.k draws "
+                            f"examples with their answers from the seeds (has: {', '.join(columns(missing))})")
+    where = describe(d)
     if d.heldout.size >= len(raw):
-        raise UserError(f"data.heldout.size = {d.heldout.size} leaves no seeds: {d.path} has {len(raw)} rows")
+        raise UserError(f"data.heldout.size = {d.heldout.size} leaves no seeds: {where} has {len(raw)} rows")
     heldout, rest = split_heldout(raw, d.heldout.size, d.heldout.seed, d.slice_field, d.heldout.min_per_slice)
     thin = thin_slices(raw, d.slice_field, d.heldout.min_per_slice)
     if thin:
@@ -88,32 +95,20 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
                 f"data.heldout.min_per_slice = {d.heldout.min_per_slice}, so all are held out and none is a seed: "
                 + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""))
 
-    def norm(r: dict, held: bool = False) -> dict:
-        target = r.get(d.target_field) if d.target_field else None
-        targets = target if isinstance(target, list) else [target]
-        refs = [d.target_names.get(str(t), str(t)) for t in targets if t not in (None, "")]
-        return {
-            # a held-out id names the source line too: an input repeated in the data stays two items in the report
-            C.ID: row_id(r[d.input_field], r["_line"]) if held else row_id(r[d.input_field]),
-            C.INPUT: str(r[d.input_field]),
-            C.REFERENCE: refs[0] if refs else None,
-            C.REFERENCES: refs,
-            C.SLICE: None if not d.slice_field else str(r.get(d.slice_field)),
-            "source_line": r["_line"],
-        }
-
-    heldout_rows = [norm(r, held=True) for r in heldout]
+    # a held-out id names the source line too: an input repeated in the data stays two items in the report
+    heldout_rows = [to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names, line_in_id=True)
+                    for r in heldout]
     require_heldout_references(recipe, heldout_rows)
     held_inputs = {r[C.INPUT] for r in heldout_rows}
     # The same input may appear twice in real data: a seed must never equal a held-out item, and a repeated seed
     # gets an id of its own (its line's), or the captures and calibration keyed by row id would keep only one.
     seed_rows, seen = [], set()
     for r in rest:
-        if str(r[d.input_field]) in held_inputs:
+        row = to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names)
+        if row[C.INPUT] in held_inputs:
             continue
-        row = norm(r)
         if row[C.ID] in seen:
-            row[C.ID] = row_id(r[d.input_field], r["_line"])
+            row[C.ID] = to_item(r, d.input_field, d.target_field, line_in_id=True)[C.ID]
         seen.add(row[C.ID])
         seed_rows.append(row)
     return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)

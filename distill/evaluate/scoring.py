@@ -25,7 +25,7 @@ from distill.models.dtype import model_dtype, torch_dtype
 from distill.models.engine import Completion, EvaluationEngine
 from distill.models.merge import adapter_serving, merge_adapter
 from distill.progress import console, progress
-from distill.prompts.student import student_prompt, student_stop_id
+from distill.prompts.student import render_student, student_prompt, student_stop_id
 from distill.prompts.teacher import teacher_prompts
 from distill.prompts.template import PromptTemplate, chat_prompt
 from distill.prompts.tokens import prompt_ids
@@ -41,10 +41,10 @@ def build_prompts(recipe: Recipe, cand: Candidate, s: EvalSet, items: list[dict]
     if cand.role == "student":
         template = PromptTemplate(s.prompt_template or recipe.train.prompt_template, f"evaluate.sets.{s.name}.prompt_template")
         return [student_prompt(recipe, template, item, engine.tokenizer) for item in items]
-    own = s.teacher_template or (s.prompt_template if s.path else None)
+    own = s.teacher_template or (s.prompt_template if s.data is None else None)
     if own is not None:
         template = PromptTemplate(own, f"evaluate.sets.{s.name}.teacher_template")
-        return [template.render(input=item[C.INPUT], row=item) for item in items]
+        return [render_student(template, item) for item in items]
     template = PromptTemplate(recipe.evaluate.teacher_template or recipe.generate.answering_template(), "evaluate.teacher_template")
     return teacher_prompts(recipe, template, items, seed_pool, engine.apply_chat_template)
 
@@ -68,8 +68,8 @@ class Prompter:
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
 
-    def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        return chat_prompt(self.tokenizer, user, system)
+    def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
+        return chat_prompt(self.tokenizer, user, system, history)
 
 
 class Scorer:

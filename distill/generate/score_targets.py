@@ -5,7 +5,7 @@ labelled set is distilled with soft targets as well as generated text is."""
 from __future__ import annotations
 
 from distill import rows as C
-from distill.prompts.template import PromptTemplate
+from distill.prompts.template import PromptTemplate, row_variables
 
 # Where the numbers come from (provenance and the stage summary): vLLM's prompt log-probabilities, measured to work
 # on the CPU build in batches of 400 few-shot prompts (36k tokens).
@@ -14,7 +14,7 @@ SCORED_WITH = "vllm prompt_logprobs (teacher-forced)"
 
 def scored_completions(template: PromptTemplate, items: list[dict]) -> list[str | None]:
     """The text scored after each prompt: the seed's reference through generate.completion_template (None: no target)."""
-    return [None if not item[C.REFERENCE] else template.render(target=item[C.REFERENCE], row=item) for item in items]
+    return [None if not item[C.REFERENCE] else template.render(**{**row_variables(item), "target": item[C.REFERENCE]}) for item in items]
 
 
 def score_chunk(engine, g, template: PromptTemplate, prompts: list[str], items: list[dict], stats) -> list[list[dict]]:

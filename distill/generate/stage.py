@@ -172,6 +172,9 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                         C.REFERENCE: item[C.REFERENCE],
                         C.SLICE: item[C.SLICE],
                         C.CELL: item[C.CELL],
+                        C.HISTORY: item.get(C.HISTORY),
+                        # JSON text: columns differ in type from data set to data set, and a Parquet column may not
+                        C.COLUMNS: None if item.get(C.COLUMNS) is None else json.dumps(item[C.COLUMNS], default=str),
                         C.PROMPT: s.get("prompt", prompt),  # with answer_template: the prompt this answer answers
                         C.COMPLETION: s["text"],
                         C.SAMPLE_INDEX: k,

@@ -28,8 +28,9 @@ class TeacherEngine(Protocol):
     def describe(self) -> dict:
         """What served the rows, for their provenance."""
 
-    def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        """The prompt text of one user message (and an optional system prompt) through the model's chat template."""
+    def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
+        """The prompt text of one user message, after a conversation's earlier turns (`history`) and a system prompt
+        (where the history has none), through the model's chat template."""
 
     def generate(self, prompts: list[str], *, seeds: list[int], n: int = 1, temperature: float = 0.0,
                  top_p: float = 1.0, max_tokens: int = 64, stop: list[str] | None = None,

@@ -129,8 +129,8 @@ class OpenAIEndpoint:
     def stop_ids(self) -> set[int]:
         return stop_token_ids(self.folder, tokenizer=self.tokenizer)
 
-    def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        return chat_prompt(self.tokenizer, user, system)
+    def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
+        return chat_prompt(self.tokenizer, user, system, history)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before retry `attempt` + 1: exponential, jittered so clients refused together do not return

@@ -107,8 +107,8 @@ class VLLMEngine:
         return {"backend": "vllm", "vllm_version": vllm.__version__, "dtype": self.dtype.dtype,
                 "dtype_requested": self.dtype.requested}
 
-    def apply_chat_template(self, user: str, system: str | None = None) -> str:
-        return chat_prompt(self.tokenizer, user, system)
+    def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
+        return chat_prompt(self.tokenizer, user, system, history)
 
     @property
     def stop_ids(self) -> set[int]:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from distill import rows as C
 from distill.errors import UserError
-from distill.prompts.template import PromptTemplate, chat_prompt, end_of_turn_id
+from distill.prompts.template import PromptTemplate, chat_prompt, end_of_turn_id, row_variables
 from distill.recipe import Recipe
 
 
 def student_prompt(recipe: Recipe, template: PromptTemplate, row: dict, tokenizer) -> str:
     """The exact text the student is prompted with, in training and in evaluation."""
-    text = template.render(input=row[C.INPUT], row=row)
+    text = render_student(template, row)
     if recipe.train.chat:
-        return chat_prompt(tokenizer, text)
+        return chat_prompt(tokenizer, text, recipe.train.system_prompt, row.get(C.HISTORY))
     return text
+
+
+def render_student(template: PromptTemplate, row: dict) -> str:
+    """The student's prompt template over a row: its columns by name, `row`, and `input`."""
+    return template.render(**{**row_variables(row), "input": row[C.INPUT]})
 
 
 def student_stop_id(recipe: Recipe, tokenizer) -> int | None:

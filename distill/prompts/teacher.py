@@ -4,15 +4,16 @@ where the teacher is asked (generation) and where it is measured (evaluation), s
 from __future__ import annotations
 
 from distill import rows as C
-from distill.prompts.template import PromptTemplate, draw_examples, row_seed
+from distill.prompts.template import PromptTemplate, draw_examples, row_seed, row_variables
 from distill.recipe import Recipe
 
 
 def template_variables(item: dict, examples: list[dict]) -> dict:
-    """What a prompt template sees. A grid item without an input yet has no `input` variable: reading it is an error,
-    not the word None in the prompt."""
+    """What a prompt template sees: the row's columns by name and as `row`, then distill's own names, which win (a
+    column named `input` is row.input). A grid item without an input yet has no `input` variable: reading it is an
+    error, not the word None in the prompt."""
     cell = item.get(C.CELL)
-    variables = {**(cell or {}), "examples": examples, "row": item, "cell": cell, "index": item.get("index", 0)}
+    variables = {**row_variables(item), **(cell or {}), "examples": examples, "cell": cell, "index": item.get("index", 0)}
     if item[C.INPUT] is not None or cell is None:
         variables["input"] = item[C.INPUT]
     return variables
@@ -33,5 +34,5 @@ def teacher_prompts(recipe: Recipe, template: PromptTemplate, items: list[dict],
             examples = draw_examples(pool, g.few_shot.k, row_seed(g.few_shot.seed, item[C.ID]), item[C.ID])
         examples = [{"input": e[C.INPUT], "target": e[C.REFERENCE]} for e in examples]
         text = template.render(**template_variables(item, examples))
-        prompts.append(render_chat(text, g.system_prompt) if g.chat else text)
+        prompts.append(render_chat(text, g.system_prompt, history=item.get(C.HISTORY)) if g.chat else text)
     return prompts

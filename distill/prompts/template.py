@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 
@@ -9,6 +10,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from distill.errors import RecipeError, UserError
+from distill.rows import columns_of
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
@@ -34,10 +36,51 @@ class PromptTemplate:
             raise UserError(f"{self.where}: template failed to render: {e}") from None
 
 
-def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
-    """One user message, after an optional system prompt, through the tokenizer's chat template, ready to answer."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+def conversation(user: str, system: str | None = None, history: list[dict] | None = None,
+                 system_role: bool = True) -> list[dict]:
+    """The messages a model answers: the conversation's earlier turns (`history`), then the user turn. `system` is
+    the recipe's system prompt: used only where the conversation has no system message of its own. `system_role`
+    False (a chat template without one, as Gemma's and Mistral's): the system message opens the first user turn."""
+    messages = list(history or [])
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    messages.append({"role": "user", "content": user})
+    if system_role:
+        return messages
+    said = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    messages = [m for m in messages if m["role"] != "system"]
+    if said:
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first] = {"role": "user", "content": f"{said}\n\n{messages[first]['content']}"}
+    return messages
+
+
+@functools.lru_cache(maxsize=16)
+def takes_system(tokenizer) -> bool:
+    """Whether the tokenizer's chat template has a system role (Gemma's and Mistral's raise on one)."""
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        return False
+    return True
+
+
+def chat_prompt(tokenizer, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
+    """The user turn, after the conversation's history and a system prompt, through the tokenizer's chat template,
+    ready to answer."""
+    messages = conversation(user, system, history, system_role=takes_system(tokenizer))
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def row_variables(item: dict) -> dict:
+    """What a template sees of a row: each of its source's columns by name, and `row`, all of them (a column whose
+    name is no Python name is read as row["name"]). An item with no source row (a grid cell, a generated row in
+    synthesize mode) is `row` itself."""
+    cols = columns_of(item)
+    if cols is None:
+        return {"row": item}
+    return {**{k: v for k, v in cols.items() if k.isidentifier()}, "row": cols}
 
 
 def end_of_turn_id(tokenizer) -> int | None:

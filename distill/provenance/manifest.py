@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from distill.data.sources import data_sources
 from distill.models.context import resolved_model
 from distill.prompts.template import template_hash
 from distill.provenance.lineage import chaining_findings, lineage
@@ -35,14 +36,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def input_files(recipe: Recipe) -> dict[str, str]:
-    """sha256 of every file (or folder) the recipe reads: real data, evaluation sets, verifier code, human verdicts."""
-    paths = [recipe.data.path] + [s.path for s in recipe.evaluate.sets if s.path]
-    paths += [step.function.rpartition(":")[0] for step in recipe.filter.steps if step.type == "verifier"]
+def input_files(recipe: Recipe) -> dict[str, object]:
+    """sha256 of every file (or folder) the recipe reads: real data, evaluation sets, verifier code, human verdicts (a
+    glob's files and a Hub dataset by their identity)."""
+    paths = [step.function.rpartition(":")[0] for step in recipe.filter.steps if step.type == "verifier"]
     calibration = getattr(recipe.filter, "calibration", None)
     if calibration is not None and getattr(calibration, "gold", None):
         paths.append(calibration.gold)
-    return {p: (hash_tree if Path(p).is_dir() else hash_file)(Path(p)) for p in sorted(set(paths)) if Path(p).exists()}
+    return {**data_sources(recipe),
+            **{p: (hash_tree if Path(p).is_dir() else hash_file)(Path(p)) for p in sorted(set(paths)) if Path(p).exists()}}
 
 
 def output_files(run: RunDir, stage: str) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distill import rows as C
-from distill.data.loaders import read_rows
+from distill.data.sources import describe, identity, read_source
 from distill.progress import console
 from distill.prompts.template import template_hash
 from distill.provenance.cards import DATA_SPLITS, dataset_card, model_card
@@ -24,7 +24,7 @@ from distill.provenance.lineage import chaining_findings, lineage
 from distill.provenance.manifest import build_manifest, model_identities
 from distill.provenance.two_sample import check_synthetic_vs_real, gap_text
 from distill.recipe import Recipe
-from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_file, read_jsonl, write_json, write_text
+from distill.run_dir import DATA_MANIFEST, RunDir, atomic_path, finite, hash_json, read_jsonl, write_json, write_text
 
 ROOT_COPIES = ("manifest.json", "dataset_card.md", "model_card.md")
 CARD_CONTEXT = "card_context.json"
@@ -57,12 +57,18 @@ def decontamination(run: RunDir, eval_report: dict | None = None) -> dict | None
             "leak_records": len(read_jsonl(leaks)) if leaks.is_file() else 0, "training": training}
 
 
+def _sha256_of(src) -> str:
+    """One hash naming the source's content: its file's, or of its identity (a glob's files, a Hub dataset)."""
+    ident = identity(src)
+    return ident.get("sha256") or hash_json(ident)
+
+
 def coverage_audit(recipe: Recipe, rows: list[dict], eval_report: dict | None, seeds: list[dict] | None = None) -> dict:
     """The audit against the seed pool the teacher was given, with the whole real data beside it, when the cells are
     the data's slices."""
     real_counts = seed_counts = None
     if cell_column(rows, recipe.coverage.column) == C.SLICE and recipe.data.slice_field:
-        real = read_rows(recipe.data.path, recipe.data.format, required=(recipe.data.input_field,))
+        real = read_source(recipe.data)
         real_counts = real_slice_counts(real, recipe.data.slice_field)
         seed_counts = real_slice_counts(seeds, C.SLICE) if seeds else None
     return link_eval_slices(audit_coverage(rows, recipe.coverage, real_counts, seed_counts), eval_report)
@@ -244,7 +250,7 @@ def card_context(recipe: Recipe, run: RunDir, manifest: dict, chaining: list[dic
         # what the teacher did, as the generate stage's mode says it in its summary
         "mode": mode, "mode_text": generated.get("teacher_did") or f"ran in {mode} mode",
         "generate": recipe.generate.model_dump(mode="json"), "template_sha": template_hash(recipe.generate.template),
-        "data": {"path": recipe.data.path, "sha256": hash_file(Path(recipe.data.path)), "heldout": recipe.data.heldout.size},
+        "data": {"path": describe(recipe.data), "sha256": _sha256_of(recipe.data), "heldout": recipe.data.heldout.size},
         "models": model_identities(recipe), "lineage": lineage(recipe), "chaining": chaining,
         "allow_chaining": recipe.allow_chaining, "warnings": manifest["checks"]["warnings"],
         "funnel": filter_marker["summary"] if filter_marker else None, "decontamination": decontam,

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 from distill import rows as C
 from distill.errors import UserError
-from distill.prompts.template import PromptTemplate
+from distill.prompts.student import render_student
+from distill.prompts.template import PromptTemplate, conversation, row_variables, takes_system
 from distill.recipe import Recipe
 
 
-def training_examples(recipe: Recipe, rows: list[dict]) -> list[dict]:
-    """prompt / completion pairs (plain text or chat messages, as TRL's SFTTrainer takes them)."""
+def training_examples(recipe: Recipe, rows: list[dict], tokenizer=None) -> list[dict]:
+    """prompt / completion pairs (plain text or chat messages, as TRL's SFTTrainer takes them). `tokenizer`: the
+    student's, whose chat template may have no system role (a system message then opens the first user turn, as
+    the student's prompts in evaluation and sampling have it)."""
+    system_role = tokenizer is None or not recipe.train.chat or takes_system(tokenizer)
     prompt_t = PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
     completion_t = PromptTemplate(recipe.train.completion_template, "train.completion_template")
     examples = []
     for row in rows:
-        prompt = prompt_t.render(input=row[C.INPUT], row=row)
-        completion = completion_t.render(completion=(row[C.COMPLETION] or "").strip(), row=row)
-        if recipe.train.chat:
-            examples.append({"prompt": [{"role": "user", "content": prompt}],
+        prompt = render_student(prompt_t, row)
+        completion = completion_t.render(**{**row_variables(row), "completion": (row[C.COMPLETION] or "").strip()})
+        if recipe.train.chat:  # the conversation's history and system prompt, then the user turn
+            examples.append({"prompt": conversation(prompt, recipe.train.system_prompt, row.get(C.HISTORY), system_role),
                              "completion": [{"role": "assistant", "content": completion.strip()}]})
         else:
             examples.append({"prompt": prompt, "completion": completion})

@@ -43,7 +43,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
     student's EOS, the teacher's stop is read as the student's EOS."""
     from distill import rows as C
     from distill.prompts.student import student_prompt, student_stop_id
-    from distill.prompts.template import PromptTemplate
+    from distill.prompts.template import PromptTemplate, row_variables
     from distill.prompts.tokens import prompt_ids
 
     kd = recipe.train.kd
@@ -55,7 +55,7 @@ def kd_examples(recipe: Recipe, rows: list[dict], tokenizer, captures_path,
     examples, used, left_out, retokenized_differ = [], [], {}, 0
     for row in rows:
         text = row[C.COMPLETION] or ""
-        if completion_t.render(completion=text.strip(), row=row).strip() != text.strip():
+        if completion_t.render(**{**row_variables(row), "completion": text.strip()}).strip() != text.strip():
             raise UserError(f"train.completion_template adds text around the completion ({recipe.train.completion_template!r}): "
                             f"objective {recipe.train.objective!r} trains on the teacher's tokens as generated, so the "
                             "template may only be the completion itself")

@@ -28,9 +28,12 @@ class Objective:
 
     def examples(self, rows: list[dict], student_dir: Path, run: RunDir) -> tuple[list[dict], list[dict], dict | None]:
         """(training examples, the rows they come from, what the summary says of the teacher's targets or None)."""
+        from transformers import AutoTokenizer
+
         from distill.train.formats import training_examples
 
-        return training_examples(self.recipe, rows), rows, None
+        tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=self.recipe.models.student.trust_remote_code)
+        return training_examples(self.recipe, rows, tokenizer), rows, None
 
     def config_class(self):
         from trl import SFTConfig

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from distill import rows as C
 from distill.data.eval_sets import load_items
-from distill.data.loaders import read_rows
+from distill.data.records import to_item
+from distill.data.sources import describe, read_source
 from distill.errors import UserError
 from distill.recipe import Recipe, RepairSettings
 from distill.run_dir import RunDir, hash_file
@@ -53,16 +54,16 @@ def repair_prompts(recipe: Recipe, run: RunDir) -> tuple[list[dict], int]:
     r: RepairSettings = recipe.train.on_policy.repair
     held_out = {_key(item[C.INPUT]) for s in recipe.evaluate.sets for item in load_items(s, run.heldout)}
     items, left_out, seen = [], 0, set()
-    for row in read_rows(r.path, r.format, required=(r.input_field,), limit=r.limit):
-        key = _key(row[r.input_field])
+    for row in read_source(r, limit=r.limit):
+        item = to_item(row, r.input_field, None)
+        key = _key(item[C.INPUT])
         if key in held_out:
             left_out += 1
         elif key not in seen:
             seen.add(key)
-            items.append({**{k: v for k, v in row.items() if k != "_line"}, C.ID: f"repair-{row['_line']}",
-                          C.INPUT: str(row[r.input_field])})
+            items.append({**item, C.ID: f"repair-{row['_line']}"})
     if not items:
-        raise UserError(f"train.on_policy.repair.path: no prompt of {r.path} is left once the evaluation sets' items "
+        raise UserError(f"train.on_policy.repair: no prompt of {describe(r)} is left once the evaluation sets' items "
                         f"are taken out ({left_out} were items of an evaluation set)")
     return items, left_out
 

@@ -16,7 +16,7 @@ from distill.data.captures import TokenCapture
 from distill.models.engine import ScoringEngine
 from distill.prompts.student import student_prompt
 from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate, chat_prompt, row_seed
+from distill.prompts.template import PromptTemplate, row_seed
 from distill.prompts.tokens import continuation_ids
 from distill.recipe import Recipe
 from distill.train.stops import capture_with_stops_as_eos, teacher_reads
@@ -84,9 +84,9 @@ def text_rollouts(recipe: Recipe, tokenizer, rows: list[dict], student_stop: int
     the format the student trains in (chat: the user turn through its template)."""
     from distill.train.formats import training_examples
 
-    rollouts = []
-    for row, e in zip(rows, training_examples(recipe, rows)):
-        prompt = chat_prompt(tokenizer, e["prompt"][0]["content"]) if recipe.train.chat else e["prompt"]
+    rollouts, template = [], PromptTemplate(recipe.train.prompt_template, "train.prompt_template")
+    for row, e in zip(rows, training_examples(recipe, rows, tokenizer)):
+        prompt = student_prompt(recipe, template, row, tokenizer)  # the conversation's history with it
         answer = e["completion"][0]["content"] if recipe.train.chat else e["completion"]
         rollouts.append(Rollout(TEXT, row, prompt, continuation_ids(tokenizer, answer) + [student_stop], None))
     return rollouts
