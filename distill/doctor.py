@@ -92,7 +92,10 @@ def _tokenizer(recipe: Recipe, role: str):
     from distill.models.context import resolved_model
 
     folder, _ = resolved_model(recipe, role)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=getattr(recipe.models, role).trust_remote_code)
+    from distill.prompts.template import with_chat_template
+
+    spec = getattr(recipe.models, role)
+    return with_chat_template(AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code), spec)
 
 
 def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
@@ -107,7 +110,7 @@ def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     _, seeds = split_data(recipe)
     items = mode_for(recipe).items(seeds)
     prompts = teacher_prompts(recipe, PromptTemplate(g.template, "generate.template"), items, seeds,
-                              functools.partial(chat_prompt, tok))
+                              functools.partial(chat_prompt, tok, **recipe.models.teacher.chat_template_kwargs))
     lengths = [len(tok(p).input_ids) for p in prompts]
     if g.scores_targets:
         answer = max((len(tok(str(it.get("reference") or "")).input_ids) for it in items), default=0)

@@ -28,9 +28,11 @@ OTHER_FAMILIES = [f for f in FAMILIES if f != "smollm2"]  # SmolLM2's convention
 TOP_K = 20  # the teacher's log-probabilities kept per position
 
 
-def _recipe(folder: Path, student: Path, teacher: Path) -> Path:
+def _recipe(folder: Path, student: Path, teacher: Path, family: str = "") -> Path:
+    # Qwen3's teacher is asked for its answer without thinking first, as its chat template offers
+    no_thinking = ", chat_template_kwargs: {{enable_thinking: false}}" if family == "qwen3" else ""
     text = TINY_RECIPE.replace("  teacher: {{path: {model}, dtype: float32}}",
-                               f"  teacher: {{{{path: {teacher}, dtype: float32}}}}")
+                               f"  teacher: {{{{path: {teacher}, dtype: float32{no_thinking}}}}}")
     text = text.replace("  max_seeds: 40\n", "  max_seeds: 16\n")
     text = text.replace("  chunk_size: 16\n", "  chunk_size: 16\n  chat: true  # an instruct teacher, in its chat template\n")
     text = text.replace("  batch_size: 8\n", "  batch_size: 8\n  objective: on_policy\n"
@@ -51,9 +53,21 @@ def zoo(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(family.replace(".", ""))
     teacher = build_tiny_model(folder / "teacher", family=family, variant="instruct", seed=1)
     student = build_tiny_model(folder / "student", family=family, variant="base", seed=0)
-    recipe = _recipe(folder, student, teacher)
+    recipe = _recipe(folder, student, teacher, family)
     run_generate(load_recipe(recipe), RunDir(folder / "run"))
     return family, recipe, folder / "run", teacher
+
+
+def test_the_teachers_chat_template_variables_reach_its_prompts(zoo):
+    """models.teacher.chat_template_kwargs: Qwen3's enable_thinking false writes an empty think block after the
+    assistant's header, so the teacher answers at once; other families' prompts end at the header."""
+    import pyarrow.parquet as pq
+
+    from distill.run_dir import RunDir
+
+    family, _, ready, _ = zoo
+    prompts = [r["prompt"] for r in pq.read_table(RunDir(ready).generated).to_pylist()]
+    assert prompts and all(p.endswith("<think>\n\n</think>\n\n") == (family == "qwen3") for p in prompts)
 
 
 def _one_bos(ids: list[int], bos: int | None) -> bool:

@@ -21,13 +21,14 @@ from distill.evaluate import metrics as M
 from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.evaluate.targets import fidelity_k, teacher_target
+from distill.models.reasoning import answer_capture, split_reasoning
 from distill.models.dtype import model_dtype, torch_dtype
 from distill.models.engine import Completion, EvaluationEngine
 from distill.models.merge import adapter_serving, merge_adapter
 from distill.progress import console, progress
 from distill.prompts.student import render_student, student_prompt, student_stop_id
 from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate, chat_prompt
+from distill.prompts.template import PromptTemplate, chat_prompt, with_chat_template
 from distill.prompts.tokens import prompt_ids
 from distill.recipe import EvalSet, ModelSpec, Recipe
 from distill.run_dir import hash_json
@@ -59,6 +60,15 @@ def reference_text(recipe: Recipe, cand: Candidate, reference: str) -> str:
     return " " + reference.strip()
 
 
+def _without_reasoning(answer: Completion, tokenizer, end: str) -> Completion:
+    """A reasoning teacher's answer after its thinking, scored as its training rows keep it."""
+    split = split_reasoning(answer.text, answer.finish_reason, end)
+    if split.reasoning is None:
+        return answer
+    return replace(answer, text=split.text,
+                   capture=answer_capture(answer.capture, tokenizer, end) if split.failure is None else None)
+
+
 class Prompter:
     """A model folder's tokenizer and chat template without an engine: prompts and cache keys are made before
     (or instead of) starting one, with the tokenizer vLLM loads (AutoTokenizer from the same folder)."""
@@ -66,10 +76,11 @@ class Prompter:
     def __init__(self, folder: Path, spec: ModelSpec):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+        self.spec = spec
+        self.tokenizer = with_chat_template(AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code), spec)
 
     def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
-        return chat_prompt(self.tokenizer, user, system, history)
+        return chat_prompt(self.tokenizer, user, system, history, **self.spec.chat_template_kwargs)
 
 
 class Scorer:
@@ -99,7 +110,10 @@ class Scorer:
                                top_p=d["top_p"], max_tokens=d["max_tokens"], stop=d["stop"] or None,
                                stop_token_ids=[stop_id] if stop_id is not None else None, adapter=adapter,
                                logprobs=self._capture_k(cand))
-        return [o[0] for o in outs]
+        answers = [o[0] for o in outs]
+        if cand.role == "teacher" and self.recipe.generate.reasoning == "strip":  # as its rows were kept
+            answers = [_without_reasoning(a, engine.tokenizer, self.recipe.generate.reasoning_end) for a in answers]
+        return answers
 
     def _capture_k(self, cand: Candidate) -> int | None:
         """The top K the teacher's answers carry for fidelity (None: nothing captured)."""

@@ -3,6 +3,7 @@ of their own, and synthesize mode's second pass that answers the inputs the teac
 
 from __future__ import annotations
 
+from distill.models.reasoning import strip_sample
 from distill.prompts.template import row_seed
 
 
@@ -46,7 +47,8 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
             row.append({"text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
                         "failure": failure, "attempts": 1, "capture": comp.capture})
         samples.append(row)
-    if check is None:
+    if check is None:  # a constrained answer (label, synthesize's JSON) has no room for thinking: nothing to strip
+        _strip_reasoning(engine, g, samples)
         return samples
     for sample_list in samples:
         for s in sample_list:
@@ -98,3 +100,12 @@ def _answer_inputs(engine, g, samples: list[list[dict]], request_seeds: list[int
                                "capture": comp.capture,
                                "input_tokens": first["tokens"], "prompt": prompt, "answer_seed": seed,
                                "failure": None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"})
+        _strip_reasoning(engine, g, [samples[p]])
+
+
+def _strip_reasoning(engine, g, samples: list[list[dict]]) -> None:
+    """generate.reasoning: strip: each answer without the thinking before it (distill.generate.reasoning)."""
+    if g.reasoning == "strip":
+        for sample_list in samples:
+            for s in sample_list:
+                strip_sample(s, engine.tokenizer, g.reasoning_end)

@@ -197,6 +197,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
                                              "distribution": mode.captured_distribution,
                                              "captured": s.get("capture") is not None}} if g.logprobs else {}),
                             **mode.provenance(s, prompt, answer_template),
+                            **({"reasoning": s["reasoning"]} if s.get("reasoning") is not None else {}),
                         },
                     })
             if g.logprobs:  # before the rows: a chunk whose rows exist always has its captures

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from distill.models.dtype import model_dtype
 from distill.models.identity import CONTENT_KEYS, model_identity
-from distill.models.resolve import resolve_model
+from distill.models.resolve import ModelUnavailable, resolve_model, source_key
 from distill.recipe import ModelSpec, Recipe
 
 
@@ -16,7 +16,8 @@ def spec_name(spec: ModelSpec) -> str:
 
 
 @lru_cache(maxsize=None)
-def _resolve(spec: ModelSpec) -> tuple[Path, dict]:
+def _resolve(spec_json: str) -> tuple[Path, dict]:
+    spec = ModelSpec.model_validate_json(spec_json)
     folder = resolve_model(spec)
     return folder, model_identity(folder, spec_name(spec), spec.revision)
 
@@ -26,7 +27,11 @@ def resolved_model(recipe: Recipe, role: str) -> tuple[Path, dict]:
     spec = getattr(recipe.models, role)
     if spec is None:
         raise KeyError(role)
-    folder, identity = _resolve(spec)
+    # keyed by where the model lives (a spec holding a dict, chat_template_kwargs, cannot be a key itself)
+    try:
+        folder, identity = _resolve(spec.model_dump_json(include={"path", "hub", "packaged", "revision", "trust_remote_code"}))
+    except ModelUnavailable as e:  # resolve_model knows the folder, not the role: the recipe key comes from here
+        raise ModelUnavailable(f"models.{role}.{source_key(spec)}: {e}") from None
     return folder, {"role": role, **identity}
 
 

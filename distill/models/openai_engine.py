@@ -28,7 +28,7 @@ from distill.data.captures import TokenCapture
 from distill.errors import StageError, UserError
 from distill.models.engine import Completion
 from distill.models.vocabulary import stop_token_ids
-from distill.prompts.template import chat_prompt
+from distill.prompts.template import chat_prompt, with_chat_template
 from distill.prompts.tokens import prompt_ids
 from distill.recipe import EndpointSettings
 
@@ -60,7 +60,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 class OpenAIEndpoint:
     """Same `generate` / `apply_chat_template` / `close` as VLLMEngine, over HTTP."""
 
-    def __init__(self, folder: Path, endpoint: EndpointSettings):
+    def __init__(self, folder: Path, endpoint: EndpointSettings, spec=None):
+        """`spec`: the served model's recipe entry (its chat template and template variables), when it has one."""
         from transformers import AutoTokenizer
 
         self.endpoint = endpoint
@@ -80,7 +81,8 @@ class OpenAIEndpoint:
         self._pool = ThreadPoolExecutor(max_workers=endpoint.concurrency, thread_name_prefix="endpoint")
         self.chunks_in_flight = endpoint.chunks_in_flight
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.tokenizer = with_chat_template(AutoTokenizer.from_pretrained(str(folder)), spec)
+            self.chat_kwargs = dict(spec.chat_template_kwargs) if spec is not None else {}
             self.folder = Path(folder)
             self.model = self._served_model(self._wait_until_ready())
         except BaseException:
@@ -130,7 +132,7 @@ class OpenAIEndpoint:
         return stop_token_ids(self.folder, tokenizer=self.tokenizer)
 
     def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
-        return chat_prompt(self.tokenizer, user, system, history)
+        return chat_prompt(self.tokenizer, user, system, history, **self.chat_kwargs)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before retry `attempt` + 1: exponential, jittered so clients refused together do not return

@@ -28,7 +28,7 @@ def teacher_engine(recipe: Recipe, run: RunDir, teacher_dir: Path, *, stage: str
     if endpoint is not None:
         from distill.models.openai_engine import OpenAIEndpoint
 
-        engine = OpenAIEndpoint(teacher_dir, endpoint)
+        engine = OpenAIEndpoint(teacher_dir, endpoint, recipe.models.teacher)
         if reads_prompt_logprobs:
             try:
                 engine.require_exact_scores(max_logprobs or 1, key)

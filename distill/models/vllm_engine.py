@@ -12,7 +12,7 @@ from distill.models.dtype import model_dtype
 from distill.models.engine import Completion
 from distill.models.vocabulary import stop_token_ids
 from distill.models.hardware import request_amx_permission, this_machine
-from distill.prompts.template import chat_prompt
+from distill.prompts.template import chat_prompt, with_chat_template
 from distill.prompts.tokens import continuation_ids, prompt_ids
 from distill.recipe import EngineSettings, ModelSpec
 
@@ -97,7 +97,8 @@ class VLLMEngine:
         self.llm = LLM(**options)
         self.lora_enabled = bool(max_lora_rank)
         self._lora_ids: dict[str, int] = {}
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = with_chat_template(self.llm.get_tokenizer(), spec)
+        self.chat_kwargs = dict(spec.chat_template_kwargs)
         self.folder = Path(folder)
 
     def describe(self) -> dict:
@@ -108,7 +109,7 @@ class VLLMEngine:
                 "dtype_requested": self.dtype.requested}
 
     def apply_chat_template(self, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
-        return chat_prompt(self.tokenizer, user, system, history)
+        return chat_prompt(self.tokenizer, user, system, history, **self.chat_kwargs)
 
     @property
     def stop_ids(self) -> set[int]:

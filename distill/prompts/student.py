@@ -12,7 +12,8 @@ def student_prompt(recipe: Recipe, template: PromptTemplate, row: dict, tokenize
     """The exact text the student is prompted with, in training and in evaluation."""
     text = render_student(template, row)
     if recipe.train.chat:
-        return chat_prompt(tokenizer, text, recipe.train.system_prompt, row.get(C.HISTORY))
+        return chat_prompt(tokenizer, text, recipe.train.system_prompt, row.get(C.HISTORY),
+                           **recipe.models.student.chat_template_kwargs)
     return text
 
 

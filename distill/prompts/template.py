@@ -66,11 +66,19 @@ def takes_system(tokenizer) -> bool:
     return True
 
 
-def chat_prompt(tokenizer, user: str, system: str | None = None, history: list[dict] | None = None) -> str:
+def chat_prompt(tokenizer, user: str, system: str | None = None, history: list[dict] | None = None,
+                **template_kwargs) -> str:
     """The user turn, after the conversation's history and a system prompt, through the tokenizer's chat template,
-    ready to answer."""
+    ready to answer. `template_kwargs`: the model's chat_template_kwargs (Qwen3's enable_thinking)."""
     messages = conversation(user, system, history, system_role=takes_system(tokenizer))
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+
+
+def with_chat_template(tokenizer, spec):
+    """The model's tokenizer with the recipe's chat template for it (models.<role>.chat_template), if any."""
+    if spec is not None and spec.chat_template is not None:
+        tokenizer.chat_template = spec.chat_template
+    return tokenizer
 
 
 def row_variables(item: dict) -> dict:

@@ -165,6 +165,15 @@ class GenerateSettings(Section):
         "answers it prompted with this Jinja template (variables: input, cell, index and each attribute); sampling.n "
         "applies to this pass, so its candidates share one prompt.",
     )
+    reasoning: Literal["strip", "keep"] = Field(
+        "strip", description="A reasoning teacher's thinking (the text up to `reasoning_end`, e.g. Qwen3's "
+        "<think>...</think>): strip, the answer after it is the completion, filtered and trained on (and with logprobs, "
+        "only its tokens are captured); an answer cut before its thinking ended is a failure with that reason. keep: "
+        "the whole text, thinking included, is the completion. The teacher's answers in evaluation follow the same "
+        "choice. Answers without the marker are kept whole either way. label mode's constraint covers the whole "
+        "answer: ask such a teacher for no thinking there (chat_template_kwargs).")
+    reasoning_end: str = Field("</think>", min_length=1, description="The text that ends a reasoning teacher's "
+                               "thinking; `reasoning: strip` keeps what follows it.")
     backend: Literal["vllm", "openai"] = Field(
         "vllm", description="vllm: an in-process engine on this machine. openai: the server named in `endpoint`."
     )

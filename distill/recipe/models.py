@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -52,12 +53,26 @@ class ModelSpec(Section):
         "shows the choice, and a pinned dtype that is slow here gets a warning."
     )
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless needed.")
+    chat_template: str | None = Field(
+        None, description="A chat template (Jinja) in place of the model's own, or a .jinja file holding one "
+        "(relative to the recipe): every chat prompt distill builds for this model uses it, in training too.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        {}, description="Variables for the model's chat template, as transformers' apply_chat_template takes them, in "
+        "every chat prompt distill builds for it: Qwen3's {enable_thinking: false} asks for the answer without "
+        "reasoning first.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine options.")
 
     @field_validator("path")
     @classmethod
     def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
         return resolve_existing(v, info, folder=True)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_text(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or not v.strip().endswith(".jinja"):
+            return v
+        return Path(resolve_existing(v.strip(), info, folder=False)).read_text()
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":

@@ -26,8 +26,11 @@ def training_examples(recipe: Recipe, rows: list[dict], tokenizer=None) -> list[
         prompt = render_student(prompt_t, row)
         completion = completion_t.render(**{**row_variables(row), "completion": (row[C.COMPLETION] or "").strip()})
         if recipe.train.chat:  # the conversation's history and system prompt, then the user turn
-            examples.append({"prompt": conversation(prompt, recipe.train.system_prompt, row.get(C.HISTORY), system_role),
-                             "completion": [{"role": "assistant", "content": completion.strip()}]})
+            example = {"prompt": conversation(prompt, recipe.train.system_prompt, row.get(C.HISTORY), system_role),
+                       "completion": [{"role": "assistant", "content": completion.strip()}]}
+            if recipe.models.student.chat_template_kwargs:  # TRL passes them to the chat template, per example
+                example["chat_template_kwargs"] = dict(recipe.models.student.chat_template_kwargs)
+            examples.append(example)
         else:
             examples.append({"prompt": prompt, "completion": completion})
     return examples

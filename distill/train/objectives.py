@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from distill import catalog
 from distill import rows as C
+from distill.prompts.template import with_chat_template
 from distill.recipe import Recipe
 from distill.run_dir import RunDir
 
@@ -32,7 +33,8 @@ class Objective:
 
         from distill.train.formats import training_examples
 
-        tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=self.recipe.models.student.trust_remote_code)
+        tokenizer = with_chat_template(AutoTokenizer.from_pretrained(
+            student_dir, trust_remote_code=self.recipe.models.student.trust_remote_code), self.recipe.models.student)
         return training_examples(self.recipe, rows, tokenizer), rows, None
 
     def config_class(self):
@@ -82,7 +84,8 @@ class KD(Objective):
         from distill.models.vocabulary import stop_token_ids
         from distill.train.kd import kd_examples
 
-        tokenizer = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=self.recipe.models.student.trust_remote_code)
+        tokenizer = with_chat_template(AutoTokenizer.from_pretrained(
+            student_dir, trust_remote_code=self.recipe.models.student.trust_remote_code), self.recipe.models.student)
         teacher_dir, _ = resolved_model(self.recipe, "teacher")
         stops = stop_token_ids(teacher_dir, self.recipe.models.teacher.trust_remote_code)
         examples, teacher_targets, used = kd_examples(self.recipe, rows, tokenizer, run.teacher_logprobs, stops)
