@@ -7,6 +7,7 @@ with the teacher's captured log-probabilities still lined up with those rows.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -111,7 +112,23 @@ def test_a_run_resumed_with_another_chunk_size_finishes_in_the_size_it_started_w
         half = run_generate(started, run, shard=(0, 2), engine=engine)  # every other chunk, as a stopped run leaves them
         assert not half["merged"]
         resumed = run_generate(load_recipe(recipe, [*SETTINGS, "generate.chunk_size=5"]), run, engine=engine)
+        # Any items, answered alone by two plain calls, give the rows the stage made for them (what a selection of
+        # items made later needs): the same prompts, seeds and samples, the same captures.
+        from distill.data.eval_sets import seed_pool
+        from distill.generate.answer import Answering
+        from distill.generate.modes import mode_for
+
+        mode, seeds = mode_for(started), seed_pool(run)
+        answering = Answering(started, mode, engine, seeds, resolved_model(started, "teacher")[1], (0, 1))
+        alone, captures = answering.rows(answering.answer(mode.items(seeds)[10:13], first=10), chunk=0)
     finally:
         engine.close()
     assert resumed["merged"] and resumed["rows"] == 60 and resumed["chunks_this_run"] == 10
     assert comparable(run) == uninterrupted
+    rows, captured = copy.deepcopy(uninterrupted)  # the module's reference stays as it is
+    for r in alone + rows:
+        for key in (*RUN_SPECIFIC, "chunk"):
+            r["provenance"].pop(key, None)
+    assert alone == rows[10:13]
+    assert [c["id"] for c in captures] == [r["id"] for r in alone]
+    assert [c["token_ids"] for c in captures] == [c["token_ids"] for c in captured[10:13]]

@@ -10,7 +10,9 @@ import math
 import pytest
 
 from distill.data.captures import TokenCapture, captured_completion
-from distill.models.reasoning import split_reasoning, strip_sample
+from distill.generate.sample import Sample
+from distill.generate.sampling import strip_reasoning
+from distill.models.reasoning import split_reasoning
 from distill.models.tiny import build_tiny_model
 from distill.prompts.template import chat_prompt, with_chat_template
 from distill.prompts.tokens import continuation_ids
@@ -37,14 +39,14 @@ def test_the_answer_after_the_thinking_is_the_completion_and_its_tokens_alone_ar
     _, tok = qwen3
     stop = tok.convert_tokens_to_ids("<|im_end|>")
     text = "<think>\nOx is irregular: the plural adds -en.\n</think>\n\noxen"
-    sample = {"text": text, "finish_reason": "stop", "failure": None, "capture": capture_of(tok, text, stop)}
-    strip_sample(sample, tok, "</think>")
-    assert sample["text"] == "oxen" and sample["failure"] is None
-    assert sample["reasoning"] == "<think>\nOx is irregular: the plural adds -en.\n</think>"
+    sample = Sample(text, "stop", tokens=0, capture=capture_of(tok, text, stop))
+    strip_reasoning(sample, tok, "</think>")
+    assert sample.text == "oxen" and sample.failure is None
+    assert sample.reasoning == "<think>\nOx is irregular: the plural adds -en.\n</think>"
     # what KD reads: the kept text is exactly the captured tokens before the teacher's stop
-    found, why = captured_completion({"token_ids": sample["capture"].token_ids}, sample["text"], tok, {stop})
+    found, why = captured_completion({"token_ids": sample.capture.token_ids}, sample.text, tok, {stop})
     assert why is None and tok.decode(found[0]) == "oxen" and found[1]  # and the stop after them is the teacher's
-    assert len(sample["capture"].top_ids) == len(sample["capture"].token_ids) == len(found[0]) + 1
+    assert len(sample.capture.top_ids) == len(sample.capture.token_ids) == len(found[0]) + 1
 
 
 def test_an_end_marker_spread_over_several_tokens_is_found_too(qwen3):
@@ -53,10 +55,10 @@ def test_an_end_marker_spread_over_several_tokens_is_found_too(qwen3):
     ids = continuation_ids(tok, text)
     end = "So:"
     assert end not in [tok.decode([i]) for i in ids]  # no single token holds it
-    sample = {"text": text, "finish_reason": "stop", "failure": None, "capture": capture_of(tok, text, tok.eos_token_id)}
-    strip_sample(sample, tok, end)
-    assert sample["text"] == "churches"
-    assert tok.decode(sample["capture"].token_ids[:-1]).strip() == "churches"
+    sample = Sample(text, "stop", tokens=0, capture=capture_of(tok, text, tok.eos_token_id))
+    strip_reasoning(sample, tok, end)
+    assert sample.text == "churches"
+    assert tok.decode(sample.capture.token_ids[:-1]).strip() == "churches"
 
 
 def test_a_thought_cut_off_is_a_failure_with_its_reason_and_an_answer_without_thinking_is_kept_whole():
@@ -65,9 +67,9 @@ def test_a_thought_cut_off_is_a_failure_with_its_reason_and_an_answer_without_th
     assert split_reasoning("<think>ok</think>\n\n", "stop", "</think>").failure == "no answer after the reasoning"
     plain = split_reasoning("oxen", "stop", "</think>")
     assert (plain.text, plain.reasoning, plain.failure) == ("oxen", None, None)
-    sample = {"text": "<think>\nhmm", "finish_reason": "length", "failure": None, "capture": None}
-    strip_sample(sample, None, "</think>")
-    assert sample["failure"] == "cut at max_tokens while reasoning" and sample["text"] == ""
+    sample = Sample("<think>\nhmm", "length", tokens=2)
+    strip_reasoning(sample, None, "</think>")
+    assert sample.failure == "cut at max_tokens while reasoning" and sample.text == ""
 
 
 def test_chat_template_settings_ask_a_qwen3_teacher_for_no_thinking_or_replace_its_template(qwen3, tmp_path):

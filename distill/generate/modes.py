@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from distill import rows as C
 from distill.generate.labels import check_answer, check_pair, pair_schema, structured_request
+from distill.generate.sample import Sample
 from distill.generate.sampling import generate_chunk
 from distill.generate.score_targets import SCORED_WITH, score_chunk
 from distill.generate.work import grid_cells
@@ -35,14 +36,14 @@ class Mode:
         return None, None, None
 
     def samples(self, engine, prompts: list[str], request_seeds: list[int], items: list[dict], stats,
-                answer_prompts=None) -> list[list[dict]]:
+                answer_prompts=None) -> list[list[Sample]]:
         return generate_chunk(engine, self.g, prompts, request_seeds, stats, answer_prompts, self.parsed())
 
     def sampling(self) -> dict | None:
         """The sampling settings its rows record."""
         return self.g.sampling.model_dump(mode="json")
 
-    def provenance(self, sample: dict, prompt: str, answer_template: PromptTemplate | None) -> dict:
+    def provenance(self, sample: Sample, prompt: str, answer_template: PromptTemplate | None) -> dict:
         """What a row's provenance adds for this mode."""
         return {}
 
@@ -89,12 +90,12 @@ class Synthesize(Mode):
 
         return {"json": pair_schema(grid, with_output)}, check, grid
 
-    def provenance(self, sample: dict, prompt: str, answer_template: PromptTemplate | None) -> dict:
+    def provenance(self, sample: Sample, prompt: str, answer_template: PromptTemplate | None) -> dict:
         return {"synthesis": {
-            "raw": sample["raw"],  # the teacher's JSON object as written
+            "raw": sample.raw,  # the teacher's JSON object as written
             "input_prompt": prompt if answer_template else None,
-            "input_tokens": sample.get("input_tokens"),
-            "answer_seed": sample.get("answer_seed"),
+            "input_tokens": sample.input_tokens,
+            "answer_seed": sample.answer_seed,
             "answer_template_sha256": answer_template.sha256 if answer_template else None,
         }}
 
@@ -109,13 +110,13 @@ class Score(Mode):
         self.template = PromptTemplate(self.g.completion_template, "generate.completion_template")
 
     def samples(self, engine, prompts: list[str], request_seeds: list[int], items: list[dict], stats,
-                answer_prompts=None) -> list[list[dict]]:
+                answer_prompts=None) -> list[list[Sample]]:
         return score_chunk(engine, self.g, self.template, prompts, items, stats)
 
     def sampling(self) -> dict | None:
         return None  # nothing is sampled
 
-    def provenance(self, sample: dict, prompt: str, answer_template: PromptTemplate | None) -> dict:
+    def provenance(self, sample: Sample, prompt: str, answer_template: PromptTemplate | None) -> dict:
         return {"scored": {"completion": "the seed's real target", "method": SCORED_WITH,
                            "completion_template_sha256": self.template.sha256}}
 

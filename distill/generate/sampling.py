@@ -3,7 +3,8 @@ of their own, and synthesize mode's second pass that answers the inputs the teac
 
 from __future__ import annotations
 
-from distill.models.reasoning import strip_sample
+from distill.generate.sample import Sample
+from distill.models.reasoning import answer_capture, split_reasoning
 from distill.prompts.template import row_seed
 
 
@@ -22,8 +23,8 @@ def _sample(engine, g, prompts: list[str], seeds: list[int], *, n: int, temperat
 
 
 def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stats: ChunkStats,
-                   answer_prompts=None, parsed=(None, None, None)) -> list[list[dict]]:
-    """Per prompt, its n samples: text, finish reason, tokens, failure (None or why) and attempts.
+                   answer_prompts=None, parsed=(None, None, None)) -> list[list[Sample]]:
+    """Per prompt, its n samples.
 
     In label and synthesize mode an answer that fails its check is requested again (alone,
     with its own seed) up to `retries` times; one that still fails is kept with the reason.
@@ -38,29 +39,24 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
     capture = answer_prompts is None
     outputs = _sample(engine, g, prompts, request_seeds, n=n, temperature=g.sampling.temperature, structured=structured,
                       capture=capture)
-    samples = []
-    for completions in outputs:
-        row = []
-        for comp in completions:
-            stats.tokens += comp.num_tokens
-            failure = None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"
-            row.append({"text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
-                        "failure": failure, "attempts": 1, "capture": comp.capture})
-        samples.append(row)
+    samples = [[Sample.of(comp) for comp in completions] for completions in outputs]
+    stats.tokens += sum(s.tokens for sample_list in samples for s in sample_list)
     if check is None:  # a constrained answer (label, synthesize's JSON) has no room for thinking: nothing to strip
         _strip_reasoning(engine, g, samples)
         return samples
     for sample_list in samples:
         for s in sample_list:
-            s["raw"] = s["text"]
+            s.raw = s.text
     retry_temperature = g.sampling.temperature or retry.retry_temperature
     for attempt in range(1, retry.retries + 2):
         bad = []
         for p, sample_list in enumerate(samples):
             for k, s in enumerate(sample_list):
-                if s["attempts"] == attempt:
-                    kept, why = check(s["raw"], s["finish_reason"])
-                    s.update(kept or {"text": s["raw"]}, failure=why)
+                if s.attempts == attempt:
+                    kept, why = check(s.raw, s.finish_reason)
+                    for field, value in (kept or {"text": s.raw}).items():
+                        setattr(s, field, value)
+                    s.failure = why
                     if why is not None:
                         bad.append((p, k))
         if not bad or attempt > retry.retries:
@@ -70,42 +66,55 @@ def generate_chunk(engine, g, prompts: list[str], request_seeds: list[int], stat
         again = _sample(engine, g, [prompts[p] for p, _ in bad], retry_seeds, n=1, temperature=retry_temperature,
                         structured=structured, capture=capture)
         for (p, k), retry_seed, completions in zip(bad, retry_seeds, again):
-            comp = completions[0]
+            comp, s = completions[0], samples[p][k]
             stats.tokens += comp.num_tokens
-            samples[p][k].update(raw=comp.text, finish_reason=comp.finish_reason, tokens=comp.num_tokens,
-                                 attempts=attempt + 1, retry_seed=retry_seed, capture=comp.capture)
+            s.raw, s.finish_reason, s.tokens, s.capture = comp.text, comp.finish_reason, comp.num_tokens, comp.capture
+            s.attempts, s.retry_seed = attempt + 1, retry_seed
     if answer_prompts is not None:
         _answer_inputs(engine, g, samples, request_seeds, stats, answer_prompts)
     return samples
 
 
-def _answer_inputs(engine, g, samples: list[list[dict]], request_seeds: list[int], stats: ChunkStats, answer_prompts) -> None:
+def _answer_inputs(engine, g, samples: list[list[Sample]], request_seeds: list[int], stats: ChunkStats,
+                   answer_prompts) -> None:
     """synthesize with answer_template: the teacher answers each input it wrote, n times, prompted with the template.
 
     A prompt whose input never parsed keeps its one failed sample; the others get n answer samples
     that carry the input, its raw JSON, the answer prompt and the answer seed.
     """
-    ok = [p for p, sample_list in enumerate(samples) if sample_list[0]["failure"] is None]
+    ok = [p for p, sample_list in enumerate(samples) if sample_list[0].failure is None]
     if not ok:
         return
-    prompts = answer_prompts(ok, [samples[p][0]["input"] for p in ok])
+    prompts = answer_prompts(ok, [samples[p][0].input for p in ok])
     seeds = [row_seed(request_seeds[p], "answer") for p in ok]
     outputs = _sample(engine, g, prompts, seeds, n=g.sampling.n, temperature=g.sampling.temperature, structured=None)
     for p, prompt, seed, completions in zip(ok, prompts, seeds, outputs):
         first = samples[p][0]
-        samples[p] = []
-        for comp in completions:
-            stats.tokens += comp.num_tokens
-            samples[p].append({**first, "text": comp.text, "finish_reason": comp.finish_reason, "tokens": comp.num_tokens,
-                               "capture": comp.capture,
-                               "input_tokens": first["tokens"], "prompt": prompt, "answer_seed": seed,
-                               "failure": None if comp.finish_reason in ("stop", "length") else f"finish_reason={comp.finish_reason}"})
-        _strip_reasoning(engine, g, [samples[p]])
+        answers = [Sample.of(comp) for comp in completions]
+        for a in answers:
+            stats.tokens += a.tokens
+            a.attempts, a.retry_seed, a.input, a.raw = first.attempts, first.retry_seed, first.input, first.raw
+            a.input_tokens, a.prompt, a.answer_seed = first.tokens, prompt, seed
+        samples[p] = answers
+        _strip_reasoning(engine, g, [answers])
 
 
-def _strip_reasoning(engine, g, samples: list[list[dict]]) -> None:
-    """generate.reasoning: strip: each answer without the thinking before it (distill.generate.reasoning)."""
+def _strip_reasoning(engine, g, samples: list[list[Sample]]) -> None:
+    """generate.reasoning: strip: each answer without the thinking before it."""
     if g.reasoning == "strip":
         for sample_list in samples:
             for s in sample_list:
-                strip_sample(s, engine.tokenizer, g.reasoning_end)
+                strip_reasoning(s, engine.tokenizer, g.reasoning_end)
+
+
+def strip_reasoning(s: Sample, tokenizer, end: str) -> None:
+    """The sample's answer after the thinking `end` closes (distill.models.reasoning): its text and capture, the
+    thinking kept in `reasoning`; a failure when no answer came after it."""
+    answer = split_reasoning(s.text, s.finish_reason, end)
+    if answer.reasoning is None:
+        return
+    s.text, s.reasoning = answer.text, answer.reasoning
+    if answer.failure is not None:
+        s.failure = s.failure or answer.failure
+    else:
+        s.capture = answer_capture(s.capture, tokenizer, end)

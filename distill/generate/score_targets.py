@@ -5,6 +5,7 @@ labelled set is distilled with soft targets as well as generated text is."""
 from __future__ import annotations
 
 from distill import rows as C
+from distill.generate.sample import Sample
 from distill.prompts.template import PromptTemplate, row_variables
 
 # Where the numbers come from (provenance and the stage summary): vLLM's prompt log-probabilities, measured to work
@@ -17,7 +18,7 @@ def scored_completions(template: PromptTemplate, items: list[dict]) -> list[str 
     return [None if not item[C.REFERENCE] else template.render(**{**row_variables(item), "target": item[C.REFERENCE]}) for item in items]
 
 
-def score_chunk(engine, g, template: PromptTemplate, prompts: list[str], items: list[dict], stats) -> list[list[dict]]:
+def score_chunk(engine, g, template: PromptTemplate, prompts: list[str], items: list[dict], stats) -> list[list[Sample]]:
     """Per prompt one sample, as generate_chunk returns them: the real target (through `template`, the recipe's
     generate.completion_template) and the teacher's capture of it; a seed without a target is a failure with the reason."""
     texts = scored_completions(template, items)
@@ -27,10 +28,8 @@ def score_chunk(engine, g, template: PromptTemplate, prompts: list[str], items: 
     for i, text in enumerate(texts):
         comp = scored.get(i)
         if comp is None:
-            samples.append([{"text": text or "", "finish_reason": None, "tokens": 0, "attempts": 1, "capture": None,
-                             "failure": "no target to score (data.target_field is empty)"}])
+            samples.append([Sample(text or "", None, tokens=0, failure="no target to score (data.target_field is empty)")])
             continue
         stats.tokens += comp.num_tokens
-        samples.append([{"text": comp.text, "finish_reason": None, "tokens": comp.num_tokens, "attempts": 1,
-                         "capture": comp.capture, "failure": None}])
+        samples.append([Sample(comp.text, None, tokens=comp.num_tokens, capture=comp.capture)])
     return samples

@@ -13,24 +13,21 @@ import json
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from distill import rows as C
-from distill.data.captures import LOGPROBS_MODE, merge_captures, write_captures
+from distill.data.captures import merge_captures, write_captures
 from distill.data.split import split_data
+from distill.generate.answer import Answering
 from distill.generate.modes import mode_for
 from distill.generate.sampling import ChunkStats
 from distill.models.context import resolved_model
 from distill.models.teacher import teacher_engine
 from distill.preemption import Preempted, stop_requested
 from distill.progress import console, progress
-from distill.prompts.teacher import teacher_prompts
-from distill.prompts.template import PromptTemplate
 from distill.recipe import Recipe
-from distill.rows import row_id
 from distill.run_dir import RunDir, hash_json, run_lock, write_json, write_jsonl, write_parquet
 
 
@@ -89,6 +86,29 @@ def chunks_in_order(todo: list[int], make, in_flight: int):
                 future.cancel()
 
 
+def _chunk_size(recipe: Recipe, run: RunDir, items: list[dict]) -> int:
+    """The chunk size of this run's chunks. Chunks written under other settings (or for other items) are stale:
+    moved aside whole (kept for the user) rather than mixed. Rows are made per item, so the chunk size is no setting
+    of the output (not in the fingerprint): work started with another size is finished with that one, or chunks of
+    two sizes would overlap."""
+    g = recipe.generate
+    key = hash_json({"settings": fingerprint_settings(recipe), "items": [r[C.ID] for r in items]})
+    stamp = run.chunks / "_settings.json"
+    with _shard_lock(run):
+        written = json.loads(stamp.read_text()) if stamp.is_file() else None
+        if written and written.get("key") != key:
+            console(f"[generate] chunks written under other settings moved to {run.move_aside(run.chunks, 'generate-chunks')}")
+            written = None
+        if not written:
+            written = {"key": key, "chunk_size": g.chunk_size}
+            write_json(stamp, written)
+    chunk_size = written.get("chunk_size", g.chunk_size)
+    if chunk_size != g.chunk_size:
+        console(f"[generate] the chunks already written hold {chunk_size} prompts each: finishing with that size "
+                f"(generate.chunk_size = {g.chunk_size} applies to a fresh run)")
+    return chunk_size
+
+
 def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), engine=None) -> dict:
     """Generate this shard's missing chunks; merge when every chunk exists. `engine`: an open teacher engine to
     reuse (left open), else one is opened for the run and closed after it."""
@@ -104,23 +124,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     items = mode.items(seeds)
     shard_index, shard_count = shard
 
-    # Chunks written under other settings are stale: moved aside whole (kept for the user) rather than mixed.
-    key = hash_json({"settings": fingerprint_settings(recipe), "items": [r[C.ID] for r in items]})
-    stamp = run.chunks / "_settings.json"
-    with _shard_lock(run):
-        written = json.loads(stamp.read_text()) if stamp.is_file() else None
-        if written and written.get("key") != key:
-            console(f"[generate] chunks written under other settings moved to {run.move_aside(run.chunks, 'generate-chunks')}")
-            written = None
-        if not written:
-            written = {"key": key, "chunk_size": g.chunk_size}
-            write_json(stamp, written)
-    # Rows are made per item, so the chunk size is no setting of the output (not in the fingerprint): work started
-    # with another size is finished with that one, or chunks of two sizes would overlap.
-    chunk_size = written.get("chunk_size", g.chunk_size)
-    if chunk_size != g.chunk_size:
-        console(f"[generate] the chunks already written hold {chunk_size} prompts each: finishing with that size "
-                f"(generate.chunk_size = {g.chunk_size} applies to a fresh run)")
+    chunk_size = _chunk_size(recipe, run, items)
     n_chunks = (len(items) + chunk_size - 1) // chunk_size
 
     def size(c: int) -> int:
@@ -131,80 +135,28 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
     todo = [c for c in mine if not _chunk_path(run, c).is_file()]
     stats = ChunkStats()
     generating = 0.0
-    template = PromptTemplate(g.template, "generate.template")
-    answer_template = PromptTemplate(g.answer_template, "generate.answer_template") if g.answer_template else None
-    sampling = mode.sampling()
 
     if todo:
         own_engine = engine is None
         engine = open_teacher(recipe, run, teacher_dir) if own_engine else engine
-        backend = engine.describe()
+        answering = Answering(recipe, mode, engine, seeds, teacher, shard)
         bar = progress(total=sum(size(c) for c in mine), desc=f"generate ({mode.name})", unit="prompt",
                        initial=sum(size(c) for c in mine if c not in todo))
         t0 = time.time()
 
         def make(c: int):
-            chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
-            prompts = teacher_prompts(recipe, template, chunk_items, seeds, engine.apply_chat_template)
-            request_seeds = [g.sampling.seed + c * chunk_size + i for i in range(len(chunk_items))]
-            answer_prompts = None if answer_template is None else (
-                lambda idx, inputs, items_=chunk_items: teacher_prompts(
-                    recipe, answer_template, [{**items_[i], C.INPUT: x} for i, x in zip(idx, inputs)], seeds,
-                    engine.apply_chat_template))
-            chunk_stats = ChunkStats()  # one per chunk: chunks in flight run in threads
-            samples = mode.samples(engine, prompts, request_seeds, chunk_items, chunk_stats, answer_prompts)
-            return chunk_items, prompts, request_seeds, samples, chunk_stats
+            return answering.answer(items[c * chunk_size:(c + 1) * chunk_size], c * chunk_size)
 
-        in_flight = engine.chunks_in_flight
-        for c, (chunk_items, prompts, request_seeds, samples, chunk_stats) in chunks_in_order(todo, make, in_flight):
-            stats.tokens += chunk_stats.tokens
-            stats.retried += chunk_stats.retried
-            now = datetime.now(timezone.utc).isoformat()
-            out_rows, captures = [], []
-            for item, prompt, seed, sample_list in zip(chunk_items, prompts, request_seeds, samples):
-                for k, s in enumerate(sample_list):
-                    stats.failures += s["failure"] is not None
-                    if s.get("capture") is not None:
-                        captures.append(s["capture"].record(row_id(item[C.ID], k)))
-                    out_rows.append({
-                        C.ID: row_id(item[C.ID], k),
-                        C.INPUT: s.get("input", item[C.INPUT]),  # synthesize: the input the teacher wrote
-                        C.REFERENCE: item[C.REFERENCE],
-                        C.SLICE: item[C.SLICE],
-                        C.CELL: item[C.CELL],
-                        C.HISTORY: item.get(C.HISTORY),
-                        # JSON text: columns differ in type from data set to data set, and a Parquet column may not
-                        C.COLUMNS: None if item.get(C.COLUMNS) is None else json.dumps(item[C.COLUMNS], default=str),
-                        C.PROMPT: s.get("prompt", prompt),  # with answer_template: the prompt this answer answers
-                        C.COMPLETION: s["text"],
-                        C.SAMPLE_INDEX: k,
-                        C.FINISH_REASON: s["finish_reason"],
-                        C.FAILURE: s["failure"],
-                        C.PROVENANCE: {
-                            "mode": mode.name,
-                            "teacher": teacher,
-                            "backend": backend,
-                            "template_sha256": template.sha256,
-                            "sampling": sampling,
-                            "seed": seed,
-                            "attempts": s["attempts"],
-                            "retry_seed": s.get("retry_seed"),
-                            "completion_tokens": s["tokens"],
-                            "shard": f"{shard_index}/{shard_count}",
-                            "chunk": c,
-                            "created_at": now,
-                            **({"logprobs": {"k": g.logprobs, "mode": LOGPROBS_MODE,
-                                             "distribution": mode.captured_distribution,
-                                             "captured": s.get("capture") is not None}} if g.logprobs else {}),
-                            **mode.provenance(s, prompt, answer_template),
-                            **({"reasoning": s["reasoning"]} if s.get("reasoning") is not None else {}),
-                        },
-                    })
+        for c, answered in chunks_in_order(todo, make, engine.chunks_in_flight):
+            out_rows, captures = answering.rows(answered, c)
+            stats.tokens += answered.stats.tokens
+            stats.retried += answered.stats.retried
+            stats.failures += sum(r[C.FAILURE] is not None for r in out_rows)
             if g.logprobs:  # before the rows: a chunk whose rows exist always has its captures
                 write_captures(_captures_path(run, c), captures)
             write_parquet(_chunk_path(run, c), out_rows)
             stats.rows += len(out_rows)
-            bar.update(len(chunk_items))
+            bar.update(len(answered.items))
             elapsed = max(time.time() - t0, 1e-9)
             bar.set_postfix(rows_s=f"{stats.rows / elapsed:.1f}", tok_s=f"{stats.tokens / elapsed:.0f}", failed=stats.failures)
             if c != todo[-1] and stop_requested():

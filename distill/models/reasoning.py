@@ -57,17 +57,3 @@ def answer_capture(capture: TokenCapture | None, tokenizer, end: str) -> TokenCa
     n = _tokens_before_answer(list(capture.token_ids), tokenizer, end)
     return replace(capture, token_ids=capture.token_ids[n:], top_ids=capture.top_ids[n:],
                    top_logprobs=capture.top_logprobs[n:], sampled_logprobs=capture.sampled_logprobs[n:])
-
-
-def strip_sample(sample: dict, tokenizer, end: str) -> None:
-    """A generation sample (distill.generate.sampling) with its thinking taken out: text, capture and failure, the
-    thinking kept under `reasoning`."""
-    answer = split_reasoning(sample["text"], sample["finish_reason"], end)
-    if answer.reasoning is None:
-        return
-    sample["reasoning"] = answer.reasoning
-    sample["text"] = answer.text
-    if answer.failure is not None:
-        sample["failure"] = sample.get("failure") or answer.failure
-    elif sample.get("capture") is not None:
-        sample["capture"] = answer_capture(sample["capture"], tokenizer, end)
