@@ -63,6 +63,20 @@ def test_row_values_named_by_the_documented_rubric_reach_the_judge_only_inside_t
     assert prompt.count(BEGIN) == 2 and prompt.count(END) == 2  # the injected markers were removed
 
 
+def test_a_rubric_names_the_source_rows_columns_as_the_prompt_templates_do():
+    """An Alpaca row's instruction, kept in the generated table's `columns`, is row.instruction to the rubric too."""
+    from distill.filters.judge import judged_rows
+
+    batch = {"input": ["Pluralize.\n\nox"], "completion": ["oxen"],
+             "columns": [json.dumps({"instruction": "Pluralize.", "input": "ox", "output": "oxen"})]}
+    rubric = PromptTemplate("Does '{{ completion }}' follow '{{ row.instruction }}'?", "filter.steps.0.rubric")
+    [row] = judged_rows(batch)
+    text, fields = render_rubric(rubric, row.keys())
+    instructions, sample = fenced(build_prompt(text, row, (1, 5), fields))
+    assert "follow 'the field \"instruction\"'" in instructions and 'Field "instruction": Pluralize.' in sample
+    assert row["input"] == "Pluralize.\n\nox"  # the table's input, not the source's column of that name
+
+
 def test_a_rubric_naming_a_missing_field_or_the_whole_row_is_refused():
     with pytest.raises(UserError, match=r"filter.steps.0.rubric: names row.grade, which the rows do not have"):
         render_rubric(PromptTemplate("Grade {{ row.grade }}", "filter.steps.0.rubric"), ["input", "completion"])

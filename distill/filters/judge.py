@@ -15,6 +15,7 @@ import hashlib
 import json
 
 from distill import rows as C
+from distill.rows import columns_of
 from distill.errors import UserError
 from distill.filters.base import Filter
 from distill.prompts.template import PromptTemplate
@@ -106,6 +107,14 @@ def render_rubric(rubric: PromptTemplate, columns) -> tuple[str, list[str]]:
     return text, row._used
 
 
+def judged_rows(batch: dict[str, list]) -> list[dict]:
+    """The batch's rows as the rubric reads them: the generated table's columns, and the source row's columns by
+    name (as the prompt templates read them), the table's winning a name they share."""
+    size = len(batch[C.COMPLETION])
+    rows = [{k: batch[k][i] for k in batch} for i in range(size)]
+    return [{**(columns_of(r) or {}), **r} for r in rows]
+
+
 def build_prompt(rubric: str, row: dict, scale: tuple[int, int], fields: list[str] | tuple[str, ...] = ()) -> str:
     """`rubric` as rendered by `render_rubric` (names only); the row's values go only between the markers."""
     lines = [f"Input: {defang(row.get(C.INPUT))}", f"Response: {defang(row.get(C.COMPLETION))}"]
@@ -157,9 +166,9 @@ class Judge(Filter):
         return self.engine
 
     def prompts(self, batch: dict[str, list]) -> list[str]:
-        size = len(batch[C.COMPLETION])
-        rows = [{k: batch[k][i] for k in batch} for i in range(size)]
-        rubric, fields = render_rubric(self.rubric, batch.keys())  # the same text for every row: names, not values
+        rows = judged_rows(batch)
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        rubric, fields = render_rubric(self.rubric, names)  # the same text for every row: names, not values
         texts = [build_prompt(rubric, row, self.cfg.scale, fields) for row in rows]
         if self.cfg.chat:
             return [self._engine().apply_chat_template(t) for t in texts]
