@@ -91,11 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["qwen2", "llama"], default=None, help="architecture (default: the family's)")
 
     p = sub.add_parser("export", help="write the trained student for serving: its adapter as vLLM loads it, or "
-                       "(--merge) the base with the adapter merged in, each with its model card")
+                       "(--merge) the base with the adapter merged in (a full fine-tuning run: its model), each with "
+                       "its model card; --push-to-hub uploads it")
     p.add_argument("target", metavar="RUN_OR_ADAPTER", help="a run directory or an adapter folder")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base (merge_and_unload), saved in "
                    "the base's dtype with its tokenizer: a model folder transformers and vLLM load alone")
-    p.add_argument("--out", help="output folder (default RUN/export/merged or RUN/export/adapter)")
+    p.add_argument("--out", help="output folder (default RUN/export/merged, RUN/export/adapter or RUN/export/model)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", dest="push_to_hub",
+                   help="then upload the folder to this Hugging Face Hub model repository (owner/name; created if "
+                        "missing), its card as README.md")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    p.add_argument("--token", help="with --push-to-hub: a Hub token with write access (default: HF_TOKEN or the "
+                   "saved `hf auth login`; a token on the command line shows in the process list)")
 
     p = sub.add_parser("compare", help="evaluate runs, adapter folders or model folders on the same held-out real items, "
                        "each against the first (or --baseline), with intervals")
@@ -114,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = slurm.add_parser("submit", help="render one sbatch script per stage and submit them chained with afterok")
     _add_recipe_args(q)
     q.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
-    q.add_argument("--profile", help="cluster profile: a name in configs/clusters/ or a YAML file (default: the recipe's slurm.profile)")
+    q.add_argument("--profile", help="cluster profile: a name of distill/slurm/profiles/ or a YAML file (default: the recipe's slurm.profile)")
     q = slurm.add_parser("status", help="each stage's job id and state, read from Slurm")
     q.add_argument("run_dir", metavar="RUN", help="the run directory")
     q = slurm.add_parser("serve-teacher", help="the body of the teacher server job (slurm.teacher_server): serve the "
@@ -194,9 +201,14 @@ def _doctor(args, argv=None) -> int:
 def _export(args, argv=None) -> int:
     from distill.export import run_export
 
-    export = run_export(args.target, args.out, args.merge)
-    print(f"{'merged model' if export['merged'] else 'adapter'}: {export['folder']}")
+    if (args.private or args.token) and not args.push_to_hub:
+        raise UserError("--private and --token are settings of --push-to-hub REPO_ID, which is not given")
+    export = run_export(args.target, args.out, args.merge, args.push_to_hub, args.private, args.token)
+    what = "model" if export["method"] == "full" else ("merged model" if export["merged"] else "adapter")
+    print(f"{what}: {export['folder']}")
     print(f"serve: {export['serve_command']}")
+    if "pushed" in export:
+        print(f"pushed: {export['pushed']['url']} (commit {export['pushed']['commit'][:12]})")
     return 0
 
 

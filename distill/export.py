@@ -3,7 +3,9 @@
 `distill export RUN --merge` writes the base with the adapter merged in (`merge_and_unload`), saved in the base's
 dtype with its tokenizer and a model card carrying the run's evaluation: transformers and vLLM load the folder
 alone. Without `--merge` it writes the adapter folder as `vllm serve --enable-lora` loads it, with the same card, and
-the command that serves base + adapter. The target is a run directory or an adapter folder (a checkpoint, a copy).
+the command that serves base + adapter. A run that trained every weight (train.method full) has no adapter: its model
+folder is written as it is. The target is a run directory or an adapter folder (a checkpoint, a copy).
+`--push-to-hub REPO_ID` then uploads the folder (its card as README.md) through huggingface_hub.
 """
 
 from __future__ import annotations
@@ -24,16 +26,29 @@ from distill.run_dir import RunDir, hash_file, write_json, write_text
 EXPORT_RECORD = "export.json"  # marks a folder this command wrote, so that exporting again may replace it
 # PEFT's generic card (replaced by ours) and the trainer's pickled arguments (a pickle is code to whoever loads it).
 ADAPTER_SKIP = ("README.md", "training_args.bin")
+# A checkpoint's training state beside its weights: the optimizer, schedule, random states and step, for resuming only.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "scaler.pt")
 
 
 @dataclass
 class Source:
-    adapter: Path
+    adapter: Path  # the adapter folder, or for a full fine-tuning run its model folder
     run: RunDir | None  # the run the adapter belongs to, when found
     final: bool  # the run's own train/adapter (its evaluation and cards are about this adapter)
     base_dir: Path
     base: dict  # the base model's identity (distill.models.identity)
     spec: object | None  # the recipe's ModelSpec of the student, when the run is known
+    full: bool = False  # every weight trained (train.method full): a whole model, nothing to merge
+    recipe: object | None = None  # the run's recipe, when the run is known
+
+
+def _is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def _is_model(folder: Path) -> bool:
+    """A whole model folder (config.json and no adapter): what train.method full saves where an adapter would be."""
+    return (folder / "config.json").is_file() and not _is_adapter(folder)
 
 
 def _run_of(adapter: Path) -> RunDir | None:
@@ -72,18 +87,21 @@ def _base_without_recipe(adapter: Path) -> tuple[Path, dict]:
 
 
 def locate(target: str | Path) -> Source:
-    """What to export: the adapter, its run if any, and the base it was trained on."""
+    """What to export: the adapter (or a full run's model), its run if any, and the base it was trained on."""
     target = Path(target).resolve()
-    if (target / "recipe.yaml").is_file() and not (target / "adapter_config.json").is_file():
+    if (target / "recipe.yaml").is_file() and not _is_adapter(target):
         run = RunDir(target)
-        if not (run.adapter / "adapter_config.json").is_file():
-            raise UserError(f"{target}: the run has no trained adapter ({run.adapter}/adapter_config.json): "
-                            "run `distill train` first")
+        if not (_is_adapter(run.adapter) or _is_model(run.adapter)):
+            raise UserError(f"{target}: the run has no trained adapter ({run.adapter}/adapter_config.json) or model "
+                            f"({run.adapter}/config.json): run `distill train` first")
         adapter = run.adapter.resolve()
-    elif (target / "adapter_config.json").is_file():
+    elif _is_adapter(target):
+        adapter, run = target, _run_of(target)
+    elif _is_model(target) and _run_of(target) is not None:  # a full run's model or one of its checkpoints
         adapter, run = target, _run_of(target)
     else:
-        raise UserError(f"{target}: neither a run directory (recipe.yaml) nor an adapter folder (adapter_config.json)")
+        raise UserError(f"{target}: neither a run directory (recipe.yaml), an adapter folder (adapter_config.json), "
+                        "nor the model folder of a full fine-tuning run (config.json, inside its run directory)")
     if run is None:
         base_dir, base = _base_without_recipe(adapter)
         return Source(adapter, None, False, base_dir, base, None)
@@ -92,7 +110,8 @@ def locate(target: str | Path) -> Source:
 
     recipe = load_recipe(run.recipe)
     base_dir, base = resolved_model(recipe, "student")
-    return Source(adapter, run, adapter == run.adapter.resolve(), base_dir, base, recipe.models.student)
+    return Source(adapter, run, adapter == run.adapter.resolve(), base_dir, base, recipe.models.student,
+                  full=_is_model(adapter), recipe=recipe)
 
 
 def base_dtype(folder: Path) -> str:
@@ -101,8 +120,8 @@ def base_dtype(folder: Path) -> str:
 
 
 def serve_command(src: Source, out: Path, merged: bool, name: str) -> str:
-    """The `vllm serve` command line for the exported folder (merged) or for base + adapter."""
-    if merged:
+    """The `vllm serve` command line for the exported folder (merged, or a full run's model) or for base + adapter."""
+    if merged or src.full:
         return f"vllm serve {shlex.quote(str(out))} --served-model-name {shlex.quote(name)}"
     from distill.models.vllm_engine import VLLM_LORA_RANKS
 
@@ -146,18 +165,26 @@ def _card(src: Source, context: dict | None, export: dict) -> str:
 
     if context is not None:
         return model_card(context, export)
+    what = "model" if src.full else "adapter"
     if src.run is not None:
         why = (f"No evaluation comes with this card: the run `{src.run.root}` documented and evaluated its final "
-               f"adapter (`{src.run.adapter}`), not this one; `distill compare` measures it on the run's held-out items.")
+               f"{what} (`{src.run.adapter}`), not this one; `distill compare` measures it on the run's held-out items.")
     else:
         why = "No evaluation comes with this card: the adapter is not part of a documented distill run."
-    return export_card(export["name"], hub_base_model(src.base), {**export, "why_no_evaluation": why})
+    return export_card(export["name"], hub_base_model(src.base), {**export, "why_no_evaluation": why}, export["license"])
+
+
+def _license(src: Source) -> dict:
+    """The exported student's license: its base model's, else the recipe's train.license, else unknown."""
+    from distill.provenance.cards import student_license
+
+    return student_license({"path": str(src.base_dir)}, getattr(getattr(src.recipe, "train", None), "license", None))
 
 
 def _default_out(src: Source, merge: bool) -> Path:
     if src.run is None:
         raise UserError(f"{src.adapter}: not part of a distill run; name the output folder with --out")
-    name = "merged" if merge else "adapter"
+    name = "model" if src.full else ("merged" if merge else "adapter")
     return src.run.root / "export" / (name if src.final else f"{src.adapter.name}-{name}")
 
 
@@ -175,11 +202,59 @@ def _copy_adapter(src: Source, tmp: Path) -> None:
     write_json(tmp / "adapter_config.json", config)
 
 
-def run_export(target: str | Path, out: str | Path | None = None, merge: bool = False) -> dict:
-    """Write the export; returns what was written (also in OUT/export.json)."""
+def _copy_model(src: Source, tmp: Path) -> None:
+    """A full run's model folder as transformers and vLLM load it: weights, config, tokenizer, the data record; not a
+    checkpoint's training state or the trainer's pickled arguments."""
+    tmp.mkdir(parents=True)
+    for path in sorted(src.adapter.iterdir()):
+        if (path.is_file() and path.name not in ADAPTER_SKIP + TRAINING_STATE
+                and not path.name.startswith((".", "_", "rng_state"))):
+            shutil.copy2(path, tmp / path.name)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a malformed Hub repository id before the (slow) export, not after it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f"--push-to-hub {repo_id!r}: not a Hub repository id (owner/name): {e}") from None
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> dict:
+    """Create the model repository (kept if it exists) and upload the exported folder as one commit, its card as
+    README.md; export.json, which records this machine's paths, stays here. Returns where it went."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(token=token)  # None: HF_TOKEN or the login `hf auth login` saved
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private or None, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder,
+                                   ignore_patterns=[EXPORT_RECORD], commit_message=f"distill export of {folder.name}")
+    except OfflineModeIsEnabled:
+        raise UserError("--push-to-hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push") from None
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        hint = " (log in with `hf auth login`, set HF_TOKEN, or pass --token)" if status in (401, 403) else ""
+        raise UserError(f"--push-to-hub {repo_id}: the Hub refused: {' '.join(str(e).split())}{hint}") from None
+    return {"repo": repo_id, "url": str(url), "commit": commit.oid, "commit_url": commit.commit_url,
+            "private": bool(private)}
+
+
+def run_export(target: str | Path, out: str | Path | None = None, merge: bool = False, hub_repo: str | None = None,
+               private: bool = False, token: str | None = None) -> dict:
+    """Write the export, and upload it to the Hub repository `hub_repo` when one is given; returns what was written
+    (also in OUT/export.json)."""
     from distill.models.identity import weights_hash
 
+    if hub_repo:
+        check_repo_id(hub_repo)
     src = locate(target)
+    if src.full and merge:
+        raise UserError(f"{src.adapter}: the run trained every weight (train.method: full): its model has no adapter "
+                        "to merge; export it without --merge")
     out = (Path(out) if out else _default_out(src, merge)).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_RECORD).is_file())):
         raise UserError(f"{out}: exists and was not written by `distill export`; choose another --out")
@@ -189,19 +264,26 @@ def run_export(target: str | Path, out: str | Path | None = None, merge: bool = 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    if merge:
+    if src.full:
+        _copy_model(src, tmp)
+    elif merge:
         merge_adapter(src.base_dir, src.adapter, dtype, tmp, bool(getattr(src.spec, "trust_remote_code", False)))
     else:
         _copy_adapter(src, tmp)
+    method = "full" if src.full else getattr(getattr(src.recipe, "train", None), "method", "lora")
     export = {
-        "merged": merge, "name": name, "folder": str(out), "adapter": str(src.adapter),
+        "merged": merge, "method": method, "license": _license(src), "name": name, "folder": str(out), "adapter": str(src.adapter),
         "adapter_sha256": weights_hash(src.adapter), "base": str(src.base_dir.resolve()), "base_name": src.base["name"],
-        "dtype": dtype if merge else None, "created_at": datetime.now(timezone.utc).isoformat(),
+        "dtype": dtype if merge else (base_dtype(src.adapter) if src.full else None), "created_at": datetime.now(timezone.utc).isoformat(),
         "run": str(src.run.root.resolve()) if src.run else None,
+        **({"hub_repo": hub_repo} if hub_repo else {}),  # the card's code then loads it from the Hub
     }
     export["serve_command"] = serve_command(src, out, merge, name)
     write_text(tmp / "README.md", _card(src, context, export))
     write_json(tmp / EXPORT_RECORD, export)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    if hub_repo:
+        export["pushed"] = push_to_hub(out, hub_repo, private, token)
+        write_json(out / EXPORT_RECORD, export)
     return export

@@ -75,8 +75,10 @@ def train_settings(r: Recipe) -> dict:
     # evaluate.checkpoints). The name is written into the adapter's training_data.json. The number of processes is a
     # fact of the launch (distill.stages: Stage.launch), not of the recipe. Which guard sets repair is like only marks
     # them in the report.
-    exclude = {"logging_steps": True, "report_to": True, **TRAIN_REFUSAL_THRESHOLDS,
-               **{section: True for section in unused_sections(r.train.objective)}}  # an objective not run
+    # license only goes on the card; a full fine-tune has no adapter settings
+    exclude = {"logging_steps": True, "report_to": True, "license": True, **TRAIN_REFUSAL_THRESHOLDS,
+               **{section: True for section in unused_sections(r.train.objective)},  # an objective not run
+               **({"lora": True} if not r.train.trains_adapter else {})}
     if r.train.uses("on_policy") and r.train.on_policy.repair:
         exclude["on_policy"] = {"repair": {"guard_sets"}}
     settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name}

@@ -285,6 +285,8 @@ def test_cards_parse_with_the_hubs_card_classes_without_warnings(documented, cap
     assert [(r.dataset_type, r.metric_type, r.metric_value) for r in model.eval_results] == [
         ("plural", "exact_match", 0.45), ("general", "exact_match", 0.5)]
     assert dataset.pretty_name == "tiny: synthetic training data" and dataset.configs[0]["config_name"] == "default"
+    # the tiny model's files state no license and the recipe sets none: said plainly, not guessed
+    assert model.license == dataset.license == "unknown"
 
 
 def test_loading_the_dataset_cards_config_gives_the_kept_rows_as_train(documented, tmp_path):
@@ -313,3 +315,68 @@ def test_base_model_is_a_hub_id_where_one_is_known():
     assert hub_base_model({"name": "/models/x", "path": "/models/x", "recorded_names": recorded}) == "meta-llama/Llama-3.2-1B"
     assert hub_base_model({"name": "/models/x", "path": "/models/x",
                            "recorded_names": {"name_or_path": ["./out/checkpoint-500"], "base_model": []}}) is None
+
+
+@pytest.mark.parametrize("overrides, lines, header", [
+    ([], ["# tiny: LoRA student", "| method | LoRA adapter on the base in its training dtype |",
+          "| target modules | q_proj, k_proj, v_proj, o_proj |", "| gradient checkpointing, packing | no, no |",
+          "| other trainer settings (train.trainer_args) | none |"],
+     {"library_name": "peft", "tags": ["distill", "distillation", "lora"]}),
+    (["train.method=qlora", "train.lora.target_modules=[all-linear]", "train.gradient_checkpointing=true",
+      "train.packing=true", "train.trainer_args={optim: adafactor, lr_scheduler_kwargs: {min_lr: 0.0}}"],
+     ["# tiny: QLoRA student", "| method | QLoRA: a LoRA adapter on the base loaded in 4 bits (bitsandbytes NF4, double "
+      "quantization) |", "| target modules | every linear layer but the output head (all-linear) |",
+      "| gradient checkpointing, packing | yes, yes (best-fit, each row kept apart) |",
+      '| other trainer settings (train.trainer_args) | `optim="adafactor"`, `lr_scheduler_kwargs={"min_lr": 0.0}` |'],
+     {"library_name": "peft", "tags": ["distill", "distillation", "qlora"]}),
+    (["train.method=full"], ["# tiny: student (full fine-tuning)", "## Training\n",
+                             "| method | full fine-tuning: every weight trained, no adapter |",
+                             'model = AutoModelForCausalLM.from_pretrained("'],
+     {"library_name": "transformers", "tags": ["distill", "distillation", "full-fine-tune"]}),
+])
+def test_the_model_card_says_how_the_student_was_trained(documented, tmp_path, overrides, lines, header):
+    """train.method, LoRA's target modules, gradient checkpointing, packing and the settings passed to the trainer: all
+    shape the weights, so all are on the card; a full fine-tuning run's card describes a model, not an adapter."""
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    run.mark_complete("train", "fp", {"rows": 91, "steps": 5, "first_loss": 6.1, "last_loss": 0.4, "method": "lora",
+                                      "parameters_trained": 4096, "parameters": 1_200_000})
+    run_document(load_recipe(documented[0].root.parent.parent / "recipe.yaml", overrides), run)
+    card = (run.root / "model_card.md").read_text()
+    got, body = _split(card)
+    for line in lines + ["| parameters trained | 4,096 of 1,200,000 |"]:
+        assert line in body, line
+    assert {k: got[k] for k in header} == header and got["license"] == "unknown"
+    assert ("LoRA rank" in body) == ("train.method=full" not in overrides)
+    assert ("PeftModel" in body) == ("train.method=full" not in overrides)
+
+
+def _with_card(model, folder, header: dict):
+    """A copy of a model folder whose README.md states `header` (a Hub card's YAML header)."""
+    shutil.copytree(model, folder)
+    write_text(folder / "README.md", "---\n" + yaml.safe_dump(header) + "---\n\n# a model\n")
+    return folder
+
+
+def test_the_cards_carry_the_license_the_models_state(documented, tmp_path, tiny_model):
+    """A student carries its base model's license; the data its teacher's (whose terms may bind what it wrote). Where
+    a model's files state none the recipe's train.license is used for the student, and else the card says unknown."""
+    from huggingface_hub import DatasetCard, ModelCard
+
+    recipe_path = documented[0].root.parent.parent / "recipe.yaml"
+    student = _with_card(tiny_model, tmp_path / "student",
+                         {"license": "other", "license_name": "tiny-license", "license_link": "LICENSE"})
+    teacher = _with_card(tiny_model, tmp_path / "teacher", {"license": "apache-2.0"})
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    run_document(load_recipe(recipe_path, [f"models.student.path={student}", f"models.teacher.path={teacher}",
+                                           "train.license=mit"]), run)
+    model, dataset = ModelCard.load(run.root / "model_card.md"), DatasetCard.load(run.root / "dataset_card.md")
+    assert (model.data.license, model.data.license_name, model.data.license_link) == ("other", "tiny-license", "LICENSE")
+    assert "License: `other` (tiny-license, LICENSE): read from the base model's README.md." in model.text
+    assert dataset.data.license == "apache-2.0"
+    assert "License: `apache-2.0`: read from the teacher's README.md. The teacher's terms may bind" in dataset.text
+
+    run_document(load_recipe(recipe_path, ["train.license=mit"]), run)  # the tiny model states no license
+    model = ModelCard.load(run.root / "model_card.md")
+    assert model.data.license == "mit"
+    assert "License: `mit`: the recipe's train.license; the base model's files state none." in model.text
+    assert DatasetCard.load(run.root / "dataset_card.md").data.license == "unknown"

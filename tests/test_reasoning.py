@@ -104,3 +104,32 @@ def test_the_students_chat_template_variables_go_with_each_training_example(qwen
         "evaluate": {"sets": [{"name": "h", "data": "heldout"}]}})
     [example] = training_examples(recipe, [{"id": "1", "input": "Plural of ox?", "completion": "oxen"}], tok)
     assert example["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_a_students_own_chat_template_is_the_one_it_trains_and_is_prompted_with(qwen3, tmp_path):
+    from distill.prompts.student import student_prompt
+    from distill.prompts.template import PromptTemplate
+    from distill.recipe import Recipe
+    from distill.train.formats import training_examples
+    from distill.train.stage import build_trainer
+
+    folder, _ = qwen3
+    own = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|im_end|>{% endfor %}"
+           "{% if add_generation_prompt %}[assistant] {% endif %}")
+    recipe = Recipe.model_validate({
+        "name": "r", "models": {"teacher": {"path": str(folder)}, "student": {"path": str(folder), "chat_template": own}},
+        "data": {"path": str(tmp_path), "heldout": {"size": 1}}, "generate": {"template": "{{ input }}"},
+        "train": {"prompt_template": "{{ input }}", "chat": True, "max_length": 64, "batch_size": 1,
+                  "lora": {"r": 2, "alpha": 4}},
+        "evaluate": {"sets": [{"name": "h", "data": "heldout"}]}})
+    row = {"id": "1", "input": "Plural of ox?", "completion": "oxen"}
+    trainer, tok = build_trainer(recipe, folder, training_examples(recipe, [row], tok_of(folder, recipe)), tmp_path / "out")
+    prompt = student_prompt(recipe, PromptTemplate("{{ input }}", "train.prompt_template"), row, tok)
+    assert prompt == "[user] Plural of ox?<|im_end|>[assistant] "
+    assert tok.decode(trainer.train_dataset[0]["input_ids"]).startswith(prompt + "oxen")
+
+
+def tok_of(folder, recipe):
+    from transformers import AutoTokenizer
+
+    return with_chat_template(AutoTokenizer.from_pretrained(folder), recipe.models.student)

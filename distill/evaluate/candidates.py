@@ -35,10 +35,16 @@ def checkpoint_step(folder: Path) -> int | None:
     return int(name.rpartition("-")[2]) if name.startswith("checkpoint-") and name.rpartition("-")[2].isdigit() else None
 
 
+def is_trained_model(folder: Path) -> bool:
+    """A whole model where an adapter would be: what train.method full saves (config.json, no adapter_config.json)."""
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+
+
 def training_checkpoints(train_dir: Path) -> list[Path]:
-    """Checkpoints saved during training (train.save_steps), in step order."""
+    """Checkpoints saved during training (train.save_steps), in step order: adapters, or whole models (method full)."""
     folder = train_dir / "checkpoints"
-    found = [p for p in folder.glob("checkpoint-*") if (p / "adapter_config.json").is_file() and checkpoint_step(p) is not None]
+    found = [p for p in folder.glob("checkpoint-*") if ((p / "adapter_config.json").is_file() or is_trained_model(p))
+             and checkpoint_step(p) is not None]
     return sorted(found, key=checkpoint_step)
 
 
@@ -77,6 +83,9 @@ def resolve_candidates(targets: list[str], recipe: Recipe) -> list[Candidate]:
             out.append(Candidate(_unique("teacher", taken), teacher_dir, recipe.models.teacher, role="teacher"))
         elif (path / "recipe.yaml").is_file() and (path / "train").is_dir():
             adapter = path / "train" / "adapter"
+            if is_trained_model(adapter):  # train.method full: the run's whole model
+                out.append(Candidate(_unique(path.resolve().name, taken), adapter.resolve(), recipe.models.student))
+                continue
             if not (adapter / "adapter_config.json").is_file():
                 raise UserError(f"{path}: run directory without a trained adapter (train/adapter): run its train stage first")
             check_base_model(adapter, student)

@@ -11,7 +11,7 @@ import time
 
 from distill.data.eval_sets import load_items, seed_pool
 from distill.evaluate.cache import cache_record, open_cache
-from distill.evaluate.candidates import Candidate, checkpoint_step, training_checkpoints
+from distill.evaluate.candidates import Candidate, checkpoint_step, is_trained_model, training_checkpoints
 from distill.evaluate.contamination import attach, caught_by_filter, measure
 from distill.evaluate.fidelity import measure_fidelity
 from distill.evaluate.outputs import write_outputs
@@ -38,15 +38,22 @@ def stage_candidates(recipe: Recipe, run: RunDir) -> list[Candidate]:
         elif who == "student":
             if e.checkpoints:
                 for ckpt in training_checkpoints(run.stage("train")):
-                    out.append(Candidate(f"student@{checkpoint_step(ckpt)}", student_dir, recipe.models.student,
-                                         adapter=ckpt, step=checkpoint_step(ckpt)))
+                    out.append(_trained(f"student@{checkpoint_step(ckpt)}", ckpt, student_dir, recipe,
+                                        checkpoint_step(ckpt)))
             steps = (json.loads(run.marker("train").read_text())["summary"].get("steps")
                      if e.checkpoints and run.marker("train").is_file() else None)
-            out.append(Candidate("student", student_dir, recipe.models.student, adapter=run.adapter, step=steps))
+            out.append(_trained("student", run.adapter, student_dir, recipe, steps))
         else:
             teacher_dir, _ = resolved_model(recipe, "teacher")
             out.append(Candidate("teacher", teacher_dir, recipe.models.teacher, role="teacher"))
     return out
+
+
+def _trained(name: str, folder, student_dir, recipe: Recipe, step: int | None) -> Candidate:
+    """A trained student: an adapter served on the base, or (train.method full) the whole model it saved."""
+    if is_trained_model(folder):
+        return Candidate(name, folder, recipe.models.student, step=step)
+    return Candidate(name, student_dir, recipe.models.student, adapter=folder, step=step)
 
 
 def training_cost(recipe: Recipe, run: RunDir) -> dict | None:
@@ -76,7 +83,8 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     sets = {s.name: (s, load_items(s, run.heldout)) for s in e.sets}
     candidates = stage_candidates(recipe, run)
     # true leaks: items in the rows the evaluated student was trained on (its checkpoints saw the same rows)
-    trained = [run.adapter] if any(c.adapter is not None for c in candidates) else []
+    student_trained = any(c.adapter is not None or c.model_dir == run.adapter for c in candidates)
+    trained = [run.adapter] if student_trained else []
     measured = measure(recipe, {n: items for n, (_, items) in sets.items()}, trained)
     cache = open_cache(recipe)
     if fidelity_k(recipe):  # before any scoring: the teacher's token ids must mean the same to the student
@@ -96,6 +104,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     report["cache"] = cache_record(cache, predictions)
     if any(c.adapter is not None for c in candidates):
         report["adapters_served"] = adapter_serving(e.serve_adapters)
+    if student_trained:
         report["training_cost"] = training_cost(recipe, run)
     write_outputs(run.stage("evaluate"), report, predictions, f"{recipe.name}: evaluation on held-out real data")
     log_report(recipe, run, report, "eval")

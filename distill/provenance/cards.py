@@ -1,7 +1,8 @@
 """Dataset and model cards: Markdown with the YAML header of Hugging Face cards, readable on their own.
 
-The templates live beside this module and are rendered in Jinja's sandbox; the YAML header
-is built as data and dumped, never templated, so it always parses.
+The templates live beside this module and are rendered in Jinja's sandbox; the YAML header is built as data, through
+huggingface_hub's card classes (ModelCardData / DatasetCardData), never templated, so it always parses as the Hub
+reads it.
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ def _env() -> ImmutableSandboxedEnvironment:
     return env
 
 
-def _front_matter(header: dict) -> str:
-    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
-
-
 def size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if n < limit:
@@ -55,9 +52,92 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def render_card(template: str, header: dict, context: dict) -> str:
+def render_card(template: str, header: dict, context: dict, kind: str = "model") -> str:
+    """The template's body under `header`, as huggingface_hub's ModelCard (or DatasetCard) writes it."""
+    from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+
+    card_class, data_class = (DatasetCard, DatasetCardData) if kind == "dataset" else (ModelCard, ModelCardData)
     body = _env().get_template(template).render(**context)
-    return _front_matter(header) + "\n" + body.strip() + "\n"
+    return str(card_class(f"---\n{data_class(**header).to_yaml()}\n---\n\n{body.strip()}\n"))
+
+
+UNKNOWN_LICENSE = "unknown"  # a Hub license id: the card says so plainly rather than guess
+
+
+def model_license(folder: str | Path | None) -> dict | None:
+    """The license a model's own files state: its card's header (README.md `license`, with `license_name` and
+    `license_link` for `other`), else config.json's `license`. None when they state none."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    folder = Path(folder)
+    card = folder / "README.md"
+    if card.is_file():
+        text = card.read_text(errors="replace")
+        header = {}
+        if text.startswith("---"):
+            try:
+                header = yaml.safe_load(text[3:].split("\n---", 1)[0]) or {}
+            except yaml.YAMLError:
+                header = {}
+        if isinstance(header, dict) and header.get("license"):
+            return {"license": header["license"], "source": "README.md",
+                    **{k: header[k] for k in ("license_name", "license_link") if header.get(k)}}
+    config = folder / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            value = json.loads(config.read_text()).get("license")
+        except (ValueError, AttributeError):
+            value = None
+        if value:
+            return {"license": value, "source": "config.json"}
+    return None
+
+
+def student_license(identity: dict, recipe_license: str | None) -> dict:
+    """The trained student's license: the base model's own (a derivative carries its base's terms), else the recipe's
+    train.license, else unknown, each with where it came from."""
+    found = model_license(identity.get("path"))
+    if found:
+        return {**found, "source": f"read from the base model's {found['source']}"}
+    if recipe_license:
+        return {"license": recipe_license, "source": "the recipe's train.license; the base model's files state none"}
+    return {"license": UNKNOWN_LICENSE,
+            "source": "the base model's files state none and the recipe sets no train.license"}
+
+
+def data_license(identity: dict) -> dict:
+    """The dataset's license: the teacher's own, whose terms may bind what it wrote; else unknown."""
+    found = model_license(identity.get("path"))
+    if found:
+        return {**found, "source": f"read from the teacher's {found['source']}"}
+    return {"license": UNKNOWN_LICENSE, "source": "the teacher's files state none"}
+
+
+def _license_header(found: dict) -> dict:
+    return {k: found[k] for k in ("license", "license_name", "license_link") if k in found}
+
+
+def hub_datasets(ctx: dict) -> list[str]:
+    """The Hub datasets the run's real data came from (the card's `datasets`), as the card context names its source."""
+    source = (ctx.get("data") or {}).get("path") or ""
+    prefix = "hub dataset "
+    return [source[len(prefix):].split(" ")[0]] if source.startswith(prefix) else []
+
+
+def student_kind(train: dict, export: dict | None = None) -> str:
+    """What the card is about: `adapter` (lora, qlora), `merged` (an adapter merged into its base by export) or
+    `full` (every weight trained: a whole model). Cards of runs documented before train.method read as lora."""
+    if train.get("method") == "full":
+        return "full"
+    return "merged" if export and export.get("merged") else "adapter"
+
+
+def method_tags(train: dict, kind: str) -> list[str]:
+    method = train.get("method", "lora")
+    return ["distill", "distillation"] + (["full-fine-tune"] if method == "full" else [method]) + (
+        ["merged"] if kind == "merged" else [])
 
 
 # Hub ids of the models `packaged:` ships (converted from a GGUF file, so not the hub's own weights; the id names
@@ -90,15 +170,20 @@ DATA_SPLITS = {"train": "document/data/train.parquet", "rejected": "document/dat
 
 def dataset_card(ctx: dict, splits: tuple[str, ...] = ("train", "rejected")) -> str:
     """ctx: see `distill.provenance.stage.card_context`; `splits`: the split files written (see DATA_SPLITS)."""
+    found = data_license(ctx["models"].get("teacher") or {})
     header = {
         "pretty_name": f"{ctx['name']}: synthetic training data",
+        **_license_header(found),
         "tags": ["synthetic", "distillation", "distill"],
         "task_categories": ["text-generation"],
         "size_categories": [size_category(ctx["funnel"]["kept"] if ctx["funnel"] else 0)],
         "configs": [{"config_name": "default",
                      "data_files": [{"split": s, "path": DATA_SPLITS[s]} for s in splits]}],
     }
-    return render_card("dataset_card.md.j2", header, {**ctx, "data_splits": {s: DATA_SPLITS[s] for s in splits}})
+    if hub_datasets(ctx):
+        header["source_datasets"] = hub_datasets(ctx)
+    return render_card("dataset_card.md.j2", header, {**ctx, "data_splits": {s: DATA_SPLITS[s] for s in splits},
+                                                      "license": found}, kind="dataset")
 
 
 def guard_note(tables: list[dict]) -> str:
@@ -141,28 +226,45 @@ def model_card(ctx: dict, export: dict | None = None) -> str:
             results.append({"task": {"type": "text-generation", "name": "Text Generation"},
                             "dataset": {"name": f"{table['name']} ({kind})", "type": table["name"]},
                             "metrics": metrics})
-    merged = bool(export and export.get("merged"))
+    kind = student_kind(ctx["train"], export)
+    found = student_license(ctx["models"]["student"], ctx["train"].get("license"))
     header = {}
     base = hub_base_model(ctx["models"]["student"])
     if base:
         header["base_model"] = base
     if export:
-        header["base_model_relation"] = "finetune" if merged else "adapter"
+        header["base_model_relation"] = "adapter" if kind == "adapter" else "finetune"
     header.update({
-        "library_name": "transformers" if merged else "peft",
+        **_license_header(found),
+        "library_name": "peft" if kind == "adapter" else "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["distill", "lora", "distillation"] + (["merged"] if merged else []),
+        "tags": method_tags(ctx["train"], kind),
     })
+    if hub_datasets(ctx):
+        header["datasets"] = hub_datasets(ctx)
     if results:
         header["model-index"] = [{"name": f"{ctx['name']}-student", "results": results}]
-    return render_card("model_card.md.j2", header, {**ctx, "export": export, "base_hub_id": base,
+    return render_card("model_card.md.j2", header, {**ctx, "export": export, "base_hub_id": base, "kind": kind,
+                                                    "license": found, "trainer_args": trainer_args_text(ctx["train"]),
                                                     "guard_note": guard_note(ctx["eval_tables"])})
 
 
-def export_card(name: str, base: str | None, export: dict) -> str:
-    """The card of an adapter exported on its own, without a documented run's evaluation to carry."""
-    merged = export["merged"]
-    header = {**({"base_model": base, "base_model_relation": "finetune" if merged else "adapter"} if base else {}),
-              "library_name": "transformers" if merged else "peft", "pipeline_tag": "text-generation",
-              "tags": ["distill", "lora", "distillation"] + (["merged"] if merged else [])}
-    return render_card("export_card.md.j2", header, {"name": name, "export": export})
+def trainer_args_text(train: dict) -> str:
+    """train.trainer_args as the card lists them: `key=value`, in the recipe's order."""
+    import json
+
+    args = train.get("trainer_args") or {}
+    return ", ".join(f"`{k}={json.dumps(v)}`" for k, v in args.items()) or "none"
+
+
+def export_card(name: str, base: str | None, export: dict, terms: dict) -> str:
+    """The card of an adapter (or a full run's model) exported on its own, without a documented run's evaluation to
+    carry. `terms`: its license, see student_license."""
+    kind = "full" if export.get("method") == "full" else ("merged" if export["merged"] else "adapter")
+    header = {**({"base_model": base, "base_model_relation": "adapter" if kind == "adapter" else "finetune"}
+                 if base else {}),
+              **_license_header(terms),
+              "library_name": "peft" if kind == "adapter" else "transformers", "pipeline_tag": "text-generation",
+              "tags": method_tags({"method": export.get("method", "lora")}, kind)}
+    return render_card("export_card.md.j2", header, {"name": name, "export": export, "kind": kind, "license": terms,
+                                                     "base_hub_id": base})

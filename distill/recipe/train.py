@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -111,13 +113,91 @@ class KDSettings(Section):
     )
 
 
+ALL_LINEAR = "all-linear"  # PEFT's word for every linear layer but the output head
+
+
 class LoraSettings(Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (lora_alpha).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="Module names that get adapters."
+        ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="Module names that get adapters, or "
+        "[all-linear]: every linear layer of the model but its output head (attention and MLP alike)."
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _all_linear_alone(cls, v: list[str]) -> list[str]:
+        if ALL_LINEAR in v and len(v) > 1:
+            raise ValueError(f"{ALL_LINEAR} already names every linear layer: give it alone, or list module names")
+        return v
+
+    @property
+    def peft_target_modules(self) -> str | list[str]:
+        """As PEFT takes them: `all-linear` only as the string (in a list it is looked for as a module's name)."""
+        return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
+
+
+# The SFTConfig settings distill sets itself, each with the recipe key (or the reason) that decides it: the
+# train.trainer_args pass-through refuses them, so that one setting never has two places that disagree.
+TRAINER_ARGS_SET_BY_DISTILL: dict[str, str] = {
+    "output_dir": "the run's train/checkpoints folder",
+    "num_train_epochs": "train.epochs", "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps", "learning_rate": "train.learning_rate",
+    "lr_scheduler_type": "train.lr_scheduler", "warmup_steps": "train.warmup_steps",
+    "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm", "max_length": "train.max_length",
+    "logging_steps": "train.logging_steps", "save_strategy": "train.save_steps", "save_steps": "train.save_steps",
+    "seed": "train.seed", "data_seed": "train.seed", "report_to": "train.report_to",
+    "gradient_checkpointing": "train.gradient_checkpointing", "packing": "train.packing",
+    "packing_strategy": "train.packing (best-fit packing that keeps each example's boundaries)",
+    "padding_free": "train.packing", "bf16": "models.student.dtype", "use_cpu": "the machine (a GPU when there is one)",
+    "completion_only_loss": "distill (the loss is on the completion only)",
+    "disable_tqdm": "distill (its own progress bar)", "dataloader_num_workers": "distill (rows are tokenized up front)",
+    "cross_entropy": "train.objective", "divergence": "train.kd.divergence", "kd_weight": "train.kd.weight",
+    "kd_tail": "train.kd.tail",
+    # The student's format: evaluation prompts it the same way, so training must not change it behind distill's back.
+    **{k: "the student's format (train.prompt_template, completion_template, chat)" for k in (
+        "dataset_text_field", "dataset_kwargs", "assistant_only_loss", "eos_token", "pad_token", "chat_template_path",
+        "truncation_mode", "eval_packing")},
+    "model_init_kwargs": "models.student and train.method (distill loads the student itself)",
+    "trust_remote_code": "models.student.trust_remote_code",
+    **{k: "`distill export --push-to-hub` (the student with its card, after evaluation)" for k in (
+        "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
+        "hub_revision")},
+}
+
+
+def trainer_config_types() -> dict:
+    """TRL's SFTConfig fields and their types (imported only when train.trainer_args is set: the import takes
+    seconds)."""
+    import typing
+
+    from trl import SFTConfig
+
+    return typing.get_type_hints(SFTConfig)
+
+
+def check_trainer_arg(key: str, value: Any, types: dict) -> None:
+    """One train.trainer_args entry: a field of SFTConfig that distill does not set, holding a value of its type (as
+    given: no text read as a number), and plain data (it is fingerprinted and recorded as JSON)."""
+    from pydantic import TypeAdapter
+    from pydantic import ValidationError as Invalid
+
+    if key in TRAINER_ARGS_SET_BY_DISTILL:
+        raise ValueError(f"{key} is set by {TRAINER_ARGS_SET_BY_DISTILL[key]}, not here")
+    if key not in types:
+        near = difflib.get_close_matches(key, list(types), n=3, cutoff=0.6)
+        raise ValueError(f"{key} is not a setting of TRL's SFTConfig" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: {value!r} is not plain data (text, number, true/false, list, mapping)") from None
+    kind = types[key]
+    try:
+        TypeAdapter(kind).validate_python(value, strict=True)
+    except Invalid as e:
+        name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        raise ValueError(f"{key}: {value!r} is not what SFTConfig takes ({name}): {e.errors()[0]['msg']}") from None
 
 
 class TrainSettings(Section):
@@ -132,7 +212,7 @@ class TrainSettings(Section):
                        "that token, and the teacher's probability of stopping there is read as its own.")
     system_prompt: str | None = Field(None, description="System message of the student's chat prompt (train.chat), in "
                                       "training and evaluation alike, for rows whose conversation has none of its own.")
-    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings (method lora and qlora).")
     epochs: float = Field(1.0, gt=0, description="Passes over the kept rows.")
     batch_size: int = Field(16, gt=0, description="Rows per device per step.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Steps accumulated per optimizer update.")
@@ -175,6 +255,63 @@ class TrainSettings(Section):
         "WANDB_MODE=online. Changes no output: a finished stage is not redone for it (use --force to log one)."
     )
     save_steps: int | None = Field(None, gt=0, description="Also save a checkpoint every this many steps.")
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="lora: a LoRA adapter (train.lora) on the student in its training dtype. qlora: the same "
+        "adapter on the student loaded in 4 bits (bitsandbytes NF4, double quantization; a CUDA GPU only), for a "
+        "student whose weights do not fit otherwise. full: every weight is trained, no adapter: train/adapter then "
+        "holds a whole model folder (its optimizer states cost about twice the weights again)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass instead of keeping them: far less memory "
+        "for long sequences, about a third more compute per step. The same weights either way, up to float rounding."
+    )
+    packing: bool = Field(
+        False, description="Pack several rows into each train.max_length sequence (TRL's best-fit packing, padding-"
+        "free): no compute spent on padding. Each row keeps its own positions and attends only to itself, and the "
+        "EOS check reads every row of every pack. objective sft only."
+    )
+    trainer_args: dict[str, Any] = Field(
+        {}, description="Other settings of TRL's SFTConfig, passed through as given (optim, adam_beta2, max_steps, "
+        "lr_scheduler_kwargs, ...). Each key is checked against SFTConfig's fields; the settings distill sets from "
+        "its own keys are refused, naming that key."
+    )
+    license: str | None = Field(
+        None, description="The license of the trained student for its model card (a Hub license id: apache-2.0, "
+        "llama3.1, other, ...), used only when the student base model's own files state none; the card says "
+        "`unknown` when neither does."
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _method_fits_objective(cls, v: str, info: ValidationInfo) -> str:
+        objective = info.data.get("objective")
+        if v != "lora" and objective == "on_policy":
+            raise ValueError(f"{v} with objective on_policy: its loop samples through vLLM with the current LoRA "
+                             "adapter and loads the student in its training dtype; use method lora")
+        return v
+
+    @field_validator("packing")
+    @classmethod
+    def _packing_for_sft(cls, v: bool, info: ValidationInfo) -> bool:
+        objective = info.data.get("objective")
+        if v and objective != "sft":
+            raise ValueError(f"true with objective {objective}: packing is for sft only (the teacher's per-token "
+                             "targets and the on-policy loop read one row per sequence)")
+        return v
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
+            types = trainer_config_types()
+            for key, value in v.items():
+                check_trainer_arg(key, value, types)
+        return v
+
+    @property
+    def trains_adapter(self) -> bool:
+        """An adapter on a frozen base (lora, qlora), not every weight (full)."""
+        return self.method != "full"
 
     @property
     def runs_the_teacher(self) -> bool:

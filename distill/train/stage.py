@@ -29,61 +29,108 @@ from distill.tracking import finish_tracking, trainer_callbacks
 from distill.train.formats import check_stop_learned
 from distill.train.objectives import objective_for
 from distill.train.plots import plot_loss, plot_loss_terms
-from distill.train.student import load_student, lora_config
+from distill.train.student import check_method, load_student, lora_config
 
 
-def training_arguments(recipe: Recipe, output_dir: Path):
-    """TRL's SFTConfig for the recipe. Made before the model loads: under `accelerate launch` with DeepSpeed
-    ZeRO-3 it registers the DeepSpeed config, so that transformers partitions the weights as it loads them
-    instead of loading a full copy in every process."""
+def distill_trainer_settings(recipe: Recipe, output_dir: Path) -> dict:
+    """The SFTConfig settings distill sets from the recipe (and the machine): every key here is one that
+    train.trainer_args refuses (distill.recipe.train.TRAINER_ARGS_SET_BY_DISTILL)."""
     from distill.models.device import torch_device
 
     t, spec = recipe.train, recipe.models.student
     on_gpu = torch_device().type == "cuda"
     dtype = model_dtype(spec, "student").dtype
-    objective = objective_for(recipe)
-    return objective.config_class()(
-        **objective.config_fields(),
-        output_dir=str(output_dir),
-        num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        max_length=t.max_length,
-        completion_only_loss=True,
-        logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        seed=t.seed,
-        data_seed=t.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and dtype == "bfloat16",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # distill's own bar (loss_bar) instead; the per-step dict is printed to the log
-    )
+    return {
+        **objective_for(recipe).config_fields(),
+        "output_dir": str(output_dir),
+        "num_train_epochs": t.epochs,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "max_length": t.max_length,
+        "completion_only_loss": True,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "packing": t.packing,
+        # best-fit packing keeps every row whole and apart (its own positions, no attention across rows), so each
+        # still learns its EOS; "wrapped" would cut rows mid-answer
+        **({"packing_strategy": "bfd"} if t.packing else {}),
+        "logging_steps": t.logging_steps,
+        "save_strategy": "steps" if t.save_steps else "no",
+        "save_steps": t.save_steps or 500,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "use_cpu": not on_gpu,
+        "bf16": on_gpu and dtype == "bfloat16",
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,  # distill's own bar (loss_bar) instead; the per-step dict is printed to the log
+    }
+
+
+def training_arguments(recipe: Recipe, output_dir: Path):
+    """TRL's SFTConfig for the recipe: distill's settings, then train.trainer_args as given. Made before the model
+    loads: under `accelerate launch` with DeepSpeed ZeRO-3 it registers the DeepSpeed config, so that transformers
+    partitions the weights as it loads them instead of loading a full copy in every process."""
+    passed = recipe.train.trainer_args
+    try:
+        return objective_for(recipe).config_class()(**distill_trainer_settings(recipe, output_dir), **passed)
+    except (ValueError, TypeError) as e:
+        if not passed:
+            raise
+        raise UserError(f"train.trainer_args ({', '.join(passed)}): TRL refused the settings: {_one_line(e)}") from None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], output_dir: Path):
-    """(the objective's trainer for these examples, the student's tokenizer), as training uses them."""
+    """(the objective's trainer for these examples, the student's tokenizer), as training uses them: an adapter on
+    the base (method lora; qlora on its 4-bit weights) or every weight (full)."""
     from datasets import Dataset
 
     config = training_arguments(recipe, output_dir)  # before the model: see training_arguments
     model, tokenizer = load_student(recipe, student_dir)
-    lora = lora_config(recipe)
     trainer_class = objective_for(recipe).trainer_class()
     try:
         trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(examples),
-                                processing_class=tokenizer, peft_config=lora)
+                                processing_class=tokenizer, peft_config=lora_config(recipe))
     except ValueError as e:
         if "target modules" in str(e).lower() or "target_modules" in str(e):
-            raise UserError(f"train.lora.target_modules: {e}") from None
+            raise UserError(f"train.lora.target_modules: {_one_line(e)}") from None
+        if recipe.train.trainer_args:
+            raise UserError(f"train.trainer_args ({', '.join(recipe.train.trainer_args)}): TRL refused the trainer: "
+                            f"{_one_line(e)}") from None
         raise
     return trainer, tokenizer
+
+
+def examples_as_trained(trainer):
+    """What the EOS check reads: the trainer itself, or with packing its examples unpacked. A pack is several
+    examples end to end (`seq_lengths` says where each ends); the trainer gives each its own positions, so attention
+    and the loss stay within an example, and the collator masks only each example's first label (a prompt token, never
+    learned), so every example must still end with its EOS label. A row cut by max_length is cut before packing."""
+    if not trainer.args.packing:
+        return trainer
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    packs = trainer.train_dataset
+    ids, labels = [], []
+    for pack_ids, pack_labels, lengths in zip(packs["input_ids"], packs["labels"], packs["seq_lengths"]):
+        start = 0
+        for n in lengths:
+            ids.append(pack_ids[start:start + n])
+            labels.append(pack_labels[start:start + n])
+            start += n
+    collator = DataCollatorForLanguageModeling(pad_token_id=trainer.processing_class.pad_token_id)
+    return SimpleNamespace(train_dataset=Dataset.from_dict({"input_ids": ids, "labels": labels}), data_collator=collator)
 
 
 def loss_bar():
@@ -150,6 +197,7 @@ _HELD_UNTIL_EXIT: list = []
 
 def run_train(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
+    check_method(recipe)  # before any work; load_student checks it again for whoever loads the student directly
     check_eval_agreement(recipe)
     objective = objective_for(recipe)
     objective.check()
@@ -199,8 +247,8 @@ def train_with_trainer(recipe: Recipe, run: RunDir, kept: list[dict], stage_dir:
     trainer, tokenizer = build_trainer(recipe, student_dir, examples, checkpoints)
     if process_count() > 1:
         _HELD_UNTIL_EXIT.append(trainer)
-    format_check = check_stop_learned(trainer, tokenizer, recipe.evaluate.stop, len(examples), t.max_length,
-                                      t.max_truncated_share, student_stop_id(recipe, tokenizer))
+    format_check = check_stop_learned(examples_as_trained(trainer), tokenizer, recipe.evaluate.stop, len(examples),
+                                      t.max_length, t.max_truncated_share, student_stop_id(recipe, tokenizer))
     lost = format_check["rows_without_eos"] + format_check["rows_dropped_by_max_length"]
     if lost and trainer.is_world_process_zero():
         console(f"[train] warning: {lost} of {len(examples)} training rows lose their EOS label to train.max_length = "
@@ -240,6 +288,20 @@ def _leave_process_group(trainer) -> None:
         dist.destroy_process_group()
 
 
+def method_title(recipe: Recipe) -> str:
+    t = recipe.train
+    return {"lora": f"LoRA r={t.lora.r}", "qlora": f"QLoRA r={t.lora.r} (4-bit base)", "full": "full fine-tuning"}[t.method]
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(parameters the optimizer trained, all parameters): an adapter's share of the model, or all of it (full).
+    PEFT counts a 4-bit weight by the parameters it stands for, not by its packed bytes."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return tuple(int(n) for n in model.get_nb_trainable_parameters())
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer, rows: list[dict], kept: int, result,
                   resume: bool, format_check: dict, started: float, teacher_targets: dict | None, stage_dir: Path,
                   adapter: Path) -> dict:
@@ -248,9 +310,10 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
     steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
     tmp = adapter.with_name(adapter.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))  # adapter_config.json + adapter_model.safetensors
+    # lora, qlora: adapter_config.json + adapter_model.safetensors; full: the whole model (config.json, weights)
+    trainer.save_model(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    # The adapter carries what it was trained on: which rows (by id, when not every kept row) and which model.
+    # The adapter (or model) carries what it was trained on: which rows (by id, when not every kept row) and which model.
     write_json(tmp / "training_data.json", {
         "rows_file": str(run.filtered), "rows_sha256": hash_file(run.filtered), "rows_used": len(rows),
         **({"row_ids": [r[C.ID] for r in rows]} if len(rows) < kept else {}),
@@ -264,11 +327,13 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
     write_json(stage_dir / "log.json", {"steps": steps, "losses": losses, **{f"{n}es": v for n, v in terms.items()},
                                         "log_history": trainer.state.log_history})
     if steps:
-        plot_loss(steps, losses, stage_dir / "loss.png", f"{recipe.name}: LoRA r={t.lora.r} on {len(rows)} rows")
+        plot_loss(steps, losses, stage_dir / "loss.png", f"{recipe.name}: {method_title(recipe)} on {len(rows)} rows")
         if terms:
             plot_loss_terms(steps, terms, stage_dir / "loss_terms.png",
                             f"{recipe.name}: {t.objective}, {t.kd.divergence}, per token")
-    return {**objective.summary(teacher_targets, terms),
+    trained, total = parameter_counts(trainer.model)
+    return {**objective.summary(teacher_targets, terms), "method": t.method,
+        "parameters_trained": trained, "parameters": total,
         "rows": len(rows), **({"rows_kept": kept} if len(rows) < kept else {}), "steps": trainer.state.global_step,
         "processes": trainer.accelerator.num_processes,
         "global_batch": t.batch_size * t.gradient_accumulation_steps * trainer.accelerator.num_processes,
