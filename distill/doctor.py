@@ -217,6 +217,65 @@ def check_data(recipe: Recipe, c: Checkup) -> None:
         c.ok(line)
 
 
+def _weights_read_here(recipe: Recipe, role: str) -> bool:
+    """Whether distill loads this model's weights itself: not a teacher that only answers through generate.endpoint
+    (its folder then needs the tokenizer and config alone, to render the prompts)."""
+    return not (role == "teacher" and recipe.generate.backend == "openai" and "teacher" not in recipe.evaluate.models
+                and not recipe.train.runs_the_teacher)
+
+
+def check_models(recipe: Recipe, c: Checkup) -> bool:
+    """Every model where the run will read it, all named in one pass: a hub model the local cache lacks (or holds in
+    part) with the command that downloads it, a folder transformers or vLLM could not load with what is wrong with
+    it. Reads the folders only: nothing is downloaded or converted. True when every model can be read."""
+    from distill.models.resolve import (ModelUnavailable, download_command, folder_problems, locate_model,
+                                        missing_hub_files, source_key, weight_files)
+
+    sound = True
+    for role in recipe.models.roles:
+        spec = getattr(recipe.models, role)
+        key = f"models.{role}.{source_key(spec)}"
+        try:
+            folder = locate_model(spec)
+        except ModelUnavailable as e:
+            c.problem(f"{key}: {e}")
+            sound = False
+            continue
+        if folder is None:
+            c.note(f"{key}: {spec.packaged}, converted on first use")
+            continue
+        problems = folder_problems(folder)
+        if not _weights_read_here(recipe, role) and "has no weights (*.safetensors or *.bin)" in problems:
+            problems.remove("has no weights (*.safetensors or *.bin)")
+            c.note(f"{key}: {folder} holds no weights; the server behind generate.endpoint must have them")
+        missing = missing_hub_files(spec, folder) if spec.hub else []
+        if missing:
+            problems.append(f"lacks {len(missing)} file(s) of the repository ({', '.join(missing[:3])}"
+                            f"{', ...' if len(missing) > 3 else ''})")
+        if problems:
+            fetch = f"; download it: {download_command(spec)}" if spec.hub else ""
+            c.problem(f"{key}: {folder} {'; '.join(problems)}{fetch}")
+            sound = False
+        else:
+            weights = [n for n in weight_files(p.name for p in folder.iterdir()) if not n.endswith(".json")]
+            c.ok(f"{key}: {folder} (config, tokenizer, {len(weights)} weight file(s))")
+    return sound
+
+
+def check_slurm_layout(recipe: Recipe, profile_name: str | None, c: Checkup) -> None:
+    """Each model's vLLM engine against the GPUs of the Slurm job that starts it (and of its partition's nodes)."""
+    from distill.slurm.layout import engines_per_job, layout_problems
+    from distill.slurm.profile import load_profile
+
+    profile = load_profile(profile_name or recipe.slurm.profile)
+    problems = layout_problems(recipe, profile)
+    for problem in problems:
+        c.problem(problem)
+    if not problems:
+        jobs = ", ".join(f"{job} ({', '.join(roles)})" for job, roles in engines_per_job(recipe).items()) or "none"
+        c.ok(f"slurm profile {profile.name!r}: every engine fits the GPUs of its job; jobs with engines: {jobs}")
+
+
 def checkup(recipe: Recipe, profile: str | None = None, machine: Machine | None = None) -> Checkup:
     machine = machine or this_machine()
     c = Checkup()
@@ -226,15 +285,25 @@ def checkup(recipe: Recipe, profile: str | None = None, machine: Machine | None 
     except UserError as e:
         c.problem(str(e))
         data_read = False
+    models_read = check_models(recipe, c)
     check_dtypes(recipe, machine, c)
     check_prefix_caching(recipe, machine, c)
+    reads_models = (check_prompt_lengths, check_vocabularies)  # through the models' tokenizers
+    if not models_read:
+        c.note("the checks that read the models' tokenizers (prompt lengths, shared vocabulary) wait for the models")
     for check in ((check_prompt_lengths,) if data_read else ()) + (check_logprobs, check_vocabularies):
+        if check in reads_models and not models_read:
+            continue
         try:
             check(recipe, c)
         except UserError as e:  # an input the check could not read is itself a finding
             c.problem(str(e))
-    try:
-        check_slurm_profile(recipe, profile, c)
-    except UserError as e:
-        c.problem(str(e))
+    slurm_checks = [check_slurm_profile]
+    if profile is not None or "slurm" in recipe.model_fields_set:  # a recipe meant for a cluster, not this machine
+        slurm_checks.append(check_slurm_layout)
+    for check in slurm_checks:
+        try:
+            check(recipe, profile, c)
+        except UserError as e:
+            c.problem(str(e))
     return c

@@ -1,7 +1,7 @@
 """A request to stop at a safe point, from the job scheduler.
 
 Before preemption or the time limit, Slurm signals the job's batch shell (`--signal=B:USR1@N`), which
-creates the file named by DISTILL_STOP_FILE on the shared run directory (see slurm/_job.sbatch.j2).
+creates the file named by DISTILL_STOP_FILE on the shared run directory (see distill/slurm/templates/_job.sbatch.j2).
 Stages look for it where stopping loses nothing (generation after each chunk, training after each
 optimizer step) and raise `Preempted`; the command exits with PREEMPTED_EXIT and the job requeues itself.
 A file rather than a forwarded signal: it reaches every process of every node, through srun,

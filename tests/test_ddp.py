@@ -1,5 +1,5 @@
 """Training under data parallelism for real: `accelerate launch` with 2 CPU processes (gloo),
-using configs/accelerate/ddp.yaml, matches a single-process run step for step.
+using distill/slurm/accelerate/ddp.yaml, matches a single-process run step for step.
 
 The comparison is fair: 2 processes x 4 rows per step against 1 process x 8 rows, the same
 global batch; accelerate hands each process one half of the same shuffled batch. The objective is
@@ -48,7 +48,7 @@ def test_two_process_ddp_matches_one_process_loss_trajectory(filtered_run):
     folder, recipe, base = filtered_run
     single = _train(folder, recipe, base, "single", [sys.executable], "train.batch_size=8")
     ddp = _train(folder, recipe, base, "ddp", [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "distill" / "slurm" / "accelerate" / "ddp.yaml"),
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
     ], "train.batch_size=4")
 

@@ -55,7 +55,7 @@ def test_dry_run_prints_one_script_per_stage_and_the_chained_sbatch_commands(gpu
     assert "#SBATCH --requeue" in out and "module load cuda/12.4" in out
     # train: 2 nodes x 8 GPUs, one accelerate launcher per node, FSDP config, rendezvous from Slurm
     assert "--num_machines 2 --num_processes 16" in out
-    assert "configs/accelerate/fsdp.yaml" in out and 'MASTER_ADDR=$(scontrol show hostnames' in out
+    assert "distill/slurm/accelerate/fsdp.yaml" in out and 'MASTER_ADDR=$(scontrol show hostnames' in out
     assert "GENERATE_JOB=$(sbatch --parsable" in out
     assert "FILTER_JOB=$(sbatch --parsable --dependency=afterok:$GENERATE_JOB" in out
     assert "EVALUATE_JOB=$(sbatch --parsable --dependency=afterok:$TRAIN_JOB" in out
@@ -407,3 +407,122 @@ def test_a_teacher_server_that_cannot_run_is_refused_when_the_recipe_loads(tmp_p
     proc = run_cli("validate", recipe)
     assert proc.returncode == 2 and message in proc.stderr and "slurm.teacher_server" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- engines against the GPUs of their jobs
+
+
+def _dry_run(recipe, tmp_path, *overrides, profile=None):
+    return run_cli("slurm", "submit", recipe, "--run-dir", tmp_path / "run", "--dry-run", *overrides,
+                   *(["--profile", profile] if profile else []))
+
+
+def test_a_teacher_split_over_more_gpus_than_a_node_has_is_refused_before_anything_is_queued(gpu_recipe, tmp_path):
+    """tensor_parallel_size 8 on 4-GPU nodes would load nothing, hours later, once the job has left the queue."""
+    four = _profile_file(tmp_path, partition_gpus_per_node=4)
+    proc = _dry_run(gpu_recipe, tmp_path, "models.teacher.engine.tensor_parallel_size=8", "slurm.generate.gpus_per_node=4",
+                    "slurm.train.gpus_per_node=4", "evaluate.models=[base, student]", profile=four)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "#SBATCH" not in proc.stdout
+    assert proc.stderr.strip() == (
+        "error: models.teacher.engine.tensor_parallel_size: 8, but partition 'gpu' of cluster profile 'example-gpu' "
+        "has 4 GPUs per node, the most of its partitions, and an engine runs on one node (in slurm.generate): lower it, "
+        "or serve the teacher from its own job over several nodes (slurm.teacher_server)")
+
+
+def test_an_engine_wider_than_its_jobs_gpus_is_refused_with_the_request_that_fits(gpu_recipe, tmp_path):
+    proc = _dry_run(gpu_recipe, tmp_path, "models.teacher.engine.tensor_parallel_size=4")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    # generation asks 1 GPU, evaluation (which evaluates the teacher too) 1: both named, on one line
+    assert ("models.teacher.engine.tensor_parallel_size: 4, but slurm.generate.gpus_per_node is 1: ask for 4 "
+            "(partition 'gpu' of cluster profile 'example-gpu' has 8 per node)") in proc.stderr
+    assert "slurm.evaluate.gpus_per_node is 1: ask for 4" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    fits = _dry_run(gpu_recipe, tmp_path, "models.teacher.engine.tensor_parallel_size=4",
+                    "slurm.generate.gpus_per_node=4", "slurm.evaluate.gpus_per_node=4")
+    assert fits.returncode == 0, fits.stderr
+
+
+def test_a_teacher_served_by_its_own_job_is_split_by_that_job_not_by_the_generation_tasks(tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model, TINY_RECIPE + GPU_SECTION + SERVER_SECTION)
+    proc = _dry_run(recipe, tmp_path, "models.teacher.engine.tensor_parallel_size=8", "evaluate.models=[base, student]")
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- CPUs and memory follow the GPUs
+
+
+def _headers(stdout: str) -> dict[str, list[str]]:
+    scripts = dict(part.split("\n", 1) for part in stdout.split("# ---- ")[1:])
+    return {head.split(":")[0]: [line for line in body.splitlines() if line.startswith("#SBATCH")]
+            for head, body in scripts.items() if head != "submit"}
+
+
+def test_a_job_that_asks_for_gpus_gets_their_share_of_the_nodes_cpus_and_memory(tmp_path, tiny_model):
+    """example-gpu's nodes: 96 cores, 1800 GiB, 8 GPUs. A job that sets no CPUs or memory gets 12 cores and 225 GiB
+    per GPU; one that sets them keeps them; one without GPUs gets 1 core and 8 GiB."""
+    section = ("slurm:\n  profile: example-gpu\n  generate: {gpus_per_node: 8}\n  evaluate: {gpus_per_node: 1}\n"
+               "  train: {gpus_per_node: 2, cpus_per_task: 4, mem_gb: 64}\n").replace("{", "{{").replace("}", "}}")
+    recipe = write_recipe(tmp_path, tiny_model, TINY_RECIPE + section)
+    proc = _dry_run(recipe, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    headers = _headers(proc.stdout)
+    assert {"#SBATCH --cpus-per-task=96", f"#SBATCH --mem={1800 * 1024}M"} <= set(headers["generate"])
+    assert {"#SBATCH --cpus-per-task=12", f"#SBATCH --mem={225 * 1024}M"} <= set(headers["evaluate"])
+    assert {"#SBATCH --cpus-per-task=4", f"#SBATCH --mem={64 * 1024}M"} <= set(headers["train"])
+    assert {"#SBATCH --cpus-per-task=1", f"#SBATCH --mem={8 * 1024}M"} <= set(headers["filter"])
+    # a profile may say what a GPU comes with
+    per_gpu = _profile_file(tmp_path, partition_cpus_per_gpu=10, partition_mem_gb_per_gpu=100)
+    headers = _headers(_dry_run(recipe, tmp_path, profile=per_gpu).stdout)
+    assert {"#SBATCH --cpus-per-task=80", f"#SBATCH --mem={800 * 1024}M"} <= set(headers["generate"])
+
+
+def test_a_resolved_recipe_still_scales_cpus_and_memory_with_the_gpus(tmp_path, tiny_model):
+    """run/recipe.yaml writes every field: an unset request must stay unset there, not become 1 CPU and 8 GiB."""
+    import yaml
+
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model, TINY_RECIPE + "slurm: {{generate: {{gpus_per_node: 8}}}}\n"))
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    again = load_recipe(resolved).slurm.generate
+    assert again.cpus_per_task is None and again.mem_gb is None
+
+
+# ---------------------------------------------------------------- templates and configs ship in the package
+
+
+def test_templates_profiles_and_accelerate_configs_are_read_from_the_package():
+    from importlib import resources
+
+    from distill.slurm.render import ACCELERATE_DIR, TEMPLATES_DIR
+
+    package = resources.files("distill.slurm")
+    for folder, names in ((TEMPLATES_DIR, ["_job.sbatch.j2", "generate.sbatch.j2", "filter.sbatch.j2",
+                                           "train.sbatch.j2", "evaluate.sbatch.j2", "teacher_server.sbatch.j2"]),
+                          (PROFILES_DIR, ["local.yaml", "example-gpu.yaml"]),
+                          (ACCELERATE_DIR, ["ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])):
+        assert folder == Path(str(package / folder.name)), folder
+        assert all((package / folder.name / name).is_file() for name in names), folder
+
+
+def test_a_built_wheel_holds_the_templates_profiles_and_accelerate_configs(tmp_path):
+    """What a plain `pip install .` gets: built from a copy of the sources, so the checkout gets no build/ folder."""
+    import shutil
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "distill", source / "distill", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = (tmp_path / "wheel").glob("distill-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {str(p.relative_to(ROOT)) for folder in ("templates", "profiles", "accelerate")
+               for p in (ROOT / "distill" / "slurm" / folder).iterdir()}
+    assert len(shipped) == 12 and shipped <= names, sorted(shipped - names)

@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from distill.models.resolve import cache_dir
+from distill.models.resolve import CHAT_TEMPLATES_DIR, TOKENIZER_FILES, cache_dir
 from distill.run_dir import hash_file, hash_json, write_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
-# The tokenizer and the chat template (a file of its own since transformers 4.50) decide the exact prompt tokens.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-                   "chat_template.json")
-CHAT_TEMPLATES_DIR = "additional_chat_templates"  # named chat templates, one .jinja file each
+SHA256 = re.compile(r"[0-9a-f]{64}")
 # Keys of a JSON config that record who wrote the file and from where, not how the model computes.
 WRITER_KEYS = ("transformers_version", "_name_or_path")
 # The identity keys that say what a model computes, by content: a fingerprint uses these, never the folder's path.
 CONTENT_KEYS = ("weights_sha256", "tokenizer_sha256", "config_sha256", "generation_config_sha256", "code_sha256")
 
 
+def hub_cache_sha256(path: Path) -> str | None:
+    """The sha256 the Hugging Face cache already names this file by, or None. A snapshot's files are links to
+    blobs/NAME, where NAME is the sha256 of the content for every file stored in LFS (all weights); small files
+    kept in git are named by their git sha1 (40 hex digits) instead, and are hashed as any other file."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    blob = path.resolve()
+    if blob.parent.name == "blobs" and SHA256.fullmatch(blob.name) and blob.is_file():
+        return blob.name
+    return None
+
+
 def _cached_hash(path: Path) -> str:
-    """sha256 of a file, cached by path, size and mtime (weights are large; hashing is repeated often)."""
+    """sha256 of a file: the name the hub cache stores it under, else hashed once and cached by path, size and mtime
+    (weights are large; a 140 GB teacher takes minutes to hash, on a login node too)."""
+    known = hub_cache_sha256(path)
+    if known:
+        return known
     stat = path.stat()
     key = hash_json([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
     memo = cache_dir() / "hashes" / f"{key}.json"

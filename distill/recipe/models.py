@@ -16,7 +16,9 @@ class EngineSettings(Section):
     max_model_len: int = Field(1024, gt=0, description="Longest prompt + completion in tokens.")
     max_num_seqs: int | None = Field(None, gt=0, description="Sequences batched at once (vLLM default when unset).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take (GPU only).")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is split over (GPU only).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs of one node that one engine is split over (GPU only); "
+                                      "`distill slurm submit` and `doctor` hold it against the GPUs of the job that "
+                                      "starts the engine.")
     quantization: str | None = Field(None, description="vLLM quantization method, e.g. 'awq' or 'fp8' (GPU only).")
     enforce_eager: bool = Field(True, description="Skip CUDA graph capture: slower decoding, faster start.")
     kv_cache_gb: float = Field(1.0, gt=0, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")

@@ -10,14 +10,22 @@ from pydantic import Field, field_validator, model_validator
 from distill.recipe.base import Section
 
 
+DEFAULT_CPUS, DEFAULT_MEM_GB = 1, 8.0  # a job without GPUs that does not say what it needs
+
+
 class StageResources(Section):
     """What one stage's Slurm job asks for. Checked against the cluster profile before submitting."""
 
     partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]+$", description="Partition; unset: the first partition of the cluster profile that fits (CPU ones first when no GPUs are asked).")
     nodes: int = Field(1, ge=1, description="Nodes (more than one only makes sense for train).")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per node; train starts one process per GPU.")
-    cpus_per_task: int = Field(1, ge=1, description="CPU cores per node.")
-    mem_gb: float = Field(8, gt=0, description="Memory per node in GiB.")
+    # Unset rather than a number, so that a resolved recipe (run/recipe.yaml, every field written) still scales them.
+    cpus_per_task: int | None = Field(None, ge=1, description="CPU cores per node. Unset: the partition's share for "
+                                      "the GPUs asked (its cpus_per_gpu, else cpus_per_node / gpus_per_node each); "
+                                      f"{DEFAULT_CPUS} without GPUs.")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per node in GiB. Unset: the partition's share for the "
+                                 "GPUs asked (its mem_gb_per_gpu, else mem_gb / gpus_per_node each); "
+                                 f"{DEFAULT_MEM_GB:g} without GPUs.")
     time: str = Field("01:00:00", description="Wall-clock limit in Slurm's format: M, H:M:S or D-H:M:S.")
 
     @field_validator("time")
@@ -30,7 +38,8 @@ class StageResources(Section):
 
 class TrainResources(StageResources):
     accelerate_config: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
-        "ddp", description="configs/accelerate/NAME.yaml used when training spans more than one process."
+        "ddp", description="The accelerate config (distill/slurm/accelerate/NAME.yaml) used when training spans more "
+        "than one process."
     )
 
 
@@ -82,7 +91,8 @@ class TeacherServerSettings(StageResources):
 class SlurmSettings(Section):
     """How `distill slurm submit` runs this recipe: one job per stage, chained with afterok."""
 
-    profile: str = Field("local", description="Cluster profile: a name in configs/clusters/ or a YAML file.")
+    profile: str = Field("local", description="Cluster profile: a name of distill/slurm/profiles/ (shipped in the "
+                         "package) or a YAML file.")
     shards: int = Field(1, ge=1, description="Generation runs as a job array of this many tasks (`--shard i/N`).")
     requeue: bool = Field(True, description="Let Slurm requeue preempted jobs; a requeued stage resumes its own work.")
     stop_grace: int = Field(

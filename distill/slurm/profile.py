@@ -1,13 +1,19 @@
-"""Cluster profiles (configs/clusters/NAME.yaml) and the check that a stage's request fits one.
+"""Cluster profiles (distill/slurm/profiles/NAME.yaml, or a file) and the check that a stage's request fits one.
 
 A profile names the partitions a user may submit to with what each node offers, plus the
 account, QOS, environment setup lines and container options every job gets. Requests that
-no partition can satisfy are refused before anything is submitted.
+no partition can satisfy are refused before anything is submitted. A request that names no CPUs
+or memory gets the partition's share for the GPUs it asks: an 8-GPU job on 8-GPU nodes the whole
+node, not one core.
+
+The shipped profiles, sbatch templates and accelerate configs live inside the package (read through
+importlib.resources), so an installed wheel submits as a checkout does.
 """
 
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -15,9 +21,16 @@ from pydantic import Field, ValidationError, field_validator
 
 from distill.errors import UserError
 from distill.recipe import Section, StageResources, slurm_minutes
+from distill.recipe.slurm import DEFAULT_CPUS, DEFAULT_MEM_GB
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILES_DIR = REPO_ROOT / "configs" / "clusters"
+
+def package_folder(name: str) -> Path:
+    """A data folder of this package (templates, profiles, accelerate) on disk: a path, because sbatch scripts and
+    `accelerate launch` read the files by path. pip always installs a wheel unpacked, so the package is a folder."""
+    return Path(str(resources.files("distill.slurm") / name))
+
+
+PROFILES_DIR = package_folder("profiles")
 # Values written into `#SBATCH` lines are not shell-quoted there (sbatch reads them itself, and
 # the block ends at the first line that is not a comment), so each must match a pattern.
 SLURM_NAME = r"^[A-Za-z0-9_.+-]+$"
@@ -39,6 +52,10 @@ class Partition(Section):
                                  description="GRES type of the GPUs (gpu:TYPE:N), or unset for plain gpu:N.")
     mem_gb: float = Field(gt=0, description="Memory per node a job may ask for, in GiB.")
     max_time: str = Field("UNLIMITED", description="Longest wall-clock time a job may ask for (Slurm format).")
+    cpus_per_gpu: int | None = Field(None, ge=1, description="CPU cores a job gets per GPU it asks for, unless the "
+                                     "recipe sets cpus_per_task; unset: cpus_per_node / gpus_per_node.")
+    mem_gb_per_gpu: float | None = Field(None, gt=0, description="Memory in GiB a job gets per GPU it asks for, unless "
+                                         "the recipe sets mem_gb; unset: mem_gb / gpus_per_node.")
 
     @field_validator("max_time")
     @classmethod
@@ -85,7 +102,7 @@ class ClusterProfile(Section):
 
 
 def profile_path(name_or_path: str) -> Path:
-    """A profile by name (configs/clusters/NAME.yaml) or by file path."""
+    """A profile by name (a shipped one: distill/slurm/profiles/NAME.yaml) or by file path."""
     as_path = Path(name_or_path).expanduser()
     if as_path.suffix in (".yaml", ".yml") or as_path.is_file():
         return as_path
@@ -109,17 +126,39 @@ def load_profile(name_or_path: str) -> ClusterProfile:
         raise UserError(f"{path}: {where}: {err['msg']}{got}") from None
 
 
+def cpus_and_memory(partition: Partition, res: StageResources) -> tuple[int, float]:
+    """(CPU cores, GiB) per node for the request on this partition: what the recipe sets, else the share of a node
+    that goes with the GPUs asked (a GPU job starved of cores and memory feeds its GPUs slowly, or dies loading the
+    model), else a small default for a job without GPUs."""
+    gpus = min(res.gpus_per_node, partition.gpus_per_node)  # more GPUs than the node has: why_not refuses it
+    cpus, mem = res.cpus_per_task, res.mem_gb
+    if cpus is None:
+        if gpus:
+            per_gpu = partition.cpus_per_gpu or partition.cpus_per_node // partition.gpus_per_node
+            cpus = min(max(per_gpu * gpus, DEFAULT_CPUS), partition.cpus_per_node)
+        else:
+            cpus = min(DEFAULT_CPUS, partition.cpus_per_node)
+    if mem is None:
+        if gpus:
+            per_gpu = partition.mem_gb_per_gpu or partition.mem_gb / partition.gpus_per_node
+            mem = min(per_gpu * gpus, partition.mem_gb)
+        else:
+            mem = min(DEFAULT_MEM_GB, partition.mem_gb)
+    return cpus, float(mem)
+
+
 def why_not(partition: Partition, res: StageResources) -> str | None:
     """Why this partition cannot run the request, or None if it can."""
     problems = []
+    cpus, mem = cpus_and_memory(partition, res)
     if res.nodes > partition.nodes:
         problems.append(f"{res.nodes} nodes asked, {partition.nodes} allowed")
     if res.gpus_per_node > partition.gpus_per_node:
         problems.append(f"{res.gpus_per_node} GPUs per node asked, {partition.gpus_per_node} available")
-    if res.cpus_per_task > partition.cpus_per_node:
-        problems.append(f"{res.cpus_per_task} CPUs asked, {partition.cpus_per_node} per node")
-    if res.mem_gb > partition.mem_gb:
-        problems.append(f"{res.mem_gb:g} GiB memory asked, {partition.mem_gb:g} GiB per node")
+    if cpus > partition.cpus_per_node:
+        problems.append(f"{cpus} CPUs asked, {partition.cpus_per_node} per node")
+    if mem > partition.mem_gb:
+        problems.append(f"{mem:g} GiB memory asked, {partition.mem_gb:g} GiB per node")
     asked, limit = slurm_minutes(res.time), slurm_minutes(partition.max_time)
     if limit is not None and (asked is None or asked > limit):
         problems.append(f"time {res.time} asked, at most {partition.max_time}")

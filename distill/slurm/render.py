@@ -1,4 +1,4 @@
-"""Render one sbatch script per stage from the templates in the top-level slurm/ folder.
+"""Render one sbatch script per stage from the package's templates (distill/slurm/templates/).
 
 Templates are Jinja, rendered in a sandbox. Values in the job's body are shell-quoted by the
 `q` filter; values in `#SBATCH` lines (read by sbatch, not the shell) match a pattern checked
@@ -21,11 +21,12 @@ from jinja2.sandbox import SandboxedEnvironment
 from distill.errors import UserError
 from distill.models.teacher_server import JOB, client_stages
 from distill.recipe import Recipe, StageResources
-from distill.slurm.profile import REPO_ROOT, ClusterProfile, choose_partition
+from distill.slurm.layout import layout_problems
+from distill.slurm.profile import ClusterProfile, choose_partition, cpus_and_memory, package_folder
 from distill.stages import slurm_jobs
 
-TEMPLATES_DIR = REPO_ROOT / "slurm"
-ACCELERATE_DIR = REPO_ROOT / "configs" / "accelerate"
+TEMPLATES_DIR = package_folder("templates")
+ACCELERATE_DIR = package_folder("accelerate")  # read by `accelerate launch` in the train job, by path
 SLURM_STAGES = slurm_jobs()  # one job per stage, document inside the evaluation job
 TEACHER_SERVER = JOB  # a job before generation when the recipe serves its teacher (slurm.teacher_server)
 # afterok on the stage before; evaluate also reads generate's held-out split, done long before.
@@ -94,16 +95,21 @@ def _srun_args(profile: ClusterProfile) -> str:
 def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_file: Path,
                 workdir: Path | None = None) -> list[StageJob]:
     """Every stage's script, in submission order (the teacher server first, when the recipe has one). Refuses
-    (UserError) before rendering anything if some stage's request fits no partition of the profile."""
+    (UserError) before rendering anything if some stage's request fits no partition of the profile, or a model's
+    engine needs more GPUs than its job gets."""
     s = recipe.slurm
     run_dir, recipe_file = Path(run_dir).resolve(), Path(recipe_file).resolve()
     stages = ((TEACHER_SERVER,) if s.teacher_server is not None else ()) + SLURM_STAGES
     chosen = {stage: choose_partition(profile, stage, getattr(s, stage)) for stage in stages}
+    problems = layout_problems(recipe, profile, chosen)
+    if problems:
+        raise UserError(" | ".join(problems))
     env = _environment()
     jobs = []
     for stage in stages:
         res: StageResources = getattr(s, stage)
         partition = chosen[stage]
+        cpus, mem_gb = cpus_and_memory(partition, res)
         array = f"0-{s.shards - 1}" if stage == "generate" else None
         processes = res.nodes * max(res.gpus_per_node, 1) if stage == "train" else 1
         log_name = "%x-%A_%a.out" if array else "%x-%j.out"
@@ -115,8 +121,8 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "account": profile.account,
             "qos": profile.qos,
             "nodes": res.nodes,
-            "cpus_per_task": res.cpus_per_task,
-            "mem_mb": int(res.mem_gb * 1024),
+            "cpus_per_task": cpus,
+            "mem_mb": int(mem_gb * 1024),
             "time": res.time,
             "gres": _gres(res, partition.gpu_type),
             "array": array,
@@ -133,7 +139,7 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
             "run_dir": str(run_dir),
             "shards": s.shards,
             "processes": processes,
-            "threads_per_process": max(res.cpus_per_task * res.nodes // processes, 1),
+            "threads_per_process": max(cpus * res.nodes // processes, 1),
             "accelerate_config": str(ACCELERATE_DIR / f"{s.train.accelerate_config}.yaml"),
             # generation (and the merge before filtering) reach the teacher through the server job; so does on-policy
             # training, which has it score the student's answers
@@ -149,5 +155,6 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
         if stage == "generate" and s.teacher_server is not None:
             depends_on, dependency = TEACHER_SERVER, "after"
         jobs.append(StageJob(stage=stage, partition=partition.name, script=script, array=array,
-                             depends_on=depends_on, dependency=dependency, resources=res.model_dump(mode="json")))
+                             depends_on=depends_on, dependency=dependency,
+                             resources={**res.model_dump(mode="json"), "cpus_per_task": cpus, "mem_gb": mem_gb}))
     return jobs

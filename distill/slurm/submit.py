@@ -98,7 +98,7 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
     if still_active:
         raise UserError(f"{run.root}: jobs of an earlier submission are still queued or running "
                         f"({', '.join(still_active)}); wait for them or scancel them first")
-    for role in ("teacher", "student"):  # convert / locate models once, here, not in every job
+    for role in recipe.models.roles:  # download / convert / locate models once, here, not in every job
         resolved_model(recipe, role)
     save_resolved_recipe(recipe, run)
     slurm_dir = run.root / "slurm"
