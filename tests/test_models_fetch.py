@@ -155,7 +155,7 @@ def test_a_model_missing_from_the_cache_is_named_with_the_command_that_fetches_i
     assert "--exclude 'original/*'" in message and "--exclude '*.pth'" in message
 
 
-def test_the_cache_blob_names_are_the_weights_sha256_so_identity_hashes_no_weights(hub, tiny_model, monkeypatch):
+def test_the_cache_blob_names_are_the_weights_sha256_so_identity_hashes_no_weights(hub, tiny_model, monkeypatch, tmp_path):
     snapshot = cache_model(hub, "org/tiny", folder_files(tiny_model))
     weights = snapshot / "model.safetensors"
     # the shortcut is sound: the name the cache gives the blob is the sha256 of its bytes
@@ -165,7 +165,8 @@ def test_the_cache_blob_names_are_the_weights_sha256_so_identity_hashes_no_weigh
     monkeypatch.setattr(identity, "hash_file", lambda path, *a: hashed.append(Path(path).name) or real_hash_file(path, *a))
     cached = model_identity(snapshot, "org/tiny")
     assert "model.safetensors" not in hashed  # read from the blob's name
-    plain = model_identity(tiny_model, "org/tiny")  # the same files in a plain folder, hashed
+    # the same files in a plain folder of its own (the suite's tiny model may have been hashed, and remembered, before)
+    plain = model_identity(shutil.copytree(tiny_model, tmp_path / "plain"), "org/tiny")
     assert "model.safetensors" in hashed
     assert cached["weights_sha256"] == plain["weights_sha256"]
     assert cached["tokenizer_sha256"] == plain["tokenizer_sha256"] and cached["config_sha256"] == plain["config_sha256"]
