@@ -295,3 +295,6 @@ def test_an_alpaca_style_hub_data_set_runs_end_to_end_offline(tmp_path, tiny_mod
         assert json.loads(r[C.COLUMNS]) == source
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["inputs"]["hub dataset someone/alpaca-mini"]["hub"] == "someone/alpaca-mini"
+    for card, key in (("model_card.md", "datasets"), ("dataset_card.md", "source_datasets")):  # the Hub's metadata
+        header = yaml.safe_load((run / card).read_text().split("---")[1])
+        assert header[key] == ["someone/alpaca-mini"], card

@@ -120,10 +120,9 @@ def _license_header(found: dict) -> dict:
 
 
 def hub_datasets(ctx: dict) -> list[str]:
-    """The Hub datasets the run's real data came from (the card's `datasets`), as the card context names its source."""
-    source = (ctx.get("data") or {}).get("path") or ""
-    prefix = "hub dataset "
-    return [source[len(prefix):].split(" ")[0]] if source.startswith(prefix) else []
+    """The Hub dataset the run's real data came from (the card's `datasets`), if it came from one."""
+    hub = (ctx.get("data") or {}).get("hub")
+    return [hub] if hub else []
 
 
 def student_kind(train: dict, export: dict | None = None) -> str:

@@ -250,7 +250,8 @@ def card_context(recipe: Recipe, run: RunDir, manifest: dict, chaining: list[dic
         # what the teacher did, as the generate stage's mode says it in its summary
         "mode": mode, "mode_text": generated.get("teacher_did") or f"ran in {mode} mode",
         "generate": recipe.generate.model_dump(mode="json"), "template_sha": template_hash(recipe.generate.template),
-        "data": {"path": describe(recipe.data), "sha256": _sha256_of(recipe.data), "heldout": recipe.data.heldout.size},
+        "data": {"path": describe(recipe.data), "hub": recipe.data.hub, "sha256": _sha256_of(recipe.data),
+                 "heldout": recipe.data.heldout.size},
         "models": model_identities(recipe), "lineage": lineage(recipe), "chaining": chaining,
         "allow_chaining": recipe.allow_chaining, "warnings": manifest["checks"]["warnings"],
         "funnel": filter_marker["summary"] if filter_marker else None, "decontamination": decontam,

@@ -262,8 +262,9 @@ class TrainSettings(Section):
         "holds a whole model folder (its optimizer states cost about twice the weights again)."
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass instead of keeping them: far less memory "
-        "for long sequences, about a third more compute per step. The same weights either way, up to float rounding."
+        True, description="Recompute activations in the backward pass instead of keeping them: far less memory "
+        "for long sequences, about a third more compute per step. The same weights either way, up to float rounding. "
+        "On by default, as in TRL's SFTConfig."
     )
     packing: bool = Field(
         False, description="Pack several rows into each train.max_length sequence (TRL's best-fit packing, padding-"
