@@ -319,7 +319,7 @@ def test_base_model_is_a_hub_id_where_one_is_known():
 
 @pytest.mark.parametrize("overrides, lines, header", [
     ([], ["# tiny: LoRA student", "| method | LoRA adapter on the base in its training dtype |",
-          "| target modules | q_proj, k_proj, v_proj, o_proj |", "| gradient checkpointing, packing | no, no |",
+          "| target modules | q_proj, k_proj, v_proj, o_proj |", "| gradient checkpointing, packing | yes, no |",
           "| other trainer settings (train.trainer_args) | none |"],
      {"library_name": "peft", "tags": ["distill", "distillation", "lora"]}),
     (["train.method=qlora", "train.lora.target_modules=[all-linear]", "train.gradient_checkpointing=true",
