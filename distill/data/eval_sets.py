@@ -16,21 +16,16 @@ from distill.run_dir import RunDir
 EVAL_SPLITS = ("test", "validation")  # the split an evaluation set reads when its source has several and none is named
 
 
-def _path_items(s: EvalSet, limit: int | None = None) -> list[dict]:
-    """Items of a set read from its own source (path or hub): all, or the first `limit` rows."""
+def source_items(s: EvalSet, rows: list[dict]) -> list[dict]:
+    """The items of a set's own source (path or hub), from its rows as read_source gives them: each needs a
+    reference."""
     items = []
-    for r in read_source(s, limit=limit, prefer_splits=EVAL_SPLITS):
+    for r in rows:
         item = to_item(r, s.input_field, s.target_field, s.slice_field, line_in_id=True)
         if not item[C.REFERENCES]:
             raise DataError(f"{r['_where']}: row has no {s.target_field!r} field (has: {', '.join(columns(r))})")
         items.append(item)
     return items
-
-
-def peek_items(s: EvalSet, limit: int) -> list[dict]:
-    """The first `limit` items of a `path` set, read and checked as load_items reads them: a file in a format
-    distill does not read, or a row without the set's fields, is refused before any work, not after generation."""
-    return _path_items(s, limit)
 
 
 def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
@@ -48,7 +43,7 @@ def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
                             f"{heldout} have no reference answer: set data.target_field to the column holding them "
                             f"and run generate again")
     else:
-        items = _path_items(s)
+        items = source_items(s, read_source(s, prefer_splits=EVAL_SPLITS))
     return items[: s.limit] if s.limit else items
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from distill import rows as C
 from distill.data.records import columns, is_conversation, to_item
 from distill.data.sources import check_text, describe, read_source
+from distill.data.split import require_example_targets
 from distill.errors import DataError, UserError
 from distill.prompts.student import render_student
 from distill.prompts.template import PromptTemplate, row_variables
@@ -70,7 +71,7 @@ def preflight(recipe: Recipe, rows: int = PEEK_ROWS) -> list[str]:
     """Check the recipe's data source and each evaluation set's: format, UTF-8, the first `rows` rows with the fields
     the run reads, and every template rendered over them. Raises DataError on the first problem; returns one line
     per source checked."""
-    from distill.data.eval_sets import EVAL_SPLITS, peek_items
+    from distill.data.eval_sets import EVAL_SPLITS, source_items
 
     d = recipe.data
     fmt = check_text(d)
@@ -78,11 +79,7 @@ def preflight(recipe: Recipe, rows: int = PEEK_ROWS) -> list[str]:
     if not raw:
         raise DataError(f"{describe(d)}: no rows")
     items = [to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names) for r in raw]
-    if recipe.generate.few_shot.k and d.target_field:
-        missing = next((r for r, it in zip(raw, items) if not it[C.REFERENCES]), None)
-        if missing is not None:
-            raise DataError(f"{missing['_where']}: row has no {d.target_field!r} field (has: "
-                            f"{', '.join(columns(missing))}), and generate.few_shot.k shows seeds with their answers")
+    require_example_targets(recipe, raw, items)
     heldout_scored = any(s.data == "heldout" for s in recipe.evaluate.sets)
     if heldout_scored and d.target_field and not any(it[C.REFERENCES] for it in items):
         raise DataError(f"{describe(d)}: none of the first {len(raw)} rows has a {d.target_field!r} value (has: "
@@ -97,7 +94,7 @@ def preflight(recipe: Recipe, rows: int = PEEK_ROWS) -> list[str]:
         try:
             set_fmt = check_text(s)
             set_raw = read_source(s, limit=rows, prefer_splits=EVAL_SPLITS)
-            set_items = peek_items(s, rows)
+            set_items = source_items(s, set_raw)
             _check_conversations(recipe, set_items, set_raw, f"evaluate.sets.{i}.input_field {s.input_field!r}",
                                  teacher="teacher" in recipe.evaluate.models and s.teacher_template is None)
             own = s.prompt_template or recipe.train.prompt_template

@@ -112,13 +112,19 @@ def to_item(row: dict, input_field: str | list[str], target_field: str | None, s
     data stays two items)."""
     text, history = read_input(row, input_field)
     refs = [(target_names or {}).get(r, r) for r in read_references(row, target_field)]
-    key = [text] if history is None else [text, json.dumps(history, sort_keys=True)]
-    if line_in_id:
-        key.append(row["_line"])
     slice_value = row.get(slice_field) if slice_field else None
-    return {C.ID: row_id(*key), C.INPUT: text, C.REFERENCE: refs[0] if refs else None, C.REFERENCES: refs,
+    item = {C.ID: None, C.INPUT: text, C.REFERENCE: refs[0] if refs else None, C.REFERENCES: refs,
             C.SLICE: None if not slice_field else str(slice_value), C.HISTORY: history, C.COLUMNS: columns(row),
             "source_line": row["_line"]}
+    item[C.ID] = item_id(item, line_in_id)
+    return item
+
+
+def item_id(item: dict, with_line: bool = False) -> str:
+    """An item's id from its content (input, and a conversation's history); `with_line`: its source line too."""
+    history = item[C.HISTORY]
+    key = [item[C.INPUT]] if history is None else [item[C.INPUT], json.dumps(history, sort_keys=True)]
+    return row_id(*key, *([item["source_line"]] if with_line else []))
 
 
 def is_conversation(item: dict) -> bool:

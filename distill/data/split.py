@@ -6,7 +6,7 @@ import random
 from collections import defaultdict
 
 from distill import rows as C
-from distill.data.records import columns, to_item
+from distill.data.records import columns, item_id, to_item
 from distill.data.sources import describe, read_source
 from distill.errors import DataError, UserError
 from distill.progress import console
@@ -71,6 +71,17 @@ def sample_in_order(rows: list, n: int | None, seed: int) -> list:
     return [rows[i] for i in keep]
 
 
+def require_example_targets(recipe: Recipe, raw: list[dict], items: list[dict]) -> None:
+    """A few-shot example shows its target: with generate.few_shot.k, every row (a seed may become an example) needs
+    one; the first without is named."""
+    d = recipe.data
+    if recipe.generate.few_shot.k and d.target_field:
+        missing = next((r for r, it in zip(raw, items) if not it[C.REFERENCES]), None)
+        if missing is not None:
+            raise DataError(f"{missing['_where']}: row has no {d.target_field!r} field (has: "
+                            f"{', '.join(columns(missing))}), and generate.few_shot.k shows seeds with their answers")
+
+
 def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     """(held-out items, seeds) of the real data, as the recipe splits it."""
     from distill.data.eval_sets import require_heldout_references
@@ -80,11 +91,7 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     raw = read_source(d)
     # every row becomes an item before any split: a row without its input is named, whichever side it falls on
     items = [to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names) for r in raw]
-    if recipe.generate.few_shot.k and d.target_field:
-        missing = next((r for r, it in zip(raw, items) if not it[C.REFERENCES]), None)
-        if missing is not None:  # a few-shot example shows its target
-            raise DataError(f"{missing['_where']}: row has no {d.target_field!r} value, and generate.few_shot.k draws "
-                            f"examples with their answers from the seeds (has: {', '.join(columns(missing))})")
+    require_example_targets(recipe, raw, items)
     where = describe(d)
     if d.heldout.size >= len(raw):
         raise UserError(f"data.heldout.size = {d.heldout.size} leaves no seeds: {where} has {len(raw)} rows")
@@ -96,19 +103,19 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
                 + ", ".join(f"{name} ({n})" for name, n in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else ""))
 
     # a held-out id names the source line too: an input repeated in the data stays two items in the report
-    heldout_rows = [to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names, line_in_id=True)
-                    for r in heldout]
+    item_of = {id(r): it for r, it in zip(raw, items)}  # each row made an item once, above
+    heldout_rows = [{**item_of[id(r)], C.ID: item_id(item_of[id(r)], with_line=True)} for r in heldout]
     require_heldout_references(recipe, heldout_rows)
     held_inputs = {r[C.INPUT] for r in heldout_rows}
     # The same input may appear twice in real data: a seed must never equal a held-out item, and a repeated seed
     # gets an id of its own (its line's), or the captures and calibration keyed by row id would keep only one.
     seed_rows, seen = [], set()
     for r in rest:
-        row = to_item(r, d.input_field, d.target_field, d.slice_field, d.target_names)
+        row = item_of[id(r)]
         if row[C.INPUT] in held_inputs:
             continue
         if row[C.ID] in seen:
-            row[C.ID] = to_item(r, d.input_field, d.target_field, line_in_id=True)[C.ID]
+            row = {**row, C.ID: item_id(row, with_line=True)}
         seen.add(row[C.ID])
         seed_rows.append(row)
     return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)

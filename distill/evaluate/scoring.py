@@ -21,7 +21,7 @@ from distill.evaluate import metrics as M
 from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
 from distill.evaluate.candidates import Candidate, adapter_rank
 from distill.evaluate.targets import fidelity_k, teacher_target
-from distill.models.reasoning import answer_capture, split_reasoning
+from distill.models.reasoning import without_reasoning
 from distill.models.dtype import model_dtype, torch_dtype
 from distill.models.engine import Completion, EvaluationEngine
 from distill.models.merge import adapter_serving, merge_adapter
@@ -62,11 +62,8 @@ def reference_text(recipe: Recipe, cand: Candidate, reference: str) -> str:
 
 def _without_reasoning(answer: Completion, tokenizer, end: str) -> Completion:
     """A reasoning teacher's answer after its thinking, scored as its training rows keep it."""
-    split = split_reasoning(answer.text, answer.finish_reason, end)
-    if split.reasoning is None:
-        return answer
-    return replace(answer, text=split.text,
-                   capture=answer_capture(answer.capture, tokenizer, end) if split.failure is None else None)
+    split = without_reasoning(answer.text, answer.finish_reason, answer.capture, tokenizer, end)
+    return answer if split is None else replace(answer, text=split.text, capture=split.capture)
 
 
 class Prompter:

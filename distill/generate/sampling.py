@@ -4,7 +4,7 @@ of their own, and synthesize mode's second pass that answers the inputs the teac
 from __future__ import annotations
 
 from distill.generate.sample import Sample
-from distill.models.reasoning import answer_capture, split_reasoning
+from distill.models.reasoning import without_reasoning
 from distill.prompts.template import row_seed
 
 
@@ -110,11 +110,11 @@ def _strip_reasoning(engine, g, samples: list[list[Sample]]) -> None:
 def strip_reasoning(s: Sample, tokenizer, end: str) -> None:
     """The sample's answer after the thinking `end` closes (distill.models.reasoning): its text and capture, the
     thinking kept in `reasoning`; a failure when no answer came after it."""
-    answer = split_reasoning(s.text, s.finish_reason, end)
-    if answer.reasoning is None:
+    answer = without_reasoning(s.text, s.finish_reason, s.capture, tokenizer, end)
+    if answer is None:
         return
     s.text, s.reasoning = answer.text, answer.reasoning
     if answer.failure is not None:
         s.failure = s.failure or answer.failure
     else:
-        s.capture = answer_capture(s.capture, tokenizer, end)
+        s.capture = answer.capture

@@ -20,6 +20,7 @@ class Answer:
     text: str  # the completion kept
     reasoning: str | None  # the thinking taken out, None when there was none
     failure: str | None  # why there is no answer, else None
+    capture: TokenCapture | None = None  # the teacher's distributions over the answer's tokens alone (None: no answer)
 
 
 def split_reasoning(text: str, finish_reason: str | None, end: str) -> Answer:
@@ -57,3 +58,14 @@ def answer_capture(capture: TokenCapture | None, tokenizer, end: str) -> TokenCa
     n = _tokens_before_answer(list(capture.token_ids), tokenizer, end)
     return replace(capture, token_ids=capture.token_ids[n:], top_ids=capture.top_ids[n:],
                    top_logprobs=capture.top_logprobs[n:], sampled_logprobs=capture.sampled_logprobs[n:])
+
+
+def without_reasoning(text: str, finish_reason: str | None, capture: TokenCapture | None, tokenizer,
+                      end: str) -> Answer | None:
+    """A completion and its capture with the thinking taken out, or None when it holds no thinking."""
+    answer = split_reasoning(text, finish_reason, end)
+    if answer.reasoning is None:
+        return None
+    if answer.failure is None:
+        answer.capture = answer_capture(capture, tokenizer, end)
+    return answer

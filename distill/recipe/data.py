@@ -93,11 +93,6 @@ class DataSource(Section):
     def _may_have_no_source(self) -> bool:
         return False
 
-    @property
-    def source(self) -> str:
-        """The source as the user named it, for messages."""
-        return self.path if self.path is not None else f"hub dataset {self.hub}"
-
 
 class DataSettings(DataSource):
     target_field: str | None = Field("target", description="Column holding the reference answer, if any; a column of "
