@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show everything the stages write (library logs and progress bars) on the console, "
                         "not only their progress, summaries and warnings; it all goes to runs/<name>/logs/ either way")
 
+    p = sub.add_parser("select", help="choose the prompts the teacher answers in one round of a recipe's loop "
+                       "(`distill run` runs it for every round)")
+    _add_recipe_args(p)
+    p.add_argument("--round", type=int, required=True, metavar="K", help="the round, from 1")
+    p.add_argument("--force", action="store_true", help="choose again even if the round's choice is up to date")
+
     for stage in STAGES:
         p = sub.add_parser(stage.name, help=stage.help)
         _add_recipe_args(p)
@@ -284,7 +290,15 @@ def _run(args, argv=None) -> int:
     recipe, run = _load(args)
     preflight(recipe)  # every input file's format and first rows, before any work
     check_installed(recipe)
-    pipeline.run_pipeline(recipe, run, force=tuple(args.force), verbose=args.verbose)
+    if recipe.loop is None:
+        pipeline.run_pipeline(recipe, run, force=tuple(args.force), verbose=args.verbose)
+        return 0
+    from distill.loop.run import run_loop
+
+    pipeline.prepare_run(recipe)  # rounds of the stages, then the test evaluation of the loop's student
+    started = time.time()
+    run_loop(recipe, run, tuple(args.force), args.verbose)
+    pipeline.finish_run(run, started)
     return 0
 
 
@@ -320,6 +334,20 @@ def _stage(args, argv=None) -> int:
     return 0
 
 
+def _select(args, argv=None) -> int:
+    from distill.errors import UserError
+    from distill.loop.select import run_select
+    from distill.progress import print_summary
+
+    recipe, run = _load(args)
+    if recipe.loop is None:
+        raise UserError(f"{args.recipe}: the recipe has no loop section, so there are no rounds to select for")
+    if args.round < 1 or args.round > recipe.loop.rounds:
+        raise UserError(f"--round {args.round}: the loop has rounds 1 to {recipe.loop.rounds}")
+    print_summary("select", run_select(recipe, run, args.round, force=args.force))
+    return 0
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Overrides may come after options too (`distill filter R --run-dir D key=value`): argparse stops filling a
     positional list at the first option, so the rest arrive as extras."""
@@ -332,7 +360,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 COMMANDS = {"run": _run, "validate": _validate, "doctor": _doctor, "tiny-model": _tiny_model, "export": _export,
-            "compare": _compare, "slurm": _slurm, "review": _review}  # the stage commands: _stage
+            "compare": _compare, "slurm": _slurm, "review": _review, "select": _select}  # the stage commands: _stage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,10 @@ def _file(path: str) -> dict:
 
 
 def _data(r: Recipe) -> dict:
-    return {**r.data.model_dump(mode="json", exclude={"path"}), "file": identity(r.data)}
+    d = {**r.data.model_dump(mode="json", exclude={"path", "answer_only"}), "file": identity(r.data)}
+    if r.data.answer_only:  # a loop round's selection, by content
+        d["answer_only"] = content_hash(r.data.answer_only)
+    return d
 
 
 # What decontamination reads of an eval set: its items (evaluate reads the rest: metrics, tolerances, prompts).
@@ -45,7 +48,7 @@ def generate_settings(r: Recipe) -> dict:
     g = r.generate.model_dump(mode="json", exclude={"chunk_size"})
     if g.get("endpoint"):  # the server and the model it serves count; how requests travel does not
         g["endpoint"] = {k: v for k, v in g["endpoint"].items() if k in ("url", "model")}
-    return {"data": _data(r), "generate": g}
+    return {"data": _data(r), "generate": g, **({"loop_dev": r.loop.dev.model_dump()} if r.loop else {})}
 
 
 def filter_settings(r: Recipe) -> dict:
@@ -82,6 +85,8 @@ def train_settings(r: Recipe) -> dict:
     if r.train.uses("on_policy") and r.train.on_policy.repair:
         exclude["on_policy"] = {"repair": {"guard_sets"}}
     settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name}
+    if r.train.init_adapter:  # the adapter continued, by content
+        settings["train"]["init_adapter"] = content_hash(r.train.init_adapter)
     if r.train.uses("on_policy"):
         o = r.train.on_policy
         settings["sampler_stop"] = list(r.evaluate.stop)  # the student's samples end at these strings, as its answers do

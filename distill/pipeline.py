@@ -122,12 +122,9 @@ def write_run_report(run: RunDir) -> dict:
     return report
 
 
-def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stages: tuple[str, ...] = NAMES,
-                 verbose: bool = False) -> dict:
-    """Each stage in its own process (a clean engine and memory per stage), its output logged to run/logs/<stage>.log.
-
-    The console shows each stage's progress bars, summary and warnings; `verbose` shows everything the stage writes.
-    """
+def prepare_run(recipe: Recipe) -> None:
+    """Before any stage of a run: the models located (converted, downloaded), the chaining policy enforced, the
+    machine and the dtypes it chose said."""
     for role in ("teacher", "student"):  # convert / locate models before any work starts
         resolved_model(recipe, role)
     from distill.provenance.lineage import enforce_chaining_policy
@@ -137,8 +134,31 @@ def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stage
     print(f"[run] {machine_line(recipe)}", flush=True)
     for warning in dtype_lines(recipe)[1]:
         print(f"warning: {warning}", flush=True)
-    recipe_file = save_resolved_recipe(recipe, run)
+
+
+def finish_run(run: RunDir, started: float) -> dict:
+    report = write_run_report(run)
+    print(f"run complete in {time.time() - started:.0f}s: {run.root}", flush=True)
+    return report
+
+
+def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stages: tuple[str, ...] = NAMES,
+                 verbose: bool = False) -> dict:
+    """Each stage in its own process (a clean engine and memory per stage), its output logged to run/logs/<stage>.log.
+
+    The console shows each stage's progress bars, summary and warnings; `verbose` shows everything the stage writes.
+    """
+    prepare_run(recipe)
     started = time.time()
+    run_stages(recipe, run, stages, force, verbose)
+    return finish_run(run, started)
+
+
+def run_stages(recipe: Recipe, run: RunDir, stages: tuple[str, ...], force: tuple[str, ...] = (),
+               verbose: bool = False, label: str = "") -> None:
+    """Save the resolved recipe in `run` and run each stage not up to date in a process of its own. `label` goes
+    before each console line (a loop round's)."""
+    recipe_file = save_resolved_recipe(recipe, run)
     for name in stages:
         fp = None
         try:
@@ -146,15 +166,12 @@ def run_pipeline(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), stage
         except UserError:
             pass  # upstream incomplete: the child will say so
         if fp and name not in force and run.is_complete(name, fp):
-            print(f"[{name}] up to date, skipped", flush=True)
+            print(f"{label}[{name}] up to date, skipped", flush=True)
             continue
         cmd = [sys.executable, "-m", "distill.cli", name, str(recipe_file), "--run-dir", str(run.root)]
         if name in force:
             cmd.append("--force")
-        _run_logged(cmd, run.logs / f"{name}.log", name, verbose)
-    report = write_run_report(run)
-    print(f"run complete in {time.time() - started:.0f}s: {run.root}", flush=True)
-    return report
+        run_logged(cmd, run.logs / f"{name}.log", name, verbose)
 
 
 class _LogLines:
@@ -185,7 +202,7 @@ def in_stage_process() -> bool:
 def run_stage_command(run: RunDir, stage: str, argv: list[str], log_name: str, exit_codes: tuple[int, ...]) -> int:
     """A stage command typed by the user (`distill generate RECIPE ...`) runs as under `distill run`: in a child
     process whose library output goes to logs/<log_name>.log, its progress, summary and errors on the console."""
-    return _run_logged([sys.executable, "-m", "distill.cli", *argv], run.logs / f"{log_name}.log", stage,
+    return run_logged([sys.executable, "-m", "distill.cli", *argv], run.logs / f"{log_name}.log", stage,
                        exit_codes=exit_codes)
 
 
@@ -200,7 +217,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False, exit_codes: tuple[int, ...] = (0,)) -> int:
+def run_logged(cmd: list[str], log: Path, stage: str, verbose: bool = False, exit_codes: tuple[int, ...] = (0,)) -> int:
     """Run one stage's process: all its output goes to `log`; the console gets what it writes through
     distill.progress (bars, summaries, warnings), or everything when `verbose`. On failure the end of the log.
     Returns the exit code when it is one of `exit_codes`."""

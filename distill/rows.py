@@ -22,6 +22,7 @@ SAMPLE_INDEX = "sample_index"
 FINISH_REASON = "finish_reason"
 FAILURE = "failure"  # why a generated row is unusable (e.g. a label that did not parse), else null
 PROVENANCE = "provenance"
+SELECTION = "selection"  # a seed's record of why a loop round chose it (kept in its rows' provenance)
 
 KEPT = "kept"
 REJECTED_BY = "rejected_by"

@@ -229,6 +229,10 @@ class RunDir:
         return self.stage("generate") / "heldout.jsonl"
 
     @property
+    def dev(self) -> Path:
+        return self.stage("generate") / "dev.jsonl"  # the loop's dev split (distill.data.eval_sets.DEV_FILE)
+
+    @property
     def generated(self) -> Path:
         return self.stage("generate") / "rows.parquet"
 

@@ -15,20 +15,23 @@ from conftest import ROOT, run_cli
 pytestmark = pytest.mark.slow
 
 
-def readme_table(recipe: str) -> dict[str, list[str]]:
-    """The first table after the README line that names `recipe` and says its report reads: model -> cells."""
+def readme_table(recipe: str, says: str = "reads:") -> dict[str, list[str]]:
+    """The first table after the README line that names `recipe` and says its report reads (or `says`): first cell ->
+    the others."""
     text = (ROOT / "README.md").read_text()
     start = text.index(f"`{recipe}`")
-    start = text.index("reads:", start)
-    rows = {}
+    start = text.index(says, start)
+    rows, header = {}, None
     for line in text[start:].splitlines()[1:]:
         line = line.strip()  # a table inside a list item is indented
         if not line.startswith("|"):
-            if rows:
+            if header:
                 break
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[0] not in ("model", "") and not set(cells[0]) <= set("-:"):
+        if header is None:  # the table's first line names its columns
+            header = cells
+        elif not set(cells[0]) <= set("-:"):
             rows[cells[0]] = cells[1:]
     return rows
 
@@ -126,3 +129,19 @@ def test_the_intent_recipe_reproduces_its_readme_table_and_finding(tmp_path):
     tv, ours, label, real = found.groups()
     assert f"total variation distance {tv} " in proc.stdout
     assert f"largest gap '{label}' {ours}% against {real}%" in proc.stdout
+
+
+def test_the_loop_recipe_spends_the_quickstarts_budget_in_rounds_and_reproduces_its_readme_tables(tmp_path):
+    """recipes/loop: the quickstart's 400 teacher prompts spent in rounds of 100 near the dev words the student gets
+    wrong. The README's rounds table comes from loop/loop.json, its test table from the run's report."""
+    table, rounds = readme_table("recipes/loop/recipe.yaml"), readme_table("recipes/loop/recipe.yaml", "rounds read:")
+    assert set(table) == {"base", "student", "teacher"}
+    report = run_recipe(ROOT / "recipes" / "loop" / "recipe.yaml", tmp_path)
+    check_plural_table(report, table)
+    record = json.loads((tmp_path / "run" / "loop" / "loop.json").read_text())
+    assert [str(r["round"]) for r in record["rounds"]] == list(rounds)
+    for r in record["rounds"]:
+        assert rounds[str(r["round"])] == [r["strategy"], f"{r['prompts']} ({r['teacher_prompts']})",
+                                           f"{r['dev']['student']:.3f}"], r
+    assert record["rounds"][-1]["teacher_prompts"] <= 400
+    assert f"stopped after round {record['rounds'][-1]['round']}: {record['stopped']}" in (ROOT / "README.md").read_text()

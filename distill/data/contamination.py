@@ -202,7 +202,7 @@ def load_eval_items(recipe, run, check_references: bool = True) -> list[EvalItem
 
     items = []
     for s in recipe.evaluate.sets:
-        if s.data == "heldout" and not Path(run.heldout).is_file():
+        if s.data is not None and not Path(run.heldout if s.data == "heldout" else run.dev).is_file():
             continue
         items += eval_items(s.name, load_items(s, run.heldout), check_references)
     return items

@@ -28,11 +28,18 @@ def source_items(s: EvalSet, rows: list[dict]) -> list[dict]:
     return items
 
 
+DEV_FILE = "dev.jsonl"  # the loop's dev split, written by generate beside heldout.jsonl
+
+
 def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
-    """Items with id, input, reference (the first), references (all acceptable) and slice."""
-    if s.data == "heldout":
+    """Items with id, input, reference (the first), references (all acceptable) and slice. `heldout`: the run's
+    held-out split file (generate/heldout.jsonl); the loop's dev split lies beside it."""
+    if s.data in ("heldout", "dev"):
+        split = "held-out" if s.data == "heldout" else "dev (loop.dev)"
+        if heldout is not None and s.data == "dev":
+            heldout = heldout.with_name(DEV_FILE)
         if heldout is None or not heldout.is_file():
-            raise UserError(f"evaluate set {s.name!r} uses the held-out split, but {heldout} does not exist: run generate first")
+            raise UserError(f"evaluate set {s.name!r} uses the {split} split, but {heldout} does not exist: run generate first")
         with open(heldout) as f:
             items = [json.loads(line) for line in f if line.strip()]
         for it in items:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 
@@ -119,3 +120,38 @@ def split_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
         seen.add(row[C.ID])
         seed_rows.append(row)
     return heldout_rows, sample_in_order(seed_rows, d.max_seeds, d.heldout.seed)
+
+
+def split_dev(recipe: Recipe, seeds: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the loop's dev items, the seed pool left): loop.dev.size seeds set aside, rare slices first as for the
+    held-out split. Without a loop: no dev items, every seed in the pool."""
+    if recipe.loop is None:
+        return [], seeds
+    dev = recipe.loop.dev
+    if dev.size >= len(seeds):
+        raise UserError(f"loop.dev.size = {dev.size} leaves no seed pool: the data has {len(seeds)} seeds after the "
+                        f"held-out split{' and data.max_seeds' if recipe.data.max_seeds else ''}")
+    slice_field = C.SLICE if recipe.data.slice_field else None
+    return split_heldout(seeds, dev.size, dev.seed, slice_field, dev.min_per_slice)
+
+
+def selected(recipe: Recipe, pool: list[dict]) -> list[dict]:
+    """The seeds the teacher answers: all of them, or those data.answer_only lists (each with its `why`), in pool
+    order. An id that is no seed of the pool is an error: the selection was made for other data."""
+    path = recipe.data.answer_only
+    if path is None:
+        return pool
+    why = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    entry = json.loads(line)
+                    why[str(entry[C.ID])] = entry.get("why")
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    raise DataError(f"{path}:{n}: expected a JSON object with an \"id\"") from None
+    by_id = {s[C.ID]: s for s in pool}
+    unknown = [i for i in why if i not in by_id]
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} id(s) are no seed of this data's pool (first: {unknown[0]})")
+    return [{**s, C.SELECTION: why[s[C.ID]]} for s in pool if s[C.ID] in why]

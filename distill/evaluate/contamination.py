@@ -73,10 +73,24 @@ def leaks_in_rows(sets: dict[str, list[dict]], rows: list[dict], cfg: Decontamin
     return records
 
 
+def lineage(adapter: Path) -> list[Path]:
+    """The adapter and each adapter it continued (train.init_adapter, a loop's earlier rounds): the rows of each
+    were trained into it."""
+    chain = [adapter]
+    while True:
+        record = chain[-1] / "training_data.json"
+        before = json.loads(record.read_text()).get("continued_from") if record.is_file() else None
+        if not before or Path(before) in chain:
+            return chain
+        chain.append(Path(before))
+
+
 def measure(recipe: Recipe, sets: dict[str, list[dict]], adapters: list[Path]) -> dict | None:
-    """Eval items per set that appear in the rows any of `adapters` was trained on; None when no adapter is evaluated."""
+    """Eval items per set that appear in the rows any of `adapters` was trained on (with the adapters they
+    continued); None when no adapter is evaluated."""
     if not adapters:
         return None
+    adapters = list(dict.fromkeys(a for adapter in adapters for a in lineage(Path(adapter))))
     cfg = detector_settings(recipe)
     out: dict = {"fields": list(TRAINED_FIELDS), "ngram": cfg.ngram, "check_references": cfg.check_references,
                  "embedding_threshold": cfg.embedding_threshold, "trained_on": [], "not_measured": [], "sets": {},

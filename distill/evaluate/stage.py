@@ -80,7 +80,7 @@ def run_evaluate(recipe: Recipe, run: RunDir) -> dict:
     started = time.time()
     e = recipe.evaluate
     check_eval_agreement(recipe)
-    sets = {s.name: (s, load_items(s, run.heldout)) for s in e.sets}
+    sets = {s.name: (s, load_items(s, run.heldout)) for s in e.sets if e.measure is None or s.name in e.measure}
     candidates = stage_candidates(recipe, run)
     # true leaks: items in the rows the evaluated student was trained on (its checkpoints saw the same rows)
     student_trained = any(c.adapter is not None or c.model_dir == run.adapter for c in candidates)

@@ -81,7 +81,8 @@ class Answering:
                     C.SAMPLE_INDEX: k,
                     C.FINISH_REASON: s.finish_reason,
                     C.FAILURE: s.failure,
-                    C.PROVENANCE: self._provenance(s, prompt, seed, chunk, now),
+                    C.PROVENANCE: {**self._provenance(s, prompt, seed, chunk, now),
+                                   **({C.SELECTION: item[C.SELECTION]} if item.get(C.SELECTION) else {})},
                 })
         return rows, captures
 

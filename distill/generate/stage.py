@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from distill import rows as C
 from distill.data.captures import merge_captures, write_captures
-from distill.data.split import split_data
+from distill.data.split import selected, split_data, split_dev
 from distill.generate.answer import Answering
 from distill.generate.modes import mode_for
 from distill.generate.sampling import ChunkStats
@@ -32,9 +32,13 @@ from distill.run_dir import RunDir, hash_json, run_lock, write_json, write_jsonl
 
 
 def prepare_data(recipe: Recipe, run: RunDir) -> tuple[list[dict], list[dict]]:
-    """Split the real data into held-out items and seeds; write both to the run directory."""
+    """Split the real data into held-out items, the loop's dev items (with a loop) and seeds; write them to the run
+    directory."""
     heldout_rows, seed_rows = split_data(recipe)
+    dev_rows, seed_rows = split_dev(recipe, seed_rows)
     write_jsonl(run.heldout, heldout_rows)
+    if recipe.loop is not None:
+        write_jsonl(run.dev, dev_rows)
     write_jsonl(run.seeds, seed_rows)
     return heldout_rows, seed_rows
 
@@ -121,7 +125,7 @@ def run_generate(recipe: Recipe, run: RunDir, shard: tuple[int, int] = (0, 1), e
         check_shared_vocabulary(recipe, both_ways=recipe.train.runs_the_teacher)
     teacher_dir, teacher = resolved_model(recipe, "teacher")
     _, seeds = prepare_data(recipe, run)
-    items = mode.items(seeds)
+    items = mode.items(selected(recipe, seeds))  # data.answer_only: a loop round's selection; few-shot from all seeds
     shard_index, shard_count = shard
 
     chunk_size = _chunk_size(recipe, run, items)

@@ -105,3 +105,14 @@ class DataSettings(DataSource):
     slice_field: str | None = Field(None, description="Column naming each row's slice for per-slice results.")
     heldout: HeldoutSplit = Field(description="The held-out evaluation split of this data.")
     max_seeds: int | None = Field(None, gt=0, description="Use at most this many non-held-out rows as seeds (a reproducible sample, in file order).")
+    answer_only: str | None = Field(
+        None, description="A JSONL file of seed ids ({\"id\": ...} per line, as a loop round's select/selected.jsonl "
+        "writes them): the teacher answers only these seeds; every seed is still drawn as a few-shot example. A "
+        "line's `why` is kept in its rows' provenance.")
+
+    @field_validator("answer_only")
+    @classmethod
+    def _selection_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from distill.recipe.base import resolve_existing
+
+        return resolve_existing(v, info, folder=False)

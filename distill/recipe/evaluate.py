@@ -17,8 +17,9 @@ MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  (the names of 
 
 class EvalSet(DataSource):
     name: str = Field(description="Name used in reports.")
-    data: Literal["heldout"] | None = Field(None, description="'heldout': the held-out split of the recipe's data; "
-                                            "or give a source of its own (path or hub).")
+    data: Literal["heldout", "dev"] | None = Field(
+        None, description="'heldout': the held-out split of the recipe's data; 'dev': the loop's dev split of it "
+        "(loop.dev); or give a source of its own (path or hub).")
     target_field: str = Field("target", description="Reference column of the set's source (a string, a list of "
                               "acceptable answers, or chat messages: their last assistant turn).")
     slice_field: str | None = Field(None, description="Slice column (defaults to the data's slice_field for heldout).")
@@ -50,7 +51,7 @@ class EvalSet(DataSource):
     @model_validator(mode="after")
     def _one_source(self) -> "EvalSet":
         if (self.data is None) == (self.path is None and self.hub is None):
-            raise ValueError("give exactly one of data: heldout, path or hub")
+            raise ValueError("give exactly one of data (heldout or dev), path or hub")
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"metrics: each metric once (got {self.metrics})")
         return self
@@ -101,6 +102,9 @@ class EvaluateSettings(Section):
         None, description="Prompt for the teacher; defaults to the generate template with its few-shot examples (in "
         "synthesize mode, to generate.answer_template when it reads only input and examples)."
     )
+    measure: list[str] | None = Field(
+        None, description="Score only these sets, by name (default: every set). The others are still held-out data "
+        "that decontamination keeps out of training. A loop round measures only its dev split and the guard sets.")
     max_tokens: int = Field(32, gt=0, description="Most new tokens per answer.")
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="Strings that end an answer.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of answers; 0 is greedy.")
@@ -171,4 +175,7 @@ class EvaluateSettings(Section):
         names = [s.name for s in self.sets]
         if len(set(names)) != len(names):
             raise ValueError(f"set names must be unique (got {names})")
+        unknown = [n for n in self.measure or () if n not in names]
+        if unknown or self.measure == []:
+            raise ValueError(f"measure names {unknown or 'no set'}; the sets are {names}")
         return self

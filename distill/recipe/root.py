@@ -12,6 +12,7 @@ from distill.recipe.data import DataSettings
 from distill.recipe.evaluate import EvaluateSettings
 from distill.recipe.filter import FilterSettings
 from distill.recipe.generate import GenerateSettings
+from distill.recipe.loop import LoopSettings
 from distill.recipe.models import Models
 from distill.recipe.slurm import SlurmSettings
 from distill.recipe.train import TrainSettings
@@ -34,6 +35,34 @@ class Recipe(Section):
     )
     coverage: CoverageSettings = Field(default_factory=CoverageSettings, description="Coverage audit of attribute cells.")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="Slurm jobs for `distill slurm submit`.")
+    loop: LoopSettings | None = Field(None, description="Rounds: the teacher answers only the prompts each round "
+                                      "selects where the student is weak, until the budget is spent or the dev score "
+                                      "stops rising (distill.loop); null: the teacher answers every seed at once.")
+
+    @model_validator(mode="after")
+    def _loop_fits(self) -> "Recipe":
+        loop = self.loop
+        if loop is None:
+            return self
+        if not self.data.target_field:
+            raise ValueError("loop: each round is measured on a dev split of the data, scored against its references, "
+                             "but data.target_field is null")
+        if loop.strategy == "slices" and not self.data.slice_field:
+            raise ValueError("loop.strategy: slices splits each round across data.slice_field's slices, but "
+                             "data.slice_field is null")
+        if self.generate.mode == "synthesize":
+            raise ValueError("loop: a round chooses seed prompts for the teacher to answer; generate.mode synthesize "
+                             "writes new inputs from grid cells instead (use complete, label or score)")
+        if any(s.name == "dev" and s.data != "dev" for s in self.evaluate.sets):
+            raise ValueError("loop: evaluate.sets has a set named 'dev', the name each round gives the loop's dev "
+                             "split: rename it")
+        return self
+
+    @model_validator(mode="after")
+    def _dev_set_needs_loop(self) -> "Recipe":
+        if self.loop is None and any(s.data == "dev" for s in self.evaluate.sets):
+            raise ValueError("evaluate.sets: data: dev is the loop's dev split, but the recipe has no loop section")
+        return self
 
     @model_validator(mode="after")
     def _judge_models_exist(self) -> "Recipe":

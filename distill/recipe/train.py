@@ -276,6 +276,10 @@ class TrainSettings(Section):
         "lr_scheduler_kwargs, ...). Each key is checked against SFTConfig's fields; the settings distill sets from "
         "its own keys are refused, naming that key."
     )
+    init_adapter: str | None = Field(
+        None, description="Continue training this adapter (a folder, or a run directory's train/adapter, relative to "
+        "the recipe) instead of a fresh one, with its own LoRA settings: objectives sft, kd and sft+kd (on_policy "
+        "has on_policy.start_from). A loop round sets it to the adapter of the round before.")
     license: str | None = Field(
         None, description="The license of the trained student for its model card (a Hub license id: apache-2.0, "
         "llama3.1, other, ...), used only when the student base model's own files state none; the card says "
@@ -299,6 +303,17 @@ class TrainSettings(Section):
             raise ValueError(f"true with objective {objective}: packing is for sft only (the teacher's per-token "
                              "targets and the on-policy loop read one row per sequence)")
         return v
+
+    @field_validator("init_adapter")
+    @classmethod
+    def _init_adapter_folder(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        if info.data.get("objective") == "on_policy":
+            raise ValueError("objective on_policy starts from train.on_policy.start_from: set that instead")
+        if info.data.get("method") == "full":
+            raise ValueError("method full trains every weight, with no adapter to continue")
+        return _adapter_folder(v, info)
 
     @field_validator("trainer_args")
     @classmethod

@@ -97,6 +97,10 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
     """Every stage's script, in submission order (the teacher server first, when the recipe has one). Refuses
     (UserError) before rendering anything if some stage's request fits no partition of the profile, or a model's
     engine needs more GPUs than its job gets."""
+    if recipe.loop is not None:  # its rounds are decided one after another, from each round's dev score
+        raise UserError("slurm submit: a recipe with a loop runs its rounds with `distill run` (inside one job of "
+                        "your own, e.g. `sbatch --wrap 'distill run RECIPE'`); job chains per round are not rendered "
+                        "yet")
     s = recipe.slurm
     run_dir, recipe_file = Path(run_dir).resolve(), Path(recipe_file).resolve()
     stages = ((TEACHER_SERVER,) if s.teacher_server is not None else ()) + SLURM_STAGES

@@ -95,10 +95,17 @@ def build_trainer(recipe: Recipe, student_dir: Path, examples: list[dict], outpu
 
     config = training_arguments(recipe, output_dir)  # before the model: see training_arguments
     model, tokenizer = load_student(recipe, student_dir)
+    peft_config = lora_config(recipe)
+    if recipe.train.init_adapter:  # continue that adapter's weights (and its LoRA settings) instead of a fresh one
+        from peft import PeftModel
+
+        model, peft_config = PeftModel.from_pretrained(model, recipe.train.init_adapter, is_trainable=True), None
+        if recipe.train.gradient_checkpointing:  # TRL prepares a model it wraps itself; this one is wrapped here
+            model.enable_input_require_grads()
     trainer_class = objective_for(recipe).trainer_class()
     try:
         trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(examples),
-                                processing_class=tokenizer, peft_config=lora_config(recipe))
+                                processing_class=tokenizer, peft_config=peft_config)
     except ValueError as e:
         if "target modules" in str(e).lower() or "target_modules" in str(e):
             raise UserError(f"train.lora.target_modules: {_one_line(e)}") from None
@@ -318,6 +325,7 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
         "rows_file": str(run.filtered), "rows_sha256": hash_file(run.filtered), "rows_used": len(rows),
         **({"row_ids": [r[C.ID] for r in rows]} if len(rows) < kept else {}),
         "base_model": student, "recipe_name": recipe.name,
+        **({"continued_from": recipe.train.init_adapter} if recipe.train.init_adapter else {}),
     })
     shutil.rmtree(adapter, ignore_errors=True)
     os.replace(tmp, adapter)

@@ -1,0 +1,246 @@
+"""The closed loop against random one-shot: held-out exact match of students whose teacher answered only the prompts a
+strategy chose, round by round, against a student whose teacher answered as many prompts drawn at random at once,
+and against the full-pool student (the teacher answered every pool prompt).
+
+Per task, every student comes from `distill run` of the same recipe with a loop section (the same pool, the same dev
+split, the same objective and settings):
+  full      rounds 1, per_round = the whole pool: the teacher answers everything
+  oneshot@B rounds 1, per_round = B: B prompts drawn at random, answered at once (the control)
+  S         a loop with strategy S (random, errors, uncertainty, slices): `per_round` prompts per round; the adapter
+            after round r is the student at budget r x per_round (round 1 draws at random for every strategy)
+One `distill compare` scores every adapter, the base and the teacher on the held-out test split, with paired 95%
+bootstrap intervals against random one-shot at the same budget. Each round continues the adapter on its new rows
+only, so a loop at budget B has trained on B rows for the recipe's epochs, as oneshot@B has: equal optimizer steps up
+to rounding, reported beside each row. The loops stop only at their budget here (no plateau, no guard sets), so that
+every strategy reaches every budget; dev never reaches the test split's items.
+
+Tasks (SmolLM2-135M teacher and student, float32 on a CPU without bf16):
+  plural   the quickstart's recipe with its whole pool (1,502 seeds less dev: over a thousand prompts)
+  intent   recipes/intent (label mode, 7 intents), its whole pool; slices are the intents
+
+    python benchmarks/loop.py --tasks plural                  # about an hour on 2 cores (AVX2)
+    python benchmarks/loop.py --tasks plural,intent --per-round 0.1 --budgets 0.2,0.3,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kd import ROOT, cli  # noqa: E402  (the CLI calls and data of the other benchmarks)
+
+STRATEGIES = ("random", "errors", "uncertainty", "slices")
+INTENT = ROOT / "recipes" / "intent" / "recipe.yaml"
+QUICKSTART = ROOT / "recipes" / "quickstart" / "recipe.yaml"
+
+
+def task_recipe(task: str, dev: int, max_seeds: int | None = None) -> dict:
+    """The task's shipped recipe with absolute paths, its whole seed pool, evaluated on its test split only."""
+    source = QUICKSTART if task == "plural" else INTENT
+    r = yaml.safe_load(source.read_text())
+    r["data"]["path"] = str((source.parent / r["data"]["path"]).resolve())
+    r["data"].pop("max_seeds", None)
+    if max_seeds:  # a smaller pool, for a quick look
+        r["data"]["max_seeds"] = max_seeds
+    if task == "intent":
+        r["data"]["slice_field"] = "target"  # the intent: slices are the seven classes
+    test = next(s for s in r["evaluate"]["sets"] if s.get("data") == "heldout")
+    r["evaluate"]["sets"] = [test]
+    r["evaluate"]["gate"] = {"models": []}
+    r["name"] = f"loop-bench-{task}"
+    r["loop"] = {"rounds": 1, "strategy": "random", "budget": {"per_round": 1},
+                 "dev": {"size": dev, "min_per_slice": 5, "seed": 0}, "plateau": None,
+                 "stop_on_guard_degraded": False,
+                 "uncertainty": {"candidates": 400}}  # 4 samples of 400 drawn prompts per round, not the whole pool
+    return r
+
+
+def pool_size(recipe: Path) -> int:
+    from distill.loop.select import pool_of
+    from distill.recipe import load_recipe
+
+    return len(pool_of(load_recipe(recipe))[1])
+
+
+def compared_names(adapters: list[str], recipe: Path) -> list[str]:
+    """The names `distill compare` gives these adapters (folder names, made unique in the order given)."""
+    from distill.evaluate.candidates import resolve_candidates
+    from distill.recipe import load_recipe
+
+    return [c.name for c in resolve_candidates(["base", *adapters, "teacher"], load_recipe(recipe))][1:-1]
+
+
+def run_loop(recipe: Path, folder: Path, name: str, strategy: str, per_round: int, rounds: int, log: Path) -> dict:
+    """`distill run` of the recipe as a loop; returns loop/loop.json and the rounds' adapters."""
+    run = folder / name
+    cli("run", recipe, f"loop.strategy={strategy}", f"loop.budget.per_round={per_round}", f"loop.rounds={rounds}",
+        f"name={name}", "--run-dir", run, log=log)
+    record = json.loads((run / "loop" / "loop.json").read_text())
+    record["adapters"] = {r["teacher_prompts"]: str(run / "loop" / f"round-{r['round']:02d}" / "train" / "adapter")
+                          for r in record["rounds"]}
+    record["steps"] = {}
+    steps = 0
+    for r in record["rounds"]:
+        marker = json.loads((run / "loop" / f"round-{r['round']:02d}" / "train" / "_COMPLETE.json").read_text())
+        steps += marker["summary"]["steps"]
+        record["steps"][r["teacher_prompts"]] = steps
+    record["run"] = str(run)
+    return record
+
+
+def bench_task(task: str, work: Path, per_round_share: float, budgets: list[float], strategies: list[str],
+               dev: int, log: Path, max_seeds: int | None = None) -> dict:
+    from distill.evaluate.stats import paired_bootstrap
+    import pandas as pd
+
+    folder = work / task
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(task_recipe(task, dev, max_seeds), sort_keys=False))
+    pool = pool_size(recipe)
+    per_round = max(1, round(pool * per_round_share))
+    points = sorted({max(1, round(b / per_round_share)) * per_round for b in budgets})
+    rounds = max(points) // per_round
+    started = time.time()
+    seconds: dict[str, float] = {}
+    runs: dict[str, dict] = {}
+    t0 = time.time()
+    runs["full"] = run_loop(recipe, folder, "full", "random", pool, 1, log)
+    seconds["full"] = time.time() - t0
+    for b in points:
+        t0 = time.time()
+        runs[f"random@{b}"] = run_loop(recipe, folder, f"oneshot-{b}", "random", b, 1, log)
+        seconds[f"random@{b}"] = time.time() - t0
+    for s in strategies:
+        t0 = time.time()
+        runs[s] = run_loop(recipe, folder, f"loop-{s}", s, per_round, rounds, log)
+        seconds[s] = time.time() - t0
+
+    # one comparison of every student on the test split
+    targets = {"full": runs["full"]["adapters"][pool]}
+    targets.update({f"oneshot@{b}": runs[f"random@{b}"]["adapters"][b] for b in points})
+    for s in strategies:
+        targets.update({f"{s}@{b}": runs[s]["adapters"][b] for b in runs[s]["adapters"]})
+    out = folder / "compare"
+    cli("compare", "base", *targets.values(), "teacher", "--recipe", recipe, "--run-dir", runs["full"]["run"],
+        "--out", out, log=log)
+    report = json.loads((out / "report.json").read_text())
+    names = dict(zip(targets, compared_names(list(targets.values()), recipe)))
+    pred = pd.read_parquet(out / "predictions.parquet")
+    score = {m: g.set_index("item_id")["score"] for m, g in pred.groupby("model")}
+
+    def paired(a: str, b: str) -> dict:
+        x, y = score[names[a]], score[names[b]]
+        ids = x.index.intersection(y.index)
+        c = paired_bootstrap(x[ids].tolist(), y[ids].tolist(), n_boot=2000, seed=0)
+        return {"diff": c["delta"], "low": c["low"], "high": c["high"]}
+
+    full_score = float(score[names["full"]].mean())
+    table = []
+    for b in points:
+        row = {"budget": b, "share": b / pool, "random_oneshot": float(score[names[f"oneshot@{b}"]].mean()),
+               "random_steps": runs[f"random@{b}"]["steps"][b], "strategies": {}}
+        for s in strategies:
+            if f"{s}@{b}" in names:
+                row["strategies"][s] = {"score": float(score[names[f"{s}@{b}"]].mean()), "steps": runs[s]["steps"][b],
+                                        "vs_random": paired(f"oneshot@{b}", f"{s}@{b}")}
+                if s != "random" and "random" in strategies:  # the choice alone: both continued over the same rounds
+                    row["strategies"][s]["vs_random_loop"] = paired(f"random@{b}", f"{s}@{b}")
+        table.append(row)
+    reach = {}
+    oneshots = sorted((b, float(score[names[f"oneshot@{b}"]].mean())) for b in points)
+    reach["random one-shot"] = {"reaches_full": next((b for b, v in oneshots if v >= full_score), None),
+                                "within_noise_of_full": next((b for b in points
+                                                              if paired("full", f"oneshot@{b}")["high"] >= 0), None),
+                                "curve": oneshots}
+    for s in strategies:
+        curve = sorted((b, float(score[names[f"{s}@{b}"]].mean())) for b in runs[s]["adapters"])
+        first = next((b for b, v in curve if v >= full_score), None)
+        within = next((b for b in sorted(runs[s]["adapters"]) if paired("full", f"{s}@{b}")["high"] >= 0), None)
+        reach[s] = {"reaches_full": first, "within_noise_of_full": within, "curve": curve,
+                    "dev_curve": [(r["teacher_prompts"], r["dev"]["student"]) for r in runs[s]["rounds"]]}
+    teacher = report["sets"][next(iter(report["sets"]))]["models"]["teacher"]["score"]
+    base = report["sets"][next(iter(report["sets"]))]["models"]["base"]["score"]
+    from distill.loop.report import curve_chart
+
+    oneshot = [(b, float(score[names[f"oneshot@{b}"]].mean())) for b in points]
+    curve_chart({**{f"loop: {s}": reach[s]["curve"] for s in strategies}, "random one-shot": oneshot},
+                folder / "curve.png", "test exact match",
+                marks={"base": base, "teacher": teacher, "full-pool student": full_score},
+                title=f"{task}: students on the test split by teacher prompts")
+    return {"task": task, "pool": pool, "per_round": per_round, "dev": dev, "full": {"score": full_score,
+            "steps": runs["full"]["steps"][pool]}, "base": base, "teacher": teacher, "table": table, "reach": reach,
+            "seconds": {k: round(v) for k, v in seconds.items()}, "total_seconds": round(time.time() - started)}
+
+
+def _ci(d: dict) -> str:
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def print_task(r: dict, strategies: list[str]) -> None:
+    print(f"\n## {r['task']}: pool {r['pool']} prompts, {r['per_round']} per round, dev {r['dev']}; base "
+          f"{r['base']:.3f}, teacher {r['teacher']:.3f}, full-pool student {r['full']['score']:.3f} "
+          f"({r['full']['steps']} steps)\n")
+    print("| teacher prompts (share of pool) | random one-shot (steps) | "
+          + " | ".join(f"loop {s}: score (steps); vs one-shot" + ("; vs random loop" if s != "random" else "")
+                       for s in strategies) + " |")
+    print("|---|---|" + "---|" * len(strategies))
+    for row in r["table"]:
+        cells = []
+        for s in strategies:
+            v = row["strategies"].get(s)
+            loop = f"; {_ci(v['vs_random_loop'])}" if v and "vs_random_loop" in v else ""
+            cells.append(f"{v['score']:.3f} ({v['steps']}); {_ci(v['vs_random'])}{loop}" if v else "")
+        print(f"| {row['budget']} ({row['share']:.0%}) | {row['random_oneshot']:.3f} ({row['random_steps']}) | "
+              + " | ".join(cells) + " |")
+    print("\nDifferences are paired on the same test items, with 95% bootstrap intervals. Teacher prompts each "
+          "needed to reach the full-pool student's test score (the first budget at or above it; the first whose "
+          "paired interval against it reaches 0):")
+    for s in r["reach"]:
+        x = r["reach"][s]
+        print(f"- {s}: {x['reaches_full'] or 'not within the budgets run'}; "
+              f"{x['within_noise_of_full'] or 'not within the budgets run'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="plural,intent")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--per-round", type=float, default=0.1, help="a loop round's prompts, as a share of the pool")
+    p.add_argument("--budgets", default="0.2,0.3,0.5", help="teacher budgets compared, as shares of the pool "
+                   "(rounded to whole rounds)")
+    p.add_argument("--dev", type=int, default=100, help="dev split size")
+    p.add_argument("--max-seeds", type=int, default=None, help="cap the seed pool (a quick look; default: all)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench-loop"))
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    a = p.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "bench.log"
+    strategies = a.strategies.split(",")
+    budgets = [float(b) for b in a.budgets.split(",")]
+    from distill.models.hardware import this_machine
+
+    m = this_machine()
+    print(f"# The loop against random one-shot, on {m.cpu} ({m.cpu_summary()}), {m.cores} cores, "
+          f"{'GPU: ' + m.gpus[0].name if m.gpus else 'no GPU'}")
+    results = []
+    for task in a.tasks.split(","):
+        r = bench_task(task, work, a.per_round, budgets, strategies, a.dev, log, a.max_seeds)
+        print_task(r, strategies)
+        print(f"\n({r['total_seconds']} s: " + ", ".join(f"{k} {v} s" for k, v in r["seconds"].items()) + ")")
+        results.append(r)
+        if a.out:
+            Path(a.out).write_text(json.dumps(results, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

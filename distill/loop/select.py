@@ -1,0 +1,141 @@
+"""A loop round's first step: choose which unanswered seeds the teacher answers, and record why each was chosen.
+
+Round 1 draws at random for every strategy: no student has been measured yet. Later rounds read the round before:
+its adapter (uncertainty), its dev predictions (errors) or its dev scores per slice (slices). Nothing here reads the
+held-out test split. The choice is written to loop/round-NN/select/selected.jsonl with a completion marker whose
+fingerprint covers everything it read, so a resumed loop keeps it and the teacher answers no seed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from distill import rows as C
+from distill.data.split import split_data, split_dev
+from distill.errors import UserError
+from distill.fingerprint import generate_settings
+from distill.loop import strategies as S
+from distill.loop.layout import DEV_SET, SELECT, LoopDir
+from distill.models.context import model_fingerprint
+from distill.progress import console
+from distill.recipe import Recipe
+from distill.prompts.template import row_seed
+from distill.run_dir import RunDir, hash_json, write_jsonl
+
+
+def strategy_of(recipe: Recipe, k: int) -> str:
+    """The strategy round k uses: the recipe's, except in round 1."""
+    return recipe.loop.strategy if k > 1 else "random"
+
+
+def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
+    """What round k's choice depends on: the pool (the data and its splits), the budget, the strategy and its
+    settings, the choices before it and, for a strategy that reads it, what the round before measured."""
+    loop, layout = recipe.loop, LoopDir(run)
+    strategy = strategy_of(recipe, k)
+    inputs = {"round": k, "seed": recipe.seed, "strategy": strategy, "data": generate_settings(recipe)["data"],
+              "budget": [loop.budget.per_round, loop.total_prompts], "dev": loop.dev.model_dump(),
+              "before": [layout.round(r).read_marker(SELECT)["output_hash"] for r in range(1, k)]}
+    if strategy != "random":
+        inputs["settings"] = getattr(loop, strategy).model_dump()
+        before = layout.round(k - 1)
+        inputs["measured"] = {s: (before.read_marker(s) or {}).get("output_hash") for s in ("train", "evaluate")}
+        if strategy == "uncertainty":
+            inputs["student"] = model_fingerprint(recipe, "student", True)
+            inputs["prompt"] = [recipe.train.prompt_template, recipe.train.chat, recipe.evaluate.max_tokens,
+                                recipe.evaluate.stop]
+        if strategy == "slices":
+            inputs["teacher_on_dev"] = (layout.round(1).read_marker("evaluate") or {}).get("output_hash")
+    return hash_json(inputs)
+
+
+def pool_of(recipe: Recipe) -> tuple[list[dict], list[dict]]:
+    """(the dev items, the seed pool), as every round's generate stage splits the data."""
+    _, seeds = split_data(recipe)
+    return split_dev(recipe, seeds)
+
+
+def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict:
+    layout = LoopDir(run)
+    here = layout.round(k)
+    fp = selection_fingerprint(recipe, run, k)
+    if not force and here.is_complete(SELECT, fp):
+        return here.read_marker(SELECT)["summary"]
+    started = time.time()
+    _, pool = pool_of(recipe)
+    answered = layout.answered_before(k)
+    unanswered = [s for s in pool if s[C.ID] not in answered]
+    n = recipe.loop.round_budget(len(answered))
+    strategy = strategy_of(recipe, k)
+    chosen = choose(recipe, layout, k, strategy, unanswered, n) if n and unanswered else []
+    here.clear_marker(SELECT)
+    write_jsonl(layout.selection(k), [{C.ID: item[C.ID], "why": {"round": k, **why}} for item, why in chosen])
+    summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - len(chosen),
+               "answered_before": len(answered), "seconds": round(time.time() - started, 1)}
+    here.mark_complete(SELECT, fp, summary)
+    return summary
+
+
+def choose(recipe: Recipe, layout: LoopDir, k: int, strategy: str, items: list[dict], n: int) -> S.Chosen:
+    seed = row_seed(recipe.seed, f"loop round {k}")
+    loop = recipe.loop
+    if strategy == "random":
+        return S.pick_random(items, n, seed)
+    before = layout.round(k - 1)
+    if strategy == "uncertainty":
+        u = loop.uncertainty
+        scored = items if u.candidates is None else [it for it, _ in S.pick_random(items, u.candidates, seed)]
+        uncertainty = student_uncertainty(recipe, scored, before.adapter, u)
+        return S.pick_uncertain(scored, uncertainty, n, seed, u.measure)
+    if strategy == "errors":
+        errors = dev_errors(before)
+        if not errors:
+            console(f"[select] round {k}: the student answers every dev item right; drawing at random")
+            return [(it, {**why, "fallback": "no dev errors"}) for it, why in S.pick_random(items, n, seed)]
+        from distill.models.embeddings import embed
+
+        vectors = embed([it[C.INPUT] for it in items] + [e[C.INPUT] for e in errors], loop.errors.embedder)
+        return S.pick_near_errors(items, vectors[:len(items)], errors, vectors[len(items):], n)
+    student, teacher = dev_slice_scores(before), dev_slice_scores(layout.round(1), "teacher")
+    weights = S.slice_weights(student, teacher, loop.slices.weight)
+    return S.pick_by_slices(items, n, weights, loop.slices.floor, seed)
+
+
+def dev_errors(before: RunDir) -> list[dict]:
+    """The dev items the round before's student got wrong (headline score below 1), each with its input."""
+    if not before.predictions.is_file():
+        raise UserError(f"{before.predictions}: the round before has no dev predictions; run the loop from there")
+    rows = pq.read_table(before.predictions, columns=["set", "model", "item_id", C.INPUT, "score"]).to_pylist()
+    return [{C.ID: r["item_id"], C.INPUT: r[C.INPUT]} for r in rows
+            if r["set"] == DEV_SET and r["model"] == "student" and r["score"] is not None and r["score"] < 1.0]
+
+
+def dev_slice_scores(round_run: RunDir, model: str = "student") -> dict[str, float] | None:
+    """Headline dev score per slice of `model` in that round's evaluation (None when it was not evaluated)."""
+    report = json.loads(round_run.eval_report.read_text()) if round_run.eval_report.is_file() else {}
+    entry = report.get("sets", {}).get(DEV_SET, {}).get("models", {}).get(model)
+    if entry is None:
+        return None
+    return {s: v["score"] for s, v in entry.get("slices", {}).items()} or {"None": entry["score"]}
+
+
+def student_uncertainty(recipe: Recipe, items: list[dict], adapter: Path, u) -> dict[str, float]:
+    """Per seed id, how unsure the round before's student is of its answer (higher: less sure), from its own vLLM
+    engine: the disagreement of `u.samples` sampled answers, or minus the mean log-probability of its greedy answer."""
+    from distill.loop.student import StudentAnswers
+
+    with StudentAnswers(recipe, adapter) as student:
+        if u.measure == "disagreement":
+            answers = student.sample(items, n=u.samples, temperature=u.temperature)
+            return {it[C.ID]: S.disagreement([a.text for a in outs]) for it, outs in zip(items, answers)}
+        answers = student.sample(items, n=1, temperature=0.0, logprobs=1)
+        return {it[C.ID]: -_mean(outs[0].capture.sampled_logprobs if outs[0].capture else []) for it, outs in
+                zip(items, answers)}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

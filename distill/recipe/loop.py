@@ -1,0 +1,97 @@
+"""loop: spend the teacher's budget in rounds, each on the prompts the student of the round before most needs.
+
+A round selects prompts from the seed pool, the teacher answers only those, the filter runs, the student's adapter
+continues training on the new rows and is measured on a dev split carved from the pool. The held-out test split is
+evaluated once, after the last round; selection never reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distill.recipe.base import Section
+
+STRATEGIES = ("random", "uncertainty", "errors", "slices")
+
+
+class DevSplit(Section):
+    size: int = Field(gt=0, description="Seed rows set aside to measure each round's student: never answered by the "
+                      "teacher, never trained on, never a few-shot example; the held-out test split stays apart.")
+    min_per_slice: int = Field(0, ge=0, description="At least this many dev rows of every slice of data.slice_field "
+                               "that has them, so that `slices` can measure rare slices.")
+    seed: int = Field(0, description="Seed of the deterministic dev split.")
+
+
+class LoopBudget(Section):
+    per_round: int = Field(gt=0, description="Prompts the teacher answers per round.")
+    prompts: int | None = Field(None, gt=0, description="Prompts the teacher answers over all rounds (default: "
+                                "rounds x per_round); the last round takes what is left.")
+    tokens: int | None = Field(None, gt=0, description="Stop once the teacher has written this many answer tokens "
+                               "(checked after each round, so the last round may pass it).")
+
+
+class UncertaintySettings(Section):
+    measure: Literal["disagreement", "logprob"] = Field(
+        "disagreement", description="disagreement: the share of the student's `samples` answers that differ from the "
+        "most common one (higher: less sure). logprob: the mean log-probability per token of the student's greedy "
+        "answer (lower: less sure).")
+    samples: int = Field(4, ge=2, description="Answers sampled per prompt for disagreement.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of those answers.")
+    candidates: int | None = Field(None, gt=0, description="Score at most this many unanswered prompts per round, "
+                                   "drawn at random (default: all of them).")
+
+
+class ErrorsSettings(Section):
+    embedder: str = Field("all-minilm-l6-v2", description="Sentence-transformers model folder, or the offline default.")
+
+
+class SlicesSettings(Section):
+    weight: Literal["gap", "variance"] = Field(
+        "gap", description="gap: a slice's share of the round is its dev gap to the teacher (teacher minus student, "
+        "0 where the student is ahead; 1 minus the student where evaluate.models has no teacher); variance: the student's p(1-p) on the slice, largest where it is right half "
+        "the time. Within a slice the prompts are drawn at random.")
+    floor: float = Field(0.05, ge=0, le=1, description="Each slice with prompts left gets at least this share of the "
+                         "weight, so that a slice measured as solved is still sampled a little.")
+
+
+class PlateauSettings(Section):
+    min_gain: float = Field(0.01, ge=0, description="A round whose dev score rises less than this over the best "
+                            "round before it counts toward a plateau.")
+    patience: int = Field(1, ge=1, description="Stop after this many such rounds in a row.")
+
+
+class LoopSettings(Section):
+    rounds: int = Field(ge=1, description="Most rounds.")
+    strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
+        "random", description="How a round chooses its prompts after the first (which draws at random: no student "
+        "has been measured yet). random: the control. uncertainty: where the current student is least sure "
+        "(loop.uncertainty). errors: the unanswered prompts nearest (by embedding) to the dev items the student gets "
+        "wrong, spread evenly over those errors. slices: the round split across data.slice_field's slices by "
+        "loop.slices.weight.")
+    budget: LoopBudget = Field(description="The teacher's prompts per round and in all.")
+    dev: DevSplit = Field(description="The dev split each round is measured on.")
+    uncertainty: UncertaintySettings = Field(default_factory=UncertaintySettings, description="strategy uncertainty.")
+    errors: ErrorsSettings = Field(default_factory=ErrorsSettings, description="strategy errors.")
+    slices: SlicesSettings = Field(default_factory=SlicesSettings, description="strategy slices.")
+    plateau: PlateauSettings | None = Field(default_factory=PlateauSettings, description="Stop when the dev score "
+                                            "stops rising; null: run every round the budget allows.")
+    stop_on_guard_degraded: bool = Field(
+        True, description="Stop when a guard set of evaluate.sets is measured degraded after a round (the gate of "
+        "evaluate.gate); the loop's student is then the round before it.")
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> "LoopSettings":
+        if self.budget.prompts is not None and self.budget.prompts < self.budget.per_round:
+            raise ValueError(f"budget.prompts = {self.budget.prompts} is less than one round's "
+                             f"budget.per_round = {self.budget.per_round}")
+        return self
+
+    @property
+    def total_prompts(self) -> int:
+        return self.budget.prompts or self.rounds * self.budget.per_round
+
+    def round_budget(self, spent: int) -> int:
+        """Prompts the next round may select, after `spent` in the rounds before it."""
+        return max(0, min(self.budget.per_round, self.total_prompts - spent))

@@ -1,0 +1,249 @@
+"""The closed loop: the teacher answers, round by round, only the prompts chosen where the student is weak.
+
+What a user asks of it: does each strategy choose what it says? Is the dev split apart from training and from the
+test split? Does a round continue the adapter before it and see no test item? Is no prompt answered twice, even
+when a killed loop is started again? Does every row say its round and why it was chosen? When does it stop?
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli, write_recipe, TINY_RECIPE
+from distill import rows as C
+from distill.loop import strategies as S
+from distill.loop.layout import LoopDir
+from distill.loop.run import round_recipe, stop_reason
+from distill.recipe import load_recipe
+from distill.run_dir import RunDir
+
+LOOP = """\
+loop:
+  rounds: 2
+  strategy: errors
+  budget: {per_round: 10}
+  dev: {size: 12, min_per_slice: 2}
+  plateau: null
+"""
+
+
+def _item(i: int, slice_: str = "regular") -> dict:
+    return {C.ID: f"s{i}", C.INPUT: f"word{i}", C.SLICE: slice_}
+
+
+# ------------------------------------------------------------------ how each strategy chooses
+
+def test_random_draws_the_asked_number_reproducibly():
+    items = [_item(i) for i in range(50)]
+    first, again = S.pick_random(items, 10, seed=3), S.pick_random(items, 10, seed=3)
+    assert [it[C.ID] for it, _ in first] == [it[C.ID] for it, _ in again]
+    assert len({it[C.ID] for it, _ in first}) == 10
+    assert len(S.pick_random(items[:4], 10, seed=3)) == 4  # never more than the pool holds
+
+
+def test_uncertainty_takes_the_prompts_the_student_is_least_sure_of():
+    items = [_item(i) for i in range(6)]
+    scores = {"s0": 0.0, "s1": 0.75, "s2": 0.5, "s3": 0.0, "s4": 0.75, "s5": 0.25}
+    chosen = S.pick_uncertain(items, scores, 3, seed=0, measure="disagreement")
+    assert {it[C.ID] for it, _ in chosen} == {"s1", "s4", "s2"}
+    assert chosen[-1][1] == {"strategy": "uncertainty", "measure": "disagreement", "score": 0.5}
+    assert S.disagreement(["cats", "cats ", "Cats", "dogs"]) == 0.25  # whitespace and case folded
+    assert S.disagreement(["a", "a"]) == 0.0
+
+
+def test_errors_spread_the_round_over_every_dev_error():
+    """Two dev errors, one with many close seeds: each error still gets its nearest seeds in turn."""
+    items = [_item(i) for i in range(6)]
+    vectors = np.array([[1, 0], [0.99, 0.14], [0.98, 0.2], [0.97, 0.24], [0, 1], [0.1, 0.99]])
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    errors = [{C.ID: "dev-a", C.INPUT: "x"}, {C.ID: "dev-b", C.INPUT: "y"}]
+    error_vectors = np.array([[1.0, 0.0], [0.0, 1.0]])
+    chosen = S.pick_near_errors(items, vectors, errors, error_vectors, 4)
+    assert [it[C.ID] for it, _ in chosen] == ["s0", "s4", "s1", "s5"]
+    assert [why["near"] for _, why in chosen] == ["dev-a", "dev-b", "dev-a", "dev-b"]
+    assert chosen[0][1]["similarity"] == 1.0
+
+
+def test_slices_split_the_round_by_the_gap_to_the_teacher():
+    weights = S.slice_weights({"regular": 0.9, "irregular": 0.3}, {"regular": 0.9, "irregular": 0.8}, "gap")
+    assert weights == {"regular": 0.0, "irregular": pytest.approx(0.5)}
+    # the solved slice keeps the floor's share; the rest goes where the gap is
+    assert S.allocate(20, weights, {"regular": 100, "irregular": 100}, floor=0.1) == {"regular": 2, "irregular": 18}
+    # a slice cannot give more prompts than it has left: the others take the rest
+    assert S.allocate(20, weights, {"regular": 100, "irregular": 5}, floor=0.1) == {"regular": 15, "irregular": 5}
+    assert S.slice_weights({"a": 0.5, "b": 1.0}, None, "variance") == {"a": 0.25, "b": 0.0}
+    items = [_item(i, "irregular" if i < 8 else "regular") for i in range(40)]
+    chosen = S.pick_by_slices(items, 10, weights, floor=0.1, seed=0)
+    assert sum(why["slice"] == "irregular" for _, why in chosen) == 8  # all it has
+    assert len(chosen) == 10
+
+
+# ------------------------------------------------------------------ the recipe section
+
+def _loop_recipe(folder, tiny_model, loop: str = LOOP, text: str = TINY_RECIPE):
+    """The tiny recipe with a loop section (written after the template is filled in: it has braces of its own)."""
+    path = write_recipe(folder, tiny_model, text)
+    path.write_text(path.read_text() + loop)
+    return path
+
+
+def test_a_round_answers_its_selection_continues_the_adapter_and_sees_no_test_item(tmp_path, tiny_model):
+    recipe = load_recipe(_loop_recipe(tmp_path, tiny_model))
+    layout = LoopDir(RunDir(tmp_path / "runs" / "tiny"))
+    for k in (1, 2):  # the files a round's recipe names exist once its select step and the round before ran
+        layout.selection(k).parent.mkdir(parents=True)
+        layout.selection(k).write_text("")
+    (layout.round(1).adapter).mkdir(parents=True)
+    (layout.round(1).adapter / "adapter_config.json").write_text("{}")
+    first, second = round_recipe(recipe, layout, 1), round_recipe(recipe, layout, 2)
+    assert first.data.answer_only == str(layout.selection(1)) and first.train.init_adapter is None
+    assert second.train.init_adapter == str(layout.round(1).adapter)
+    dev = first.evaluate.sets[0]
+    assert (dev.name, dev.data) == ("dev", "dev")
+    assert [s.name for s in first.evaluate.sets] == ["dev", "plural"]  # the test set stays, for decontamination
+    assert first.evaluate.measure == ["dev"]  # ... but no round scores it
+    assert first.evaluate.models == ["base", "student", "teacher"] and second.evaluate.models == ["student"]
+
+
+@pytest.mark.parametrize("loop, expected", [
+    ("loop: {rounds: 2, strategy: slices, budget: {per_round: 5}, dev: {size: 4}}\n", "data.slice_field is null"),
+    ("loop: {rounds: 2, budget: {per_round: 5, prompts: 3}, dev: {size: 4}}\n", "less than one round's"),
+    ("loop: {rounds: 2, strategy: guess, budget: {per_round: 5}, dev: {size: 4}}\n", "loop.strategy"),
+])
+def test_a_bad_loop_section_is_refused_before_any_work(tmp_path, tiny_model, loop, expected):
+    text = TINY_RECIPE.replace("  slice_field: comment\n", "") if "slices" in loop else TINY_RECIPE
+    recipe = _loop_recipe(tmp_path, tiny_model, loop, text)
+    result = run_cli("validate", recipe)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def _record(k, student, prompts, guard=()):
+    return {"round": k, "dev": {"student": student}, "higher_is_better": True, "dev_metric": "exact_match",
+            "teacher_prompts": prompts, "teacher_tokens": prompts * 5, "guard_degraded": list(guard)}
+
+
+def test_the_loop_stops_at_a_plateau_a_degraded_guard_or_the_budget(tmp_path, tiny_model):
+    recipe = load_recipe(_loop_recipe(tmp_path, tiny_model, LOOP.replace("rounds: 2", "rounds: 5").replace(
+        "plateau: null", "plateau: {min_gain: 0.02, patience: 2}")))
+    rising = [_record(1, 0.2, 10), _record(2, 0.3, 20)]
+    assert stop_reason(recipe, rising, pool_left=10) is None
+    flat = rising + [_record(3, 0.31, 30), _record(4, 0.29, 40)]
+    assert stop_reason(recipe, flat, pool_left=10).startswith("plateau")
+    assert stop_reason(recipe, flat[:3], pool_left=10) is None  # one flat round is not yet two
+    assert stop_reason(recipe, rising + [_record(3, 0.5, 30, guard=["arithmetic"])], 10).startswith("guard set degraded")
+    assert stop_reason(recipe, rising, pool_left=0) == "pool: every seed answered"
+    assert stop_reason(recipe, rising + [_record(3, 0.5, 30), _record(4, 0.6, 40), _record(5, 0.7, 50)],
+                       10).startswith("budget: 50 teacher prompts")
+
+
+# ------------------------------------------------------------------ a loop run end to end
+
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("loop")
+    recipe = _loop_recipe(folder, tiny_model, text=TINY_RECIPE.replace("max_seeds: 40", "max_seeds: 60"))
+    result = run_cli("run", recipe, cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder, recipe, RunDir(folder / "runs" / "tiny"), result
+
+
+def _ids(path) -> list[str]:
+    return [json.loads(line)[C.ID] for line in open(path) if line.strip()]
+
+
+def test_each_round_answers_new_seeds_never_a_dev_or_test_item(loop_run):
+    _, _, run, _ = loop_run
+    layout = LoopDir(run)
+    answered = [pq.read_table(layout.round(k).generated).to_pylist() for k in (1, 2)]
+    seeds = [{r[C.INPUT] for r in rows} for rows in answered]
+    assert all(len(rows) == 10 for rows in answered)
+    assert not seeds[0] & seeds[1]  # no prompt answered twice
+    dev = {json.loads(line)[C.INPUT] for line in open(run.dev)}
+    test = {json.loads(line)[C.INPUT] for line in open(run.heldout)}
+    assert len(dev) == 12 and not dev & test
+    assert not (seeds[0] | seeds[1]) & (dev | test)
+    # the pool the few-shot examples come from holds no dev item either
+    assert not {json.loads(line)[C.INPUT] for line in open(run.seeds)} & dev
+
+
+def test_every_row_says_its_round_and_why_it_was_chosen(loop_run):
+    _, _, run, _ = loop_run
+    rows = pq.read_table(run.generated).to_pylist()  # the run's rows: every round's
+    why = [r[C.PROVENANCE][C.SELECTION] for r in rows]
+    assert [w["round"] for w in why] == [1] * 10 + [2] * 10
+    assert {w["strategy"] for w in why[:10]} == {"random"}  # no student measured before round 1
+    dev_ids = set(_ids(run.dev))
+    assert all(w["strategy"] == "errors" and w["near"] in dev_ids and -1 <= w["similarity"] <= 1 for w in why[10:])
+
+
+def test_rounds_measure_dev_only_and_the_test_split_once_at_the_end(loop_run):
+    _, _, run, _ = loop_run
+    layout = LoopDir(run)
+    for k in (1, 2):
+        report = json.loads(layout.round(k).eval_report.read_text())
+        assert list(report["sets"]) == ["dev"]
+    final = json.loads(run.eval_report.read_text())
+    assert list(final["sets"]) == ["plural"] and set(final["models"]) == {"base", "student", "teacher"}
+    record = json.loads(layout.record.read_text())
+    assert [r["teacher_prompts"] for r in record["rounds"]] == [10, 20]
+    assert record["final_round"] == 2 and record["stopped"] == "budget: 20 teacher prompts"
+    # the loop's student is round 2's adapter, which continued round 1's: both rounds' rows were trained into it
+    trained = json.loads((run.adapter / "training_data.json").read_text())
+    assert trained["continued_from"] == str(layout.round(1).adapter.resolve())
+    assert len(final["contamination"]["trained_on"]) == 2
+    assert "| 2 | errors | 10 (20) |" in (layout.root / "report.md").read_text()
+    assert (layout.root / "curve.png").is_file()
+    assert "## Rounds" in (run.root / "model_card.md").read_text()
+
+
+def test_a_killed_loop_resumes_at_its_round_and_stage_without_answering_again(loop_run, tmp_path):
+    """Round 2 killed after its teacher answered: started again, the loop trains and evaluates round 2 and asks the
+    teacher nothing."""
+    folder, recipe, run, _ = loop_run
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, symlinks=True)
+    moved = RunDir(copy / "runs" / "tiny")
+    second = LoopDir(moved).round(2)
+    answered = second.generated.read_bytes()
+    for folder in (second.stage("train"), second.stage("evaluate"), *(moved.stage(s) for s in (
+            "generate", "filter", "train", "evaluate", "document"))):  # as if killed while round 2 trained
+        shutil.rmtree(folder)
+    result = run_cli("run", copy / recipe.name, cwd=copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[round 2] [generate] up to date, skipped" in result.stdout
+    assert "[round 1] [train] up to date, skipped" in result.stdout
+    assert second.generated.read_bytes() == answered
+    assert second.read_marker("train") and second.read_marker("evaluate")
+
+
+def test_a_selection_naming_no_seed_of_the_pool_is_refused_with_its_file(tmp_path, tiny_model):
+    from distill.data.split import selected
+    from distill.errors import DataError
+
+    chosen = tmp_path / "selected.jsonl"
+    chosen.write_text('{"id": "s1", "why": {"round": 1}}\n{"id": "nope"}\n')
+    path = _loop_recipe(tmp_path, tiny_model, loop="")
+    path.write_text(path.read_text().replace("  max_seeds: 40\n", f"  max_seeds: 40\n  answer_only: {chosen}\n"))
+    recipe = load_recipe(path)
+    pool = [_item(i) for i in range(3)]
+    with pytest.raises(DataError, match=r"selected.jsonl: 1 id\(s\) are no seed of this data's pool \(first: nope\)"):
+        selected(recipe, pool)
+    chosen.write_text('{"id": "s1", "why": {"round": 1}}\n\n{"id": "s0"}\n')
+    assert [(s[C.ID], s[C.SELECTION]) for s in selected(recipe, pool)] == [("s0", None), ("s1", {"round": 1})]
+    chosen.write_text('["s1"]\n')
+    with pytest.raises(DataError, match=r"selected.jsonl:1: expected a JSON object"):
+        selected(recipe, pool)
+
+
+def test_evaluate_measure_names_sets_of_the_recipe(tmp_path, tiny_model):
+    """evaluate.measure scores a subset of the sets (what a round uses); a name that is no set is refused."""
+    path = write_recipe(tmp_path, tiny_model)
+    path.write_text(path.read_text() + "  measure: [plurals]\n")  # inside evaluate, the recipe's last section
+    result = run_cli("validate", path)
+    assert result.returncode == 2 and "measure names ['plurals']; the sets are ['plural']" in result.stderr
