@@ -29,7 +29,8 @@ def loop_markdown(record: dict, test: dict | None) -> str:
     lines = [f"# The loop: {record['strategy']}", "",
              f"Teacher budget: {record['total_prompts']} prompts, {record['budget']['per_round']} per round; dev split: "
              f"{record['dev_size']} seed rows, never answered by the teacher nor trained on. Round 1 draws at random "
-             f"for every strategy (no student has been measured yet).", "",
+             f"for every strategy (no student has been measured yet). The strategies that read dev (errors, slices) steer "
+             f"toward it, so its scores flatter their students: the test split, evaluated once, is the measure.", "",
              f"Stopped after round {rounds[-1]['round'] if rounds else 0}: {record['stopped']}. The loop's student is "
              f"round {record['final_round']}'s.", "",
              f"| round | strategy | teacher prompts (total) | answer tokens (total) | rows kept | dev {metric}: student |",
