@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 MARKER = "_COMPLETE.json"
+DEV_SPLIT = "dev.jsonl"  # the loop's dev split, written by generate beside heldout.jsonl
 # Written into the adapter folder by the document stage after train completed: not part of train's output hash.
 DATA_MANIFEST = "data_manifest.json"
 
@@ -230,7 +231,15 @@ class RunDir:
 
     @property
     def dev(self) -> Path:
-        return self.stage("generate") / "dev.jsonl"  # the loop's dev split (distill.data.eval_sets.DEV_FILE)
+        return self.stage("generate") / DEV_SPLIT
+
+    @property
+    def loop(self) -> Path:
+        return self.root / "loop"  # a loop's rounds, each a run directory (distill.loop.layout)
+
+    @property
+    def loop_record(self) -> Path:
+        return self.loop / "loop.json"  # every round's figures and why the loop stopped
 
     @property
     def generated(self) -> Path:

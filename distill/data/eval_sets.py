@@ -11,7 +11,7 @@ from distill.data.records import columns, to_item
 from distill.data.sources import place, read_source
 from distill.errors import DataError, UserError
 from distill.recipe import EvalSet, Recipe
-from distill.run_dir import RunDir
+from distill.run_dir import DEV_SPLIT, RunDir
 
 EVAL_SPLITS = ("test", "validation")  # the split an evaluation set reads when its source has several and none is named
 
@@ -28,16 +28,13 @@ def source_items(s: EvalSet, rows: list[dict]) -> list[dict]:
     return items
 
 
-DEV_FILE = "dev.jsonl"  # the loop's dev split, written by generate beside heldout.jsonl
-
-
 def load_items(s: EvalSet, heldout: Path | None) -> list[dict]:
     """Items with id, input, reference (the first), references (all acceptable) and slice. `heldout`: the run's
     held-out split file (generate/heldout.jsonl); the loop's dev split lies beside it."""
     if s.data in ("heldout", "dev"):
         split = "held-out" if s.data == "heldout" else "dev (loop.dev)"
         if heldout is not None and s.data == "dev":
-            heldout = heldout.with_name(DEV_FILE)
+            heldout = heldout.with_name(DEV_SPLIT)
         if heldout is None or not heldout.is_file():
             raise UserError(f"evaluate set {s.name!r} uses the {split} split, but {heldout} does not exist: run generate first")
         with open(heldout) as f:

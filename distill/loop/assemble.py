@@ -25,6 +25,12 @@ from distill.stages import fingerprint
 SPLIT_FILES = ("seeds.jsonl", "heldout.jsonl", "dev.jsonl")
 
 
+def answer_tokens(rows_file) -> int:
+    """The tokens the teacher wrote for a generated rows file, as each row's provenance counts them."""
+    provenance = pq.read_table(rows_file, columns=[C.PROVENANCE]).column(C.PROVENANCE).to_pylist()
+    return sum(p.get("completion_tokens") or 0 for p in provenance)
+
+
 def _concat(paths) -> pa.Table:
     """Tables of the rounds, one after another; a provenance field one round has and another lacks is null there."""
     return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive")
@@ -56,8 +62,7 @@ def assemble(recipe: Recipe, run: RunDir, layout: LoopDir, final: int) -> None:
     if captures:
         _write(_concat(captures), run.teacher_logprobs)
     g = [r.read_marker("generate")["summary"] for r in rounds]
-    tokens = sum((p.get("completion_tokens") or 0) for p in pq.read_table(run.generated, columns=[C.PROVENANCE])
-                 .column(C.PROVENANCE).to_pylist())
+    tokens = answer_tokens(run.generated)
     run.mark_complete("generate", fingerprint(recipe, run, "generate"), {
         "mode": g[0]["mode"], "teacher_did": g[0].get("teacher_did"), "prompts": sum(s["prompts"] for s in g),
         "rows": sum(s.get("rows", 0) for s in g), "failures": sum(s.get("failures", 0) for s in g),

@@ -17,7 +17,7 @@ DEV_SET = "dev"  # the name of the dev split's evaluation set in every round
 class LoopDir:
     def __init__(self, run: RunDir):
         self.run = run
-        self.root = run.root / "loop"
+        self.root = run.loop
 
     def round(self, k: int) -> RunDir:
         return RunDir(self.root / f"round-{k:02d}")
@@ -27,7 +27,7 @@ class LoopDir:
 
     @property
     def record(self) -> Path:
-        return self.root / "loop.json"
+        return self.run.loop_record
 
     def chosen(self, k: int) -> list[dict]:
         """Round k's selection ({id, why} per seed), as its completed select step wrote it."""

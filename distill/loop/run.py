@@ -11,10 +11,7 @@ import json
 import sys
 import time
 
-import pyarrow.parquet as pq
-
-from distill import rows as C
-from distill.loop.assemble import assemble
+from distill.loop.assemble import answer_tokens, assemble
 from distill.loop.layout import DEV_SET, SELECT, LoopDir
 from distill.loop.report import write_loop_report
 from distill.loop.select import selection_fingerprint
@@ -59,8 +56,7 @@ def round_record(recipe: Recipe, layout: LoopDir, k: int, spent_before: int, tok
     """Round k's figures, from its files: what the teacher answered, what was kept and trained on, the dev scores."""
     run = layout.round(k)
     select = run.read_marker(SELECT)["summary"]
-    tokens = sum((r.get("completion_tokens") or 0) for r in
-                 pq.read_table(run.generated, columns=[C.PROVENANCE]).column(C.PROVENANCE).to_pylist())
+    tokens = answer_tokens(run.generated)
     report = json.loads(run.eval_report.read_text())
     dev = report["sets"][DEV_SET]
     metric = dev["metrics"][0]

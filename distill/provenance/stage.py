@@ -263,6 +263,6 @@ def card_context(recipe: Recipe, run: RunDir, manifest: dict, chaining: list[dic
         "eval_tables": tables, "held_out_note": held_out_note(recipe, decontam, tables),
         "degraded": (eval_report or {}).get("degraded", []), "adapter_path": str(run.adapter.resolve()),
         "limitations": limitations(recipe, coverage, two_sample, decontam, tables),
-        # a loop's rounds (loop/loop.json): each one's strategy, teacher prompts and dev score
-        "rounds": _read_json(run.root / "loop" / "loop.json") if recipe.loop is not None else None,
+        # a loop's rounds: each one's strategy, teacher prompts and dev score
+        "rounds": _read_json(run.loop_record) if recipe.loop is not None else None,
     }
