@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = slurm.add_parser("serve-teacher", help="the body of the teacher server job (slurm.teacher_server): serve the "
                          "teacher until the run's generation tasks have ended")
     _add_recipe_args(q)
+    q = slurm.add_parser("round", help="the body of a loop round's job: the round's stage (in its folder, with its "
+                         "recipe), or its decision after evaluate; nothing once the loop has stopped before the round")
+    _add_recipe_args(q)
+    q.add_argument("--round", type=int, required=True, metavar="K", help="the round, from 1")
+    q.add_argument("--stage", required=True, choices=["generate", "filter", "train", "evaluate", "decide"],
+                   help="decide: the round's record, the stop rules and the next round's selection")
+    q.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N", help="a generation task's shard")
+    q = slurm.add_parser("end-loop", help="the body of a loop's last job: the loop's student as the run's own, "
+                         "evaluated once on the test split, its cards and the loop's report")
+    _add_recipe_args(q)
 
     p = sub.add_parser("review", help="export filtered rows for people to check (export) and read their verdicts back (import)")
     review = p.add_subparsers(dest="review_command", required=True, metavar="REVIEW_COMMAND")
@@ -177,11 +187,31 @@ def _slurm(args, argv=None) -> int:
 
         serve(recipe, run)
         return 0
+    if args.slurm_command in ("round", "end-loop"):
+        return _loop_job(args, recipe, run)
     if args.dry_run:
         print(dry_run(recipe, run, args.profile))
     else:
         submit(recipe, run, args.profile)
     return 0
+
+
+def _loop_job(args, recipe, run) -> int:
+    """One job of a loop's chain: a round's stage runs as its stage command would, on the round's folder."""
+    from distill.loop import chain
+
+    if recipe.loop is None:
+        raise UserError(f"{args.recipe}: the recipe has no loop section, so it has no rounds")
+    if args.slurm_command == "end-loop":
+        chain.finish(recipe, run)
+        return 0
+    if args.round < 1 or args.round > recipe.loop.rounds:
+        raise UserError(f"--round {args.round}: the loop has rounds 1 to {recipe.loop.rounds}")
+    if args.stage == "decide":
+        chain.decide(recipe, run, args.round)
+        return 0
+    argv = chain.round_stage_command(recipe, run, args.round, args.stage, args.shard)
+    return 0 if argv is None else _stage(_parse(build_parser(), argv), argv)
 
 
 def _doctor(args, argv=None) -> int:

@@ -16,6 +16,11 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEU
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
 
+def round_job(k: int, stage: str) -> str:
+    """The name of loop round k's job for `stage` among the run's jobs: its folder under loop/, then the stage."""
+    return f"round-{k:02d}/{stage}"
+
+
 def jobs_file(run: RunDir) -> Path:
     return run.root / "slurm" / "jobs.json"
 

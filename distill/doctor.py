@@ -100,7 +100,7 @@ def _tokenizer(recipe: Recipe, role: str):
 
 def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     """Every teacher prompt of the generation pass, with its answer, must fit models.teacher.engine.max_model_len."""
-    from distill.data.split import split_data
+    from distill.data.split import split_data, split_dev
     from distill.generate.modes import mode_for
     from distill.prompts.teacher import teacher_prompts
     from distill.prompts.template import PromptTemplate, chat_prompt
@@ -108,6 +108,7 @@ def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
     g = recipe.generate
     tok = _tokenizer(recipe, "teacher")
     _, seeds = split_data(recipe)
+    _, seeds = split_dev(recipe, seeds)  # a loop's dev items are never the teacher's to answer, nor its examples
     items = mode_for(recipe).items(seeds)
     prompts = teacher_prompts(recipe, PromptTemplate(g.template, "generate.template"), items, seeds,
                               functools.partial(chat_prompt, tok, **recipe.models.teacher.chat_template_kwargs))

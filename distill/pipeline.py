@@ -118,6 +118,8 @@ def write_run_report(run: RunDir) -> dict:
     for name in NAMES:
         marker = run.read_marker(name)
         report["stages"][name] = {"complete": bool(marker), "summary": marker["summary"] if marker else None}
+    if run.loop_record.is_file():  # a loop's run: its rounds, why it stopped, whose student it is
+        report["loop"] = json.loads(run.loop_record.read_text())
     write_json(run.report, report)
     return report
 

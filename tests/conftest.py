@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -174,3 +175,31 @@ def cache_hub_dataset(root: Path, repo_id: str, splits: dict[str, list[dict]], c
             built.rename(built.with_name(commit))
     return {"HF_HOME": str(root / "hf"), "HF_HUB_CACHE": str(root / "hf" / "hub"), "HF_DATASETS_CACHE": str(cache),
             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+# ------------------------------------------------------------------ how the tests share two workers
+
+# A file whose tests use the session's `finished_run` says `pytestmark = SHARES_FINISHED_RUN`: the scheduler below
+# sends those files to one worker, which builds the run once instead of each worker building its own.
+SHARES_FINISHED_RUN = pytest.mark.shares_finished_run
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (scripts/test.sh): each test file whole on one worker (its module fixtures built once), the
+    files that share the finished run as one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRunTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "finished_run" if _shares_finished_run(config.rootpath / file) else file
+
+    return SharedRunTogether(config, log)
+
+
+@functools.cache
+def _shares_finished_run(path: Path) -> bool:
+    return path.is_file() and "\npytestmark = SHARES_FINISHED_RUN" in path.read_text()

@@ -8,9 +8,11 @@ import shutil
 import time
 
 import pytest
-from conftest import TINY_RECIPE, run_cli, write_recipe
+from conftest import SHARES_FINISHED_RUN, TINY_RECIPE, run_cli, write_recipe
 
 from distill.run_dir import RunDir
+
+pytestmark = SHARES_FINISHED_RUN  # one worker builds the shared run (conftest.py)
 
 VLLM_LOG_LINE = re.compile(r"^\(\w+ pid=\d+\) (INFO|WARNING) ", re.M)
 

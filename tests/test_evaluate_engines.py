@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
-from conftest import PLURAL, write_recipe
+from conftest import PLURAL, SHARES_FINISHED_RUN, write_recipe
 
 from distill import rows as C
+
+pytestmark = SHARES_FINISHED_RUN  # one worker builds the shared run (conftest.py)
 
 
 def _score(recipe, candidates, items, pool):

@@ -3,15 +3,15 @@
 What a user asks of it: does each strategy choose what it says? Is the dev split apart from training and from the
 test split? Does a round continue the adapter before it and see no test item? Is no prompt answered twice, even
 when a killed loop is started again? Does every row say its round and why it was chosen? When does it stop?
+
+A loop end to end (its rounds' rows, provenance, dev and test kept apart, resume with `distill run`) runs in
+tests/test_slurm.py, submitted as the chain of round jobs a cluster runs, then taken up by `distill run`.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli, write_recipe, TINY_RECIPE
@@ -123,6 +123,18 @@ def test_a_bad_loop_section_is_refused_before_any_work(tmp_path, tiny_model, loo
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_token_budget_per_round_sizes_each_round_by_the_answers_before_it():
+    from distill.recipe.loop import LoopSettings
+
+    loop = LoopSettings.model_validate({"rounds": 4, "budget": {"per_round": 10, "prompts": 25, "round_tokens": 30},
+                                        "dev": {"size": 4}})
+    assert loop.round_budget(0, None) == 10  # round 1: no answer measured yet
+    assert loop.round_budget(10, 4.0) == 7  # 30 tokens at 4 an answer
+    assert loop.round_budget(10, 2.5) == 10  # never more than per_round ...
+    assert loop.round_budget(20, 2.5) == 5  # ... nor than the budget has left
+    assert loop.round_budget(10, 90.0) == 1  # a round answers at least one prompt
+
+
 def _record(k, student, prompts, guard=()):
     return {"round": k, "dev": {"student": student}, "higher_is_better": True, "dev_metric": "exact_match",
             "teacher_prompts": prompts, "teacher_tokens": prompts * 5, "guard_degraded": list(guard)}
@@ -140,86 +152,6 @@ def test_the_loop_stops_at_a_plateau_a_degraded_guard_or_the_budget(tmp_path, ti
     assert stop_reason(recipe, rising, pool_left=0) == "pool: every seed answered"
     assert stop_reason(recipe, rising + [_record(3, 0.5, 30), _record(4, 0.6, 40), _record(5, 0.7, 50)],
                        10).startswith("budget: 50 teacher prompts")
-
-
-# ------------------------------------------------------------------ a loop run end to end
-
-@pytest.fixture(scope="module")
-def loop_run(tmp_path_factory, tiny_model):
-    folder = tmp_path_factory.mktemp("loop")
-    recipe = _loop_recipe(folder, tiny_model, text=TINY_RECIPE.replace("max_seeds: 40", "max_seeds: 60"))
-    result = run_cli("run", recipe, cwd=folder)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return folder, recipe, RunDir(folder / "runs" / "tiny"), result
-
-
-def _ids(path) -> list[str]:
-    return [json.loads(line)[C.ID] for line in open(path) if line.strip()]
-
-
-def test_each_round_answers_new_seeds_never_a_dev_or_test_item(loop_run):
-    _, _, run, _ = loop_run
-    layout = LoopDir(run)
-    answered = [pq.read_table(layout.round(k).generated).to_pylist() for k in (1, 2)]
-    seeds = [{r[C.INPUT] for r in rows} for rows in answered]
-    assert all(len(rows) == 10 for rows in answered)
-    assert not seeds[0] & seeds[1]  # no prompt answered twice
-    dev = {json.loads(line)[C.INPUT] for line in open(run.dev)}
-    test = {json.loads(line)[C.INPUT] for line in open(run.heldout)}
-    assert len(dev) == 12 and not dev & test
-    assert not (seeds[0] | seeds[1]) & (dev | test)
-    # the pool the few-shot examples come from holds no dev item either
-    assert not {json.loads(line)[C.INPUT] for line in open(run.seeds)} & dev
-
-
-def test_every_row_says_its_round_and_why_it_was_chosen(loop_run):
-    _, _, run, _ = loop_run
-    rows = pq.read_table(run.generated).to_pylist()  # the run's rows: every round's
-    why = [r[C.PROVENANCE][C.SELECTION] for r in rows]
-    assert [w["round"] for w in why] == [1] * 10 + [2] * 10
-    assert {w["strategy"] for w in why[:10]} == {"random"}  # no student measured before round 1
-    dev_ids = set(_ids(run.dev))
-    assert all(w["strategy"] == "errors" and w["near"] in dev_ids and -1 <= w["similarity"] <= 1 for w in why[10:])
-
-
-def test_rounds_measure_dev_only_and_the_test_split_once_at_the_end(loop_run):
-    _, _, run, _ = loop_run
-    layout = LoopDir(run)
-    for k in (1, 2):
-        report = json.loads(layout.round(k).eval_report.read_text())
-        assert list(report["sets"]) == ["dev"]
-    final = json.loads(run.eval_report.read_text())
-    assert list(final["sets"]) == ["plural"] and set(final["models"]) == {"base", "student", "teacher"}
-    record = json.loads(layout.record.read_text())
-    assert [r["teacher_prompts"] for r in record["rounds"]] == [10, 20]
-    assert record["final_round"] == 2 and record["stopped"] == "budget: 20 teacher prompts"
-    # the loop's student is round 2's adapter, which continued round 1's: both rounds' rows were trained into it
-    trained = json.loads((run.adapter / "training_data.json").read_text())
-    assert trained["continued_from"] == str(layout.round(1).adapter.resolve())
-    assert len(final["contamination"]["trained_on"]) == 2
-    assert "| 2 | errors | 10 (20) |" in (layout.root / "report.md").read_text()
-    assert (layout.root / "curve.png").is_file()
-    assert "## Rounds" in (run.root / "model_card.md").read_text()
-
-
-def test_a_killed_loop_resumes_at_its_round_and_stage_without_answering_again(loop_run, tmp_path):
-    """Round 2 killed after its teacher answered: started again, the loop trains and evaluates round 2 and asks the
-    teacher nothing."""
-    folder, recipe, run, _ = loop_run
-    copy = tmp_path / "copy"
-    shutil.copytree(folder, copy, symlinks=True)
-    moved = RunDir(copy / "runs" / "tiny")
-    second = LoopDir(moved).round(2)
-    answered = second.generated.read_bytes()
-    for folder in (second.stage("train"), second.stage("evaluate"), *(moved.stage(s) for s in (
-            "generate", "filter", "train", "evaluate", "document"))):  # as if killed while round 2 trained
-        shutil.rmtree(folder)
-    result = run_cli("run", copy / recipe.name, cwd=copy)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[round 2] [generate] up to date, skipped" in result.stdout
-    assert "[round 1] [train] up to date, skipped" in result.stdout
-    assert second.generated.read_bytes() == answered
-    assert second.read_marker("train") and second.read_marker("evaluate")
 
 
 def test_a_selection_naming_no_seed_of_the_pool_is_refused_with_its_file(tmp_path, tiny_model):
@@ -247,3 +179,10 @@ def test_evaluate_measure_names_sets_of_the_recipe(tmp_path, tiny_model):
     path.write_text(path.read_text() + "  measure: [plurals]\n")  # inside evaluate, the recipe's last section
     result = run_cli("validate", path)
     assert result.returncode == 2 and "measure names ['plurals']; the sets are ['plural']" in result.stderr
+
+
+def test_doctor_measures_the_prompts_the_loop_may_send_the_teacher_and_no_dev_item(tmp_path, tiny_model):
+    recipe = _loop_recipe(tmp_path, tiny_model)  # 40 seeds, 12 of them set aside as dev
+    proc = run_cli("doctor", recipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "teacher prompt" in proc.stdout and "over 28 prompts" in proc.stdout

@@ -6,10 +6,12 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import SHARES_FINISHED_RUN, run_cli, write_recipe
 
 from distill.models.identity import weights_hash
 from distill.run_dir import RunDir
+
+pytestmark = SHARES_FINISHED_RUN  # one worker builds the shared run (conftest.py)
 
 CHANGED = "filter.steps.0.max_chars=20"  # the tests after the one that makes this change keep it
 

@@ -8,9 +8,12 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import SHARES_FINISHED_RUN
 
 from distill import rows as C
 from distill.models import device as D
+
+pytestmark = SHARES_FINISHED_RUN  # one worker builds the shared run (conftest.py)
 
 
 def test_batches_cover_every_sequence_once_and_stay_within_the_token_budget():
@@ -80,8 +83,9 @@ def test_reference_nll_from_the_engine_equals_the_forward_pass(finished_run):
     """An engine without adapters or prefix caching gives the NLL from its prompt log-probabilities; an engine serving adapters
     (whose batched prompt log-probabilities this vLLM build cannot give) leaves it to the forward pass. The figures
     are the same either way, and the adapter counts."""
-    from distill.evaluate.candidates import Candidate, adapter_rank
+    from distill.evaluate.candidates import Candidate
     from distill.evaluate.scoring import Prompter, Scorer
+    from distill.models.merge import adapter_rank
     from distill.models.vllm_engine import VLLMEngine
     from distill.recipe import load_recipe
 

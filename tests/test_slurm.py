@@ -313,7 +313,7 @@ def test_on_a_cluster_without_kill_invalid_depend_dependents_of_a_failed_stage_d
     # what `distill slurm submit` does first for this run: cancel them, then nothing blocks a new submission
     assert cancel_never_starting(RunDir(run)) == [stuck, after_stuck]
     assert {task_state(env, stuck), task_state(env, after_stuck)} == {"CANCELLED"}
-    assert active_tasks(RunDir(run)) == {}
+    assert not any(active_tasks(RunDir(run)).values())
 
 
 def test_a_submit_that_fails_midway_cancels_what_it_had_submitted(slurm_env, tiny_model, tmp_path):
@@ -551,3 +551,139 @@ def test_doctor_holds_a_cluster_profile_against_what_sinfo_reports(slurm_env, tm
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "partition 'debug' promises more than the cluster has: gpus_per_node 8 (the cluster's nodes have 2)" in proc.stdout
     assert "partition 'gpu' is not on this cluster (sinfo lists debug)" in proc.stdout
+
+
+# ------------------------------------------------------------------ a loop as a chain of round jobs
+# The loop's run end to end: what a cluster runs (`distill slurm submit`), then taken up by `distill run`.
+
+# Three rounds at most, 20 teacher prompts in all: the loop stops on its budget after round 2, and round 3's jobs,
+# queued at submit, find nothing to do. One generation task and one training process per round. The token budget
+# per round is wide enough not to bind (its arithmetic: test_loop.py).
+LOOP_RECIPE = (RECIPE.replace("max_seeds: 40", "max_seeds: 60").replace("shards: 2", "shards: 1")
+               .replace("    gpus_per_node: 2\n", "") + """\
+loop:
+  rounds: 3
+  strategy: errors
+  budget: {{per_round: 10, prompts: 20, round_tokens: 10000}}
+  dev: {{size: 12, min_per_slice: 2}}
+  plateau: null
+""")
+assert "max_seeds: 60" in LOOP_RECIPE and "shards: 1" in LOOP_RECIPE and "gpus_per_node" not in LOOP_RECIPE
+
+
+@pytest.fixture(scope="module")
+def loop_chain(slurm_env, tiny_model, tmp_path_factory):
+    from distill.run_dir import RunDir
+
+    folder = tmp_path_factory.mktemp("slurm-loop")
+    run = submit_recipe(slurm_env, folder, tiny_model, LOOP_RECIPE)
+    return {"run": RunDir(run), "status": wait_until_finished(slurm_env, run, timeout=900)}
+
+
+def _job_log(run, recorded: dict, name: str) -> str:
+    job = recorded[name]["job_id"]
+    return "".join(p.read_text() for p in (run.logs / "slurm").glob(f"*-{job}*.out"))  # an array's: one per task
+
+
+def test_a_loop_runs_as_a_chain_of_round_jobs_that_ends_when_the_loop_stops(loop_chain, slurm_env):
+    from distill.loop.layout import LoopDir
+
+    run, status = loop_chain["run"], loop_chain["status"]
+    rounds = [f"round-{k:02d}/{stage}" for k in (1, 2, 3) for stage in ("generate", "filter", "train", "evaluate")]
+    assert list(status["stages"]) == rounds + ["evaluate"]  # every round queued at submit, then the end job
+    assert {s["state"] for s in status["stages"].values()} == {"COMPLETED"}
+    recorded = json.loads((run.root / "slurm" / "jobs.json").read_text())["stages"]
+    assert recorded["round-02/generate"]["command"][2] == f"--dependency=afterok:{recorded['round-01/evaluate']['job_id']}"
+
+    record = json.loads(run.loop_record.read_text())
+    assert [r["teacher_prompts"] for r in record["rounds"]] == [10, 20]
+    assert record["stopped"] == "budget: 20 teacher prompts" and record["final_round"] == 2
+    # round 1's evaluate job chose round 2's prompts; round 3's jobs ran after the loop had stopped and did nothing
+    layout = LoopDir(run)
+    assert "[round 2] errors: 10 prompts for the teacher" in _job_log(run, recorded, "round-01/evaluate")
+    # sized by round 1's answers (budget.round_tokens): 10,000 tokens hold more than per_round of them
+    chosen = layout.round(2).read_marker("select")["summary"]
+    assert chosen["mean_answer_tokens_before"] == round(record["rounds"][0]["teacher_tokens"] / 10, 1)
+    for stage in ("generate", "filter", "train", "evaluate"):
+        assert "the loop stopped after round 2 (budget: 20 teacher prompts)" in _job_log(run, recorded, f"round-03/{stage}")
+        assert not layout.round(3).read_marker(stage)
+    shown = distill(slurm_env, "slurm", "status", run.root)
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[0]: line.split() for line in shown.stdout.splitlines()[2:] if not line.startswith(" ")}
+    assert lines["round-02/train"][2:4] == ["COMPLETED", "complete"] and lines["round-03/train"][3] == "-"
+
+
+def _ids(path) -> list[str]:
+    return [json.loads(line)["id"] for line in open(path) if line.strip()]
+
+
+def test_each_round_answers_new_seeds_never_a_dev_or_test_item(loop_chain):
+    from distill.loop.layout import LoopDir
+
+    run = loop_chain["run"]
+    answered = [pq.read_table(LoopDir(run).round(k).generated).to_pylist() for k in (1, 2)]
+    seeds = [{r["input"] for r in rows} for rows in answered]
+    assert all(len(rows) == 10 for rows in answered)
+    assert not seeds[0] & seeds[1]  # no prompt answered twice
+    dev = {json.loads(line)["input"] for line in open(run.dev)}
+    test = {json.loads(line)["input"] for line in open(run.heldout)}
+    assert len(dev) == 12 and not dev & test
+    assert not (seeds[0] | seeds[1]) & (dev | test)
+    # the pool the few-shot examples come from holds no dev item either
+    assert not {json.loads(line)["input"] for line in open(run.seeds)} & dev
+
+
+def test_every_row_says_its_round_and_why_it_was_chosen(loop_chain):
+    run = loop_chain["run"]
+    rows = pq.read_table(run.generated).to_pylist()  # the run's rows: every round's
+    why = [r["provenance"]["selection"] for r in rows]
+    assert [w["round"] for w in why] == [1] * 10 + [2] * 10
+    assert {w["strategy"] for w in why[:10]} == {"random"}  # no student measured before round 1
+    dev_ids = set(_ids(run.dev))
+    assert all(w["strategy"] == "errors" and w["near"] in dev_ids and -1 <= w["similarity"] <= 1 for w in why[10:])
+
+
+def test_rounds_measure_dev_only_and_the_test_split_once_at_the_end(loop_chain):
+    from distill.loop.layout import LoopDir
+
+    run = loop_chain["run"]
+    layout = LoopDir(run)
+    for k in (1, 2):
+        assert list(json.loads(layout.round(k).eval_report.read_text())["sets"]) == ["dev"]
+    final = json.loads(run.eval_report.read_text())
+    assert list(final["sets"]) == ["plural"] and set(final["models"]) == {"base", "student"}
+    # the loop's student is round 2's adapter, which continued round 1's: both rounds' rows were trained into it
+    trained = json.loads((run.adapter / "training_data.json").read_text())
+    assert trained["continued_from"] == str(layout.round(1).adapter.resolve())
+    assert len(final["contamination"]["trained_on"]) == 2
+    assert "| 2 | errors | 10 (20) |" in (layout.root / "report.md").read_text()
+    assert (layout.root / "curve.png").is_file()
+    assert "## Rounds" in (run.root / "model_card.md").read_text()
+    assert json.loads(run.report.read_text())["loop"]["final_round"] == 2  # the run's report.json carries the loop
+
+
+def test_distill_run_takes_up_a_chain_that_stopped_midway_without_answering_again(loop_chain, tmp_path):
+    """The chain's round 2 as if its train job had been killed: `distill run` on the same run directory finds round 1
+    and round 2's teacher answers up to date, trains and evaluates round 2, and ends the loop as the chain did."""
+    from distill.loop.layout import LoopDir
+    from distill.run_dir import RunDir
+
+    copy = tmp_path / "run"
+    shutil.copytree(loop_chain["run"].root, copy, symlinks=True)
+    run = RunDir(copy)
+    second = LoopDir(run).round(2)
+    answered = second.generated.read_bytes()
+    before = json.loads(run.loop_record.read_text())
+    for stage in (second.stage("train"), second.stage("evaluate"),
+                  *(run.stage(s) for s in ("generate", "filter", "train", "evaluate", "document"))):
+        shutil.rmtree(stage)
+    result = distill(os.environ, "run", copy, timeout=600)  # the run directory: its resolved recipe, run there
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in ("select", "generate", "filter", "train", "evaluate"):
+        assert f"[round 1] [{stage}] up to date, skipped" in result.stdout
+    assert "[round 2] [generate] up to date, skipped" in result.stdout
+    assert second.generated.read_bytes() == answered  # no prompt answered again
+    assert second.read_marker("train") and second.read_marker("evaluate")
+    after = json.loads(run.loop_record.read_text())
+    assert [r["teacher_prompts"] for r in after["rounds"]] == [10, 20] and after["stopped"] == before["stopped"]
+    assert run.read_marker("evaluate") and run.read_marker("document")

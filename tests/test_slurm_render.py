@@ -526,3 +526,43 @@ def test_a_built_wheel_holds_the_templates_profiles_and_accelerate_configs(tmp_p
     shipped = {str(p.relative_to(ROOT)) for folder in ("templates", "profiles", "accelerate")
                for p in (ROOT / "distill" / "slurm" / folder).iterdir()}
     assert len(shipped) == 12 and shipped <= names, sorted(shipped - names)
+
+
+LOOP_SECTION = """\
+loop:
+  rounds: 3
+  strategy: random
+  budget: {{per_round: 10}}
+  dev: {{size: 12, min_per_slice: 2}}
+"""
+
+
+def test_a_loop_is_submitted_as_every_rounds_jobs_then_an_end_job_each_after_the_one_before(tmp_path, tiny_model):
+    from distill.models.teacher_server import client_jobs
+    from distill.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, tiny_model, TINY_RECIPE + GPU_SECTION + SERVER_SECTION + LOOP_SECTION)
+    proc = _dry_run(recipe, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scripts = dict(part.split("\n", 1) for part in proc.stdout.split("# ---- ")[1:])
+    names = [head.split(":")[0] for head in scripts if head != "submit"]
+    rounds = [f"round-{k:02d}/{stage}" for k in (1, 2, 3) for stage in ("generate", "filter", "train", "evaluate")]
+    assert names == ["teacher_server", *rounds, "evaluate"]
+    body = {name: next(b for head, b in scripts.items() if head.startswith(name + ":")) for name in names}
+    # each round's jobs run the round's stages; its evaluate job then decides (stop rules, the next selection)
+    assert 'distill.cli slurm round --round 2 --stage generate "$RECIPE" --run-dir "$RUN_DIR" --shard' in body["round-02/generate"]
+    assert "--stage generate \"$RECIPE\"" in body["round-02/filter"] and "--stage filter" in body["round-02/filter"]
+    assert "-m distill.cli slurm round --round 2 --stage train" in body["round-02/train"]
+    assert "--stage evaluate" in body["round-03/evaluate"] and "--stage decide" in body["round-03/evaluate"]
+    assert "#SBATCH --job-name=distill-tiny-r3-evaluate" in body["round-03/evaluate"]
+    assert "slurm end-loop" in body["evaluate"] and "document" not in body["evaluate"].split("set -euo pipefail")[1]
+    for name in names:
+        syntax = subprocess.run(["bash", "-n"], input=body[name], text=True, capture_output=True)
+        assert syntax.returncode == 0, (name, syntax.stderr)
+    submit = scripts["submit"]
+    assert "ROUND_01_GENERATE_JOB=$(sbatch --parsable --dependency=after:$TEACHER_SERVER_JOB" in submit
+    assert "ROUND_02_GENERATE_JOB=$(sbatch --parsable --dependency=afterok:$ROUND_01_EVALUATE_JOB" in submit
+    assert "EVALUATE_JOB=$(sbatch --parsable --dependency=afterok:$ROUND_03_EVALUATE_JOB" in submit
+    # the teacher server serves every round's generation and stops only when the last has ended
+    assert 'DISTILL_TEACHER_SERVER="$RUN_DIR/slurm/teacher-server.json"' in body["round-03/generate"]
+    assert client_jobs(load_recipe(recipe)) == ("round-01/generate", "round-02/generate", "round-03/generate")

@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import SHARES_FINISHED_RUN, run_cli
 
 from distill.run_dir import RunDir
+
+pytestmark = SHARES_FINISHED_RUN  # one worker builds the shared run (conftest.py)
 
 TRACKERS = "train.report_to=[tensorboard, wandb]"
 

@@ -26,10 +26,6 @@ class Candidate:
     merged: Path | None = None  # the adapter folded into a copy of model_dir, which the engine loads instead of LoRA
 
 
-def adapter_rank(adapter: Path) -> int:
-    return int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 8))
-
-
 def checkpoint_step(folder: Path) -> int | None:
     name = folder.name
     return int(name.rpartition("-")[2]) if name.startswith("checkpoint-") and name.rpartition("-")[2].isdigit() else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +20,12 @@ from distill import rows as C
 from distill.errors import DataError
 from distill.evaluate import metrics as M
 from distill.evaluate.cache import EvalCache, library_versions, metric_code, model_key
-from distill.evaluate.candidates import Candidate, adapter_rank
+from distill.evaluate.candidates import Candidate
 from distill.evaluate.targets import fidelity_k, teacher_target
 from distill.models.reasoning import without_reasoning
 from distill.models.dtype import model_dtype, torch_dtype
 from distill.models.engine import Completion, EvaluationEngine
-from distill.models.merge import adapter_serving, merge_adapter
+from distill.models.merge import adapter_engine, adapter_serving
 from distill.progress import console, progress
 from distill.prompts.student import render_student, student_prompt, student_stop_id
 from distill.prompts.teacher import teacher_prompts
@@ -299,8 +300,6 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
     An adapter served merged (evaluate.serve_adapters) gets an engine of its own on its merged weights, written under
     `work_dir` (default: the system's temporary folder) and removed once it is scored.
     `teacher_targets`, when given, is filled with the teacher's answer tokens and top K per set (for fidelity)."""
-    from distill.models.vllm_engine import VLLMEngine
-
     names, set_names = [c.name for c in candidates], list(sets)
     scorer = Scorer(recipe)
 
@@ -316,29 +315,19 @@ def score_candidates(recipe: Recipe, candidates: list[Candidate], sets: dict[str
     bar = progress(len(candidates), "evaluate", unit="model")
     for (folder, dtype, _, merged), group in groups.items():
         prompter = Prompter(folder, group[0].spec)
-        engine, scratch = None, None
-        if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
-            if merged:
-                import tempfile
-
-                if work_dir is not None:
-                    work_dir.mkdir(parents=True, exist_ok=True)
-                scratch = tempfile.TemporaryDirectory(prefix="merged-", dir=work_dir)
-                path = merge_adapter(folder, Path(merged), dtype, Path(scratch.name), group[0].spec.trust_remote_code)
-                group = [replace(cand, merged=path) for cand in group]
-            ranks = [adapter_rank(c.adapter) for c in group if c.adapter is not None and c.merged is None]
-            capture = max((scorer._capture_k(c) or 0 for c in group), default=0) or None
-            engine = VLLMEngine(group[0].merged or folder, group[0].spec, seed=scorer.seed,
-                                max_lora_rank=max(ranks) if ranks else None, max_logprobs=capture, role=group[0].role)
-        try:
+        with ExitStack() as serving:
+            engine = None
+            if any(scorer.needs_engine(cand, prompter, sets, seed_pool, cache) for cand in group):
+                capture = max((scorer._capture_k(c) or 0 for c in group), default=0) or None
+                engine, path = serving.enter_context(adapter_engine(
+                    folder, group[0].spec, group[0].role, dtype, scorer.seed, merged=merged and Path(merged),
+                    adapters=() if merged else tuple(c.adapter for c in group if c.adapter is not None),
+                    max_logprobs=capture, work_dir=work_dir))
+                if path is not None:
+                    group = [replace(cand, merged=path) for cand in group]
             for cand in group:
                 by_name[cand.name] = scorer.score(cand, engine, sets, seed_pool, cache, prompter)
                 bar.update(1)
-        finally:
-            if engine is not None:
-                engine.close()
-            if scratch is not None:
-                scratch.cleanup()  # a copy of weights that exist elsewhere (base + adapter), rebuilt in seconds
     bar.close()
     if teacher_targets is not None:
         teacher_targets.update(scorer.teacher_targets)

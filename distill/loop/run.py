@@ -15,6 +15,7 @@ from distill.loop.assemble import answer_tokens, assemble
 from distill.loop.layout import DEV_SET, SELECT, LoopDir
 from distill.loop.report import write_loop_report
 from distill.loop.select import selection_fingerprint
+from distill.errors import UserError
 from distill.pipeline import run_logged, run_stages, save_resolved_recipe
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json
@@ -103,7 +104,8 @@ def final_round(recipe: Recipe, records: list[dict]) -> int:
     return last["round"]
 
 
-def _select(recipe: Recipe, run: RunDir, k: int, verbose: bool, label: str) -> dict:
+def select_round(recipe: Recipe, run: RunDir, k: int, verbose: bool = False, label: str = "") -> dict:
+    """Round k's choice of prompts (made in a process of its own unless up to date); its select summary."""
     layout = LoopDir(run)
     if layout.round(k).is_complete(SELECT, selection_fingerprint(recipe, run, k)):
         print(f"{label}[select] up to date, skipped", flush=True)
@@ -112,6 +114,46 @@ def _select(recipe: Recipe, run: RunDir, k: int, verbose: bool, label: str) -> d
                "--round", str(k)]
         run_logged(cmd, layout.round(k).logs / "select.log", SELECT, verbose)
     return layout.round(k).read_marker(SELECT)["summary"]
+
+
+def nothing_selected(k: int) -> str:
+    """Why the loop stops when round k found nothing to select."""
+    return "budget: nothing left to select" if k > 1 else "pool: no seed to select"
+
+
+def close_round(recipe: Recipe, layout: LoopDir, records: list[dict], k: int, label: str = "") -> str | None:
+    """After round k's stages: its record appended to `records`, said, the stop rules applied and loop/loop.json
+    written. Returns why the loop stops, or None."""
+    before = records[-1] if records else {"teacher_prompts": 0, "teacher_tokens": 0}
+    records.append(round_record(recipe, layout, k, before["teacher_prompts"], before["teacher_tokens"]))
+    r = records[-1]
+    print(f"{label}dev {r['dev_metric']}: " + ", ".join(f"{m} {v:.3f}" for m, v in r["dev"].items())
+          + (f"; guard degraded: {', '.join(r['guard_degraded'])}" if r["guard_degraded"] else ""), flush=True)
+    reason = stop_reason(recipe, records, layout.round(k).read_marker(SELECT)["summary"]["pool_left"])
+    write_record(recipe, layout, records, reason, None)
+    return reason
+
+
+def progress(recipe: Recipe, layout: LoopDir) -> tuple[list[dict], str | None, int | None]:
+    """Where the loop stands, read from its rounds' files alone: the finished rounds' records, why it stopped (None
+    while it goes on) and the round under way (None once stopped). A round is finished when its evaluation is; its
+    decisions are the ones `run_loop` took, so a chain of jobs and `distill run` agree on every round."""
+    records: list[dict] = []
+    for k in range(1, recipe.loop.rounds + 1):
+        here = layout.round(k)
+        chosen = here.read_marker(SELECT)
+        if chosen is None:
+            return records, None, k
+        if not chosen["summary"]["selected"]:
+            return records, nothing_selected(k), None
+        if here.read_marker("evaluate") is None:
+            return records, None, k
+        before = records[-1] if records else {"teacher_prompts": 0, "teacher_tokens": 0}
+        records.append(round_record(recipe, layout, k, before["teacher_prompts"], before["teacher_tokens"]))
+        reason = stop_reason(recipe, records, chosen["summary"]["pool_left"])
+        if reason:
+            return records, reason, None
+    return records, f"rounds: {recipe.loop.rounds}", None  # not reached: the last round's stop rule says it
 
 
 def run_loop(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), verbose: bool = False) -> dict:
@@ -124,37 +166,39 @@ def run_loop(recipe: Recipe, run: RunDir, force: tuple[str, ...] = (), verbose: 
     started = time.time()
     for k in range(1, recipe.loop.rounds + 1):
         label = f"[round {k}] "
-        chosen = _select(recipe, run, k, verbose, label)
+        chosen = select_round(recipe, run, k, verbose, label)
         if not chosen["selected"]:
-            reason = "budget: nothing left to select" if k > 1 else "pool: no seed to select"
+            reason = nothing_selected(k)
             break
         print(f"{label}{chosen['strategy']}: {chosen['selected']} prompts for the teacher "
               f"({chosen['pool_left']} left in the pool)", flush=True)
         run_stages(round_recipe(recipe, layout, k), layout.round(k), ROUND_STAGES, force, verbose, label)
-        before = records[-1] if records else {"teacher_prompts": 0, "teacher_tokens": 0}
-        records.append(round_record(recipe, layout, k, before["teacher_prompts"], before["teacher_tokens"]))
-        r = records[-1]
-        print(f"{label}dev {r['dev_metric']}: " + ", ".join(f"{m} {v:.3f}" for m, v in r["dev"].items())
-              + (f"; guard degraded: {', '.join(r['guard_degraded'])}" if r["guard_degraded"] else ""), flush=True)
-        reason = stop_reason(recipe, records, chosen["pool_left"])
-        _write_record(recipe, layout, records, reason, None)
+        reason = close_round(recipe, layout, records, k, label)
         if reason:
             break
-    if not records:
-        from distill.errors import UserError
+    record = end_loop(recipe, run, records, reason, force, verbose)
+    print(f"[loop] {layout.root / 'report.md'} ({time.time() - started:.0f}s)", flush=True)
+    return record
 
+
+def end_loop(recipe: Recipe, run: RunDir, records: list[dict], reason: str, force: tuple[str, ...] = (),
+             verbose: bool = False) -> dict:
+    """After the last round: the loop's student (the last round's, or the one before a degraded guard set) as the
+    run's own outputs, scored once on the test split by the run's evaluate stage, its cards, the loop's report."""
+    layout = LoopDir(run)
+    if not records:
         raise UserError(f"loop: {reason}; nothing was trained")
     final = final_round(recipe, records)
     print(f"[loop] stopped after round {records[-1]['round']} ({reason}); the loop's student is round {final}'s",
           flush=True)
-    record = _write_record(recipe, layout, records, reason, final)
+    record = write_record(recipe, layout, records, reason, final)
     assemble(recipe, run, layout, final)
     run_stages(recipe, run, ("evaluate", "document"), tuple(f for f in force if f in ("evaluate", "document")), verbose)
-    print(f"[loop] {write_loop_report(run, record)} ({time.time() - started:.0f}s)", flush=True)
+    write_loop_report(run, record)
     return record
 
 
-def _write_record(recipe: Recipe, layout: LoopDir, records: list[dict], reason: str | None, final: int | None) -> dict:
+def write_record(recipe: Recipe, layout: LoopDir, records: list[dict], reason: str | None, final: int | None) -> dict:
     record = {"strategy": recipe.loop.strategy, "budget": recipe.loop.budget.model_dump(),
               "total_prompts": recipe.loop.total_prompts, "dev_size": recipe.loop.dev.size, "rounds": records,
               "stopped": reason, "final_round": final}

@@ -19,6 +19,7 @@ from distill.data.split import split_data, split_dev
 from distill.errors import UserError
 from distill.fingerprint import generate_settings
 from distill.loop import strategies as S
+from distill.loop.assemble import answer_tokens
 from distill.loop.layout import DEV_SET, SELECT, LoopDir
 from distill.models.context import model_fingerprint
 from distill.progress import console
@@ -40,6 +41,9 @@ def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
     inputs = {"round": k, "seed": recipe.seed, "strategy": strategy, "data": generate_settings(recipe)["data"],
               "budget": [loop.budget.per_round, loop.total_prompts], "dev": loop.dev.model_dump(),
               "before": [layout.round(r).read_marker(SELECT)["output_hash"] for r in range(1, k)]}
+    if loop.budget.round_tokens is not None:  # the round's size follows the answers written before it
+        inputs["round_tokens"] = loop.budget.round_tokens
+        inputs["answered"] = [(layout.round(r).read_marker("generate") or {}).get("output_hash") for r in range(1, k)]
     if strategy != "random":
         inputs["settings"] = getattr(loop, strategy).model_dump()
         before = layout.round(k - 1)
@@ -69,15 +73,25 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     _, pool = pool_of(recipe)
     answered = layout.answered_before(k)
     unanswered = [s for s in pool if s[C.ID] not in answered]
-    n = recipe.loop.round_budget(len(answered))
+    mean_tokens = mean_answer_tokens(layout, k)
+    n = recipe.loop.round_budget(len(answered), mean_tokens)
     strategy = strategy_of(recipe, k)
     chosen = choose(recipe, layout, k, strategy, unanswered, n) if n and unanswered else []
     here.clear_marker(SELECT)
     write_jsonl(layout.selection(k), [{C.ID: item[C.ID], "why": {"round": k, **why}} for item, why in chosen])
     summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - len(chosen),
-               "answered_before": len(answered), "seconds": round(time.time() - started, 1)}
+               "answered_before": len(answered), "seconds": round(time.time() - started, 1),
+               **({"mean_answer_tokens_before": round(mean_tokens, 1)}
+                  if mean_tokens and recipe.loop.budget.round_tokens else {})}
     here.mark_complete(SELECT, fp, summary)
     return summary
+
+
+def mean_answer_tokens(layout: LoopDir, k: int) -> float | None:
+    """The mean length, in tokens, of the teacher's answers in the rounds before round k (None in round 1)."""
+    files = [layout.round(r).generated for r in range(1, k)]
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    return sum(answer_tokens(f) for f in files) / rows if rows else None
 
 
 def choose(recipe: Recipe, layout: LoopDir, k: int, strategy: str, items: list[dict], n: int) -> S.Chosen:

@@ -3,13 +3,13 @@ prompt it was trained on, its learned stop, its adapter per request or merged in
 
 from __future__ import annotations
 
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from distill.models.context import resolved_model
 from distill.models.dtype import model_dtype
 from distill.models.engine import Completion
-from distill.models.merge import adapter_serving, merge_adapter
+from distill.models.merge import adapter_engine, adapter_serving
 from distill.prompts.student import student_prompt, student_stop_id
 from distill.prompts.template import PromptTemplate
 from distill.recipe import Recipe
@@ -18,30 +18,22 @@ from distill.recipe import Recipe
 class StudentAnswers:
     def __init__(self, recipe: Recipe, adapter: Path | None):
         self.recipe, self.adapter = recipe, adapter
-        self.scratch = None
-        self.engine = None
+        self.serving = ExitStack()
+        self.engine, self.lora = None, None
 
     def __enter__(self) -> "StudentAnswers":
-        from distill.evaluate.candidates import adapter_rank
-        from distill.models.vllm_engine import VLLMEngine
-
         recipe, spec = self.recipe, self.recipe.models.student
         folder, _ = resolved_model(recipe, "student")
-        rank, self.lora = None, None
-        if self.adapter is not None and adapter_serving(recipe.evaluate.serve_adapters) == "merged":
-            self.scratch = tempfile.TemporaryDirectory(prefix="merged-")
-            folder = merge_adapter(folder, self.adapter, model_dtype(spec, "student", folder).dtype,
-                                   Path(self.scratch.name), spec.trust_remote_code)
-        elif self.adapter is not None:
-            rank, self.lora = adapter_rank(self.adapter), Path(self.adapter).resolve()
-        self.engine = VLLMEngine(folder, spec, seed=recipe.seed, max_lora_rank=rank, max_logprobs=1, role="student")
+        merged = self.adapter is not None and adapter_serving(recipe.evaluate.serve_adapters) == "merged"
+        if self.adapter is not None and not merged:
+            self.lora = Path(self.adapter).resolve()
+        self.engine, _ = self.serving.enter_context(adapter_engine(
+            folder, spec, "student", model_dtype(spec, "student", folder).dtype, recipe.seed,
+            merged=Path(self.adapter) if merged else None, adapters=(self.lora,) if self.lora else (), max_logprobs=1))
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.engine is not None:
-            self.engine.close()
-        if self.scratch is not None:
-            self.scratch.cleanup()
+        self.serving.close()
 
     def sample(self, items: list[dict], n: int, temperature: float, logprobs: int | None = None) -> list[list[Completion]]:
         """n answers per item (item i sampled with the recipe's seed + i), as long and stopped as its evaluation's."""

@@ -22,7 +22,7 @@ def teacher_engine(recipe: Recipe, run: RunDir, teacher_dir: Path, *, stage: str
     if server and recipe.slurm.teacher_server is not None:
         from distill.models.teacher_server import wait_for_server
 
-        endpoint, key = wait_for_server(recipe, run, Path(server), stage), "slurm.teacher_server"
+        endpoint, key = wait_for_server(recipe, Path(server), stage), "slurm.teacher_server"
     elif recipe.generate.backend == "openai":
         endpoint, key = recipe.generate.endpoint, "generate.endpoint"
     if endpoint is not None:

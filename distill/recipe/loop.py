@@ -30,6 +30,10 @@ class LoopBudget(Section):
                                 "rounds x per_round); the last round takes what is left.")
     tokens: int | None = Field(None, gt=0, description="Stop once the teacher has written this many answer tokens "
                                "(checked after each round, so the last round may pass it).")
+    round_tokens: int | None = Field(None, gt=0, description="Answer tokens the teacher may write per round: from round "
+                                     "2 on, a round takes as many prompts as fit at the mean answer length of the "
+                                     "rounds before (at least one, at most per_round); round 1 takes per_round. An "
+                                     "estimate: a round of long answers may pass it.")
 
 
 class UncertaintySettings(Section):
@@ -92,6 +96,10 @@ class LoopSettings(Section):
     def total_prompts(self) -> int:
         return self.budget.prompts or self.rounds * self.budget.per_round
 
-    def round_budget(self, spent: int) -> int:
-        """Prompts the next round may select, after `spent` in the rounds before it."""
-        return max(0, min(self.budget.per_round, self.total_prompts - spent))
+    def round_budget(self, spent: int, mean_answer_tokens: float | None = None) -> int:
+        """Prompts the next round may select, after `spent` in the rounds before it, whose answers were
+        `mean_answer_tokens` long on average (None before any was answered)."""
+        n = max(0, min(self.budget.per_round, self.total_prompts - spent))
+        if self.budget.round_tokens is not None and mean_answer_tokens:
+            n = min(n, max(1, int(self.budget.round_tokens // mean_answer_tokens)))
+        return n

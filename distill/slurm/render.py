@@ -18,32 +18,65 @@ from pathlib import Path
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from distill.cluster import round_job
 from distill.errors import UserError
 from distill.models.teacher_server import JOB, client_stages
 from distill.recipe import Recipe, StageResources
 from distill.slurm.layout import layout_problems
 from distill.slurm.profile import ClusterProfile, choose_partition, cpus_and_memory, package_folder
-from distill.stages import slurm_jobs
+from distill.stages import STAGES, slurm_jobs
 
 TEMPLATES_DIR = package_folder("templates")
 ACCELERATE_DIR = package_folder("accelerate")  # read by `accelerate launch` in the train job, by path
 SLURM_STAGES = slurm_jobs()  # one job per stage, document inside the evaluation job
 TEACHER_SERVER = JOB  # a job before generation when the recipe serves its teacher (slurm.teacher_server)
-# afterok on the stage before; evaluate also reads generate's held-out split, done long before.
-DEPENDS_ON = {TEACHER_SERVER: None, **{job: before for before, job in zip((None,) + SLURM_STAGES, SLURM_STAGES)}}
+# What each job runs (distill.cli commands, each on the recipe and run directory): the stages that name the job in
+# the registry, the filter job merging the generation shards' chunks first if no shard did.
+COMMANDS = {TEACHER_SERVER: ["slurm serve-teacher"],
+            **{job: (["generate"] if job == "filter" else []) + [s.name for s in STAGES if s.slurm_job == job]
+               for job in SLURM_STAGES}}
+ROUND_COMMANDS = {"generate": ["generate"], "filter": ["generate", "filter"], "train": ["train"],
+                  "evaluate": ["evaluate", "decide"]}  # decide: the round's record, stop rules, next selection
+LOOP_END = ["slurm end-loop"]  # in an evaluate job: the loop's student on the test split, the cards, the report
 
 
 @dataclass
 class StageJob:
-    """One stage's job: its rendered script and where it goes."""
+    """One job: its rendered script and where it goes."""
 
-    stage: str
+    stage: str  # its name among the run's jobs: the stage, or round-NN/stage for a loop's round
     partition: str
     script: str
     array: str | None = None
     depends_on: str | None = None
     dependency: str = "afterok"  # after: starts once the job it depends on has started (the teacher server)
     resources: dict = field(default_factory=dict)
+
+    @property
+    def variable(self) -> str:
+        """A shell variable for its job id, in the dry run's commands."""
+        return re.sub(r"\W", "_", self.stage).upper() + "_JOB"
+
+
+@dataclass
+class PlannedJob:
+    name: str  # among the run's jobs
+    stage: str  # whose template and resources (slurm.<stage>) it has
+    commands: list[str]  # distill.cli commands it runs, in order
+    round: int | None = None  # a loop's round
+
+
+def planned_jobs(recipe: Recipe) -> list[PlannedJob]:
+    """The run's jobs in submission order, each after the one before (afterok; the first after the teacher server
+    once that has started). A loop queues every round's jobs (a round after the loop stopped exits at once) and an
+    end job."""
+    jobs = [PlannedJob(TEACHER_SERVER, TEACHER_SERVER, COMMANDS[TEACHER_SERVER])] if recipe.slurm.teacher_server else []
+    if recipe.loop is None:
+        return jobs + [PlannedJob(stage, stage, COMMANDS[stage]) for stage in SLURM_STAGES]
+    for k in range(1, recipe.loop.rounds + 1):
+        jobs += [PlannedJob(round_job(k, stage), stage, [f"slurm round --round {k} --stage {c}" for c in commands], k)
+                 for stage, commands in ROUND_COMMANDS.items()]
+    return jobs + [PlannedJob("evaluate", "evaluate", LOOP_END)]
 
 
 def _environment() -> SandboxedEnvironment:
@@ -94,23 +127,19 @@ def _srun_args(profile: ClusterProfile) -> str:
 
 def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_file: Path,
                 workdir: Path | None = None) -> list[StageJob]:
-    """Every stage's script, in submission order (the teacher server first, when the recipe has one). Refuses
-    (UserError) before rendering anything if some stage's request fits no partition of the profile, or a model's
-    engine needs more GPUs than its job gets."""
-    if recipe.loop is not None:  # its rounds are decided one after another, from each round's dev score
-        raise UserError("slurm submit: a recipe with a loop runs its rounds with `distill run` (inside one job of "
-                        "your own, e.g. `sbatch --wrap 'distill run RECIPE'`); job chains per round are not rendered "
-                        "yet")
+    """Every job's script, in submission order (planned_jobs). Refuses (UserError) before rendering anything if some
+    stage's request fits no partition of the profile, or a model's engine needs more GPUs than its job gets."""
     s = recipe.slurm
     run_dir, recipe_file = Path(run_dir).resolve(), Path(recipe_file).resolve()
-    stages = ((TEACHER_SERVER,) if s.teacher_server is not None else ()) + SLURM_STAGES
-    chosen = {stage: choose_partition(profile, stage, getattr(s, stage)) for stage in stages}
+    planned = planned_jobs(recipe)
+    chosen = {job.stage: choose_partition(profile, job.stage, getattr(s, job.stage)) for job in planned}
     problems = layout_problems(recipe, profile, chosen)
     if problems:
         raise UserError(" | ".join(problems))
     env = _environment()
     jobs = []
-    for stage in stages:
+    for i, job in enumerate(planned):
+        stage = job.stage
         res: StageResources = getattr(s, stage)
         partition = chosen[stage]
         cpus, mem_gb = cpus_and_memory(partition, res)
@@ -120,7 +149,8 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
         server = stage == TEACHER_SERVER
         context = {
             "stage": stage,
-            "job_name": f"distill-{recipe.name}-{stage}",
+            "job_name": f"distill-{recipe.name}-" + (f"r{job.round}-{stage}" if job.round else stage),
+            "commands": job.commands,
             "partition": partition.name,
             "account": profile.account,
             "qos": profile.qos,
@@ -154,11 +184,10 @@ def render_jobs(recipe: Recipe, profile: ClusterProfile, run_dir: Path, recipe_f
         head = script.split("\nset -euo pipefail\n")[0]  # the template's header, before the job's first command
         written = [line for line in head.splitlines() if line.startswith("#SBATCH")]
         if sbatch_header(script) != written:  # a line that sbatch would not read: the block ended early
-            raise UserError(f"{stage}: the rendered script's #SBATCH block ends early; check the cluster profile")
-        depends_on, dependency = DEPENDS_ON[stage], "afterok"
-        if stage == "generate" and s.teacher_server is not None:
-            depends_on, dependency = TEACHER_SERVER, "after"
-        jobs.append(StageJob(stage=stage, partition=partition.name, script=script, array=array,
+            raise UserError(f"{job.name}: the rendered script's #SBATCH block ends early; check the cluster profile")
+        depends_on = planned[i - 1].name if i else None
+        dependency = "after" if depends_on == TEACHER_SERVER else "afterok"
+        jobs.append(StageJob(stage=job.name, partition=partition.name, script=script, array=array,
                              depends_on=depends_on, dependency=dependency,
                              resources={**res.model_dump(mode="json"), "cpus_per_task": cpus, "mem_gb": mem_gb}))
     return jobs

@@ -13,7 +13,6 @@ from distill.errors import UserError
 from distill.run_dir import RunDir
 from distill.stages import slurm_jobs
 
-STAGE_ORDER = ("teacher_server",) + slurm_jobs()
 NEVER_SATISFIED = "DependencyNeverSatisfied"
 # How an array's task states sum up into one stage state: the first that any task is in.
 ARRAY_PRECEDENCE = ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED", "BOOT_FAIL",
@@ -32,47 +31,59 @@ def summarize(tasks: list[dict]) -> str:
     return sorted(states)[0]
 
 
+def jobs_in_order(recorded: dict) -> dict[str, dict]:
+    """The recorded jobs in submission order, each waiting on the one before (jobs.json keeps its keys sorted, and
+    the order apart; a record without it, from an earlier version, holds the plain chain's jobs)."""
+    stages = recorded["stages"]
+    plain = ("teacher_server",) + slurm_jobs()
+    order = recorded.get("order") or sorted(stages, key=lambda name: plain.index(name) if name in plain else len(plain))
+    return {name: stages[name] for name in order}
+
+
+def _output_complete(run: RunDir, name: str) -> bool:
+    """Whether job `name`'s stage has its output: a loop round's (round-NN/stage) in the round's folder."""
+    folder, _, stage = name.rpartition("/")
+    return (RunDir(run.loop / folder) if folder else run).read_marker(stage) is not None
+
+
 def run_status(run: RunDir) -> dict:
-    """Every stage's job id, its Slurm state (and per task for arrays), and whether its output is complete."""
+    """Every job's id, its Slurm state (and per task for arrays), and whether its output is complete, in submission
+    order (each job after the one before)."""
     recorded = read_jobs(run)
     if not shutil.which("squeue"):
         raise UserError("squeue not found: run `distill slurm status` where the Slurm client commands are installed")
     accounting = accounting_enabled()
     stages = {}
-    for stage in sorted(recorded["stages"], key=STAGE_ORDER.index):
-        job = recorded["stages"][stage]
+    for stage, job in jobs_in_order(recorded).items():
         tasks = sorted(job_states(str(job["job_id"]), accounting), key=lambda t: t["job"])
         stages[stage] = {"job_id": job["job_id"], "state": summarize(tasks), "tasks": tasks,
                          "reason": next((t["reason"] for t in tasks if t["reason"]), ""),
-                         "output_complete": run.read_marker(stage) is not None}
+                         "output_complete": _output_complete(run, stage)}
     return {"run_dir": str(run.root.resolve()), "profile": recorded.get("profile"), "accounting": accounting,
             "stages": stages}
 
 
 def active_tasks(run: RunDir) -> dict[str, list[dict]]:
-    """Per stage, the jobs (array tasks apart) of this run's previous submission that are still
-    queued or running, each with its state and reason."""
+    """Per job of this run's previous submission, in submission order, its tasks (array tasks apart) that are still
+    queued or running, each with its state and reason ([] for a job that has ended)."""
     if not jobs_file(run).is_file():
         return {}
-    active = {}
-    for stage, job in read_jobs(run)["stages"].items():
-        tasks = [t for t in job_states(str(job["job_id"])) if t["state"] in ACTIVE]
-        if tasks:
-            active[stage] = tasks
-    return active
+    return {stage: [t for t in job_states(str(job["job_id"])) if t["state"] in ACTIVE]
+            for stage, job in jobs_in_order(read_jobs(run)).items()}
 
 
 def never_starting(tasks_by_stage: dict[str, list[dict]]) -> dict[str, list[str]]:
-    """Per stage, the pending jobs that can never start: their dependency failed
-    (DependencyNeverSatisfied), or they wait on such a job. Without kill_invalid_depend (cluster)
-    or --kill-on-invalid-dep (job) they stay in the queue for good."""
+    """Per job (the jobs in submission order, each waiting on the one before), the pending tasks that can never
+    start: their dependency failed (DependencyNeverSatisfied), or they wait on such a job. Without
+    kill_invalid_depend (cluster) or --kill-on-invalid-dep (job) they stay in the queue for good."""
     stuck: dict[str, list[str]] = {}
-    for i, stage in enumerate(STAGE_ORDER):
-        pending = [t for t in tasks_by_stage.get(stage, []) if t["state"] == "PENDING"]
+    before = None
+    for stage, tasks in tasks_by_stage.items():
+        pending = [t for t in tasks if t["state"] == "PENDING"]
         if any(t["reason"] == NEVER_SATISFIED for t in pending) or (
-                pending and i > 0 and STAGE_ORDER[i - 1] in stuck
-                and all(t["reason"] == "Dependency" for t in pending)):
+                pending and before in stuck and all(t["reason"] == "Dependency" for t in pending)):
             stuck[stage] = [t["job"] for t in pending]
+        before = stage
     return stuck
 
 

@@ -1,4 +1,5 @@
-"""Submit a recipe as a chain of Slurm jobs: generation array -> merge/filter -> train -> evaluate.
+"""Submit a recipe as a chain of Slurm jobs: generation array -> merge/filter -> train -> evaluate (a loop: those four
+for every round, then an end job that evaluates the loop's student on the test split).
 
 Each job depends on the one before with afterok and --kill-on-invalid-dep=yes, so a failed stage
 cancels the stages after it instead of leaving them pending, also on clusters without
@@ -69,6 +70,7 @@ def dry_run(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> str
     """The scripts and the sbatch commands that submit would run, as text; nothing is written."""
     profile = load_profile(profile_name or recipe.slurm.profile)
     jobs = render_jobs(recipe, profile, run.root, run.recipe)
+    by_name = {job.stage: job for job in jobs}
     out = []
     for job in jobs:
         script = run.root.resolve() / "slurm" / f"{job.stage}.sbatch"
@@ -76,8 +78,8 @@ def dry_run(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> str
     out.append("# ---- submit")
     for job in jobs:
         script = run.root.resolve() / "slurm" / f"{job.stage}.sbatch"
-        dep = f"${job.depends_on.upper()}_JOB" if job.depends_on else None
-        out.append(f"{job.stage.upper()}_JOB=$(" + " ".join(shlex.quote(c) if not c.startswith("--dependency") else c
+        dep = f"${by_name[job.depends_on].variable}" if job.depends_on else None
+        out.append(f"{job.variable}=$(" + " ".join(shlex.quote(c) if not c.startswith("--dependency") else c
                                                           for c in sbatch_command(script, dep, job.dependency)) + ")")
     return "\n".join(out)
 
@@ -107,6 +109,7 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
 
     record = {"profile": profile.name, "recipe": str(run.recipe.resolve()), "submitted_at": time.time(), "stages": {}}
     submitted: dict[str, str] = {}
+    width = max(len(job.stage) for job in jobs)
     try:
         for job in jobs:
             script = slurm_dir / f"{job.stage}.sbatch"
@@ -114,11 +117,12 @@ def submit(recipe: Recipe, run: RunDir, profile_name: str | None = None) -> dict
             cmd = sbatch_command(script.resolve(), submitted.get(job.depends_on) if job.depends_on else None, job.dependency)
             job_id = _sbatch(cmd)
             submitted[job.stage] = job_id
+            record["order"] = [*record.get("order", []), job.stage]
             record["stages"][job.stage] = {"job_id": job_id, "array": job.array, "partition": job.partition,
                                            "depends_on": job.depends_on, "script": str(script.resolve()),
                                            "command": cmd, "resources": job.resources}
             write_json(jobs_file(run), record)
-            print(f"[slurm] {job.stage:<9} job {job_id}" + (f" (array {job.array})" if job.array else "")
+            print(f"[slurm] {job.stage:<{width}} job {job_id}" + (f" (array {job.array})" if job.array else "")
                   + f" on {job.partition}" + (f", after {job.depends_on}" if job.depends_on else "")
                   + (" has started" if job.dependency == "after" else ""), flush=True)
     except (UserError, subprocess.SubprocessError, OSError) as e:

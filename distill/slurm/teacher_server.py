@@ -29,7 +29,7 @@ from pathlib import Path
 
 from distill.errors import StageError, UserError
 from distill.models.dtype import model_dtype
-from distill.models.teacher_server import SERVED_NAME, client_stages, server_file
+from distill.models.teacher_server import SERVED_NAME, client_jobs, client_stages, server_file
 from distill.progress import console
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json
@@ -94,12 +94,12 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _active(run: RunDir, stage: str) -> bool:
-    """Whether a task of this submission's job for `stage` is still queued or running (True until it is recorded)."""
+def _active(run: RunDir, name: str) -> bool:
+    """Whether a task of this submission's job `name` is still queued or running (True until it is recorded)."""
     from distill.cluster import ACTIVE, job_states, jobs_file
 
     try:
-        job = json.loads(jobs_file(run).read_text())["stages"][stage]["job_id"]
+        job = json.loads(jobs_file(run).read_text())["stages"][name]["job_id"]
     except (OSError, ValueError, KeyError):
         return True  # submit records it right after queuing the server
     tasks = job_states(str(job))
@@ -172,10 +172,10 @@ def serve(recipe: Recipe, run: RunDir, poll_s: float = 5.0) -> dict:
         url = f"http://{socket.gethostname()}:{ts.port}/v1"
         ready = round(time.time() - started, 1)
         write_json(path, {"job_id": job_id, "url": url, "model": SERVED_NAME, "ready_after_s": ready})
-        clients = client_stages(recipe)
-        ended = "the generation tasks have ended" if clients == ("generate",) else "the generation and training jobs have ended"
+        ended = ("the generation tasks have ended" if client_stages(recipe) == ("generate",)
+                 else "the generation and training jobs have ended")
         console(f"[teacher-server] {url} answers after {ready}s; serving until {ended.replace('have ended', 'end')}")
-        while any(_active(run, stage) for stage in clients):
+        while any(_active(run, job) for job in client_jobs(recipe)):
             if proc.poll() is not None:
                 raise fail(f"teacher server: vLLM exited with code {proc.returncode} while serving")
             time.sleep(poll_s)
