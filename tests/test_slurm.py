@@ -658,8 +658,13 @@ def test_rounds_measure_dev_only_and_the_test_split_once_at_the_end(loop_chain):
     assert len(final["contamination"]["trained_on"]) == 2
     assert "| 2 | errors | 10 (20) |" in (layout.root / "report.md").read_text()
     assert (layout.root / "curve.png").is_file()
-    assert "## Rounds" in (run.root / "model_card.md").read_text()
-    assert json.loads(run.report.read_text())["loop"]["final_round"] == 2  # the run's report.json carries the loop
+    # the model card's rounds table, cell by cell, is the loop's record
+    record = json.loads(run.loop_record.read_text())
+    rounds = (run.root / "model_card.md").read_text().split("## Rounds", 1)[1].split("\n## ", 1)[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in rounds.splitlines() if re.match(r"\| \d", line)]
+    assert cells == [[str(r["round"]), r["strategy"], f"{r['prompts']} ({r['teacher_prompts']})", str(r["kept"]),
+                      f"{r['dev']['student']:.3f}"] for r in record["rounds"]]
+    assert json.loads(run.report.read_text())["loop"] == record  # the run's report.json carries the loop
 
 
 def test_distill_run_takes_up_a_chain_that_stopped_midway_without_answering_again(loop_chain, tmp_path):
