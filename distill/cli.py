@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from distill.errors import StageError, UserError
+from distill.loop.layout import DECIDE, ROUND_STAGES
 from distill.models.tiny import FAMILIES
 from distill.preemption import PREEMPTED_EXIT, Preempted, stopped_at_request
 from distill.stages import NAMES, STAGES
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "recipe), or its decision after evaluate; nothing once the loop has stopped before the round")
     _add_recipe_args(q)
     q.add_argument("--round", type=int, required=True, metavar="K", help="the round, from 1")
-    q.add_argument("--stage", required=True, choices=["generate", "filter", "train", "evaluate", "decide"],
+    q.add_argument("--stage", required=True, choices=[*ROUND_STAGES, DECIDE],
                    help="decide: the round's record, the stop rules and the next round's selection")
     q.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N", help="a generation task's shard")
     q = slurm.add_parser("end-loop", help="the body of a loop's last job: the loop's student as the run's own, "
@@ -207,7 +208,7 @@ def _loop_job(args, recipe, run) -> int:
         return 0
     if args.round < 1 or args.round > recipe.loop.rounds:
         raise UserError(f"--round {args.round}: the loop has rounds 1 to {recipe.loop.rounds}")
-    if args.stage == "decide":
+    if args.stage == DECIDE:
         chain.decide(recipe, run, args.round)
         return 0
     argv = chain.round_stage_command(recipe, run, args.round, args.stage, args.shard)

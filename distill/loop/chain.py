@@ -10,16 +10,18 @@ goes on, round k+1's selection (uncertainty runs the student there, on the job t
 from __future__ import annotations
 
 from distill.errors import UserError
-from distill.loop.layout import LoopDir
-from distill.loop.run import ROUND_STAGES, close_round, end_loop, progress, round_recipe, select_round
+from distill.loop.layout import DECIDE, ROUND_STAGES, LoopDir
+from distill.loop.run import close_round, end_loop, progress, round_recipe, select_round
 from distill.pipeline import save_resolved_recipe, write_run_report
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, run_lock
 
-def _stopped_before(recipe: Recipe, run: RunDir, k: int) -> str | None:
-    """Why round k has nothing to do (the loop stopped before it), else None; refuses a round whose turn has not
-    come (the job chain runs them in order; a job started by hand may not)."""
-    records, reason, current = progress(recipe, LoopDir(run))
+
+def _stopped_before(where: tuple[list[dict], str | None, int | None], k: int) -> str | None:
+    """Why round k has nothing to do (the loop stopped before it), else None, from where the loop stands
+    (`progress`); refuses a round whose turn has not come (the job chain runs them in order; a job started by hand
+    may not)."""
+    records, reason, current = where
     if reason is not None and (not records or records[-1]["round"] < k):
         return f"the loop stopped after round {records[-1]['round'] if records else 0} ({reason})"
     if current is not None and current < k:
@@ -42,13 +44,14 @@ def round_stage_command(recipe: Recipe, run: RunDir, k: int, stage: str,
     found nothing to select)."""
     if stage not in ROUND_STAGES:
         raise UserError(f"--stage {stage}: a round runs {', '.join(ROUND_STAGES)}")
-    stopped = _stopped_before(recipe, run, k)
-    if stopped is None and not _selected(recipe, run, k)["selected"]:
+    layout = LoopDir(run)
+    stopped = _stopped_before(progress(recipe, layout), k)
+    # the round's first job makes its selection if the round before did not; later jobs find it in `progress`
+    if stopped is None and stage == ROUND_STAGES[0] and not _selected(recipe, run, k)["selected"]:
         stopped = f"round {k} found nothing to select"
     if stopped:
         print(f"[round {k}] [{stage}] {stopped}: nothing to do", flush=True)
         return None
-    layout = LoopDir(run)
     here = layout.round(k)
     save_resolved_recipe(round_recipe(recipe, layout, k), here)
     return [stage, str(here.recipe), "--run-dir", str(here.root),
@@ -58,16 +61,16 @@ def round_stage_command(recipe: Recipe, run: RunDir, k: int, stage: str,
 def decide(recipe: Recipe, run: RunDir, k: int) -> str | None:
     """After round k's evaluation: its record in loop/loop.json, the stop rules, and when the loop goes on, round
     k+1's selection. Returns why the loop stops, or None."""
-    stopped = _stopped_before(recipe, run, k)
-    if stopped:
-        print(f"[round {k}] [decide] {stopped}: nothing to do", flush=True)
-        return None
     layout = LoopDir(run)
+    where = progress(recipe, layout)
+    stopped = _stopped_before(where, k)
+    if stopped:
+        print(f"[round {k}] [{DECIDE}] {stopped}: nothing to do", flush=True)
+        return None
     if layout.round(k).read_marker("evaluate") is None:
         raise UserError(f"loop round {k} has not been evaluated ({layout.round(k).stage('evaluate')}): its evaluate "
                         "job comes first")
-    records, _, _ = progress(recipe, layout)
-    records = [r for r in records if r["round"] < k]  # round k is recorded (and said) again, here
+    records = [r for r in where[0] if r["round"] < k]  # round k is recorded (and said) again, here
     reason = close_round(recipe, layout, records, k, label=f"[round {k}] ")
     if reason is None:
         chosen = _selected(recipe, run, k + 1)

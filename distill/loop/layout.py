@@ -12,6 +12,8 @@ from distill.run_dir import RunDir
 
 SELECT = "select"  # a round's first step: its stage folder and completion marker
 DEV_SET = "dev"  # the name of the dev split's evaluation set in every round
+ROUND_STAGES = ("generate", "filter", "train", "evaluate")  # the registry's stages a round runs (no cards)
+DECIDE = "decide"  # a round's last step on a cluster, after evaluate: its record, the stop rules, the next selection
 
 
 class LoopDir:

@@ -12,7 +12,7 @@ import sys
 import time
 
 from distill.loop.assemble import answer_tokens, assemble
-from distill.loop.layout import DEV_SET, SELECT, LoopDir
+from distill.loop.layout import DEV_SET, ROUND_STAGES, SELECT, LoopDir
 from distill.loop.report import write_loop_report
 from distill.loop.select import selection_fingerprint
 from distill.errors import UserError
@@ -20,7 +20,6 @@ from distill.pipeline import run_logged, run_stages, save_resolved_recipe
 from distill.recipe import Recipe
 from distill.run_dir import RunDir, write_json
 
-ROUND_STAGES = ("generate", "filter", "train", "evaluate")
 
 
 def round_recipe(recipe: Recipe, layout: LoopDir, k: int) -> Recipe:
@@ -121,15 +120,20 @@ def nothing_selected(k: int) -> str:
     return "budget: nothing left to select" if k > 1 else "pool: no seed to select"
 
 
+def _record_round(recipe: Recipe, layout: LoopDir, records: list[dict], k: int) -> str | None:
+    """Round k's record appended to `records` (the rounds before it); why the loop stops after it, or None."""
+    before = records[-1] if records else {"teacher_prompts": 0, "teacher_tokens": 0}
+    records.append(round_record(recipe, layout, k, before["teacher_prompts"], before["teacher_tokens"]))
+    return stop_reason(recipe, records, layout.round(k).read_marker(SELECT)["summary"]["pool_left"])
+
+
 def close_round(recipe: Recipe, layout: LoopDir, records: list[dict], k: int, label: str = "") -> str | None:
     """After round k's stages: its record appended to `records`, said, the stop rules applied and loop/loop.json
     written. Returns why the loop stops, or None."""
-    before = records[-1] if records else {"teacher_prompts": 0, "teacher_tokens": 0}
-    records.append(round_record(recipe, layout, k, before["teacher_prompts"], before["teacher_tokens"]))
+    reason = _record_round(recipe, layout, records, k)
     r = records[-1]
     print(f"{label}dev {r['dev_metric']}: " + ", ".join(f"{m} {v:.3f}" for m, v in r["dev"].items())
           + (f"; guard degraded: {', '.join(r['guard_degraded'])}" if r["guard_degraded"] else ""), flush=True)
-    reason = stop_reason(recipe, records, layout.round(k).read_marker(SELECT)["summary"]["pool_left"])
     write_record(recipe, layout, records, reason, None)
     return reason
 
@@ -148,9 +152,7 @@ def progress(recipe: Recipe, layout: LoopDir) -> tuple[list[dict], str | None, i
             return records, nothing_selected(k), None
         if here.read_marker("evaluate") is None:
             return records, None, k
-        before = records[-1] if records else {"teacher_prompts": 0, "teacher_tokens": 0}
-        records.append(round_record(recipe, layout, k, before["teacher_prompts"], before["teacher_tokens"]))
-        reason = stop_reason(recipe, records, chosen["summary"]["pool_left"])
+        reason = _record_round(recipe, layout, records, k)
         if reason:
             return records, reason, None
     return records, f"rounds: {recipe.loop.rounds}", None  # not reached: the last round's stop rule says it

@@ -73,7 +73,7 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     _, pool = pool_of(recipe)
     answered = layout.answered_before(k)
     unanswered = [s for s in pool if s[C.ID] not in answered]
-    mean_tokens = mean_answer_tokens(layout, k)
+    mean_tokens = mean_answer_tokens(layout, k) if recipe.loop.budget.round_tokens is not None else None
     n = recipe.loop.round_budget(len(answered), mean_tokens)
     strategy = strategy_of(recipe, k)
     chosen = choose(recipe, layout, k, strategy, unanswered, n) if n and unanswered else []
@@ -81,8 +81,7 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     write_jsonl(layout.selection(k), [{C.ID: item[C.ID], "why": {"round": k, **why}} for item, why in chosen])
     summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - len(chosen),
                "answered_before": len(answered), "seconds": round(time.time() - started, 1),
-               **({"mean_answer_tokens_before": round(mean_tokens, 1)}
-                  if mean_tokens and recipe.loop.budget.round_tokens else {})}
+               **({"mean_answer_tokens_before": round(mean_tokens, 1)} if mean_tokens else {})}
     here.mark_complete(SELECT, fp, summary)
     return summary
 

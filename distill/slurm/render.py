@@ -20,6 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from distill.cluster import round_job
 from distill.errors import UserError
+from distill.loop.layout import DECIDE, ROUND_STAGES
 from distill.models.teacher_server import JOB, client_stages
 from distill.recipe import Recipe, StageResources
 from distill.slurm.layout import layout_problems
@@ -35,8 +36,9 @@ TEACHER_SERVER = JOB  # a job before generation when the recipe serves its teach
 COMMANDS = {TEACHER_SERVER: ["slurm serve-teacher"],
             **{job: (["generate"] if job == "filter" else []) + [s.name for s in STAGES if s.slurm_job == job]
                for job in SLURM_STAGES}}
-ROUND_COMMANDS = {"generate": ["generate"], "filter": ["generate", "filter"], "train": ["train"],
-                  "evaluate": ["evaluate", "decide"]}  # decide: the round's record, stop rules, next selection
+# A round's job: the same, less the cards (a round writes none), its evaluate job then deciding
+ROUND_COMMANDS = {job: [c for c in commands if c in ROUND_STAGES] + ([DECIDE] if job == "evaluate" else [])
+                  for job, commands in COMMANDS.items() if job in SLURM_STAGES}
 LOOP_END = ["slurm end-loop"]  # in an evaluate job: the loop's student on the test split, the cards, the report
 
 
