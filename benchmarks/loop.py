@@ -6,8 +6,9 @@ Per task, every student comes from `distill run` of the same recipe with a loop 
 split, the same objective and settings):
   full      rounds 1, per_round = the whole pool: the teacher answers everything
   oneshot@B rounds 1, per_round = B: B prompts drawn at random, answered at once (the control)
-  S         a loop with strategy S (random, errors, uncertainty, slices): `per_round` prompts per round; the adapter
-            after round r is the student at budget r x per_round (round 1 draws at random for every strategy)
+  S         a loop with strategy S (random, errors, uncertainty, slices, or synthesize: errors with the teacher
+            writing new inputs from the dev errors, LLM2LLM): `per_round` prompts per round; the adapter after round
+            r is the student at budget r x per_round (round 1 draws at random for every strategy)
 One `distill compare` scores every adapter, the base and the teacher on the held-out test split, with paired 95%
 bootstrap intervals against random one-shot at the same budget. Each round continues the adapter on its new rows
 only, so a loop at budget B has trained on B rows for the recipe's epochs, as oneshot@B has: equal optimizer steps up
@@ -35,9 +36,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd import ROOT, cli  # noqa: E402  (the CLI calls and data of the other benchmarks)
 
-STRATEGIES = ("random", "errors", "uncertainty", "slices")
+STRATEGIES = ("random", "errors", "uncertainty", "slices", "synthesize")
+# each compared loop's settings: a strategy, or errors with the teacher writing the round's inputs (LLM2LLM)
+LOOP_SETTINGS = {**{s: [f"loop.strategy={s}"] for s in STRATEGIES[:4]},
+                 "synthesize": ["loop.strategy=errors", "loop.errors.synthesize=true"]}
 INTENT = ROOT / "recipes" / "intent" / "recipe.yaml"
 QUICKSTART = ROOT / "recipes" / "quickstart" / "recipe.yaml"
+INTENT_WRITE = "{{ input }}\nIntent: {{ reference }}\n\nAnother utterance whose intent is {{ reference }}, worded differently:\n"
 
 
 def task_recipe(task: str, dev: int, max_seeds: int | None = None) -> dict:
@@ -57,7 +62,11 @@ def task_recipe(task: str, dev: int, max_seeds: int | None = None) -> dict:
     r["loop"] = {"rounds": 1, "strategy": "random", "budget": {"per_round": 1},
                  "dev": {"size": dev, "min_per_slice": 5, "seed": 0}, "plateau": None,
                  "stop_on_guard_degraded": False,
-                 "uncertainty": {"candidates": 400}}  # 4 samples of 400 drawn prompts per round, not the whole pool
+                 "uncertainty": {"candidates": 400},  # 4 samples of 400 drawn prompts per round, not the whole pool
+                 "errors": {"stop": ["\n"]}}  # synthesize: both tasks' inputs are one line
+    if task == "intent":  # synthesize: the teacher (asked without chat, as the recipe asks it) writes another
+        # utterance of the intent the student missed, opening as every real input does
+        r["loop"]["errors"].update(template=INTENT_WRITE, start="Utterance:", temperature=0.7)
     return r
 
 
@@ -79,7 +88,7 @@ def compared_names(adapters: list[str], recipe: Path) -> list[str]:
 def run_loop(recipe: Path, folder: Path, name: str, strategy: str, per_round: int, rounds: int, log: Path) -> dict:
     """`distill run` of the recipe as a loop; returns loop/loop.json and the rounds' adapters."""
     run = folder / name
-    cli("run", recipe, f"loop.strategy={strategy}", f"loop.budget.per_round={per_round}", f"loop.rounds={rounds}",
+    cli("run", recipe, *LOOP_SETTINGS[strategy], f"loop.budget.per_round={per_round}", f"loop.rounds={rounds}",
         f"name={name}", "--run-dir", run, log=log)
     record = json.loads((run / "loop" / "loop.json").read_text())
     record["adapters"] = {r["teacher_prompts"]: str(run / "loop" / f"round-{r['round']:02d}" / "train" / "adapter")

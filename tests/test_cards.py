@@ -380,3 +380,25 @@ def test_the_cards_carry_the_license_the_models_state(documented, tmp_path, tiny
     assert model.data.license == "mit"
     assert "License: `mit`: the recipe's train.license; the base model's files state none." in model.text
     assert DatasetCard.load(run.root / "dataset_card.md").data.license == "unknown"
+
+
+def test_the_cards_say_which_inputs_the_teacher_wrote_itself_and_that_dev_was_trained_toward(documented, tmp_path):
+    """A loop with errors.synthesize: the teacher wrote some of the inputs it answered. The cards' first sentence says
+    so, the dataset card counts them and says they are not real data, the model card that dev was trained toward."""
+    run = RunDir(shutil.copytree(documented[0].root, tmp_path / "runs" / "tiny"))
+    recipe = load_recipe(documented[0].root.parent.parent / "recipe.yaml", [
+        "loop={rounds: 2, strategy: errors, budget: {per_round: 10}, dev: {size: 12}, errors: {synthesize: true}}"])
+    record = {"strategy": "errors", "total_prompts": 20, "budget": {"per_round": 10}, "dev_size": 12,
+              "stopped": "rounds: 2", "final_round": 2, "rounds": [
+                  {"round": 1, "strategy": "random", "prompts": 10, "teacher_prompts": 10, "kept": 9,
+                   "dev_metric": "exact_match", "dev": {"student": 0.25}, "guard_degraded": []},
+                  {"round": 2, "strategy": "errors", "prompts": 7, "teacher_prompts": 17, "written": 7, "kept": 7,
+                   "dev_metric": "exact_match", "dev": {"student": 0.5}, "guard_degraded": []}]}
+    write_json(run.loop_record, record)
+    run.mark_complete("generate", "fp", {"mode": "complete", "teacher_did": "answered real seed inputs, and 7 inputs "
+                                         "it wrote itself from the student's dev errors (loop.errors.synthesize)"})
+    run_document(recipe, run)
+    dataset, model = ((run.root / f"{card}_card.md").read_text() for card in ("dataset", "model"))
+    assert "answered real seed inputs, and 7 inputs it wrote itself from the student's dev errors" in dataset
+    assert "7 of the inputs the teacher answered it had written itself" in dataset and "not real data" in dataset
+    assert "The teacher wrote 7 of its prompts itself" in model and "dev was trained toward" in model

@@ -69,6 +69,32 @@ def test_errors_spread_the_round_over_every_dev_error():
     assert chosen[0][1]["similarity"] == 1.0
 
 
+def test_errors_synthesize_spreads_the_writes_over_the_dev_errors():
+    """LLM2LLM: each dev error gets its first write, then each its second; more errors than writes: some at random."""
+    from distill.loop.written import plan_writes
+
+    errors = [{C.ID: f"dev-{c}"} for c in "abc"]
+    plan = plan_writes(errors, 7, seed=1)
+    assert sorted((e[C.ID], j) for e, j in plan) == [("dev-a", 0), ("dev-a", 1), ("dev-a", 2), ("dev-b", 0),
+                                                      ("dev-b", 1), ("dev-c", 0), ("dev-c", 1)]
+    assert [j for _, j in plan] == [0, 0, 0, 1, 1, 1, 2]
+    assert plan == plan_writes(errors, 7, seed=1)  # reproducible
+    assert len({e[C.ID] for e, _ in plan_writes(errors + [{C.ID: "dev-d"}], 2, seed=1)}) == 2
+    assert plan_writes([], 5, seed=1) == []
+
+
+def test_a_written_input_that_cannot_be_a_new_prompt_is_dropped_with_its_reason():
+    from distill.loop.written import accept, normalised
+
+    known = {normalised("The  Cat")}
+    assert accept("  \n", "stop", known) == "empty"
+    assert accept("box", "length", known) == "cut off at errors.max_tokens"  # an input ended mid-way
+    assert accept("the cat ", "stop", known) == "a copy of an input the run already has"  # case and spaces folded
+    assert accept("the dog", "stop", known) is None
+    assert accept(" Cat", "stop", known, start="the") == "a copy of an input the run already has"  # with errors.start
+    assert accept(" ", "stop", known, start="Utterance:") == "empty"  # the given start alone is no input
+
+
 def test_slices_split_the_round_by_the_gap_to_the_teacher():
     weights = S.slice_weights({"regular": 0.9, "irregular": 0.3}, {"regular": 0.9, "irregular": 0.8}, "gap")
     assert weights == {"regular": 0.0, "irregular": pytest.approx(0.5)}
@@ -114,6 +140,8 @@ def test_a_round_answers_its_selection_continues_the_adapter_and_sees_no_test_it
     ("loop: {rounds: 2, strategy: slices, budget: {per_round: 5}, dev: {size: 4}}\n", "data.slice_field is null"),
     ("loop: {rounds: 2, budget: {per_round: 5, prompts: 3}, dev: {size: 4}}\n", "less than one round's"),
     ("loop: {rounds: 2, strategy: guess, budget: {per_round: 5}, dev: {size: 4}}\n", "loop.strategy"),
+    ("loop: {rounds: 2, budget: {per_round: 5}, dev: {size: 4}, errors: {synthesize: true}}\n",
+     "the teacher writes inputs from the dev errors of strategy errors, but loop.strategy is random"),
 ])
 def test_a_bad_loop_section_is_refused_before_any_work(tmp_path, tiny_model, loop, expected):
     text = TINY_RECIPE.replace("  slice_field: comment\n", "") if "slices" in loop else TINY_RECIPE
@@ -154,6 +182,20 @@ def test_the_loop_stops_at_a_plateau_a_degraded_guard_or_the_budget(tmp_path, ti
                        10).startswith("budget: 50 teacher prompts")
 
 
+def test_the_loop_report_says_which_prompts_the_teacher_wrote_and_that_dev_was_trained_toward():
+    from distill.loop.report import loop_markdown
+
+    rounds = [{**_record(1, 0.2, 10), "strategy": "random", "prompts": 10, "kept": 9, "dev": {"student": 0.2}},
+              {**_record(2, 0.4, 18), "strategy": "errors", "prompts": 8, "kept": 8, "written": 8,
+               "teacher_tokens": 130}]
+    record = {"strategy": "errors", "total_prompts": 20, "budget": {"per_round": 10}, "dev_size": 12,
+              "rounds": rounds, "stopped": "rounds: 2", "final_round": 2}
+    text = loop_markdown(record, None)
+    assert "| 2 | errors | 8 (18) | 130 | 8 | 0.400 (the loop's student) |" in text
+    assert "round 2: 8 of its 8 prompts" in text and "Dev is trained toward" in text
+    assert "wrote inputs" not in loop_markdown({**record, "rounds": rounds[:1], "final_round": 1}, None)
+
+
 def test_a_selection_naming_no_seed_of_the_pool_is_refused_with_its_file(tmp_path, tiny_model):
     from distill.data.split import selected
     from distill.errors import DataError
@@ -170,6 +212,16 @@ def test_a_selection_naming_no_seed_of_the_pool_is_refused_with_its_file(tmp_pat
     assert [(s[C.ID], s[C.SELECTION]) for s in selected(recipe, pool)] == [("s0", None), ("s1", {"round": 1})]
     chosen.write_text('["s1"]\n')
     with pytest.raises(DataError, match=r"selected.jsonl:1: expected a JSON object"):
+        selected(recipe, pool)
+    # an input the teacher wrote (loop.errors.synthesize) comes after the pool's seeds, with no reference
+    chosen.write_text('{"id": "w1", "input": "ox", "slice": "irregular", "why": {"round": 2, "written_from": "d3"}}\n'
+                      '{"id": "s2", "why": {"round": 2}}\n')
+    seed, written = selected(recipe, pool)
+    assert seed[C.ID] == "s2"
+    assert (written[C.ID], written[C.INPUT], written[C.REFERENCE], written[C.SLICE]) == ("w1", "ox", None, "irregular")
+    assert written[C.SELECTION] == {"round": 2, "written_from": "d3"} and written[C.COLUMNS] is None
+    chosen.write_text('{"id": "w1", "input": ["ox"]}\n')
+    with pytest.raises(DataError, match=r"selected.jsonl:1: expected a JSON object with an \"id\""):
         selected(recipe, pool)
 
 

@@ -668,8 +668,8 @@ def test_rounds_measure_dev_only_and_the_test_split_once_at_the_end(loop_chain):
 
 
 def test_distill_run_takes_up_a_chain_that_stopped_midway_without_answering_again(loop_chain, tmp_path):
-    """The chain's round 2 as if its train job had been killed: `distill run` on the same run directory finds round 1
-    and round 2's teacher answers up to date, trains and evaluates round 2, and ends the loop as the chain did."""
+    """The chain's round 2 as if its evaluate job had been killed: `distill run` on the same run directory finds round
+    1 and round 2's answers and adapter up to date, evaluates round 2, and ends the loop as the chain did."""
     from distill.loop.layout import LoopDir
     from distill.run_dir import RunDir
 
@@ -679,16 +679,69 @@ def test_distill_run_takes_up_a_chain_that_stopped_midway_without_answering_agai
     second = LoopDir(run).round(2)
     answered = second.generated.read_bytes()
     before = json.loads(run.loop_record.read_text())
-    for stage in (second.stage("train"), second.stage("evaluate"),
-                  *(run.stage(s) for s in ("generate", "filter", "train", "evaluate", "document"))):
+    trained = second.read_marker("train")
+    for stage in (second.stage("evaluate"), *(run.stage(s) for s in ("generate", "filter", "train", "evaluate",
+                                                                      "document"))):
         shutil.rmtree(stage)
     result = distill(os.environ, "run", copy, timeout=600)  # the run directory: its resolved recipe, run there
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("select", "generate", "filter", "train", "evaluate"):
         assert f"[round 1] [{stage}] up to date, skipped" in result.stdout
-    assert "[round 2] [generate] up to date, skipped" in result.stdout
+    for stage in ("generate", "filter", "train"):
+        assert f"[round 2] [{stage}] up to date, skipped" in result.stdout
     assert second.generated.read_bytes() == answered  # no prompt answered again
-    assert second.read_marker("train") and second.read_marker("evaluate")
+    assert second.read_marker("train") == trained and second.read_marker("evaluate")
     after = json.loads(run.loop_record.read_text())
     assert [r["teacher_prompts"] for r in after["rounds"]] == [10, 20] and after["stopped"] == before["stopped"]
     assert run.read_marker("evaluate") and run.read_marker("document")
+
+
+def test_errors_synthesize_has_the_teacher_write_new_inputs_from_the_dev_errors(loop_chain, tmp_path):
+    """LLM2LLM (loop.errors.synthesize): round 2's selection is inputs the teacher wrote, each modelled on a dev item
+    round 1's student got wrong, and round 2's generation answers them as it answers seeds. On the chain's run with
+    the setting switched on: round 1 is up to date (it draws at random whatever the strategy)."""
+    import yaml
+
+    from distill.loop.layout import LoopDir
+    from distill.loop.run import round_recipe
+    from distill.loop.select import dev_errors
+    from distill.pipeline import save_resolved_recipe
+    from distill.recipe import load_recipe
+    from distill.run_dir import RunDir, read_jsonl
+
+    copy = tmp_path / "run"
+    shutil.copytree(loop_chain["run"].root, copy, symlinks=True)
+    run = RunDir(copy)
+    settings = yaml.safe_load(run.recipe.read_text())
+    # a plural's input is one word: the teacher's first word is its input
+    settings["loop"]["errors"].update(synthesize=True, stop=[" ", "\n"], max_tokens=6)
+    run.recipe.write_text(yaml.safe_dump(settings))
+    layout = LoopDir(run)
+    errors = {e["id"] for e in dev_errors(layout.round(1))}
+    assert errors  # round 1's student gets dev items wrong
+
+    chose = distill(os.environ, "select", run.recipe, "--run-dir", copy, "--round", "2", timeout=300)
+    assert chose.returncode == 0, chose.stdout[-3000:] + chose.stderr[-3000:]
+    summary = layout.round(2).read_marker("select")["summary"]
+    assert summary["written"] + sum(summary["written_dropped"].values()) == 10  # the round's budget, all asked for
+    assert summary["written"] > 0 and summary["written_tokens"] > 0
+    assert summary["pool_left"] == layout.round(1).read_marker("select")["summary"]["pool_left"]  # none taken
+    entries = [json.loads(line) for line in layout.selection(2).read_text().splitlines()]
+    assert len(entries) == summary["written"] and len({e["id"] for e in entries}) == len(entries)
+    assert all(e["why"]["written_from"] in errors and e["why"]["round"] == 2 for e in entries)
+    inputs = {e["input"] for e in entries}
+    known = {r["input"] for f in (run.dev, run.heldout, run.seeds) for r in read_jsonl(f)}
+    assert not inputs & known  # never a copy of a dev, test or pool input
+
+    recipe = load_recipe(run.recipe)
+    here = layout.round(2)
+    save_resolved_recipe(round_recipe(recipe, layout, 2), here)
+    answered = distill(os.environ, "generate", here.recipe, "--run-dir", here.root, timeout=300)
+    assert answered.returncode == 0, answered.stdout[-3000:] + answered.stderr[-3000:]
+    rows = pq.read_table(here.generated).to_pylist()
+    assert {r["input"] for r in rows} == inputs and all(r["reference"] is None for r in rows)
+    dev = [r["input"] for r in read_jsonl(run.dev)]
+    for r in rows:  # asked through the recipe's own template; no dev item's text reaches a row
+        assert r["prompt"].endswith(f"Q: plural of '{r['input']}'? A:")
+        assert r["provenance"]["selection"]["written_from"] in errors
+        assert not any(f"'{d}'" in r["prompt"] for d in dev)

@@ -136,22 +136,36 @@ def split_dev(recipe: Recipe, seeds: list[dict]) -> tuple[list[dict], list[dict]
 
 
 def selected(recipe: Recipe, pool: list[dict]) -> list[dict]:
-    """The seeds the teacher answers: all of them, or those data.answer_only lists (each with its `why`), in pool
-    order. An id that is no seed of the pool is an error: the selection was made for other data."""
+    """The items the teacher answers: every seed, or those data.answer_only lists (each with its `why`): the pool's
+    seeds it names by id, in pool order, then the inputs it carries (a loop round's inputs the teacher wrote), in
+    file order. An id with no input that is no seed of the pool is an error: the selection was made for other data."""
     path = recipe.data.answer_only
     if path is None:
         return pool
-    why = {}
+    why, written = {}, []
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
                     entry = json.loads(line)
-                    why[str(entry[C.ID])] = entry.get("why")
+                    if C.INPUT in entry:
+                        written.append(written_item(entry))
+                    else:
+                        why[str(entry[C.ID])] = entry.get("why")
                 except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    raise DataError(f"{path}:{n}: expected a JSON object with an \"id\"") from None
+                    raise DataError(f"{path}:{n}: expected a JSON object with an \"id\" (and an \"input\" the "
+                                    "teacher wrote, or none)") from None
     by_id = {s[C.ID]: s for s in pool}
     unknown = [i for i in why if i not in by_id]
     if unknown:
         raise DataError(f"{path}: {len(unknown)} id(s) are no seed of this data's pool (first: {unknown[0]})")
-    return [{**s, C.SELECTION: why[s[C.ID]]} for s in pool if s[C.ID] in why]
+    return [{**s, C.SELECTION: why[s[C.ID]]} for s in pool if s[C.ID] in why] + written
+
+
+def written_item(entry: dict) -> dict:
+    """A seed item for an input the teacher wrote: no reference, no history, no source row."""
+    if not isinstance(entry[C.INPUT], str):
+        raise TypeError("input")
+    return {C.ID: str(entry[C.ID]), C.INPUT: entry[C.INPUT], C.REFERENCE: None, C.REFERENCES: [],
+            C.SLICE: entry.get(C.SLICE), C.HISTORY: None, C.COLUMNS: None, "source_line": None,
+            C.SELECTION: entry.get("why")}

@@ -63,8 +63,12 @@ def assemble(recipe: Recipe, run: RunDir, layout: LoopDir, final: int) -> None:
         _write(_concat(captures), run.teacher_logprobs)
     g = [r.read_marker("generate")["summary"] for r in rounds]
     tokens = answer_tokens(run.generated)
+    written = sum(r.read_marker("select")["summary"].get("written", 0) for r in rounds)
+    teacher_did = g[0].get("teacher_did")
+    if written and teacher_did:  # the cards' first sentence: not every input was real
+        teacher_did += f", and {written} inputs it wrote itself from the student's dev errors (loop.errors.synthesize)"
     run.mark_complete("generate", fingerprint(recipe, run, "generate"), {
-        "mode": g[0]["mode"], "teacher_did": g[0].get("teacher_did"), "prompts": sum(s["prompts"] for s in g),
+        "mode": g[0]["mode"], "teacher_did": teacher_did, "prompts": sum(s["prompts"] for s in g),
         "rows": sum(s.get("rows", 0) for s in g), "failures": sum(s.get("failures", 0) for s in g),
         "new_tokens": tokens, "seconds": round(sum(s.get("seconds", 0) for s in g), 1),
         "assembled_from": list(made_from)})

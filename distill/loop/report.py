@@ -33,13 +33,20 @@ def loop_markdown(record: dict, test: dict | None) -> str:
              f"toward it, so its scores flatter their students: the test split, evaluated once, is the measure.", "",
              f"Stopped after round {rounds[-1]['round'] if rounds else 0}: {record['stopped']}. The loop's student is "
              f"round {record['final_round']}'s.", "",
-             f"| round | strategy | teacher prompts (total) | answer tokens (total) | rows kept | dev {metric}: student |",
+             f"| round | strategy | teacher prompts (total) | teacher tokens (total) | rows kept | dev {metric}: student |",
              "|---:|---|---:|---:|---:|---:|"]
     for r in rounds:
         final = " (the loop's student)" if r["round"] == record["final_round"] else ""
         guard = f"; guard degraded: {', '.join(r['guard_degraded'])}" if r["guard_degraded"] else ""
         lines.append(f"| {r['round']} | {r['strategy']} | {r['prompts']} ({r['teacher_prompts']}) | "
                      f"{r['teacher_tokens']} | {r['kept']} | {r['dev']['student']:.3f}{final}{guard} |")
+    written = [r for r in rounds if r.get("written") is not None]
+    if written:
+        lines += ["", "The teacher wrote inputs modelled on the student's dev errors (loop.errors.synthesize), then "
+                  "answered them: " + ", ".join(f"round {r['round']}: {r['written']} of its {r['prompts']} prompts"
+                                                for r in written)
+                  + ". Teacher tokens count the inputs it wrote with its answers. Dev is trained toward: its scores "
+                  "are no held-out measure."]
     beside = ", ".join(f"{m} {first[m]:.3f}" for m in ("base", "teacher") if m in first)
     if beside:
         lines += ["", f"On the same dev items, round 1 measured: {beside}."]

@@ -56,7 +56,7 @@ def round_record(recipe: Recipe, layout: LoopDir, k: int, spent_before: int, tok
     """Round k's figures, from its files: what the teacher answered, what was kept and trained on, the dev scores."""
     run = layout.round(k)
     select = run.read_marker(SELECT)["summary"]
-    tokens = answer_tokens(run.generated)
+    tokens = answer_tokens(run.generated) + select.get("written_tokens", 0)  # LLM2LLM: the inputs it wrote too
     report = json.loads(run.eval_report.read_text())
     dev = report["sets"][DEV_SET]
     metric = dev["metrics"][0]
@@ -64,6 +64,7 @@ def round_record(recipe: Recipe, layout: LoopDir, k: int, spent_before: int, tok
     guard = sorted({d["set"] for d in report["degraded"] if d.get("guard")})
     return {"round": k, "strategy": select["strategy"], "prompts": select["selected"],
             "teacher_prompts": spent_before + select["selected"], "teacher_tokens": tokens_before + tokens,
+            **({"written": select["written"]} if "written" in select else {}),
             "kept": run.read_marker("filter")["summary"]["kept"],
             "dev_metric": metric, "higher_is_better": dev["metric_info"][metric]["higher_is_better"],
             "dev": scores, "dev_slices": {m: {s: v["score"] for s, v in entry.get("slices", {}).items()}
@@ -80,7 +81,7 @@ def stop_reason(recipe: Recipe, records: list[dict], pool_left: int) -> str | No
     if last["teacher_prompts"] >= loop.total_prompts:
         return f"budget: {last['teacher_prompts']} teacher prompts"
     if loop.budget.tokens is not None and last["teacher_tokens"] >= loop.budget.tokens:
-        return f"budget: {last['teacher_tokens']} teacher answer tokens"
+        return f"budget: {last['teacher_tokens']} teacher tokens"
     if pool_left == 0:
         return "pool: every seed answered"
     if loop.plateau is not None and len(records) > loop.plateau.patience:

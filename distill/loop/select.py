@@ -25,7 +25,7 @@ from distill.models.context import model_fingerprint
 from distill.progress import console
 from distill.recipe import Recipe
 from distill.prompts.template import row_seed
-from distill.run_dir import RunDir, hash_json, write_jsonl
+from distill.run_dir import RunDir, hash_json, read_jsonl, write_jsonl
 
 
 def strategy_of(recipe: Recipe, k: int) -> str:
@@ -46,6 +46,8 @@ def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
         inputs["answered"] = [(layout.round(r).read_marker("generate") or {}).get("output_hash") for r in range(1, k)]
     if strategy != "random":
         inputs["settings"] = getattr(loop, strategy).model_dump()
+        if strategy == "errors" and loop.errors.synthesize:  # the teacher writes inputs, asked as generation asks
+            inputs["writer"] = [model_fingerprint(recipe, "teacher", True), recipe.generate.chat]
         before = layout.round(k - 1)
         inputs["measured"] = {s: (before.read_marker(s) or {}).get("output_hash") for s in ("train", "evaluate")}
         if strategy == "uncertainty":
@@ -76,14 +78,69 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     mean_tokens = mean_answer_tokens(layout, k) if recipe.loop.budget.round_tokens is not None else None
     n = recipe.loop.round_budget(len(answered), mean_tokens)
     strategy = strategy_of(recipe, k)
-    chosen = choose(recipe, layout, k, strategy, unanswered, n) if n and unanswered else []
+    writing = None
+    if n and strategy == "errors" and recipe.loop.errors.synthesize:
+        chosen, writing = written_round(recipe, run, layout, k, n, pool, unanswered)
+    else:
+        chosen = choose(recipe, layout, k, strategy, unanswered, n) if n and unanswered else []
     here.clear_marker(SELECT)
-    write_jsonl(layout.selection(k), [{C.ID: item[C.ID], "why": {"round": k, **why}} for item, why in chosen])
-    summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - len(chosen),
+    write_jsonl(layout.selection(k), [selection_entry(k, item, why) for item, why in chosen])
+    taken = sum("written_from" not in why for _, why in chosen)  # a written input takes no seed from the pool
+    summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - taken,
                "answered_before": len(answered), "seconds": round(time.time() - started, 1),
                **({"mean_answer_tokens_before": round(mean_tokens, 1)} if mean_tokens else {})}
+    if writing is not None:
+        summary.update(written=len(writing.entries), written_dropped=dict(writing.dropped),
+                       written_tokens=writing.tokens)
     here.mark_complete(SELECT, fp, summary)
     return summary
+
+
+def selection_entry(k: int, item: dict, why: dict) -> dict:
+    """One line of selected.jsonl: a pool seed by its id, or an input the teacher wrote with its slice."""
+    entry = {C.ID: item[C.ID], "why": {"round": k, **why}}
+    if "written_from" in why:
+        entry.update({C.INPUT: item[C.INPUT], C.SLICE: item[C.SLICE]})
+    return entry
+
+
+def written_round(recipe: Recipe, run: RunDir, layout: LoopDir, k: int, n: int, pool: list[dict],
+                  unanswered: list[dict]):
+    """(round k's chosen entries, what the writing made): n inputs the teacher writes from the dev errors of the
+    round before (loop.errors.synthesize); with no dev error, n pool seeds at random, as `errors` does."""
+    from distill.loop.written import normalised, write_inputs
+    from distill.models.context import resolved_model
+    from distill.models.teacher import teacher_engine
+
+    errors = dev_errors(layout.round(k - 1), with_items=True)
+    if not errors:
+        return choose(recipe, layout, k, "errors", unanswered, n), None
+    check_template_reads_input_only(recipe, pool)
+    splits = [read_jsonl(layout.round(1).heldout), read_jsonl(layout.round(1).dev)]  # the test and dev items
+    known = {normalised(str(x[C.INPUT])) for x in (*pool, *splits[0], *splits[1]) if x.get(C.INPUT)}
+    known |= {normalised(e[C.INPUT]) for r in range(1, k) for e in layout.chosen(r) if C.INPUT in e}
+    teacher_dir, _ = resolved_model(recipe, "teacher")
+    engine = teacher_engine(recipe, run, teacher_dir, stage="select", seed=recipe.generate.sampling.seed)
+    try:
+        writing = write_inputs(engine, recipe, k, errors, n, known)
+    finally:
+        engine.close()
+    console(f"[select] round {k}: the teacher wrote {len(writing.entries)} inputs from {len(errors)} dev errors"
+            + (f" ({', '.join(f'{c} {why}' for why, c in writing.dropped.items())}: dropped)" if writing.dropped else ""))
+    return writing.entries, writing
+
+
+def check_template_reads_input_only(recipe: Recipe, pool: list[dict]) -> None:
+    """A written input has no source row: refuse, before the teacher writes anything, a generate.template that reads
+    a column beside the input."""
+    from distill.prompts.teacher import teacher_prompts
+    from distill.prompts.template import PromptTemplate
+
+    probe = {C.ID: "written", C.INPUT: "a written input", C.REFERENCE: None, C.SLICE: None, C.CELL: None}
+    try:
+        teacher_prompts(recipe, PromptTemplate(recipe.generate.template, "generate.template"), [probe], pool)
+    except UserError as e:
+        raise UserError(f"loop.errors.synthesize: an input the teacher writes has no other column, but {e}") from None
 
 
 def mean_answer_tokens(layout: LoopDir, k: int) -> float | None:
@@ -118,13 +175,19 @@ def choose(recipe: Recipe, layout: LoopDir, k: int, strategy: str, items: list[d
     return S.pick_by_slices(items, n, weights, loop.slices.floor, seed)
 
 
-def dev_errors(before: RunDir) -> list[dict]:
-    """The dev items the round before's student got wrong (headline score below 1), each with its input."""
+def dev_errors(before: RunDir, with_items: bool = False) -> list[dict]:
+    """The dev items the round before's student got wrong (headline score below 1), each with its input;
+    `with_items`: the whole dev item (reference, references, slice, columns) and the student's `prediction`."""
     if not before.predictions.is_file():
         raise UserError(f"{before.predictions}: the round before has no dev predictions; run the loop from there")
-    rows = pq.read_table(before.predictions, columns=["set", "model", "item_id", C.INPUT, "score"]).to_pylist()
-    return [{C.ID: r["item_id"], C.INPUT: r[C.INPUT]} for r in rows
-            if r["set"] == DEV_SET and r["model"] == "student" and r["score"] is not None and r["score"] < 1.0]
+    rows = pq.read_table(before.predictions,
+                         columns=["set", "model", "item_id", C.INPUT, "prediction", "score"]).to_pylist()
+    wrong = [r for r in rows
+             if r["set"] == DEV_SET and r["model"] == "student" and r["score"] is not None and r["score"] < 1.0]
+    if not with_items:
+        return [{C.ID: r["item_id"], C.INPUT: r[C.INPUT]} for r in wrong]
+    dev = {d[C.ID]: d for d in read_jsonl(before.dev)}
+    return [{**dev[r["item_id"]], "prediction": r["prediction"]} for r in wrong]
 
 
 def dev_slice_scores(round_run: RunDir, model: str = "student") -> dict[str, float] | None:

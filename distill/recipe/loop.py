@@ -28,8 +28,9 @@ class LoopBudget(Section):
     per_round: int = Field(gt=0, description="Prompts the teacher answers per round.")
     prompts: int | None = Field(None, gt=0, description="Prompts the teacher answers over all rounds (default: "
                                 "rounds x per_round); the last round takes what is left.")
-    tokens: int | None = Field(None, gt=0, description="Stop once the teacher has written this many answer tokens "
-                               "(checked after each round, so the last round may pass it).")
+    tokens: int | None = Field(None, gt=0, description="Stop once the teacher has written this many tokens: its "
+                               "answers, and the inputs it wrote with errors.synthesize (checked after each round, so "
+                               "the last round may pass it).")
     round_tokens: int | None = Field(None, gt=0, description="Answer tokens the teacher may write per round: from round "
                                      "2 on, a round takes as many prompts as fit at the mean answer length of the "
                                      "rounds before (at least one, at most per_round); round 1 takes per_round. An "
@@ -47,8 +48,36 @@ class UncertaintySettings(Section):
                                    "drawn at random (default: all of them).")
 
 
+WRITE_TEMPLATE = """A student model answered this example wrongly.
+
+Input: {{ input }}
+Correct answer: {{ reference }}
+The student's answer: {{ student_answer }}
+
+Write one new input of the same kind, testing the same skill, that differs from the one above. Reply with the new \
+input only, without its answer.
+"""
+
+
 class ErrorsSettings(Section):
     embedder: str = Field("all-minilm-l6-v2", description="Sentence-transformers model folder, or the offline default.")
+    synthesize: bool = Field(
+        False, description="LLM2LLM: instead of the nearest unanswered pool prompts, the teacher writes new inputs "
+        "modelled on each dev error (errors.template), spread evenly over the errors; each written input is one of "
+        "the round's prompts, then answered like a seed. A written input that is empty, cut off at "
+        "errors.max_tokens, or a copy of a dev, test, pool or earlier written input is dropped (the round takes "
+        "fewer prompts). The writing's tokens count toward the teacher's budget. Dev is then trained toward: its "
+        "scores are no held-out measure (the test split is).")
+    template: str = Field(WRITE_TEMPLATE, description="The teacher's prompt to write one input from a dev error "
+                          "(Jinja, sandboxed): input, reference, references, student_answer, slice and the dev row's "
+                          "columns by name. Sent through the teacher's chat template when generate.chat is on.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the written inputs (above 0, so that "
+                               "several inputs written from one error differ).")
+    max_tokens: int = Field(128, gt=0, description="Most tokens of one written input; a longer one is dropped.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a written input (not kept), as "
+                            "generate.sampling.stop ends an answer: [\"\\n\"] for inputs of one line.")
+    start: str = Field("", description="The opening of every written input, given to the teacher as the start of "
+                       "its reply and kept at the head of the input (\"Utterance:\" where every real input opens so).")
 
 
 class SlicesSettings(Section):

@@ -53,6 +53,12 @@ class Recipe(Section):
         if self.generate.mode == "synthesize":
             raise ValueError("loop: a round chooses seed prompts for the teacher to answer; generate.mode synthesize "
                              "writes new inputs from grid cells instead (use complete, label or score)")
+        if loop.errors.synthesize and loop.strategy != "errors":
+            raise ValueError(f"loop.errors.synthesize: the teacher writes inputs from the dev errors of strategy "
+                             f"errors, but loop.strategy is {loop.strategy}")
+        if loop.errors.synthesize and self.generate.mode == "score":
+            raise ValueError("loop.errors.synthesize: an input the teacher writes has no real target, and "
+                             "generate.mode score only scores real targets (use complete or label)")
         if any(s.name == "dev" and s.data != "dev" for s in self.evaluate.sets):
             raise ValueError("loop: evaluate.sets has a set named 'dev', the name each round gives the loop's dev "
                              "split: rename it")
