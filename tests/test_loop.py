@@ -95,6 +95,22 @@ def test_a_written_input_that_cannot_be_a_new_prompt_is_dropped_with_its_reason(
     assert accept(" ", "stop", known, start="Utterance:") == "empty"  # the given start alone is no input
 
 
+def test_a_generation_template_that_reads_another_column_is_refused_before_the_teacher_writes(tmp_path, tiny_model):
+    """A written input has no source row: a template reading the data's `comment` column cannot ask about it."""
+    from distill.errors import UserError
+    from distill.loop.select import check_template_reads_input_only
+
+    synthesize = LOOP.replace("plateau: null", "plateau: null\n  errors: {synthesize: true}")
+    recipe = load_recipe(_loop_recipe(tmp_path, tiny_model, synthesize))
+    pool = [{**_item(i), C.REFERENCE: f"word{i}s"} for i in range(4)]
+    check_template_reads_input_only(recipe, pool)  # the recipe's template reads the input alone
+    reads_comment = recipe.model_copy(update={"generate": recipe.generate.model_copy(
+        update={"template": "{{ comment }}: plural of '{{ input }}'?"})})
+    with pytest.raises(UserError, match=r"an input the teacher writes has no other column, but generate.template: "
+                                        r"template failed to render: 'comment' is undefined"):
+        check_template_reads_input_only(reads_comment, pool)
+
+
 def test_slices_split_the_round_by_the_gap_to_the_teacher():
     weights = S.slice_weights({"regular": 0.9, "irregular": 0.3}, {"regular": 0.9, "irregular": 0.8}, "gap")
     assert weights == {"regular": 0.0, "irregular": pytest.approx(0.5)}
