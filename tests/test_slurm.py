@@ -723,8 +723,10 @@ def test_errors_synthesize_has_the_teacher_write_new_inputs_from_the_dev_errors(
     chose = distill(os.environ, "select", run.recipe, "--run-dir", copy, "--round", "2", timeout=300)
     assert chose.returncode == 0, chose.stdout[-3000:] + chose.stderr[-3000:]
     summary = layout.round(2).read_marker("select")["summary"]
-    assert summary["written"] + sum(summary["written_dropped"].values()) == 10  # the round's budget, all asked for
-    assert summary["written"] > 0 and summary["written_tokens"] > 0
+    # the round's 10 prompts asked for; what was dropped was written again (a few passes at most)
+    dropped = sum(summary["written_dropped"].values())
+    assert 0 < summary["written"] <= 10 and summary["written_tokens"] > 0
+    assert summary["written"] + dropped > 10 if dropped else summary["written"] == 10
     assert summary["pool_left"] == layout.round(1).read_marker("select")["summary"]["pool_left"]  # none taken
     entries = [json.loads(line) for line in layout.selection(2).read_text().splitlines()]
     assert len(entries) == summary["written"] and len({e["id"] for e in entries}) == len(entries)

@@ -3,7 +3,8 @@
 Each write request shows the teacher one dev error (its input, reference and the student's answer) through
 loop.errors.template; the round's prompts are spread evenly over the errors. What comes back is checked before it
 costs an answer: an empty input, one cut off at errors.max_tokens, or a copy of an input the run already has (dev,
-test, the pool, an earlier written one) is dropped, with the reason counted. The written inputs become selection
+test, the pool, an earlier written one) is dropped, with the reason counted, and written again by the next error in
+turn (a few passes at most), so that the round takes its prompts. The written inputs become selection
 entries that carry their input (data.answer_only reads them beside the pool's ids); each one's `why` names the dev
 item it was written from, never its text, so that no dev text reaches the rows.
 """
@@ -18,6 +19,9 @@ from distill import rows as C
 from distill.prompts.template import PromptTemplate, row_seed, row_variables
 from distill.recipe import Recipe
 from distill.rows import row_id
+
+
+WRITE_PASSES = 4  # a teacher that keeps writing copies of known inputs is asked at most this many times per round
 
 
 @dataclass
@@ -67,23 +71,30 @@ def write_requests(recipe: Recipe, k: int, plan: list[tuple[dict, int]], render_
 
 def write_inputs(engine, recipe: Recipe, k: int, errors: list[dict], n: int, known: set[str]) -> Writing:
     """Round k's written inputs: n writes over `errors` (dev items with the student's `prediction`), checked against
-    the `known` inputs (normalised; kept ones are added)."""
+    the `known` inputs (normalised; kept ones are added). What is dropped is written again, by the errors next in
+    turn, in up to WRITE_PASSES passes in all, so that the round takes its prompts."""
     e = recipe.loop.errors
-    plan = plan_writes(errors, n, row_seed(recipe.seed, f"loop round {k} writes"))
-    prompts, seeds = write_requests(recipe, k, plan, engine.apply_chat_template)
-    outs = engine.generate(prompts, seeds=seeds, temperature=e.temperature, max_tokens=e.max_tokens,
-                           stop=e.stop or None) if plan else []
     template_sha = PromptTemplate(e.template, "loop.errors.template").sha256
-    made = Writing()
-    for (error, j), seed, (out,) in zip(plan, seeds, outs):
-        made.tokens += out.num_tokens
-        why = accept(out.text, out.finish_reason, known, e.start)
-        if why:
-            made.dropped[why] += 1
-            continue
-        written = (e.start + out.text).strip()
-        known.add(normalised(written))
-        item = {C.ID: row_id("written", k, error[C.ID], j), C.INPUT: written, C.SLICE: error.get(C.SLICE)}
-        made.entries.append((item, {"strategy": "errors", "written_from": error[C.ID], "write_seed": seed,
-                                    "write_tokens": out.num_tokens, "template_sha256": template_sha}))
+    seed = row_seed(recipe.seed, f"loop round {k} writes")
+    made, asked = Writing(), 0
+    for _ in range(WRITE_PASSES):
+        missing = n - len(made.entries)
+        if missing <= 0 or not errors:
+            break
+        plan = plan_writes(errors, asked + missing, seed)[asked:]  # the writes after those already asked for
+        asked += missing
+        prompts, seeds = write_requests(recipe, k, plan, engine.apply_chat_template)
+        outs = engine.generate(prompts, seeds=seeds, temperature=e.temperature, max_tokens=e.max_tokens,
+                               stop=e.stop or None)
+        for (error, j), request_seed, (out,) in zip(plan, seeds, outs):
+            made.tokens += out.num_tokens
+            why = accept(out.text, out.finish_reason, known, e.start)
+            if why:
+                made.dropped[why] += 1
+                continue
+            written = (e.start + out.text).strip()
+            known.add(normalised(written))
+            item = {C.ID: row_id("written", k, error[C.ID], j), C.INPUT: written, C.SLICE: error.get(C.SLICE)}
+            made.entries.append((item, {"strategy": "errors", "written_from": error[C.ID], "write_seed": request_seed,
+                                        "write_tokens": out.num_tokens, "template_sha256": template_sha}))
     return made

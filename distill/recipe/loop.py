@@ -65,8 +65,9 @@ class ErrorsSettings(Section):
         False, description="LLM2LLM: instead of the nearest unanswered pool prompts, the teacher writes new inputs "
         "modelled on each dev error (errors.template), spread evenly over the errors; each written input is one of "
         "the round's prompts, then answered like a seed. A written input that is empty, cut off at "
-        "errors.max_tokens, or a copy of a dev, test, pool or earlier written input is dropped (the round takes "
-        "fewer prompts). The writing's tokens count toward the teacher's budget. Dev is then trained toward: its "
+        "errors.max_tokens, or a copy of a dev, test, pool or earlier written input is dropped and written again by "
+        "the next error in turn (four passes at most; a round whose teacher keeps writing copies takes fewer "
+        "prompts). The writing's tokens count toward the teacher's budget. Dev is then trained toward: its "
         "scores are no held-out measure (the test split is).")
     template: str = Field(WRITE_TEMPLATE, description="The teacher's prompt to write one input from a dev error "
                           "(Jinja, sandboxed): input, reference, references, student_answer, slice and the dev row's "
