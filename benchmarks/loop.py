@@ -66,7 +66,8 @@ def task_recipe(task: str, dev: int, max_seeds: int | None = None) -> dict:
                  "errors": {"stop": ["\n"]}}  # synthesize: both tasks' inputs are one line
     if task == "intent":  # synthesize: the teacher (asked without chat, as the recipe asks it) writes another
         # utterance of the intent the student missed, opening as every real input does
-        r["loop"]["errors"].update(template=INTENT_WRITE, start="Utterance:", temperature=0.7)
+        # (one of over 40 tokens is longer than the real ones and would not fit train.max_length)
+        r["loop"]["errors"].update(template=INTENT_WRITE, start="Utterance:", temperature=0.7, max_tokens=40)
     return r
 
 
