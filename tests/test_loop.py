@@ -84,9 +84,10 @@ def test_errors_synthesize_spreads_the_writes_over_the_dev_errors():
 
 
 def test_a_written_input_that_cannot_be_a_new_prompt_is_dropped_with_its_reason():
-    from distill.loop.written import accept, normalised
+    from distill.evaluate.metrics.normalize import normalize
+    from distill.loop.written import accept
 
-    known = {normalised("The  Cat")}
+    known = {normalize("The  Cat", ignore_case=True)}
     assert accept("  \n", "stop", known) == "empty"
     assert accept("box", "length", known) == "cut off at errors.max_tokens"  # an input ended mid-way
     assert accept("the cat ", "stop", known) == "a copy of an input the run already has"  # case and spaces folded

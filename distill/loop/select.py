@@ -108,7 +108,8 @@ def written_round(recipe: Recipe, run: RunDir, layout: LoopDir, k: int, n: int, 
                   unanswered: list[dict]):
     """(round k's chosen entries, what the writing made): n inputs the teacher writes from the dev errors of the
     round before (loop.errors.synthesize); with no dev error, n pool seeds at random, as `errors` does."""
-    from distill.loop.written import normalised, write_inputs
+    from distill.evaluate.metrics.normalize import normalize
+    from distill.loop.written import write_inputs
     from distill.models.context import resolved_model
     from distill.models.teacher import teacher_engine
 
@@ -117,8 +118,8 @@ def written_round(recipe: Recipe, run: RunDir, layout: LoopDir, k: int, n: int, 
         return choose(recipe, layout, k, "errors", unanswered, n), None
     check_template_reads_input_only(recipe, pool)
     splits = [read_jsonl(layout.round(1).heldout), read_jsonl(layout.round(1).dev)]  # the test and dev items
-    known = {normalised(str(x[C.INPUT])) for x in (*pool, *splits[0], *splits[1]) if x.get(C.INPUT)}
-    known |= {normalised(e[C.INPUT]) for r in range(1, k) for e in layout.chosen(r) if C.INPUT in e}
+    known = {normalize(str(x[C.INPUT]), ignore_case=True) for x in (*pool, *splits[0], *splits[1]) if x.get(C.INPUT)}
+    known |= {normalize(e[C.INPUT], ignore_case=True) for r in range(1, k) for e in layout.chosen(r) if C.INPUT in e}
     teacher_dir, _ = resolved_model(recipe, "teacher")
     engine = teacher_engine(recipe, run, teacher_dir, stage="select", seed=recipe.generate.sampling.seed)
     try:

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from distill import rows as C
+from distill.evaluate.metrics.normalize import normalize
 
 Chosen = list[tuple[dict, dict]]  # (seed item, why it was chosen)
 
@@ -22,7 +23,7 @@ def pick_random(items: list[dict], n: int, seed: int) -> Chosen:
 
 def disagreement(answers: list[str]) -> float:
     """The share of answers that differ from the most common one: 0 when all agree."""
-    folded = [" ".join(a.split()).lower() for a in answers]
+    folded = [normalize(a, ignore_case=True) for a in answers]
     return 1.0 - Counter(folded).most_common(1)[0][1] / len(folded)
 
 

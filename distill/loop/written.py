@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from distill import rows as C
+from distill.evaluate.metrics.normalize import normalize
 from distill.prompts.template import PromptTemplate, row_seed, row_variables
 from distill.recipe import Recipe
 from distill.rows import row_id
@@ -40,10 +41,6 @@ def plan_writes(errors: list[dict], n: int, seed: int) -> list[tuple[dict, int]]
     return [(order[i % len(order)], i // len(order)) for i in range(n)] if order else []
 
 
-def normalised(text: str) -> str:
-    return " ".join(text.split()).lower()
-
-
 def accept(text: str, finish_reason: str | None, known: set[str], start: str = "") -> str | None:
     """Why a written input (`text` after the given `start`) is dropped, or None to keep it. `known`: the run's inputs,
     normalised (grows as inputs are kept, so that two equal writes make one prompt)."""
@@ -51,14 +48,14 @@ def accept(text: str, finish_reason: str | None, known: set[str], start: str = "
         return "empty"
     if finish_reason == "length":
         return "cut off at errors.max_tokens"
-    if normalised(start + text) in known:
+    if normalize(start + text, ignore_case=True) in known:
         return "a copy of an input the run already has"
     return None
 
 
-def write_requests(recipe: Recipe, k: int, plan: list[tuple[dict, int]], render_chat) -> tuple[list[str], list[int]]:
-    """(the teacher's prompt, its request seed) for each planned write."""
-    template = PromptTemplate(recipe.loop.errors.template, "loop.errors.template")
+def write_requests(recipe: Recipe, template: PromptTemplate, k: int, plan: list[tuple[dict, int]],
+                   render_chat) -> tuple[list[str], list[int]]:
+    """(the teacher's prompt, its request seed) for each planned write, from loop.errors.template."""
     prompts, seeds = [], []
     for error, j in plan:
         text = template.render(**{**row_variables(error), "input": error[C.INPUT], "reference": error[C.REFERENCE],
@@ -74,7 +71,7 @@ def write_inputs(engine, recipe: Recipe, k: int, errors: list[dict], n: int, kno
     the `known` inputs (normalised; kept ones are added). What is dropped is written again, by the errors next in
     turn, in up to WRITE_PASSES passes in all, so that the round takes its prompts."""
     e = recipe.loop.errors
-    template_sha = PromptTemplate(e.template, "loop.errors.template").sha256
+    template = PromptTemplate(e.template, "loop.errors.template")
     seed = row_seed(recipe.seed, f"loop round {k} writes")
     made, asked = Writing(), 0
     for _ in range(WRITE_PASSES):
@@ -83,7 +80,7 @@ def write_inputs(engine, recipe: Recipe, k: int, errors: list[dict], n: int, kno
             break
         plan = plan_writes(errors, asked + missing, seed)[asked:]  # the writes after those already asked for
         asked += missing
-        prompts, seeds = write_requests(recipe, k, plan, engine.apply_chat_template)
+        prompts, seeds = write_requests(recipe, template, k, plan, engine.apply_chat_template)
         outs = engine.generate(prompts, seeds=seeds, temperature=e.temperature, max_tokens=e.max_tokens,
                                stop=e.stop or None)
         for (error, j), request_seed, (out,) in zip(plan, seeds, outs):
@@ -93,8 +90,8 @@ def write_inputs(engine, recipe: Recipe, k: int, errors: list[dict], n: int, kno
                 made.dropped[why] += 1
                 continue
             written = (e.start + out.text).strip()
-            known.add(normalised(written))
+            known.add(normalize(written, ignore_case=True))
             item = {C.ID: row_id("written", k, error[C.ID], j), C.INPUT: written, C.SLICE: error.get(C.SLICE)}
             made.entries.append((item, {"strategy": "errors", "written_from": error[C.ID], "write_seed": request_seed,
-                                        "write_tokens": out.num_tokens, "template_sha256": template_sha}))
+                                        "write_tokens": out.num_tokens, "template_sha256": template.sha256}))
     return made
