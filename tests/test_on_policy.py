@@ -307,21 +307,30 @@ def test_a_prefix_cached_scoring_engine_is_refused_before_any_work(tmp_path, stu
     assert not (tmp_path / "run" / "generate").exists()
 
 
-def test_lmbda_mixes_on_policy_steps_with_divergence_steps_on_the_kept_rows_text(tmp_path, prepared):
+@pytest.fixture(scope="module")
+def mixed(prepared, tmp_path_factory) -> Path:
+    """Six steps, half of them on the kept rows' text (lmbda 0.5), under a linear schedule with two warmup steps,
+    weight decay and clipping: one training run for the two tests below."""
+    run = tmp_path_factory.mktemp("mixed") / "run"
+    done = train(prepared, run, "train.on_policy.steps=6", "train.on_policy.lmbda=0.5", "train.lr_scheduler=linear",
+                 "train.warmup_steps=2", "train.weight_decay=0.1", "train.max_grad_norm=0.5")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run
+
+
+def test_lmbda_mixes_on_policy_steps_with_divergence_steps_on_the_kept_rows_text(mixed):
     """GKD's lmbda: about that share of steps sample the student; on the others the teacher scores kept rows' text and
     the student learns the divergence from its distributions there (not cross-entropy on the text). The two kinds of
     step have curves of their own, the teacher's reads of both are counted, and the rows file that evaluation reads
     names both kinds of text."""
     import pyarrow.parquet as pq
 
-    done = train(prepared, tmp_path / "run", "train.on_policy.steps=6", "train.on_policy.lmbda=0.5")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    steps = history(tmp_path / "run")
+    steps = history(mixed)
     kinds = [h["on_policy"] for h in steps]
     assert True in kinds and False in kinds
     assert all(("reverse_kl" in h) == h["on_policy"] and ("divergence" in h) != h["on_policy"] for h in steps)
     assert not any("ce_loss" in h for h in steps)
-    log = json.loads((tmp_path / "run" / "train" / "log.json").read_text())
+    log = json.loads((mixed / "train" / "log.json").read_text())
     assert log["steps"] == [h["step"] for h in steps if h["on_policy"]]
     assert log["off_policy"]["steps"] == [h["step"] for h in steps if not h["on_policy"]]
     cost = log["cost"]
@@ -330,25 +339,21 @@ def test_lmbda_mixes_on_policy_steps_with_divergence_steps_on_the_kept_rows_text
     text_tokens = sum(h["tokens"] for h in steps if not h["on_policy"])
     assert cost["teacher_tokens_scored"] == cost["student_tokens_sampled"] + text_tokens
     assert cost["teacher_prompts_scored"] >= 8 * 6 and cost["teacher_prompt_tokens_read"] > cost["teacher_prompts_scored"]
-    sources = set(pq.read_table(tmp_path / "run" / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist())
+    sources = set(pq.read_table(mixed / "train" / "on_policy" / "trained_rows.parquet").column("source").to_pylist())
     assert sources == {"student sample", "kept row"}
 
 
-def test_the_on_policy_optimizer_follows_the_recipes_schedule_warmup_and_clipping(tmp_path, prepared):
-    """train.lr_scheduler, warmup_steps, weight_decay and max_grad_norm shape the on-policy steps as they shape SFT's,
-    and the summary (hence the card) names the optimizer that ran."""
+def test_the_on_policy_optimizer_follows_the_recipes_schedule_warmup_and_clipping(mixed):
+    """train.lr_scheduler, warmup_steps, weight_decay and max_grad_norm shape the on-policy steps (of both kinds) as
+    they shape SFT's, and the summary (hence the card) names the optimizer that ran."""
     from distill.run_dir import RunDir
 
-    run = tmp_path / "run"
-    done = train(prepared, run, "train.on_policy.steps=4", "train.lr_scheduler=linear", "train.warmup_steps=2",
-                 "train.weight_decay=0.1", "train.max_grad_norm=0.5")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lr = 0.01  # the recipe's peak
-    assert [h["learning_rate"] for h in history(run)] == pytest.approx([0.0, lr / 2, lr, lr / 2])
-    assert all(h["grad_norm"] > 0 for h in history(run))
-    summary = RunDir(run).read_marker("train")["summary"]
+    assert [h["learning_rate"] for h in history(mixed)] == pytest.approx([0.0, lr / 2, lr, 3 * lr / 4, lr / 2, lr / 4])
+    assert all(h["grad_norm"] > 0 for h in history(mixed))
+    summary = RunDir(mixed).read_marker("train")["summary"]
     assert summary["optimizer"] == {"name": "AdamW", "learning_rate": lr, "lr_scheduler": "linear", "warmup_steps": 2,
-                                    "weight_decay": 0.1, "max_grad_norm": 0.5, "steps": 4, "prompts_per_step": 8,
+                                    "weight_decay": 0.1, "max_grad_norm": 0.5, "steps": 6, "prompts_per_step": 8,
                                     "samples_per_prompt": 1}
 
 
