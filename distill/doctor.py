@@ -129,6 +129,36 @@ def check_prompt_lengths(recipe: Recipe, c: Checkup) -> None:
         c.ok(f"models.teacher.engine.max_model_len {limit}: {text}, over {len(prompts)} prompts")
 
 
+def check_written_inputs(recipe: Recipe, c: Checkup) -> None:
+    """loop.errors.synthesize: the longest input the teacher may write, in the student's prompt with the longest
+    answer and the stop after it, must fit train.max_length; a longer row loses its end in training, and past
+    train.max_truncated_share the round's training is refused, rounds into the loop."""
+    loop = recipe.loop
+    if loop is None or not loop.errors.synthesize:
+        return
+    from distill import rows as C
+    from distill.prompts.student import student_prompt
+    from distill.prompts.template import PromptTemplate, row_variables
+    from distill.prompts.tokens import continuation_ids, prompt_ids
+
+    tok, t, e = _tokenizer(recipe, "student"), recipe.train, loop.errors
+    row = {C.ID: "written", C.INPUT: e.start}  # every written input opens with errors.start
+    prompt = student_prompt(recipe, PromptTemplate(t.prompt_template, "train.prompt_template"), row, tok)
+    completion = PromptTemplate(t.completion_template, "train.completion_template").render(
+        **{**row_variables(row), "completion": ""})
+    around = len(prompt_ids(tok, prompt)) + len(continuation_ids(tok, completion)) + 1  # + the stop it learns
+    answer = recipe.generate.sampling.max_tokens
+    room = t.max_length - around - answer
+    text = (f"the student's prompt, errors.start and stop take {around} tokens and generate.sampling.max_tokens "
+            f"{answer}, which leaves {max(room, 0)} for a written input")
+    if e.max_tokens > room:
+        c.problem(f"loop.errors.max_tokens: {e.max_tokens}, but train.max_length is {t.max_length}: {text}; a longer "
+                  "one loses its answer's end in training, and past train.max_truncated_share the round's training is "
+                  f"refused: lower loop.errors.max_tokens to {max(room, 1)} or raise train.max_length")
+    else:
+        c.ok(f"loop.errors.max_tokens {e.max_tokens}: fits train.max_length {t.max_length} ({text})")
+
+
 def check_logprobs(recipe: Recipe, c: Checkup) -> None:
     g = recipe.generate
     if not g.logprobs:
@@ -289,10 +319,11 @@ def checkup(recipe: Recipe, profile: str | None = None, machine: Machine | None 
     models_read = check_models(recipe, c)
     check_dtypes(recipe, machine, c)
     check_prefix_caching(recipe, machine, c)
-    reads_models = (check_prompt_lengths, check_vocabularies)  # through the models' tokenizers
+    reads_models = (check_prompt_lengths, check_vocabularies, check_written_inputs)  # through the models' tokenizers
     if not models_read:
         c.note("the checks that read the models' tokenizers (prompt lengths, shared vocabulary) wait for the models")
-    for check in ((check_prompt_lengths,) if data_read else ()) + (check_logprobs, check_vocabularies):
+    for check in ((check_prompt_lengths,) if data_read else ()) + (check_logprobs, check_vocabularies,
+                                                                  check_written_inputs):
         if check in reads_models and not models_read:
             continue
         try:

@@ -137,6 +137,46 @@ def test_sampler_learner_and_teacher_read_the_same_tokens_and_the_teachers_stop_
             assert all(lp == -math.inf for i, lp in zip(ids, lps) if i in loop.teacher_stops and i != stop)
 
 
+WRITING_LOOP = "loop={rounds: 2, strategy: errors, budget: {per_round: 2}, dev: {size: 4}, errors: {synthesize: true, start: 'Word:'}}"
+# the assistant turn each family's chat template opens, as its public template writes it
+ASSISTANT_HEADER = {"llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "qwen2.5": "<|im_start|>assistant\n",
+                    "qwen3": "<|im_start|>assistant\n<think>\n\n</think>\n\n", "gemma": "<start_of_turn>model\n",
+                    "mistral": "[/INST]"}
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_the_teacher_writes_a_loops_inputs_in_its_own_format_with_one_bos(zoo, chat):
+    """loop.errors.synthesize: a write request is loop.errors.template over one dev error, through the teacher's chat
+    template when generate.chat is on (its chat_template_kwargs too: Qwen3's empty think block), with errors.start
+    opening the teacher's reply; it reaches the engine as ids with one BOS, as every prompt does."""
+    import functools
+
+    from transformers import AutoTokenizer
+
+    from distill import rows as C
+    from distill.loop.written import write_requests
+    from distill.prompts.template import PromptTemplate, chat_prompt, with_chat_template
+    from distill.prompts.tokens import prompt_ids
+    from distill.recipe import load_recipe
+
+    family, recipe_file, _, teacher = zoo
+    recipe = load_recipe(recipe_file, [f"generate.chat={str(chat).lower()}", WRITING_LOOP])
+    spec = recipe.models.teacher
+    tok = with_chat_template(AutoTokenizer.from_pretrained(teacher), spec)  # as the teacher's engine holds it
+    render = functools.partial(chat_prompt, tok, **spec.chat_template_kwargs)  # its apply_chat_template
+    error = {C.ID: "d1", C.INPUT: "mouse", C.REFERENCE: "mice", "prediction": "mouses", C.SLICE: "irregular"}
+    prompts, seeds = write_requests(recipe, PromptTemplate(recipe.loop.errors.template, "t"), 2,
+                                    [(error, 0), (error, 1)], render)
+    assert prompts[0] == prompts[1] and seeds[0] != seeds[1]  # two writes from one error: other samples
+    prompt = prompts[0]
+    assert "Input: mouse\nCorrect answer: mice\nThe student's answer: mouses" in prompt
+    assert _one_bos(prompt_ids(tok, prompt), tok.bos_token_id), prompt[:40]
+    if chat:
+        assert prompt.endswith(ASSISTANT_HEADER[family] + "Word:"), prompt[-80:]
+    else:
+        assert prompt.endswith("without its answer.\nWord:") and ASSISTANT_HEADER[family].strip() not in prompt
+
+
 def end_of_turn(tokenizer, family: str) -> int:
     """The token each family's chat template ends an assistant turn with, as its public template writes it."""
     token = {"llama3": "<|eot_id|>", "qwen2.5": "<|im_end|>", "qwen3": "<|im_end|>", "gemma": "<end_of_turn>",

@@ -10,6 +10,7 @@ tests/test_slurm.py, submitted as the chain of round jobs a cluster runs, then t
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from conftest import run_cli, write_recipe, TINY_RECIPE
 from distill import rows as C
 from distill.loop import strategies as S
-from distill.loop.layout import LoopDir
+from distill.loop.layout import SELECT, LoopDir
 from distill.loop.run import round_recipe, stop_reason
 from distill.recipe import load_recipe
 from distill.run_dir import RunDir
@@ -180,6 +181,25 @@ def test_a_token_budget_per_round_sizes_each_round_by_the_answers_before_it():
     assert loop.round_budget(10, 90.0) == 1  # a round answers at least one prompt
 
 
+def test_with_synthesis_a_round_is_sized_by_what_a_prompt_cost_the_teacher_before_it(tmp_path):
+    """budget.round_tokens: the mean cost per prompt of the rounds before is the teacher's answers and, where it wrote
+    the round's inputs (errors.synthesize), its writing too (dropped writes included)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distill.loop.select import mean_teacher_tokens
+
+    layout = LoopDir(RunDir(tmp_path / "run"))
+    for k, written in ((1, None), (2, 60)):
+        here = layout.round(k)
+        here.generated.parent.mkdir(parents=True)
+        pq.write_table(pa.table({C.PROVENANCE: [{"completion_tokens": 4}] * 10}), here.generated)
+        here.mark_complete(SELECT, "fp", {"selected": 10, **({"written_tokens": written} if written else {})})
+    assert mean_teacher_tokens(layout, 1) is None
+    assert mean_teacher_tokens(layout, 2) == 4.0  # round 1: answers only
+    assert mean_teacher_tokens(layout, 3) == (40 + 40 + 60) / 20  # round 2 wrote its 10 inputs in 60 tokens
+
+
 def _record(k, student, prompts, guard=()):
     return {"round": k, "dev": {"student": student}, "higher_is_better": True, "dev_metric": "exact_match",
             "teacher_prompts": prompts, "teacher_tokens": prompts * 5, "guard_degraded": list(guard)}
@@ -250,8 +270,24 @@ def test_evaluate_measure_names_sets_of_the_recipe(tmp_path, tiny_model):
     assert result.returncode == 2 and "measure names ['plurals']; the sets are ['plural']" in result.stderr
 
 
-def test_doctor_measures_the_prompts_the_loop_may_send_the_teacher_and_no_dev_item(tmp_path, tiny_model):
+def test_doctor_measures_the_prompts_the_loop_may_send_the_teacher_and_no_dev_item(tmp_path, tiny_model, doctor):
     recipe = _loop_recipe(tmp_path, tiny_model)  # 40 seeds, 12 of them set aside as dev
-    proc = run_cli("doctor", recipe)
+    proc = doctor(recipe)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "teacher prompt" in proc.stdout and "over 28 prompts" in proc.stdout
+
+
+def test_doctor_finds_written_inputs_longer_than_training_takes(tmp_path, tiny_model, doctor):
+    """errors.synthesize: an input the teacher may write at errors.max_tokens, in the student's prompt with its answer,
+    must fit train.max_length (48 here), or the round's rows lose their end in training rounds into the loop."""
+    recipe = _loop_recipe(tmp_path, tiny_model)
+    long = doctor(recipe, "loop.errors.synthesize=true")  # errors.max_tokens: 128 by default
+    assert long.returncode == 2, long.stdout
+    problem = next(line for line in long.stdout.splitlines() if "PROBLEM" in line)
+    assert "loop.errors.max_tokens: 128, but train.max_length is 48: the student's prompt" in problem
+    room = int(re.search(r"lower loop.errors.max_tokens to (\d+)", problem).group(1))
+    assert 0 < room < 48 - 6  # the answer's 6 tokens (generate.sampling.max_tokens) and the prompt take the rest
+    fits = doctor(recipe, "loop.errors.synthesize=true", f"loop.errors.max_tokens={room}")
+    assert fits.returncode == 0, fits.stdout
+    assert f"ok       loop.errors.max_tokens {room}: fits train.max_length 48" in fits.stdout
+    assert "loop.errors" not in doctor(recipe).stdout  # nothing to say without synthesize

@@ -41,7 +41,7 @@ def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
     inputs = {"round": k, "seed": recipe.seed, "strategy": strategy, "data": generate_settings(recipe)["data"],
               "budget": [loop.budget.per_round, loop.total_prompts], "dev": loop.dev.model_dump(),
               "before": [layout.round(r).read_marker(SELECT)["output_hash"] for r in range(1, k)]}
-    if loop.budget.round_tokens is not None:  # the round's size follows the answers written before it
+    if loop.budget.round_tokens is not None:  # the round's size follows the teacher's tokens before it
         inputs["round_tokens"] = loop.budget.round_tokens
         inputs["answered"] = [(layout.round(r).read_marker("generate") or {}).get("output_hash") for r in range(1, k)]
     if strategy != "random":
@@ -75,7 +75,7 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     _, pool = pool_of(recipe)
     answered = layout.answered_before(k)
     unanswered = [s for s in pool if s[C.ID] not in answered]
-    mean_tokens = mean_answer_tokens(layout, k) if recipe.loop.budget.round_tokens is not None else None
+    mean_tokens = mean_teacher_tokens(layout, k) if recipe.loop.budget.round_tokens is not None else None
     n = recipe.loop.round_budget(len(answered), mean_tokens)
     strategy = strategy_of(recipe, k)
     writing = None
@@ -88,7 +88,7 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     taken = sum("written_from" not in why for _, why in chosen)  # a written input takes no seed from the pool
     summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - taken,
                "answered_before": len(answered), "seconds": round(time.time() - started, 1),
-               **({"mean_answer_tokens_before": round(mean_tokens, 1)} if mean_tokens else {})}
+               **({"mean_teacher_tokens_before": round(mean_tokens, 1)} if mean_tokens else {})}
     if writing is not None:
         summary.update(written=len(writing.entries), written_dropped=dict(writing.dropped),
                        written_tokens=writing.tokens)
@@ -144,11 +144,13 @@ def check_template_reads_input_only(recipe: Recipe, pool: list[dict]) -> None:
         raise UserError(f"loop.errors.synthesize: an input the teacher writes has no other column, but {e}") from None
 
 
-def mean_answer_tokens(layout: LoopDir, k: int) -> float | None:
-    """The mean length, in tokens, of the teacher's answers in the rounds before round k (None in round 1)."""
-    files = [layout.round(r).generated for r in range(1, k)]
-    rows = sum(pq.read_metadata(f).num_rows for f in files)
-    return sum(answer_tokens(f) for f in files) / rows if rows else None
+def mean_teacher_tokens(layout: LoopDir, k: int) -> float | None:
+    """The teacher's tokens per prompt in the rounds before round k (None in round 1): its answers, and the inputs it
+    wrote for them (errors.synthesize, dropped writes included)."""
+    rounds = [layout.round(r) for r in range(1, k)]
+    rows = sum(pq.read_metadata(r.generated).num_rows for r in rounds)
+    written = sum(r.read_marker(SELECT)["summary"].get("written_tokens", 0) for r in rounds)
+    return (sum(answer_tokens(r.generated) for r in rounds) + written) / rows if rows else None
 
 
 def choose(recipe: Recipe, layout: LoopDir, k: int, strategy: str, items: list[dict], n: int) -> S.Chosen:

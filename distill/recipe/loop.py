@@ -31,10 +31,11 @@ class LoopBudget(Section):
     tokens: int | None = Field(None, gt=0, description="Stop once the teacher has written this many tokens: its "
                                "answers, and the inputs it wrote with errors.synthesize (checked after each round, so "
                                "the last round may pass it).")
-    round_tokens: int | None = Field(None, gt=0, description="Answer tokens the teacher may write per round: from round "
-                                     "2 on, a round takes as many prompts as fit at the mean answer length of the "
-                                     "rounds before (at least one, at most per_round); round 1 takes per_round. An "
-                                     "estimate: a round of long answers may pass it.")
+    round_tokens: int | None = Field(None, gt=0, description="Teacher tokens per round (its answers, and the inputs it "
+                                     "writes with errors.synthesize): from round 2 on, a round takes as many prompts "
+                                     "as fit at the mean cost per prompt of the rounds before (at least one, at most "
+                                     "per_round); round 1 takes per_round. An estimate: a round of long answers may "
+                                     "pass it, and the first round that writes is sized by answers alone.")
 
 
 class UncertaintySettings(Section):
@@ -126,10 +127,10 @@ class LoopSettings(Section):
     def total_prompts(self) -> int:
         return self.budget.prompts or self.rounds * self.budget.per_round
 
-    def round_budget(self, spent: int, mean_answer_tokens: float | None = None) -> int:
-        """Prompts the next round may select, after `spent` in the rounds before it, whose answers were
-        `mean_answer_tokens` long on average (None before any was answered)."""
+    def round_budget(self, spent: int, mean_tokens: float | None = None) -> int:
+        """Prompts the next round may select, after `spent` in the rounds before it, each of which cost the teacher
+        `mean_tokens` on average (None before any was answered)."""
         n = max(0, min(self.budget.per_round, self.total_prompts - spent))
-        if self.budget.round_tokens is not None and mean_answer_tokens:
-            n = min(n, max(1, int(self.budget.round_tokens // mean_answer_tokens)))
+        if self.budget.round_tokens is not None and mean_tokens:
+            n = min(n, max(1, int(self.budget.round_tokens // mean_tokens)))
         return n
