@@ -2,7 +2,8 @@
 
 `dtype: auto` is decided per machine: the choice is checked on simulated machines (CPU feature sets, GPUs), the
 emulation of an older CPU through the environment caps torch and oneDNN read, and the fingerprint, which must
-rerun a stage whose models resolve to another dtype. Real vLLM engines show prefix caching where it is safe.
+rerun a stage whose models resolve to another dtype. Real vLLM engines show prefix caching where it is safe, and
+seeded sampling of many prompts on the CPU build.
 """
 
 from __future__ import annotations
@@ -151,6 +152,24 @@ def test_the_teachers_engine_shares_few_shot_prefixes_and_answers_as_without(tin
     assert configs[True].enable_prefix_caching and configs[True].block_size == 32  # the CPU block, not vLLM's 128
     assert not configs[False].enable_prefix_caching
     assert answers[True] == answers[False]
+
+
+def test_seeded_sampling_of_more_prompt_tokens_than_an_engine_step_takes_answers_each_prompt_as_alone(tiny_model):
+    """The loop's uncertainty and writing, synthesize mode and on-policy sampling draw seeded samples (temperature 1)
+    of many prompts at once. On vLLM's CPU build a prompt prefilled over two steps killed the engine ("CPU Generator
+    does not use offset", 400 intent prompts x 4 samples); each prompt is now prefilled whole, and samples as it does
+    alone."""
+    from distill.models.vllm_engine import VLLMEngine
+
+    prompts = [" ".join(f"word{i}x{j}" for j in range(40)) for i in range(120)]  # over 12,000 prompt tokens
+    engine = VLLMEngine(tiny_model, ModelSpec(path=str(tiny_model), dtype="float32"))
+    try:
+        together = engine.generate(prompts, seeds=list(range(120)), n=4, temperature=1.0, max_tokens=4)
+        alone = engine.generate(prompts[-1:], seeds=[119], n=4, temperature=1.0, max_tokens=4)
+    finally:
+        engine.close()
+    assert [len(samples) for samples in together] == [4] * 120
+    assert [c.text for c in together[-1]] == [c.text for c in alone[0]]
 
 
 def test_an_engine_whose_prompt_log_probabilities_are_read_never_caches_prefixes(tiny_model):

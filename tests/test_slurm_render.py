@@ -366,6 +366,8 @@ def test_the_server_command_carries_the_teachers_engine_settings_and_the_jobs_la
     assert flags["--distributed-executor-backend"] == "ray" and flags["--served-model-name"] == "teacher"
     assert flags["--dtype"] == "float32" and flags["--max-model-len"] == "1024" and "--enforce-eager" in cmd
     assert cmd[-2:] == ["--max-num-seqs=256", "--enable-prefix-caching"]
+    # rendered here, on a CPU: whole prompts per step (seeded sampling on vLLM's CPU build dies otherwise)
+    assert "--no-enable-chunked-prefill" in cmd
 
 
 def test_an_on_policy_recipe_has_its_server_score_without_prefix_caching_for_the_train_job(tmp_path, tiny_model):

@@ -88,6 +88,11 @@ class VLLMEngine:
             options["gpu_memory_utilization"] = spec.engine.gpu_memory_utilization
         else:
             options["kv_cache_memory_bytes"] = int(spec.engine.kv_cache_gb * 1024**3)
+            # A prompt prefilled over two steps has the token sampled at the first one discarded, and vLLM then
+            # rewinds the request's seeded generator by an offset, which a CPU generator does not have: the engine
+            # dies ("CPU Generator does not use offset") as soon as seeded sampling (temperature > 0) brings more
+            # prompt tokens than one step takes. Whole prompts per step never discard a token.
+            options["enable_chunked_prefill"] = False
         if max_lora_rank:
             # vLLM accepts only some ranks as the maximum; any adapter up to it is served.
             allowed = [r for r in VLLM_LORA_RANKS if r >= max_lora_rank]

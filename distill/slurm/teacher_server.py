@@ -40,8 +40,11 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
     distill.slurm.vllm_server so that its CPU engine may use AMX) for the teacher:
     the engine settings the in-process engine would use, the job's parallel layout, then the recipe's extra options."""
     from distill.data.captures import LOGPROBS_MODE
+    from distill.models.hardware import this_machine
+    from distill.models.vllm_engine import block_size
 
     ts, spec, g = recipe.slurm.teacher_server, recipe.models.teacher, recipe.generate
+    on_gpu = bool(this_machine().gpus)
     e = spec.engine
     tensor, pipeline = ts.parallel_sizes()
     cmd = [sys.executable, "-m", "distill.slurm.vllm_server", "--model", str(teacher_dir),
@@ -57,11 +60,10 @@ def serve_command(recipe: Recipe, teacher_dir: Path) -> list[str]:
     if e.prefix_caching is False or scores:  # which vLLM can return stale with prefix caching (vllm#42019)
         cmd.append("--no-enable-prefix-caching")
     else:  # generation only: the server is never asked for prompt log-probabilities (mode: score is refused)
-        from distill.models.hardware import this_machine
-        from distill.models.vllm_engine import block_size
-
-        block = block_size(e, bool(this_machine().gpus))
+        block = block_size(e, on_gpu)
         cmd += ["--enable-prefix-caching"] + (["--block-size", str(block)] if block else [])
+    if not on_gpu:  # whole prompts per step: seeded sampling on the CPU build dies otherwise (distill.models.vllm_engine)
+        cmd.append("--no-enable-chunked-prefill")
     if spec.trust_remote_code:
         cmd.append("--trust-remote-code")
     if e.quantization:
