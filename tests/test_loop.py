@@ -290,4 +290,5 @@ def test_doctor_finds_written_inputs_longer_than_training_takes(tmp_path, tiny_m
     fits = doctor(recipe, "loop.errors.synthesize=true", f"loop.errors.max_tokens={room}")
     assert fits.returncode == 0, fits.stdout
     assert f"ok       loop.errors.max_tokens {room}: fits train.max_length 48" in fits.stdout
+    assert doctor(recipe, "loop.errors.synthesize=true", f"loop.errors.max_tokens={room + 1}").returncode == 2
     assert "loop.errors" not in doctor(recipe).stdout  # nothing to say without synthesize
