@@ -200,6 +200,31 @@ def test_with_synthesis_a_round_is_sized_by_what_a_prompt_cost_the_teacher_befor
     assert mean_teacher_tokens(layout, 3) == (40 + 40 + 60) / 20  # round 2 wrote its 10 inputs in 60 tokens
 
 
+def test_a_loop_given_more_rounds_or_budget_after_it_stopped_keeps_its_rounds(tmp_path, tiny_model):
+    """A round's choice is up to date while what shapes it is unchanged: its own number of prompts, not the loop's
+    total. More rounds, or a larger budget, leave the finished rounds' selections standing (the loop goes on from
+    the last); a budget that changes what a round takes makes that round choose again."""
+    from distill.loop.select import selection_fingerprint
+
+    def fingerprints(loop_text, rounds=(1, 2)):
+        recipe = load_recipe(_loop_recipe(tmp_path, tiny_model, loop_text))
+        return [selection_fingerprint(recipe, RunDir(tmp_path / "run"), k) for k in rounds]
+
+    layout = LoopDir(RunDir(tmp_path / "run"))
+    layout.selection(1).parent.mkdir(parents=True)  # round 1 chose 10 seeds
+    layout.selection(1).write_text("".join(f'{{"id": "s{i}", "why": {{"round": 1}}}}\n' for i in range(10)))
+    layout.round(1).mark_complete(SELECT, "fp", {"selected": 10})
+    first = fingerprints(LOOP.replace("strategy: errors", "strategy: random"))  # 2 rounds of 10
+    more = fingerprints(LOOP.replace("strategy: errors", "strategy: random").replace("rounds: 2", "rounds: 5"))
+    assert more == first  # five rounds of 10: rounds 1 and 2 take what they took
+    larger = fingerprints(LOOP.replace("strategy: errors", "strategy: random").replace(
+        "budget: {per_round: 10}", "budget: {per_round: 10, prompts: 100}"))
+    assert larger == first
+    short = fingerprints(LOOP.replace("strategy: errors", "strategy: random").replace(
+        "budget: {per_round: 10}", "budget: {per_round: 10, prompts: 15}"))
+    assert short[0] == first[0] and short[1] != first[1]  # round 2 now takes 5: it chooses again
+
+
 def _record(k, student, prompts, guard=()):
     return {"round": k, "dev": {"student": student}, "higher_is_better": True, "dev_metric": "exact_match",
             "teacher_prompts": prompts, "teacher_tokens": prompts * 5, "guard_degraded": list(guard)}

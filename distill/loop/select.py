@@ -34,16 +34,16 @@ def strategy_of(recipe: Recipe, k: int) -> str:
 
 
 def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
-    """What round k's choice depends on: the pool (the data and its splits), the budget, the strategy and its
-    settings, the choices before it and, for a strategy that reads it, what the round before measured."""
+    """What round k's choice depends on: the pool (the data and its splits), how many prompts the round takes, the
+    strategy and its settings, the choices before it and, for a strategy that reads it, what the round before
+    measured. The round's own share of the budget, not the loop's total: a loop given more rounds or a larger budget
+    after it stopped keeps its rounds and goes on from the last."""
     loop, layout = recipe.loop, LoopDir(run)
     strategy = strategy_of(recipe, k)
+    mean_tokens = mean_teacher_tokens(layout, k) if loop.budget.round_tokens is not None else None
     inputs = {"round": k, "seed": recipe.seed, "strategy": strategy, "data": generate_settings(recipe)["data"],
-              "budget": [loop.budget.per_round, loop.total_prompts], "dev": loop.dev.model_dump(),
+              "prompts": loop.round_budget(len(layout.answered_before(k)), mean_tokens), "dev": loop.dev.model_dump(),
               "before": [layout.round(r).read_marker(SELECT)["output_hash"] for r in range(1, k)]}
-    if loop.budget.round_tokens is not None:  # the round's size follows the teacher's tokens before it
-        inputs["round_tokens"] = loop.budget.round_tokens
-        inputs["answered"] = [(layout.round(r).read_marker("generate") or {}).get("output_hash") for r in range(1, k)]
     if strategy != "random":
         inputs["settings"] = getattr(loop, strategy).model_dump()
         if strategy == "errors" and loop.errors.synthesize:  # the teacher writes inputs, asked as generation asks
@@ -148,6 +148,10 @@ def mean_teacher_tokens(layout: LoopDir, k: int) -> float | None:
     """The teacher's tokens per prompt in the rounds before round k (None in round 1): its answers, and the inputs it
     wrote for them (errors.synthesize, dropped writes included)."""
     rounds = [layout.round(r) for r in range(1, k)]
+    for r, here in enumerate(rounds, 1):
+        if not here.generated.is_file():
+            raise UserError(f"loop round {r} has not been answered ({here.generated}): round {k}'s size follows its "
+                            "answers (loop.budget.round_tokens), so its generation comes first")
     rows = sum(pq.read_metadata(r.generated).num_rows for r in rounds)
     written = sum(r.read_marker(SELECT)["summary"].get("written_tokens", 0) for r in rounds)
     return (sum(answer_tokens(r.generated) for r in rounds) + written) / rows if rows else None
