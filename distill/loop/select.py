@@ -40,9 +40,8 @@ def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
     after it stopped keeps its rounds and goes on from the last."""
     loop, layout = recipe.loop, LoopDir(run)
     strategy = strategy_of(recipe, k)
-    mean_tokens = mean_teacher_tokens(layout, k) if loop.budget.round_tokens is not None else None
     inputs = {"round": k, "seed": recipe.seed, "strategy": strategy, "data": generate_settings(recipe)["data"],
-              "prompts": loop.round_budget(len(layout.answered_before(k)), mean_tokens), "dev": loop.dev.model_dump(),
+              "prompts": round_size(recipe, layout, k)[2], "dev": loop.dev.model_dump(),
               "before": [layout.round(r).read_marker(SELECT)["output_hash"] for r in range(1, k)]}
     if strategy != "random":
         inputs["settings"] = getattr(loop, strategy).model_dump()
@@ -73,10 +72,8 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
         return here.read_marker(SELECT)["summary"]
     started = time.time()
     _, pool = pool_of(recipe)
-    answered = layout.answered_before(k)
+    answered, mean_tokens, n = round_size(recipe, layout, k)
     unanswered = [s for s in pool if s[C.ID] not in answered]
-    mean_tokens = mean_teacher_tokens(layout, k) if recipe.loop.budget.round_tokens is not None else None
-    n = recipe.loop.round_budget(len(answered), mean_tokens)
     strategy = strategy_of(recipe, k)
     writing = None
     if n and strategy == "errors" and recipe.loop.errors.synthesize:
@@ -142,6 +139,14 @@ def check_template_reads_input_only(recipe: Recipe, pool: list[dict]) -> None:
         teacher_prompts(recipe, PromptTemplate(recipe.generate.template, "generate.template"), [probe], pool)
     except UserError as e:
         raise UserError(f"loop.errors.synthesize: an input the teacher writes has no other column, but {e}") from None
+
+
+def round_size(recipe: Recipe, layout: LoopDir, k: int) -> tuple[set[str], float | None, int]:
+    """(the seeds the rounds before round k chose, the teacher's tokens per prompt in those rounds where
+    loop.budget.round_tokens reads them, the prompts round k takes): what the choice and its fingerprint agree on."""
+    answered = layout.answered_before(k)
+    mean_tokens = mean_teacher_tokens(layout, k) if recipe.loop.budget.round_tokens is not None else None
+    return answered, mean_tokens, recipe.loop.round_budget(len(answered), mean_tokens)
 
 
 def mean_teacher_tokens(layout: LoopDir, k: int) -> float | None:
