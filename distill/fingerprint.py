@@ -87,6 +87,10 @@ def train_settings(r: Recipe) -> dict:
     settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name}
     if r.train.init_adapter:  # the adapter continued, by content
         settings["train"]["init_adapter"] = content_hash(r.train.init_adapter)
+    if r.train.add_rows:  # other runs' rows, by content; none: absent, as before the setting existed
+        settings["train"]["add_rows"] = [content_hash(p) for p in r.train.add_rows]
+    else:
+        del settings["train"]["add_rows"]
     if r.train.uses("on_policy"):
         o = r.train.on_policy
         settings["sampler_stop"] = list(r.evaluate.stop)  # the student's samples end at these strings, as its answers do

@@ -402,3 +402,7 @@ def test_the_cards_say_which_inputs_the_teacher_wrote_itself_and_that_dev_was_tr
     assert "answered real seed inputs, and 7 inputs it wrote itself from the student's dev errors" in dataset
     assert "7 of the inputs the teacher answered it had written itself" in dataset and "not real data" in dataset
     assert "The teacher wrote 7 of its prompts itself" in model and "dev was trained toward" in model
+    assert "each round continued the adapter of the round before on its new rows" in model
+    write_json(run.loop_record, {**record, "train": "retrain"})  # loop.train: retrain
+    run_document(recipe, run)
+    assert "each round trained a fresh adapter on the rows of every round so far" in (run.root / "model_card.md").read_text()

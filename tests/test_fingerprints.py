@@ -195,6 +195,13 @@ def test_train_reruns_for_what_shapes_the_adapter_not_for_logging(tmp_path, reci
     assert stage_fp(recipe, "train", "models.teacher.dtype=bfloat16", run=run) == before  # train never runs the teacher
     for override in ("train.learning_rate=0.001", "train.save_steps=2", "models.student.dtype=bfloat16"):
         assert stage_fp(recipe, "train", override, run=run) != before, override
+    # another run's rows trained on beside this run's (a retrained loop round): by content
+    other = tmp_path / "other.parquet"
+    other.write_bytes(b"rows of another run")
+    added = stage_fp(recipe, "train", f"train.add_rows=[{other}]", run=run)
+    assert added != before
+    other.write_bytes(b"other rows of another run")
+    assert stage_fp(recipe, "train", f"train.add_rows=[{other}]", run=run) not in (before, added)
 
 
 def test_a_train_stage_finished_under_a_launch_is_done_for_every_process_and_redone_by_another_launch(

@@ -160,9 +160,13 @@ def test_a_round_answers_its_selection_continues_the_adapter_and_sees_no_test_it
     ("loop: {rounds: 2, strategy: guess, budget: {per_round: 5}, dev: {size: 4}}\n", "loop.strategy"),
     ("loop: {rounds: 2, budget: {per_round: 5}, dev: {size: 4}, errors: {synthesize: true}}\n",
      "the teacher writes inputs from the dev errors of strategy errors, but loop.strategy is random"),
+    ("loop: {rounds: 2, train: retrain, budget: {per_round: 5}, dev: {size: 4}}\n",
+     "retrain trains each round on the rows of every round so far, with objective sft only, but train.objective is kd"),
 ])
 def test_a_bad_loop_section_is_refused_before_any_work(tmp_path, tiny_model, loop, expected):
     text = TINY_RECIPE.replace("  slice_field: comment\n", "") if "slices" in loop else TINY_RECIPE
+    if "retrain" in loop:
+        text = text.replace("  batch_size: 8\n", "  batch_size: 8\n  objective: kd\n")
     recipe = _loop_recipe(tmp_path, tiny_model, loop, text)
     result = run_cli("validate", recipe)
     assert result.returncode == 2, result.stderr
@@ -222,6 +226,36 @@ def test_a_loop_given_more_rounds_or_budget_after_it_stopped_keeps_its_rounds(tm
     assert short[0] == first[0] and short[1] != first[1]  # round 2 now takes 5: it chooses again
 
 
+def test_an_explored_share_of_each_round_is_drawn_at_random_beside_the_strategys_choice(tmp_path, tiny_model):
+    """loop.explore 0.5: of round 2's 10 prompts, the strategy chooses 5 and 5 more are drawn at random from the seeds
+    it left; each says which it is. Round 1 draws at random anyway; explore 0 leaves a loop's choices as they were."""
+    import json
+
+    from distill.loop.select import run_select, selection_fingerprint
+
+    recipe = load_recipe(_loop_recipe(tmp_path, tiny_model, LOOP.replace("strategy: errors",
+                                                                           "strategy: slices\n  explore: 0.5")))
+    run = RunDir(tmp_path / "runs" / "tiny")
+    layout = LoopDir(run)
+    assert run_select(recipe, run, 1)["selected"] == 10 and "explored" not in run_select(recipe, run, 1)
+    # round 1's dev scores: the regular nouns far behind the teacher, the irregular ones level with it
+    layout.round(1).eval_report.parent.mkdir(parents=True)
+    layout.round(1).eval_report.write_text(json.dumps({"sets": {"dev": {"models": {
+        "student": {"score": 0.3, "slices": {"regular": {"score": 0.2}, "irregular": {"score": 0.9}}},
+        "teacher": {"score": 0.9, "slices": {"regular": {"score": 0.9}, "irregular": {"score": 0.9}}}}}}}))
+    summary = run_select(recipe, run, 2)
+    chosen = [(e["id"], e["why"]) for e in map(json.loads, layout.selection(2).read_text().splitlines())]
+    assert summary["selected"] == 10 and summary["explored"] == 5
+    explored = [why for _, why in chosen if "explore" in why]
+    assert len(explored) == 5 and all(why["strategy"] == "random" and why["explore"] == 0.5 for why in explored)
+    assert sum(why["strategy"] == "slices" for _, why in chosen) == 5
+    ids = [i for i, _ in chosen]
+    assert len(set(ids)) == 10 and not set(ids) & layout.answered_before(2)  # no seed twice, none of round 1's
+    plain = load_recipe(_loop_recipe(tmp_path, tiny_model, LOOP.replace("strategy: errors", "strategy: slices")))
+    assert selection_fingerprint(plain, run, 1) == selection_fingerprint(recipe, run, 1)
+    assert selection_fingerprint(plain, run, 2) != selection_fingerprint(recipe, run, 2)
+
+
 def _record(k, student, prompts, guard=()):
     return {"round": k, "dev": {"student": student}, "higher_is_better": True, "dev_metric": "exact_match",
             "teacher_prompts": prompts, "teacher_tokens": prompts * 5, "guard_degraded": list(guard)}
@@ -241,7 +275,7 @@ def test_the_loop_stops_at_a_plateau_a_degraded_guard_or_the_budget(tmp_path, ti
                        10).startswith("budget: 50 teacher prompts")
 
 
-def test_the_loop_report_says_which_prompts_the_teacher_wrote_and_that_dev_was_trained_toward():
+def test_the_loop_report_says_which_prompts_were_written_or_explored_and_that_dev_was_trained_toward():
     from distill.loop.report import loop_markdown
 
     rounds = [{**_record(1, 0.2, 10), "strategy": "random", "prompts": 10, "kept": 9, "dev": {"student": 0.2}},
@@ -253,6 +287,10 @@ def test_the_loop_report_says_which_prompts_the_teacher_wrote_and_that_dev_was_t
     assert "| 2 | errors | 8 (18) | 130 | 8 | 0.400 (the loop's student) |" in text
     assert "round 2: 8 of its 8 prompts" in text and "Dev is trained toward" in text
     assert "wrote inputs" not in loop_markdown({**record, "rounds": rounds[:1], "final_round": 1}, None)
+    assert "continued the adapter of the round before" in text
+    assert "a fresh adapter on the rows of every round so far" in loop_markdown({**record, "train": "retrain"}, None)
+    explored = loop_markdown({**record, "rounds": [rounds[0], {**rounds[1], "explored": 4}]}, None)
+    assert "drawn at random beside the strategy's choice (loop.explore): round 2: 4 of its 8 prompts" in explored
 
 
 def test_a_selection_naming_no_seed_of_the_pool_is_refused_with_its_file(tmp_path, tiny_model):

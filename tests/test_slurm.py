@@ -750,3 +750,40 @@ def test_errors_synthesize_has_the_teacher_write_new_inputs_from_the_dev_errors(
     for it, prompt in zip(items, prompts):  # the recipe's own template; no dev item's text in a prompt
         assert prompt.endswith(f"Q: plural of '{it['input']}'? A:")
         assert not any(f"'{d}'" in prompt for d in dev)
+
+
+def test_a_retrained_round_trains_a_fresh_adapter_on_the_rows_of_every_round_so_far(loop_chain, tmp_path):
+    """loop.train: retrain: round 2's student is a fresh adapter trained on round 1's and round 2's kept rows, as a
+    one-shot student on those rows would be, and the leak check reads both rounds' rows from its record. On the
+    chain's run with the setting switched on: the rounds' choices and answers stand; round 2's training runs here,
+    in this process."""
+    from distill.evaluate.contamination import trained_rows
+    from distill.loop.layout import LoopDir
+    from distill.loop.run import round_recipe
+    from distill.recipe import load_recipe
+    from distill.run_dir import RunDir
+    from distill.stages import fingerprint
+    from distill.train.stage import run_train
+
+    copy = tmp_path / "run"
+    shutil.copytree(loop_chain["run"].root, copy, symlinks=True)
+    run = RunDir(copy)
+    recipe = load_recipe(run.recipe, ["loop.train=retrain"])
+    layout = LoopDir(run)
+    one, two = (round_recipe(recipe, layout, k) for k in (1, 2))
+    assert one.train.add_rows == [] and one.train.init_adapter is None
+    assert layout.round(1).is_complete("train", fingerprint(one, layout.round(1), "train"))  # round 1 trains as before
+    assert two.train.init_adapter is None and two.train.add_rows == [str(layout.round(1).filtered.resolve())]
+    assert not layout.round(2).is_complete("train", fingerprint(two, layout.round(2), "train"))
+
+    summary = run_train(two, layout.round(2))
+    kept = [sum(pq.read_table(layout.round(k).filtered).column("kept").to_pylist()) for k in (1, 2)]
+    assert summary["rows"] == sum(kept) > kept[1]
+    record = json.loads((layout.round(2).adapter / "training_data.json").read_text())
+    assert "continued_from" not in record
+    assert [a["rows_file"] for a in record["added_rows"]] == two.train.add_rows
+    files, rows, problem = trained_rows(layout.round(2).adapter)
+    assert problem is None and [str(f) for f in files] == [str(layout.round(2).filtered), *two.train.add_rows]
+    assert len(rows) == sum(kept)
+    pq.write_table(pq.read_table(layout.round(1).filtered).slice(1), layout.round(1).filtered)  # a round's rows changed
+    assert "changed since" in trained_rows(layout.round(2).adapter)[2]

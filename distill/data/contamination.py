@@ -213,7 +213,9 @@ TRAINED_FIELDS = (C.INPUT, C.COMPLETION)  # what the student is shown in trainin
 
 def trained_on_text(contamination: dict) -> str:
     """Which rows were measured, in words: 'the 300 kept rows of runs/x/filter/rows.parquet that the student was trained on'."""
-    parts = [f"the {t['rows']} kept rows of {t['rows_file']}" for t in contamination.get("trained_on", [])]
+    parts = [f"the {t['rows']} kept rows of {t['rows_file']}"
+             + (f" and {', '.join(t['added_rows_files'])}" if t.get("added_rows_files") else "")
+             for t in contamination.get("trained_on", [])]
     who = "the student was" if len(parts) == 1 else "the compared students were"
     return " and ".join(parts) + f" that {who} trained on" if parts else "no training rows"
 

@@ -1,7 +1,7 @@
 """Which eval items reached the rows a student was trained on: its true leaks.
 
-The rows are the kept rows of the file the adapter's training_data.json names (checked by
-its sha256), read as the student saw them (input and completion, see train/formats.py).
+The rows are the kept rows of the files the adapter's training_data.json names (checked by
+their sha256), read as the student saw them (input and completion, see train/formats.py).
 They are matched with the decontaminate filter's own detector (LeakDetector) and settings, embedding
 check included, so "leak" means the same at both places. Items the filter caught were in rows it rejected:
 those never reached training and are reported apart.
@@ -30,8 +30,9 @@ def detector_settings(recipe: Recipe) -> DecontaminateFilter:
     return step or DecontaminateFilter(type="decontaminate", embedding_threshold=None)
 
 
-def trained_rows(adapter: Path) -> tuple[Path | None, list[dict] | None, str | None]:
-    """(rows file, its kept rows, why not measured) for an adapter that records its training data."""
+def trained_rows(adapter: Path) -> tuple[list[Path] | None, list[dict] | None, str | None]:
+    """(rows files, their kept rows, why not measured) for an adapter that records its training data: its run's own
+    rows file first, then the files of other runs it was also trained on (train.add_rows)."""
     record = adapter / "training_data.json"
     if not record.is_file() and adapter.parent.name == "checkpoints":  # a checkpoint saw the rows of its run's adapter
         record = adapter.parent.parent / "adapter" / "training_data.json"
@@ -44,13 +45,25 @@ def trained_rows(adapter: Path) -> tuple[Path | None, list[dict] | None, str | N
     if path is None:
         return None, None, f"the rows file {named} named by {record} is missing"
     if data.get("rows_sha256") and hash_file(path) != data["rows_sha256"]:
-        return path, None, f"{path} changed since {adapter} was trained on it (sha256 differs)"
-    table = pq.read_table(path, columns=[c for c in (C.ID, *TRAINED_FIELDS, C.KEPT) if c in pq.read_schema(path).names])
-    rows = [r for r in table.to_pylist() if r.get(C.KEPT, True)]
+        return [path], None, f"{path} changed since {adapter} was trained on it (sha256 differs)"
+    files, rows = [path], _kept_rows(path)
+    for added in data.get("added_rows", []):  # train.add_rows: other runs' rows, trained on with these
+        other = Path(added["rows_file"])
+        if not other.is_file():
+            return files, None, f"the rows file {other} named by {record} is missing"
+        if hash_file(other) != added["rows_sha256"]:
+            return files, None, f"{other} changed since {adapter} was trained on it (sha256 differs)"
+        files.append(other)
+        rows += _kept_rows(other)
     if data.get("row_ids") is not None:  # trained on a sample of the kept rows (train.max_rows, rows left out by kd)
         used = set(data["row_ids"])
         rows = [r for r in rows if r.get(C.ID) in used]
-    return path, rows, None
+    return files, rows, None
+
+
+def _kept_rows(path: Path) -> list[dict]:
+    table = pq.read_table(path, columns=[c for c in (C.ID, *TRAINED_FIELDS, C.KEPT) if c in pq.read_schema(path).names])
+    return [r for r in table.to_pylist() if r.get(C.KEPT, True)]
 
 
 def leaks_in_rows(sets: dict[str, list[dict]], rows: list[dict], cfg: DecontaminateFilter) -> list[dict]:
@@ -99,14 +112,15 @@ def measure(recipe: Recipe, sets: dict[str, list[dict]], adapters: list[Path]) -
     records = []
     seen: set[Path] = set()
     for adapter in adapters:
-        path, rows, problem = trained_rows(adapter)
+        files, rows, problem = trained_rows(adapter)
         if problem:
             out["not_measured"].append(problem)
             continue
-        if path.resolve() in seen:  # a run and its checkpoints: the same rows
+        if files[0].resolve() in seen:  # a run and its checkpoints: the same rows
             continue
-        seen.add(path.resolve())
-        out["trained_on"].append({"adapter": str(adapter), "rows_file": str(path), "rows": len(rows)})
+        seen.add(files[0].resolve())
+        out["trained_on"].append({"adapter": str(adapter), "rows_file": str(files[0]), "rows": len(rows),
+                                  **({"added_rows_files": [str(f) for f in files[1:]]} if files[1:] else {})})
         for r in leaks_in_rows(sets, rows, cfg):
             found[r["set"]].add(r["item_id"])
             records.append({"adapter": str(adapter), **r})

@@ -3,7 +3,8 @@ the loop's student on the test split and its document stage writes the cards ove
 
 generate/ and filter/ hold the rows of rounds 1..final, in round order (each row's provenance says its round and why
 its seed was chosen); train/adapter/ is the final round's adapter, whose training_data.json names the adapter it
-continued, and so on back to round 1: evaluation's leak check reads the rows of every round. Each marker's summary
+continued, and so on back to round 1 (or, retrained, every round's rows file): evaluation's leak check reads the rows
+of every round. Each marker's summary
 says which rounds it was assembled from.
 """
 
@@ -92,7 +93,10 @@ def assemble(recipe: Recipe, run: RunDir, layout: LoopDir, final: int) -> None:
         if (rounds[-1].stage("train") / name).is_file():
             shutil.copyfile(rounds[-1].stage("train") / name, run.stage("train") / name)
     t = [r.read_marker("train")["summary"] for r in rounds]
-    summary = {**t[-1], "rows": sum(s.get("rows") or 0 for s in t), "steps": sum(s.get("steps") or 0 for s in t),
+    # continued: the student made every round's steps; retrained: the final round's training alone made it
+    trained = t if recipe.loop.train == "continue" else t[-1:]
+    summary = {**t[-1], "rows": sum(s.get("rows") or 0 for s in trained),
+               "steps": sum(s.get("steps") or 0 for s in trained),
                "seconds": round(sum(s.get("seconds", 0) for s in t), 1), "rounds": len(t),
                "assembled_from": made_from}
     run.mark_complete("train", fingerprint(recipe, run, "train"), summary)

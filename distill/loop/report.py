@@ -29,8 +29,12 @@ def loop_markdown(record: dict, test: dict | None) -> str:
     lines = [f"# The loop: {record['strategy']}", "",
              f"Teacher budget: {record['total_prompts']} prompts, {record['budget']['per_round']} per round; dev split: "
              f"{record['dev_size']} seed rows, never answered by the teacher nor trained on. Round 1 draws at random "
-             f"for every strategy (no student has been measured yet). The strategies that read dev (errors, slices) steer "
-             f"toward it, so its scores flatter their students: the test split, evaluated once, is the measure.", "",
+             f"for every strategy (no student has been measured yet). "
+             + ("Each round trained a fresh adapter on the rows of every round so far (loop.train: retrain). "
+                if record.get("train") == "retrain" else
+                "Each round continued the adapter of the round before on its new rows. ")
+             + "The strategies that read dev (errors, slices) steer toward it, so its scores flatter their students: the "
+             "test split, evaluated once, is the measure.", "",
              f"Stopped after round {rounds[-1]['round'] if rounds else 0}: {record['stopped']}. The loop's student is "
              f"round {record['final_round']}'s.", "",
              f"| round | strategy | teacher prompts (total) | teacher tokens (total) | rows kept | dev {metric}: student |",
@@ -47,6 +51,11 @@ def loop_markdown(record: dict, test: dict | None) -> str:
                                                 for r in written)
                   + ". Teacher tokens count the inputs it wrote with its answers. Dev is trained toward: its scores "
                   "are no held-out measure."]
+    explored = [r for r in rounds if r.get("explored")]
+    if explored:
+        lines += ["", "Part of each round was drawn at random beside the strategy's choice (loop.explore): "
+                  + ", ".join(f"round {r['round']}: {r['explored']} of its {r['prompts']} prompts" for r in explored)
+                  + "."]
     beside = ", ".join(f"{m} {first[m]:.3f}" for m in ("base", "teacher") if m in first)
     if beside:
         lines += ["", f"On the same dev items, round 1 measured: {beside}."]

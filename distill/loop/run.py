@@ -24,12 +24,15 @@ from distill.run_dir import RunDir, write_json
 
 def round_recipe(recipe: Recipe, layout: LoopDir, k: int) -> Recipe:
     """The recipe round k runs its stages with: the teacher answers only its selection, training continues the
-    adapter of the round before, and evaluation scores the dev split (and the guard sets, for the stop rule) but no
-    test set. The base and the teacher are scored in round 1 (the curve's ends); later rounds score the student."""
+    adapter of the round before (or, loop.train: retrain, trains a fresh one on every round's rows so far), and
+    evaluation scores the dev split (and the guard sets, for the stop rule) but no test set. The base and the teacher
+    are scored in round 1 (the curve's ends); later rounds score the student."""
     d = recipe.model_dump(mode="json")
     d["run_dir"] = str(layout.round(k).root)
     d["data"]["answer_only"] = str(layout.selection(k))
-    if k > 1:
+    if k > 1 and recipe.loop.train == "retrain":
+        d["train"]["add_rows"] = [str(layout.round(r).filtered) for r in range(1, k)]
+    elif k > 1:
         before = str(layout.round(k - 1).adapter)
         if recipe.train.objective == "on_policy":
             d["train"]["on_policy"]["start_from"] = before
@@ -65,6 +68,7 @@ def round_record(recipe: Recipe, layout: LoopDir, k: int, spent_before: int, tok
     return {"round": k, "strategy": select["strategy"], "prompts": select["selected"],
             "teacher_prompts": spent_before + select["selected"], "teacher_tokens": tokens_before + tokens,
             **({"written": select["written"]} if "written" in select else {}),
+            **({"explored": select["explored"]} if "explored" in select else {}),
             "kept": run.read_marker("filter")["summary"]["kept"],
             "dev_metric": metric, "higher_is_better": dev["metric_info"][metric]["higher_is_better"],
             "dev": scores, "dev_slices": {m: {s: v["score"] for s, v in entry.get("slices", {}).items()}
@@ -202,7 +206,7 @@ def end_loop(recipe: Recipe, run: RunDir, records: list[dict], reason: str, forc
 
 
 def write_record(recipe: Recipe, layout: LoopDir, records: list[dict], reason: str | None, final: int | None) -> dict:
-    record = {"strategy": recipe.loop.strategy, "budget": recipe.loop.budget.model_dump(),
+    record = {"strategy": recipe.loop.strategy, "train": recipe.loop.train, "budget": recipe.loop.budget.model_dump(),
               "total_prompts": recipe.loop.total_prompts, "dev_size": recipe.loop.dev.size, "rounds": records,
               "stopped": reason, "final_round": final}
     write_json(layout.record, record)

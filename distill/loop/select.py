@@ -45,6 +45,8 @@ def selection_fingerprint(recipe: Recipe, run: RunDir, k: int) -> str:
               "before": [layout.round(r).read_marker(SELECT)["output_hash"] for r in range(1, k)]}
     if strategy != "random":
         inputs["settings"] = getattr(loop, strategy).model_dump()
+        if loop.explore:  # only when set: a loop that explores nothing keeps the choices it made before the setting
+            inputs["explore"] = loop.explore
         if strategy == "errors" and loop.errors.synthesize:  # the teacher writes inputs, asked as generation asks
             inputs["writer"] = [model_fingerprint(recipe, "teacher", True), recipe.generate.chat]
         before = layout.round(k - 1)
@@ -75,22 +77,40 @@ def run_select(recipe: Recipe, run: RunDir, k: int, force: bool = False) -> dict
     answered, mean_tokens, n = round_size(recipe, layout, k)
     unanswered = [s for s in pool if s[C.ID] not in answered]
     strategy = strategy_of(recipe, k)
+    explored = explore_size(recipe, strategy, n)
+    targeted = n - explored
     writing = None
-    if n and strategy == "errors" and recipe.loop.errors.synthesize:
-        chosen, writing = written_round(recipe, run, layout, k, n, pool, unanswered)
+    if targeted and strategy == "errors" and recipe.loop.errors.synthesize:
+        chosen, writing = written_round(recipe, run, layout, k, targeted, pool, unanswered)
     else:
-        chosen = choose(recipe, layout, k, strategy, unanswered, n) if n and unanswered else []
+        chosen = choose(recipe, layout, k, strategy, unanswered, targeted) if targeted and unanswered else []
+    if explored:
+        chosen += explore(recipe, k, unanswered, chosen, explored)
     here.clear_marker(SELECT)
     write_jsonl(layout.selection(k), [selection_entry(k, item, why) for item, why in chosen])
     taken = sum("written_from" not in why for _, why in chosen)  # a written input takes no seed from the pool
     summary = {"round": k, "strategy": strategy, "selected": len(chosen), "pool_left": len(unanswered) - taken,
                "answered_before": len(answered), "seconds": round(time.time() - started, 1),
+               **({"explored": sum("explore" in why for _, why in chosen)} if explored else {}),
                **({"mean_teacher_tokens_before": round(mean_tokens, 1)} if mean_tokens else {})}
     if writing is not None:
         summary.update(written=len(writing.entries), written_dropped=dict(writing.dropped),
                        written_tokens=writing.tokens)
     here.mark_complete(SELECT, fp, summary)
     return summary
+
+
+def explore_size(recipe: Recipe, strategy: str, n: int) -> int:
+    """Of a round's n prompts, how many are drawn at random beside the strategy's choice (loop.explore)."""
+    return 0 if strategy == "random" else round(n * recipe.loop.explore)
+
+
+def explore(recipe: Recipe, k: int, unanswered: list[dict], chosen: S.Chosen, n: int) -> S.Chosen:
+    """n unanswered seeds the strategy did not choose, drawn at random: the round's explored share."""
+    taken = {item[C.ID] for item, why in chosen if "written_from" not in why}
+    rest = [it for it in unanswered if it[C.ID] not in taken]
+    drawn = S.pick_random(rest, n, row_seed(recipe.seed, f"loop round {k} explore"))
+    return [(it, {**why, "explore": recipe.loop.explore}) for it, why in drawn]
 
 
 def selection_entry(k: int, item: dict, why: dict) -> dict:

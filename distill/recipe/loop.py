@@ -105,6 +105,17 @@ class LoopSettings(Section):
         "(loop.uncertainty). errors: the unanswered prompts nearest (by embedding) to the dev items the student gets "
         "wrong, spread evenly over those errors. slices: the round split across data.slice_field's slices by "
         "loop.slices.weight.")
+    explore: float = Field(
+        0.0, ge=0, le=1, description="Share of each round after the first drawn at random from the unanswered pool "
+        "beside the strategy's choice (rounded to whole prompts): coverage the strategy cannot narrow. A targeting "
+        "strategy picks the prompts the student finds hard, which can be the ones its teacher answers worst; a random "
+        "share keeps part of every round as the random control would spend it. Ignored by strategy random.")
+    train: Literal["continue", "retrain"] = Field(
+        "continue", description="How each round trains. continue: the adapter of the round before goes on, on the "
+        "round's new rows only (train.init_adapter). retrain: a fresh adapter on the kept rows of every round so far "
+        "(train.add_rows; objective sft only): each round's student is trained as a one-shot student on the same rows "
+        "would be, so a loop against one-shot compares the choice of prompts alone, at equal optimizer steps; its "
+        "training grows with the rounds.")
     budget: LoopBudget = Field(description="The teacher's prompts per round and in all.")
     dev: DevSplit = Field(description="The dev split each round is measured on.")
     uncertainty: UncertaintySettings = Field(default_factory=UncertaintySettings, description="strategy uncertainty.")

@@ -59,6 +59,9 @@ class Recipe(Section):
         if loop.errors.synthesize and self.generate.mode == "score":
             raise ValueError("loop.errors.synthesize: an input the teacher writes has no real target, and "
                              "generate.mode score only scores real targets (use complete or label)")
+        if loop.train == "retrain" and self.train.objective != "sft":
+            raise ValueError(f"loop.train: retrain trains each round on the rows of every round so far, with objective "
+                             f"sft only, but train.objective is {self.train.objective} (use loop.train: continue)")
         if any(s.name == "dev" and s.data != "dev" for s in self.evaluate.sets):
             raise ValueError("loop: evaluate.sets has a set named 'dev', the name each round gives the loop's dev "
                              "split: rename it")

@@ -280,6 +280,12 @@ class TrainSettings(Section):
         None, description="Continue training this adapter (a folder, or a run directory's train/adapter, relative to "
         "the recipe) instead of a fresh one, with its own LoRA settings: objectives sft, kd and sft+kd (on_policy "
         "has on_policy.start_from). A loop round sets it to the adapter of the round before.")
+    add_rows: list[str] = Field(
+        default_factory=list, description="Rows files of other runs (a run directory's filter/rows.parquet, or the "
+        "run directory, relative to the recipe) whose kept rows are trained on with this run's own, before them: "
+        "objective sft only (kd reads the teacher's captures of this run, on_policy samples its own). The adapter's "
+        "training_data.json names each file and its sha256, so the leak check reads them. A loop round with "
+        "loop.train: retrain sets it to the rounds before.")
     license: str | None = Field(
         None, description="The license of the trained student for its model card (a Hub license id: apache-2.0, "
         "llama3.1, other, ...), used only when the student base model's own files state none; the card says "
@@ -314,6 +320,23 @@ class TrainSettings(Section):
         if info.data.get("method") == "full":
             raise ValueError("method full trains every weight, with no adapter to continue")
         return _adapter_folder(v, info)
+
+    @field_validator("add_rows")
+    @classmethod
+    def _rows_files(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if v and info.data.get("objective") != "sft":
+            raise ValueError(f"rows of other runs are trained on with objective sft only, not "
+                             f"{info.data.get('objective')}: kd reads the teacher's captures of this run's own rows, "
+                             "on_policy samples the student")
+        base = Path((info.context or {}).get("base_dir", "."))
+        files = []
+        for value in v:
+            path = (base / Path(value).expanduser()).resolve()
+            path = path / "filter" / "rows.parquet" if path.is_dir() else path
+            if not path.is_file():
+                raise ValueError(f"{value}: no rows file here (a run directory with filter/rows.parquet, or the file)")
+            files.append(str(path))
+        return files
 
     @field_validator("trainer_args")
     @classmethod

@@ -208,7 +208,7 @@ def run_train(recipe: Recipe, run: RunDir) -> dict:
     check_eval_agreement(recipe)
     objective = objective_for(recipe)
     objective.check()
-    kept = [r for r in pq.read_table(run.filtered).to_pylist() if r[C.KEPT]]
+    kept = [r for path in (*recipe.train.add_rows, run.filtered) for r in pq.read_table(path).to_pylist() if r[C.KEPT]]
     if not kept:
         raise UserError(f"no kept rows to train on in {run.filtered}")
     if objective.own_loop:  # offered the recipe's SFT on the kept rows, to run first if it composes one
@@ -326,6 +326,8 @@ def _save_adapter(recipe: Recipe, run: RunDir, student: str, trainer, tokenizer,
         **({"row_ids": [r[C.ID] for r in rows]} if len(rows) < kept else {}),
         "base_model": student, "recipe_name": recipe.name,
         **({"continued_from": recipe.train.init_adapter} if recipe.train.init_adapter else {}),
+        **({"added_rows": [{"rows_file": f, "rows_sha256": hash_file(f)} for f in recipe.train.add_rows]}
+           if recipe.train.add_rows else {}),
     })
     shutil.rmtree(adapter, ignore_errors=True)
     os.replace(tmp, adapter)
