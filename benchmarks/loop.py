@@ -9,11 +9,19 @@ split, the same objective and settings):
   S         a loop with strategy S (random, errors, uncertainty, slices, or synthesize: errors with the teacher
             writing new inputs from the dev errors, LLM2LLM): `per_round` prompts per round; the adapter after round
             r is the student at budget r x per_round (round 1 draws at random for every strategy)
+  S+explore the loop S with loop.explore = --explore: that share of each round after the first drawn at random
+  S+retrain the loop S with loop.train: retrain: each round a fresh adapter on every round's rows so far, so that its
+            student at budget B is trained exactly as oneshot@B is, on the rows S chose (the choice alone)
 One `distill compare` scores every adapter, the base and the teacher on the held-out test split, with paired 95%
 bootstrap intervals against random one-shot at the same budget. Each round continues the adapter on its new rows
-only, so a loop at budget B has trained on B rows for the recipe's epochs, as oneshot@B has: equal optimizer steps up
-to rounding, reported beside each row. The loops stop only at their budget here (no plateau, no guard sets), so that
-every strategy reaches every budget; dev never reaches the test split's items.
+only (unless +retrain), so a loop at budget B has trained on B rows for the recipe's epochs, as oneshot@B has: equal
+optimizer steps up to rounding, reported beside each row. The loops stop only at their budget here (no plateau, no guard sets), so that
+every strategy reaches every budget; dev never reaches the test split's items. --seeds N trains N one-shot students
+per budget (recipe seeds 0..N-1): the paired intervals cover the test items, not which random rows a student drew
+nor its training's order and initialisation, and these students show how far that alone moves a score. Beside the
+scores, how often the
+teacher's answer matches the seed's own reference on the prompts each loop chose: whether a strategy steers the
+teacher toward prompts it answers worse (the benchmark's pools are labelled; a user's need not be).
 
 Tasks (SmolLM2-135M teacher and student, float32 on a CPU without bf16):
   plural   the quickstart's recipe with its whole pool (1,502 seeds less dev: over a thousand prompts)
@@ -21,6 +29,8 @@ Tasks (SmolLM2-135M teacher and student, float32 on a CPU without bf16):
 
     python benchmarks/loop.py --tasks plural                  # about an hour on 2 cores (AVX2)
     python benchmarks/loop.py --tasks plural,intent --per-round 0.1 --budgets 0.2,0.3,0.5
+    python benchmarks/loop.py --tasks intent --strategies random,errors+explore,uncertainty+explore
+    python benchmarks/loop.py --tasks intent --strategies random+retrain,errors+retrain,uncertainty+retrain --seeds 2
 """
 
 from __future__ import annotations
@@ -40,6 +50,20 @@ STRATEGIES = ("random", "errors", "uncertainty", "slices", "synthesize")
 # each compared loop's settings: a strategy, or errors with the teacher writing the round's inputs (LLM2LLM)
 LOOP_SETTINGS = {**{s: [f"loop.strategy={s}"] for s in STRATEGIES[:4]},
                  "synthesize": ["loop.strategy=errors", "loop.errors.synthesize=true"]}
+# a compared loop's name is a strategy and any of these after "+" ("errors+explore", "random+retrain")
+VARIANTS = {"explore": "draws --explore of each round after the first at random (loop.explore)",
+            "retrain": "trains each round a fresh adapter on every round's rows (loop.train: retrain)"}
+
+
+def loop_settings(name: str, explore: float) -> list[str]:
+    """The recipe settings of a compared loop: its strategy's, with each variant its name adds."""
+    strategy, *variants = name.split("+")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if strategy not in LOOP_SETTINGS or unknown:
+        sys.exit(f"--strategies: {name}: expected one of {', '.join(LOOP_SETTINGS)}, then any of "
+                 f"{', '.join('+' + v for v in VARIANTS)}")
+    return [*LOOP_SETTINGS[strategy], *([f"loop.explore={explore}"] if "explore" in variants else []),
+            *(["loop.train=retrain"] if "retrain" in variants else [])]
 INTENT = ROOT / "recipes" / "intent" / "recipe.yaml"
 QUICKSTART = ROOT / "recipes" / "quickstart" / "recipe.yaml"
 INTENT_WRITE = "{{ input }}\nIntent: {{ reference }}\n\nAnother utterance whose intent is {{ reference }}, worded differently:\n"
@@ -86,10 +110,11 @@ def compared_names(adapters: list[str], recipe: Path) -> list[str]:
     return [c.name for c in resolve_candidates(["base", *adapters, "teacher"], load_recipe(recipe))][1:-1]
 
 
-def run_loop(recipe: Path, folder: Path, name: str, strategy: str, per_round: int, rounds: int, log: Path) -> dict:
+def run_loop(recipe: Path, folder: Path, name: str, settings: list[str], per_round: int, rounds: int,
+             log: Path) -> dict:
     """`distill run` of the recipe as a loop; returns loop/loop.json and the rounds' adapters."""
     run = folder / name
-    cli("run", recipe, *LOOP_SETTINGS[strategy], f"loop.budget.per_round={per_round}", f"loop.rounds={rounds}",
+    cli("run", recipe, *settings, f"loop.budget.per_round={per_round}", f"loop.rounds={rounds}",
         f"name={name}", "--run-dir", run, log=log)
     record = json.loads((run / "loop" / "loop.json").read_text())
     record["adapters"] = {r["teacher_prompts"]: str(run / "loop" / f"round-{r['round']:02d}" / "train" / "adapter")
@@ -98,14 +123,33 @@ def run_loop(recipe: Path, folder: Path, name: str, strategy: str, per_round: in
     steps = 0
     for r in record["rounds"]:
         marker = json.loads((run / "loop" / f"round-{r['round']:02d}" / "train" / "_COMPLETE.json").read_text())
-        steps += marker["summary"]["steps"]
+        # continued, the round's student made every round's steps; retrained, its own round's alone
+        steps = marker["summary"]["steps"] + (steps if record.get("train", "continue") == "continue" else 0)
         record["steps"][r["teacher_prompts"]] = steps
     record["run"] = str(run)
+    record["teacher_right"] = teacher_right(run, record["rounds"])
     return record
 
 
+def teacher_right(run: Path, rounds: list[dict]) -> dict | None:
+    """How often the teacher's answer matches the seed's own reference (exact match) on the prompts a loop chose after
+    round 1 (its random draw): whether a strategy steers toward prompts its teacher answers worse. Rows the teacher
+    wrote the input of have no reference and are left out; None where no chosen row has one."""
+    import pyarrow.parquet as pq
+
+    from distill.evaluate.metrics import compute
+
+    rows = [r for k in rounds[1:] for r in pq.read_table(
+        run / "loop" / f"round-{k['round']:02d}" / "generate" / "rows.parquet", columns=["completion", "reference"]
+    ).to_pylist() if r["reference"] is not None]
+    if not rows:
+        return None
+    scores = compute("exact_match", [r["completion"] or "" for r in rows], [[r["reference"]] for r in rows])["scores"]
+    return {"share": sum(scores) / len(scores), "rows": len(scores)}
+
+
 def bench_task(task: str, work: Path, per_round_share: float, budgets: list[float], strategies: list[str],
-               dev: int, log: Path, max_seeds: int | None = None) -> dict:
+               dev: int, log: Path, max_seeds: int | None = None, explore: float = 0.5, seeds: int = 1) -> dict:
     from distill.evaluate.stats import paired_bootstrap
     import pandas as pd
 
@@ -121,20 +165,26 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
     seconds: dict[str, float] = {}
     runs: dict[str, dict] = {}
     t0 = time.time()
-    runs["full"] = run_loop(recipe, folder, "full", "random", pool, 1, log)
+    runs["full"] = run_loop(recipe, folder, "full", LOOP_SETTINGS["random"], pool, 1, log)
     seconds["full"] = time.time() - t0
     for b in points:
         t0 = time.time()
-        runs[f"random@{b}"] = run_loop(recipe, folder, f"oneshot-{b}", "random", b, 1, log)
+        runs[f"random@{b}"] = run_loop(recipe, folder, f"oneshot-{b}", LOOP_SETTINGS["random"], b, 1, log)
         seconds[f"random@{b}"] = time.time() - t0
+        for d in range(1, seeds):  # the same one-shot with another recipe seed: another draw, order and initialisation
+            t0 = time.time()
+            runs[f"random@{b}#{d}"] = run_loop(recipe, folder, f"oneshot-{b}-seed{d}",
+                                               [*LOOP_SETTINGS["random"], f"seed={d}"], b, 1, log)
+            seconds[f"random@{b}#{d}"] = time.time() - t0
     for s in strategies:
         t0 = time.time()
-        runs[s] = run_loop(recipe, folder, f"loop-{s}", s, per_round, rounds, log)
+        runs[s] = run_loop(recipe, folder, f"loop-{s.replace('+', '-')}", loop_settings(s, explore), per_round, rounds, log)
         seconds[s] = time.time() - t0
 
     # one comparison of every student on the test split
     targets = {"full": runs["full"]["adapters"][pool]}
     targets.update({f"oneshot@{b}": runs[f"random@{b}"]["adapters"][b] for b in points})
+    targets.update({f"oneshot@{b}#{d}": runs[f"random@{b}#{d}"]["adapters"][b] for b in points for d in range(1, seeds)})
     for s in strategies:
         targets.update({f"{s}@{b}": runs[s]["adapters"][b] for b in runs[s]["adapters"]})
     out = folder / "compare"
@@ -155,13 +205,18 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
     table = []
     for b in points:
         row = {"budget": b, "share": b / pool, "random_oneshot": float(score[names[f"oneshot@{b}"]].mean()),
-               "random_steps": runs[f"random@{b}"]["steps"][b], "strategies": {}}
+               "random_steps": runs[f"random@{b}"]["steps"][b], "strategies": {},
+               "oneshot_seeds": [float(score[names[f"oneshot@{b}" + (f"#{d}" if d else "")]].mean())
+                                 for d in range(seeds)]}
         for s in strategies:
             if f"{s}@{b}" in names:
                 row["strategies"][s] = {"score": float(score[names[f"{s}@{b}"]].mean()), "steps": runs[s]["steps"][b],
                                         "vs_random": paired(f"oneshot@{b}", f"{s}@{b}")}
-                if s != "random" and "random" in strategies:  # the choice alone: both continued over the same rounds
-                    row["strategies"][s]["vs_random_loop"] = paired(f"random@{b}", f"{s}@{b}")
+                if s == "random" and "random+retrain" in strategies:  # the same rows, trained in rounds or at once
+                    row["strategies"][s]["vs_retrained"] = paired(f"random+retrain@{b}", f"random@{b}")
+                control = random_loop(s)
+                if s != control and control in strategies:  # the choice alone: both trained the same way in rounds
+                    row["strategies"][s]["vs_random_loop"] = paired(f"{control}@{b}", f"{s}@{b}")
         table.append(row)
     reach = {}
     oneshots = sorted((b, float(score[names[f"oneshot@{b}"]].mean())) for b in points)
@@ -174,7 +229,8 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
         first = next((b for b, v in curve if v >= full_score), None)
         within = next((b for b in sorted(runs[s]["adapters"]) if paired("full", f"{s}@{b}")["high"] >= 0), None)
         reach[s] = {"reaches_full": first, "within_noise_of_full": within, "curve": curve,
-                    "dev_curve": [(r["teacher_prompts"], r["dev"]["student"]) for r in runs[s]["rounds"]]}
+                    "dev_curve": [(r["teacher_prompts"], r["dev"]["student"]) for r in runs[s]["rounds"]],
+                    "teacher_right": runs[s]["teacher_right"]}
     teacher = report["sets"][next(iter(report["sets"]))]["models"]["teacher"]["score"]
     base = report["sets"][next(iter(report["sets"]))]["models"]["base"]["score"]
     from distill.loop.report import curve_chart
@@ -189,6 +245,11 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
             "seconds": {k: round(v) for k, v in seconds.items()}, "total_seconds": round(time.time() - started)}
 
 
+def random_loop(name: str) -> str:
+    """The random loop trained as the loop `name` is: its control for the choice of prompts alone."""
+    return "random+retrain" if "retrain" in name.split("+")[1:] else "random"
+
+
 def _ci(d: dict) -> str:
     return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
@@ -198,7 +259,8 @@ def print_task(r: dict, strategies: list[str]) -> None:
           f"{r['base']:.3f}, teacher {r['teacher']:.3f}, full-pool student {r['full']['score']:.3f} "
           f"({r['full']['steps']} steps)\n")
     print("| teacher prompts (share of pool) | random one-shot (steps) | "
-          + " | ".join(f"loop {s}: score (steps); vs one-shot" + ("; vs random loop" if s != "random" else "")
+          + " | ".join(f"loop {s}: score (steps); vs one-shot" + (f"; vs {random_loop(s)} loop"
+                                                                       if s != random_loop(s) else "")
                        for s in strategies) + " |")
     print("|---|---|" + "---|" * len(strategies))
     for row in r["table"]:
@@ -209,6 +271,18 @@ def print_task(r: dict, strategies: list[str]) -> None:
             cells.append(f"{v['score']:.3f} ({v['steps']}); {_ci(v['vs_random'])}{loop}" if v else "")
         print(f"| {row['budget']} ({row['share']:.0%}) | {row['random_oneshot']:.3f} ({row['random_steps']}) | "
               + " | ".join(cells) + " |")
+    if all("vs_retrained" in row["strategies"].get("random", {}) for row in r["table"]):
+        print("\nThe random loop's rows trained in rounds (each continuing the adapter on its new rows) against the same "
+              "rows trained at once (random+retrain):")
+        for row in r["table"]:
+            print(f"- {row['budget']}: {_ci(row['strategies']['random']['vs_retrained'])}")
+    if len(r["table"][0]["oneshot_seeds"]) > 1:
+        print("\nOne-shot with recipe seeds " + ", ".join(map(str, range(len(r["table"][0]["oneshot_seeds"]))))
+              + " (another draw of the same size, row order and initialisation; the intervals below cover the test "
+              "items only, not this):")
+        for row in r["table"]:
+            v = row["oneshot_seeds"]
+            print(f"- {row['budget']}: " + ", ".join(f"{x:.3f}" for x in v) + f" (spread {max(v) - min(v):.3f})")
     print("\nDifferences are paired on the same test items, with 95% bootstrap intervals. Teacher prompts each "
           "needed to reach the full-pool student's test score (the first budget at or above it; the first whose "
           "paired interval against it reaches 0):")
@@ -216,12 +290,21 @@ def print_task(r: dict, strategies: list[str]) -> None:
         x = r["reach"][s]
         print(f"- {s}: {x['reaches_full'] or 'not within the budgets run'}; "
               f"{x['within_noise_of_full'] or 'not within the budgets run'}")
+    print("\nThe teacher's answer against the seed's reference (exact match) on the prompts each loop chose after "
+          "its random first round:")
+    for s in strategies:
+        right = r["reach"][s]["teacher_right"]
+        print(f"- {s}: " + (f"{right['share']:.3f} of {right['rows']} rows" if right else "no chosen row has a reference"))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="plural,intent")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="loops compared: a strategy, then any of " + "; ".join(f"+{v}: {h}" for v, h in VARIANTS.items()))
+    p.add_argument("--explore", type=float, default=0.5, help="loop.explore of the +explore loops")
+    p.add_argument("--seeds", type=int, default=1, help="one-shot students per budget, with recipe seeds 0..N-1: how "
+                   "far two random draws of the same size land apart")
     p.add_argument("--per-round", type=float, default=0.1, help="a loop round's prompts, as a share of the pool")
     p.add_argument("--budgets", default="0.2,0.3,0.5", help="teacher budgets compared, as shares of the pool "
                    "(rounded to whole rounds)")
@@ -234,6 +317,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "bench.log"
     strategies = a.strategies.split(",")
+    for s in strategies:  # a misspelt name stops here, not after the loops before it ran
+        loop_settings(s, a.explore)
     budgets = [float(b) for b in a.budgets.split(",")]
     from distill.models.hardware import this_machine
 
@@ -242,7 +327,7 @@ def main() -> None:
           f"{'GPU: ' + m.gpus[0].name if m.gpus else 'no GPU'}")
     results = []
     for task in a.tasks.split(","):
-        r = bench_task(task, work, a.per_round, budgets, strategies, a.dev, log, a.max_seeds)
+        r = bench_task(task, work, a.per_round, budgets, strategies, a.dev, log, a.max_seeds, a.explore, a.seeds)
         print_task(r, strategies)
         print(f"\n({r['total_seconds']} s: " + ", ".join(f"{k} {v} s" for k, v in r["seconds"].items()) + ")")
         results.append(r)
