@@ -138,10 +138,13 @@ def teacher_right(run: Path, rounds: list[dict]) -> dict | None:
     import pyarrow.parquet as pq
 
     from distill.evaluate.metrics import compute
+    from distill.loop.layout import LoopDir
+    from distill.run_dir import RunDir
 
-    rows = [r for k in rounds[1:] for r in pq.read_table(
-        run / "loop" / f"round-{k['round']:02d}" / "generate" / "rows.parquet", columns=["completion", "reference"]
-    ).to_pylist() if r["reference"] is not None]
+    layout = LoopDir(RunDir(run))
+    rows = [r for k in rounds[1:] for r in pq.read_table(layout.round(k["round"]).generated,
+                                                          columns=["completion", "reference"]).to_pylist()
+            if r["reference"] is not None]
     if not rows:
         return None
     scores = compute("exact_match", [r["completion"] or "" for r in rows], [[r["reference"]] for r in rows])["scores"]

@@ -79,7 +79,8 @@ def train_settings(r: Recipe) -> dict:
     # fact of the launch (distill.stages: Stage.launch), not of the recipe. Which guard sets repair is like only marks
     # them in the report.
     # license only goes on the card; a full fine-tune has no adapter settings
-    exclude = {"logging_steps": True, "report_to": True, "license": True, **TRAIN_REFUSAL_THRESHOLDS,
+    # add_rows: by content below, and absent when empty, as before the setting existed
+    exclude = {"logging_steps": True, "report_to": True, "license": True, "add_rows": True, **TRAIN_REFUSAL_THRESHOLDS,
                **{section: True for section in unused_sections(r.train.objective)},  # an objective not run
                **({"lora": True} if not r.train.trains_adapter else {})}
     if r.train.uses("on_policy") and r.train.on_policy.repair:
@@ -87,10 +88,8 @@ def train_settings(r: Recipe) -> dict:
     settings = {"train": r.train.model_dump(mode="json", exclude=exclude), "name": r.name}
     if r.train.init_adapter:  # the adapter continued, by content
         settings["train"]["init_adapter"] = content_hash(r.train.init_adapter)
-    if r.train.add_rows:  # other runs' rows, by content; none: absent, as before the setting existed
+    if r.train.add_rows:  # other runs' rows, by content
         settings["train"]["add_rows"] = [content_hash(p) for p in r.train.add_rows]
-    else:
-        del settings["train"]["add_rows"]
     if r.train.uses("on_policy"):
         o = r.train.on_policy
         settings["sampler_stop"] = list(r.evaluate.stop)  # the student's samples end at these strings, as its answers do

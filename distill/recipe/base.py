@@ -15,12 +15,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def recipe_relative(value: str, info: ValidationInfo) -> Path:
+    """A path as the recipe names it, resolved relative to the recipe's folder."""
+    return (Path((info.context or {}).get("base_dir", ".")) / Path(value).expanduser()).resolve()
+
+
 def resolve_existing(value: str | None, info: ValidationInfo, *, folder: bool) -> str | None:
     """Resolve a path relative to the recipe's folder and check that it exists."""
     if value is None:
         return None
-    base = Path((info.context or {}).get("base_dir", "."))
-    path = (base / Path(value).expanduser()).resolve()
+    path = recipe_relative(value, info)
     if folder and not path.is_dir():
         raise ValueError(f"folder does not exist: {path}")
     if not folder and not path.is_file():

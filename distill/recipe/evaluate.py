@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.metrics import DEFAULT_TOLERANCES, METRICS
-from distill.recipe.base import Section
+from distill.recipe.base import Section, recipe_relative
 from distill.recipe.data import DataSource
 
 
@@ -148,8 +147,7 @@ class EvaluateSettings(Section):
             return v
         if not v.strip():
             raise ValueError("empty folder name; use null for the default cache or false for none")
-        base = Path((info.context or {}).get("base_dir", "."))
-        return str((base / Path(v).expanduser()).resolve())
+        return str(recipe_relative(v, info))
 
     @model_validator(mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from distill import catalog
-from distill.recipe.base import Section, resolve_existing
+from distill.recipe.base import Section, recipe_relative, resolve_existing
 from distill.recipe.data import DataSource
 
 
@@ -328,10 +328,9 @@ class TrainSettings(Section):
             raise ValueError(f"rows of other runs are trained on with objective sft only, not "
                              f"{info.data.get('objective')}: kd reads the teacher's captures of this run's own rows, "
                              "on_policy samples the student")
-        base = Path((info.context or {}).get("base_dir", "."))
         files = []
         for value in v:
-            path = (base / Path(value).expanduser()).resolve()
+            path = recipe_relative(value, info)
             path = path / "filter" / "rows.parquet" if path.is_dir() else path
             if not path.is_file():
                 raise ValueError(f"{value}: no rows file here (a run directory with filter/rows.parquet, or the file)")
