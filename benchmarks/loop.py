@@ -19,18 +19,23 @@ optimizer steps up to rounding, reported beside each row. The loops stop only at
 every strategy reaches every budget; dev never reaches the test split's items. --seeds N trains N one-shot students
 per budget (recipe seeds 0..N-1): the paired intervals cover the test items, not which random rows a student drew
 nor its training's order and initialisation, and these students show how far that alone moves a score. Beside the
-scores, how often the
-teacher's answer matches the seed's own reference on the prompts each loop chose: whether a strategy steers the
-teacher toward prompts it answers worse (the benchmark's pools are labelled; a user's need not be).
+scores, how often the teacher's answer is right against the seed's own references (the test set's metric) on the
+prompts each loop chose: whether a strategy steers the teacher toward prompts it answers worse (the benchmark's pools
+are labelled; a user's need not be).
 
 Tasks (SmolLM2-135M teacher and student, float32 on a CPU without bf16):
   plural   the quickstart's recipe with its whole pool (1,502 seeds less dev: over a thousand prompts)
   intent   recipes/intent (label mode, 7 intents), its whole pool; slices are the intents
+  facts    factual completion from BIG-bench qa_wikidata (benchmarks/data: 1,700 items, none of the quickstart's
+           wikidata guard set; 1,400 prompts less dev), five examples in the teacher's prompt, any-reference match;
+           slices are the relation
 
     python benchmarks/loop.py --tasks plural                  # about an hour on 2 cores (AVX2)
     python benchmarks/loop.py --tasks plural,intent --per-round 0.1 --budgets 0.2,0.3,0.5
     python benchmarks/loop.py --tasks intent --strategies random,errors+explore,uncertainty+explore
     python benchmarks/loop.py --tasks intent --strategies random+retrain,errors+retrain,uncertainty+retrain --seeds 2
+    python benchmarks/loop.py --tasks facts --seeds 2 \
+        --strategies random+retrain,errors+retrain,uncertainty+retrain,random,errors,uncertainty   # 93 min (AVX2)
 """
 
 from __future__ import annotations
@@ -66,14 +71,18 @@ def loop_settings(name: str, explore: float) -> list[str]:
             *(["loop.train=retrain"] if "retrain" in variants else [])]
 INTENT = ROOT / "recipes" / "intent" / "recipe.yaml"
 QUICKSTART = ROOT / "recipes" / "quickstart" / "recipe.yaml"
+FACTS = ROOT / "benchmarks" / "data" / "qa_wikidata_facts.json"  # 1,700 BIG-bench qa_wikidata items (see ATTRIBUTION)
+TASKS = ("plural", "intent", "facts")
 INTENT_WRITE = "{{ input }}\nIntent: {{ reference }}\n\nAnother utterance whose intent is {{ reference }}, worded differently:\n"
 
 
 def task_recipe(task: str, dev: int, max_seeds: int | None = None) -> dict:
-    """The task's shipped recipe with absolute paths, its whole seed pool, evaluated on its test split only."""
-    source = QUICKSTART if task == "plural" else INTENT
+    """The task's recipe with absolute paths, its whole seed pool, evaluated on its test split only."""
+    source = INTENT if task == "intent" else QUICKSTART
     r = yaml.safe_load(source.read_text())
     r["data"]["path"] = str((source.parent / r["data"]["path"]).resolve())
+    if task == "facts":
+        facts_task(r)
     r["data"].pop("max_seeds", None)
     if max_seeds:  # a smaller pool, for a quick look
         r["data"]["max_seeds"] = max_seeds
@@ -87,12 +96,30 @@ def task_recipe(task: str, dev: int, max_seeds: int | None = None) -> dict:
                  "dev": {"size": dev, "min_per_slice": 5, "seed": 0}, "plateau": None,
                  "stop_on_guard_degraded": False,
                  "uncertainty": {"candidates": 400},  # 4 samples of 400 drawn prompts per round, not the whole pool
-                 "errors": {"stop": ["\n"]}}  # synthesize: both tasks' inputs are one line
+                 "errors": {"stop": ["\n"]}}  # synthesize: every task's inputs are one line
     if task == "intent":  # synthesize: the teacher (asked without chat, as the recipe asks it) writes another
         # utterance of the intent the student missed, opening as every real input does
         # (one of over 40 tokens is longer than the real ones and would not fit train.max_length)
         r["loop"]["errors"].update(template=INTENT_WRITE, start="Utterance:", temperature=0.7, max_tokens=40)
     return r
+
+
+def facts_task(r: dict) -> None:
+    """Factual completion ("The religion of X is"): the quickstart's models and training, BIG-bench qa_wikidata's
+    prompts. The teacher sees five other facts completed before its own; the student completes the bare prompt; an
+    answer is right when any acceptable reference appears in it (multi_ref_match). Slices are the relation
+    (country, language, religion, instrument, other). The teacher's answers can teach the answer's form (a word,
+    where the bare prompt gets a sentence) more than facts: a fact the student does not know, no answer about
+    another subject teaches it."""
+    r["data"].update(path=str(FACTS), input_field="input", target_field="target", slice_field="relation",
+                     heldout={"size": 200, "min_per_slice": 15, "seed": 0})
+    r["generate"]["template"] = ("{% for ex in examples %}{{ ex.input }} {{ ex.target }}\n{% endfor %}"
+                                 "{{ input }}")
+    r["generate"]["few_shot"] = {"k": 5, "per_row": True}
+    r["filter"]["steps"] = [{"type": "length", "min_chars": 1, "max_chars": 40},
+                            {"type": "exact_dedup", "fields": ["input"]}]
+    r["train"]["prompt_template"] = "{{ input }}"
+    r["evaluate"]["sets"] = [{"name": "facts", "data": "heldout", "metrics": ["multi_ref_match"]}]
 
 
 def pool_size(recipe: Path) -> int:
@@ -111,7 +138,7 @@ def compared_names(adapters: list[str], recipe: Path) -> list[str]:
 
 
 def run_loop(recipe: Path, folder: Path, name: str, settings: list[str], per_round: int, rounds: int,
-             log: Path) -> dict:
+             log: Path, metric: str) -> dict:
     """`distill run` of the recipe as a loop; returns loop/loop.json and the rounds' adapters."""
     run = folder / name
     cli("run", recipe, *settings, f"loop.budget.per_round={per_round}", f"loop.rounds={rounds}",
@@ -127,14 +154,15 @@ def run_loop(recipe: Path, folder: Path, name: str, settings: list[str], per_rou
         steps = marker["summary"]["steps"] + (steps if record.get("train", "continue") == "continue" else 0)
         record["steps"][r["teacher_prompts"]] = steps
     record["run"] = str(run)
-    record["teacher_right"] = teacher_right(run, record["rounds"])
+    record["teacher_right"] = teacher_right(run, record["rounds"], metric)
     return record
 
 
-def teacher_right(run: Path, rounds: list[dict]) -> dict | None:
-    """How often the teacher's answer matches the seed's own reference (exact match) on the prompts a loop chose after
-    round 1 (its random draw): whether a strategy steers toward prompts its teacher answers worse. Rows the teacher
-    wrote the input of have no reference and are left out; None where no chosen row has one."""
+def teacher_right(run: Path, rounds: list[dict], metric: str) -> dict | None:
+    """How often the teacher's answer is right by the test set's headline metric against the seed's own references on
+    the prompts a loop chose after round 1 (its random draw): whether a strategy steers toward prompts its teacher
+    answers worse. Rows the teacher wrote the input of have no reference and are left out; None where no chosen row
+    has one."""
     import pyarrow.parquet as pq
 
     from distill.evaluate.metrics import compute
@@ -142,12 +170,18 @@ def teacher_right(run: Path, rounds: list[dict]) -> dict | None:
     from distill.run_dir import RunDir
 
     layout = LoopDir(RunDir(run))
-    rows = [r for k in rounds[1:] for r in pq.read_table(layout.round(k["round"]).generated,
-                                                          columns=["completion", "reference"]).to_pylist()
-            if r["reference"] is not None]
-    if not rows:
+    answers, references = [], []
+    for k in rounds[1:]:
+        round_dir = layout.round(k["round"])
+        with open(round_dir.seeds) as f:  # the pool's seeds, by input (a row's id is not its seed's)
+            refs = {seed["input"]: seed["references"] for seed in map(json.loads, f)}
+        for row in pq.read_table(round_dir.generated, columns=["input", "completion"]).to_pylist():
+            if refs.get(row["input"]):
+                answers.append(row["completion"] or "")
+                references.append(refs[row["input"]])
+    if not answers:
         return None
-    scores = compute("exact_match", [r["completion"] or "" for r in rows], [[r["reference"]] for r in rows])["scores"]
+    scores = compute(metric, answers, references)["scores"]
     return {"share": sum(scores) / len(scores), "rows": len(scores)}
 
 
@@ -159,7 +193,13 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
     folder = work / task
     folder.mkdir(parents=True, exist_ok=True)
     recipe = folder / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(task_recipe(task, dev, max_seeds), sort_keys=False))
+    spec = task_recipe(task, dev, max_seeds)
+    recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+    metric = spec["evaluate"]["sets"][0].get("metrics", ["exact_match"])[0]  # the test set's headline
+
+    def loop(name: str, settings: list[str], size: int, count: int) -> dict:
+        return run_loop(recipe, folder, name, settings, size, count, log, metric)
+
     pool = pool_size(recipe)
     per_round = max(1, round(pool * per_round_share))
     points = sorted({max(1, round(b / per_round_share)) * per_round for b in budgets})
@@ -168,20 +208,19 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
     seconds: dict[str, float] = {}
     runs: dict[str, dict] = {}
     t0 = time.time()
-    runs["full"] = run_loop(recipe, folder, "full", LOOP_SETTINGS["random"], pool, 1, log)
+    runs["full"] = loop("full", LOOP_SETTINGS["random"], pool, 1)
     seconds["full"] = time.time() - t0
     for b in points:
         t0 = time.time()
-        runs[f"random@{b}"] = run_loop(recipe, folder, f"oneshot-{b}", LOOP_SETTINGS["random"], b, 1, log)
+        runs[f"random@{b}"] = loop(f"oneshot-{b}", LOOP_SETTINGS["random"], b, 1)
         seconds[f"random@{b}"] = time.time() - t0
         for d in range(1, seeds):  # the same one-shot with another recipe seed: another draw, order and initialisation
             t0 = time.time()
-            runs[f"random@{b}#{d}"] = run_loop(recipe, folder, f"oneshot-{b}-seed{d}",
-                                               [*LOOP_SETTINGS["random"], f"seed={d}"], b, 1, log)
+            runs[f"random@{b}#{d}"] = loop(f"oneshot-{b}-seed{d}", [*LOOP_SETTINGS["random"], f"seed={d}"], b, 1)
             seconds[f"random@{b}#{d}"] = time.time() - t0
     for s in strategies:
         t0 = time.time()
-        runs[s] = run_loop(recipe, folder, f"loop-{s.replace('+', '-')}", loop_settings(s, explore), per_round, rounds, log)
+        runs[s] = loop(f"loop-{s.replace('+', '-')}", loop_settings(s, explore), per_round, rounds)
         seconds[s] = time.time() - t0
 
     # one comparison of every student on the test split
@@ -243,7 +282,7 @@ def bench_task(task: str, work: Path, per_round_share: float, budgets: list[floa
                 folder / "curve.png", "test exact match",
                 marks={"base": base, "teacher": teacher, "full-pool student": full_score},
                 title=f"{task}: students on the test split by teacher prompts")
-    return {"task": task, "pool": pool, "per_round": per_round, "dev": dev, "full": {"score": full_score,
+    return {"task": task, "metric": metric, "pool": pool, "per_round": per_round, "dev": dev, "full": {"score": full_score,
             "steps": runs["full"]["steps"][pool]}, "base": base, "teacher": teacher, "table": table, "reach": reach,
             "seconds": {k: round(v) for k, v in seconds.items()}, "total_seconds": round(time.time() - started)}
 
@@ -293,7 +332,7 @@ def print_task(r: dict, strategies: list[str]) -> None:
         x = r["reach"][s]
         print(f"- {s}: {x['reaches_full'] or 'not within the budgets run'}; "
               f"{x['within_noise_of_full'] or 'not within the budgets run'}")
-    print("\nThe teacher's answer against the seed's reference (exact match) on the prompts each loop chose after "
+    print(f"\nThe teacher's answer against the seed's references ({r['metric']}) on the prompts each loop chose after "
           "its random first round:")
     for s in strategies:
         right = r["reach"][s]["teacher_right"]
@@ -302,7 +341,7 @@ def print_task(r: dict, strategies: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="plural,intent")
+    p.add_argument("--tasks", default="plural,intent,facts", help="any of " + ", ".join(TASKS))
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="loops compared: a strategy, then any of " + "; ".join(f"+{v}: {h}" for v, h in VARIANTS.items()))
     p.add_argument("--explore", type=float, default=0.5, help="loop.explore of the +explore loops")
@@ -320,6 +359,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "bench.log"
     strategies = a.strategies.split(",")
+    tasks = a.tasks.split(",")
+    if unknown := [t for t in tasks if t not in TASKS]:
+        sys.exit(f"--tasks: {', '.join(unknown)}: expected any of {', '.join(TASKS)}")
     for s in strategies:  # a misspelt name stops here, not after the loops before it ran
         loop_settings(s, a.explore)
     budgets = [float(b) for b in a.budgets.split(",")]
@@ -329,7 +371,7 @@ def main() -> None:
     print(f"# The loop against random one-shot, on {m.cpu} ({m.cpu_summary()}), {m.cores} cores, "
           f"{'GPU: ' + m.gpus[0].name if m.gpus else 'no GPU'}")
     results = []
-    for task in a.tasks.split(","):
+    for task in tasks:
         r = bench_task(task, work, a.per_round, budgets, strategies, a.dev, log, a.max_seeds, a.explore, a.seeds)
         print_task(r, strategies)
         print(f"\n({r['total_seconds']} s: " + ", ".join(f"{k} {v} s" for k, v in r["seconds"].items()) + ")")
