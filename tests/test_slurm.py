@@ -754,16 +754,17 @@ def test_errors_synthesize_has_the_teacher_write_new_inputs_from_the_dev_errors(
 
 def test_a_retrained_round_trains_a_fresh_adapter_on_the_rows_of_every_round_so_far(loop_chain, tmp_path):
     """loop.train: retrain: round 2's student is a fresh adapter trained on round 1's and round 2's kept rows, as a
-    one-shot student on those rows would be, and the leak check reads both rounds' rows from its record. On the
-    chain's run with the setting switched on: the rounds' choices and answers stand; round 2's training runs here,
-    in this process."""
+    one-shot student on those rows would be, and the leak check reads both rounds' rows from its record; the loop's
+    end makes it the run's student, with the steps it made alone and both rounds' rows. On the chain's run with the
+    setting switched on: the rounds' choices and answers stand; round 2's training runs here, in this process."""
     from distill.evaluate.contamination import trained_rows
+    from distill.loop.assemble import assemble
     from distill.loop.layout import LoopDir
-    from distill.loop.run import round_recipe
+    from distill.loop.run import round_recipe, write_record
+    from distill.pipeline import execute_stage
     from distill.recipe import load_recipe
     from distill.run_dir import RunDir
     from distill.stages import fingerprint
-    from distill.train.stage import run_train
 
     copy = tmp_path / "run"
     shutil.copytree(loop_chain["run"].root, copy, symlinks=True)
@@ -776,7 +777,7 @@ def test_a_retrained_round_trains_a_fresh_adapter_on_the_rows_of_every_round_so_
     assert two.train.init_adapter is None and two.train.add_rows == [str(layout.round(1).filtered.resolve())]
     assert not layout.round(2).is_complete("train", fingerprint(two, layout.round(2), "train"))
 
-    summary = run_train(two, layout.round(2))
+    summary = execute_stage(two, layout.round(2), "train")
     kept = [sum(pq.read_table(layout.round(k).filtered).column("kept").to_pylist()) for k in (1, 2)]
     assert summary["rows"] == sum(kept) > kept[1]
     record = json.loads((layout.round(2).adapter / "training_data.json").read_text())
@@ -785,5 +786,14 @@ def test_a_retrained_round_trains_a_fresh_adapter_on_the_rows_of_every_round_so_
     files, rows, problem = trained_rows(layout.round(2).adapter)
     assert problem is None and [str(f) for f in files] == [str(layout.round(2).filtered), *two.train.add_rows]
     assert len(rows) == sum(kept)
+
+    # the loop stops after round 2: its record says how the rounds trained, the run's student is round 2's adapter
+    rounds = json.loads(layout.record.read_text())["rounds"][:2]
+    assert write_record(recipe, layout, rounds, "budget", 2)["train"] == "retrain"
+    assemble(recipe, run, layout, 2)
+    assembled = run.read_marker("train")["summary"]
+    # round 1's steps made another adapter: the student made round 2's alone, on both rounds' rows
+    assert (assembled["rows"], assembled["steps"]) == (summary["rows"], summary["steps"])
+    assert len(trained_rows(run.adapter)[1]) == sum(kept)
     pq.write_table(pq.read_table(layout.round(1).filtered).slice(1), layout.round(1).filtered)  # a round's rows changed
     assert "changed since" in trained_rows(layout.round(2).adapter)[2]
