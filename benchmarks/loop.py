@@ -167,15 +167,14 @@ def teacher_right(run: Path, rounds: list[dict], metric: str) -> dict | None:
 
     from distill.evaluate.metrics import compute
     from distill.loop.layout import LoopDir
-    from distill.run_dir import RunDir
+    from distill.run_dir import RunDir, read_jsonl
 
     layout = LoopDir(RunDir(run))
+    # the pool's seeds (every round holds the same file), by input: a row's id is not its seed's
+    refs = {seed["input"]: seed["references"] for seed in read_jsonl(layout.round(1).seeds)}
     answers, references = [], []
     for k in rounds[1:]:
-        round_dir = layout.round(k["round"])
-        with open(round_dir.seeds) as f:  # the pool's seeds, by input (a row's id is not its seed's)
-            refs = {seed["input"]: seed["references"] for seed in map(json.loads, f)}
-        for row in pq.read_table(round_dir.generated, columns=["input", "completion"]).to_pylist():
+        for row in pq.read_table(layout.round(k["round"]).generated, columns=["input", "completion"]).to_pylist():
             if refs.get(row["input"]):
                 answers.append(row["completion"] or "")
                 references.append(refs[row["input"]])
@@ -188,14 +187,14 @@ def teacher_right(run: Path, rounds: list[dict], metric: str) -> dict | None:
 def bench_task(task: str, work: Path, per_round_share: float, budgets: list[float], strategies: list[str],
                dev: int, log: Path, max_seeds: int | None = None, explore: float = 0.5, seeds: int = 1) -> dict:
     from distill.evaluate.stats import paired_bootstrap
+    from distill.recipe import load_recipe
     import pandas as pd
 
     folder = work / task
     folder.mkdir(parents=True, exist_ok=True)
     recipe = folder / "recipe.yaml"
-    spec = task_recipe(task, dev, max_seeds)
-    recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
-    metric = spec["evaluate"]["sets"][0].get("metrics", ["exact_match"])[0]  # the test set's headline
+    recipe.write_text(yaml.safe_dump(task_recipe(task, dev, max_seeds), sort_keys=False))
+    metric = load_recipe(recipe).evaluate.sets[0].metrics[0]  # the test set's headline, as the recipe resolves it
 
     def loop(name: str, settings: list[str], size: int, count: int) -> dict:
         return run_loop(recipe, folder, name, settings, size, count, log, metric)
